@@ -1,0 +1,71 @@
+# Switchboard: `make run` starts everything, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+GEN    := gen/python
+PROTOS := $(shell find protos -name '*.proto')
+SRC_DIRS := services/shared services/catalog services/metering services/router services/demo services/devstack cli
+BUF_VERSION := 1.75.0
+BUF    := .tools/node_modules/.bin/buf
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -c 'import pathlib, sys, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "switchboard-src.pth").write_text("".join(str(pathlib.Path(d).resolve()) + "\n" for d in sys.argv[1:]))' $(GEN) $(SRC_DIRS) .
+	touch $@
+
+$(GEN)/.stamp: $(VENV)/.installed $(PROTOS)
+	rm -rf $(GEN) && mkdir -p $(GEN)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(GEN) --grpc_python_out=$(GEN) \
+	  --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+	  --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
+	  --mypy_out=$(GEN) --mypy_grpc_out=$(GEN) $(PROTOS)
+	touch $@
+
+.PHONY: install
+install: $(GEN)/.stamp ## Create the virtualenv and generate the gRPC code
+
+.PHONY: gen
+gen: $(GEN)/.stamp ## Generate Python code from protos/
+
+.PHONY: run
+run: install ## Start catalog, metering, router and the demo upstream (embedded Postgres/Redis unless DATABASE_URL/REDIS_URL)
+	$(PY) -m switchboard_devstack
+
+.PHONY: test
+test: install ## Run the whole test suite (real Postgres and Redis)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+.PHONY: bench
+bench: install ## Streaming benchmark: router vs the upstream it calls
+	$(PY) -m bench.relay $(BENCH_ARGS)
+
+.PHONY: fmt
+fmt: install ## Format the code
+	$(PY) -m ruff format $(SRC_DIRS) tests bench
+	$(PY) -m ruff check --fix $(SRC_DIRS) tests bench
+
+$(BUF):
+	npm install --silent --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+.PHONY: lint
+lint: install $(BUF) ## ruff, mypy (strict) and buf lint
+	$(PY) -m ruff format --check $(SRC_DIRS) tests bench
+	$(PY) -m ruff check $(SRC_DIRS) tests bench
+	$(PY) -m mypy $(SRC_DIRS) tests bench
+	cd protos && ../$(BUF) lint
+
+.PHONY: check
+check: lint test ## Everything CI should be happy with
+
+.PHONY: clean
+clean: ## Remove the virtualenv, generated code and local state
+	rm -rf $(VENV) gen .tools .devstack .pytest_cache .mypy_cache .ruff_cache

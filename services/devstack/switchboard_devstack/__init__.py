@@ -1,0 +1,1 @@
+"""Local development stack: embedded storage and a launcher for every process."""

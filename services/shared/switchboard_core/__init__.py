@@ -1,0 +1,1 @@
+"""Switchboard's shared library: what every service needs, written once."""

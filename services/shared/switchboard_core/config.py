@@ -1,0 +1,159 @@
+"""Configuration from the environment, parsed and validated once at start-up.
+
+Every service builds a frozen dataclass with an :class:`EnvReader`. The reader collects every
+missing or bad variable and :meth:`EnvReader.finish` raises one :class:`ConfigError` naming them
+all. Nothing else in the code base reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+
+class ConfigError(Exception):
+    """One or more environment variables are missing or invalid."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str`` or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class EnvReader:
+    """Reads typed values from an environment mapping, collecting every problem."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self.env: Mapping[str, str] = os.environ if env is None else env
+        self.problems: list[str] = []
+
+    def _raw(self, name: str, default: str | None) -> str | None:
+        value = self.env.get(name)
+        if value is None or value == "":
+            if default is None:
+                self.problems.append(f"{name}: required but not set")
+            return default
+        return value
+
+    def str(self, name: str, default: str | None = None) -> str:
+        return self._raw(name, default) or ""
+
+    def secret(self, name: str, default: str = "") -> Secret:
+        return Secret(self.env.get(name, default))
+
+    def int(self, name: str, default: int, *, min_value: int = 0, max_value: int = 2**31) -> int:
+        raw = self._raw(name, str(default))
+        try:
+            value = int(raw or "")
+        except ValueError:
+            self.problems.append(f"{name}: expected an integer, got {raw!r}")
+            return default
+        if not min_value <= value <= max_value:
+            self.problems.append(f"{name}: must be between {min_value} and {max_value}")
+        return value
+
+    def float(self, name: str, default: float, *, min_value: float = 0.0) -> float:
+        raw = self._raw(name, str(default))
+        try:
+            value = float(raw or "")
+        except ValueError:
+            self.problems.append(f"{name}: expected a number, got {raw!r}")
+            return default
+        if value < min_value:
+            self.problems.append(f"{name}: must be at least {min_value}")
+        return value
+
+    def url(self, name: str, schemes: tuple[str, ...], default: str | None = None) -> str:
+        raw = self._raw(name, default)
+        if raw is None:
+            return ""
+        if urlsplit(raw).scheme not in schemes:
+            self.problems.append(f"{name}: expected a URL with scheme {'/'.join(schemes)}")
+        return raw
+
+    def address(self, name: str, default: str | None = None) -> str:
+        raw = self._raw(name, default)
+        if raw is None:
+            return ""
+        host, _, port = raw.rpartition(":")
+        if not host or not port.isdigit():
+            self.problems.append(f"{name}: expected host:port, got {raw!r}")
+        return raw
+
+    def prefixed(self, prefix: str) -> dict[str, Secret]:
+        """Every variable starting with ``prefix``, keyed by the rest lower-cased."""
+        return {
+            key[len(prefix) :].lower(): Secret(value)
+            for key, value in self.env.items()
+            if key.startswith(prefix) and value
+        }
+
+    def finish(self) -> None:
+        if self.problems:
+            raise ConfigError(self.problems)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What every service's process needs to serve gRPC and metrics."""
+
+    service: str
+    host: str = "127.0.0.1"
+    grpc_port: int = 0
+    metrics_port: int = 0
+    log_level: str = "INFO"
+    shutdown_grace_seconds: float = 10.0
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def read(
+        cls, reader: EnvReader, service: str, default_grpc_port: int, default_metrics_port: int
+    ) -> ServerConfig:
+        level = reader.str("SWITCHBOARD_LOG_LEVEL", "INFO").upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            reader.problems.append("SWITCHBOARD_LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR")
+        return cls(
+            service=service,
+            host=reader.str("SWITCHBOARD_HOST", "127.0.0.1"),
+            grpc_port=reader.int("SWITCHBOARD_GRPC_PORT", default_grpc_port, max_value=65535),
+            metrics_port=reader.int(
+                "SWITCHBOARD_METRICS_PORT", default_metrics_port, max_value=65535
+            ),
+            log_level=level,
+            shutdown_grace_seconds=reader.float("SWITCHBOARD_SHUTDOWN_GRACE_SECONDS", 10.0),
+        )
+
+
+def read_database_url(reader: EnvReader) -> str:
+    return reader.url("DATABASE_URL", ("postgres", "postgresql"))
+
+
+def read_redis_url(reader: EnvReader) -> str:
+    return reader.url("REDIS_URL", ("redis", "rediss", "unix"))

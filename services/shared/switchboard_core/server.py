@@ -1,0 +1,99 @@
+"""Server bootstrap shared by every service.
+
+A :class:`GrpcServer` owns one ``grpc.aio`` server with the standard health service,
+server reflection, the error interceptor and a Prometheus endpoint. ``run_until_signal``
+serves until SIGTERM/SIGINT, then marks the service NOT_SERVING, lets in-flight RPCs
+(streams included) finish within the grace period and runs the service's own cleanup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from switchboard_core.config import ServerConfig
+from switchboard_core.interceptors import ErrorInterceptor
+from switchboard_core.metrics import serve_metrics
+
+log = logging.getLogger(__name__)
+
+# Generous message sizes (long prompts), and keepalive so idle streams survive proxies.
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+    ("grpc.max_send_message_length", 32 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
+
+
+@dataclass
+class Registration:
+    """One servicer and the generated function that adds it to a server."""
+
+    add: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+    full_name: str
+
+
+@dataclass
+class GrpcServer:
+    config: ServerConfig
+    registrations: Sequence[Registration]
+    on_stop: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    port: int = 0
+    metrics_port: int = 0
+    _server: grpc.aio.Server | None = None
+    _health: health.aio.HealthServicer | None = None
+
+    async def start(self, *, with_metrics: bool = True) -> int:
+        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        for registration in self.registrations:
+            registration.add(registration.servicer, server)
+        names = [r.full_name for r in self.registrations]
+        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
+        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.grpc_port}")
+        await server.start()
+        self._server = server
+        for name in ["", *names]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if with_metrics:
+            self.metrics_port = serve_metrics(self.config.host, self.config.metrics_port)
+        log.info(
+            "serving",
+            extra={"grpc_port": self.port, "metrics_port": self.metrics_port},
+        )
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._server is None:
+            return
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        grace = self.config.shutdown_grace_seconds if grace is None else grace
+        log.info("stopping", extra={"grace_seconds": grace})
+        await self._server.stop(grace)
+        self._server = None
+        for cleanup in self.on_stop:
+            with contextlib.suppress(Exception):
+                await cleanup()
+        log.info("stopped")
+
+    async def run_until_signal(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await self.stop()

@@ -1,0 +1,1 @@
+CREATE TABLE smoke_thing (id int PRIMARY KEY);

@@ -1,0 +1,38 @@
+"""The fixtures reach real servers."""
+
+from __future__ import annotations
+
+import asyncpg
+import redis.asyncio as redis
+
+from switchboard_core.db import create_pool, migrate
+
+
+async def test_postgres_is_real_and_fresh(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT 1 + 1") == 2
+        tables = await conn.fetchval(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+            " AND table_name NOT IN ('schema_migrations')"
+        )
+        assert isinstance(tables, int)
+    finally:
+        await conn.close()
+
+
+async def test_redis_round_trip(redis_client: redis.Redis, redis_prefix: str) -> None:
+    await redis_client.set(redis_prefix + "k", b"v")
+    assert await redis_client.get(redis_prefix + "k") == b"v"
+
+
+async def test_migrations_apply_once(database_url: str) -> None:
+    pool = await create_pool(database_url)
+    try:
+        first = await migrate(pool, "smoke", "tests.integration.smoke_migrations")
+        second = await migrate(pool, "smoke", "tests.integration.smoke_migrations")
+        assert first == ["0001_create_thing.sql"]
+        assert second == []
+        assert await pool.fetchval("SELECT count(*) FROM smoke_thing") == 0
+    finally:
+        await pool.close()
