@@ -7,6 +7,7 @@ all. Nothing else in the code base reads the environment.
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,11 +51,11 @@ class Secret:
 class EnvReader:
     """Reads typed values from an environment mapping, collecting every problem."""
 
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
-        self.env: Mapping[str, str] = os.environ if env is None else env
-        self.problems: list[str] = []
+    def __init__(self, env: Mapping[builtins.str, builtins.str] | None = None) -> None:
+        self.env: Mapping[builtins.str, builtins.str] = os.environ if env is None else env
+        self.problems: list[builtins.str] = []
 
-    def _raw(self, name: str, default: str | None) -> str | None:
+    def _raw(self, name: builtins.str, default: builtins.str | None) -> builtins.str | None:
         value = self.env.get(name)
         if value is None or value == "":
             if default is None:
@@ -62,13 +63,20 @@ class EnvReader:
             return default
         return value
 
-    def str(self, name: str, default: str | None = None) -> str:
+    def str(self, name: builtins.str, default: builtins.str | None = None) -> builtins.str:
         return self._raw(name, default) or ""
 
-    def secret(self, name: str, default: str = "") -> Secret:
+    def secret(self, name: builtins.str, default: builtins.str = "") -> Secret:
         return Secret(self.env.get(name, default))
 
-    def int(self, name: str, default: int, *, min_value: int = 0, max_value: int = 2**31) -> int:
+    def int(
+        self,
+        name: builtins.str,
+        default: builtins.int,
+        *,
+        min_value: builtins.int = 0,
+        max_value: builtins.int = 2**31,
+    ) -> builtins.int:
         raw = self._raw(name, str(default))
         try:
             value = int(raw or "")
@@ -79,7 +87,9 @@ class EnvReader:
             self.problems.append(f"{name}: must be between {min_value} and {max_value}")
         return value
 
-    def float(self, name: str, default: float, *, min_value: float = 0.0) -> float:
+    def float(
+        self, name: builtins.str, default: builtins.float, *, min_value: builtins.float = 0.0
+    ) -> builtins.float:
         raw = self._raw(name, str(default))
         try:
             value = float(raw or "")
@@ -90,7 +100,12 @@ class EnvReader:
             self.problems.append(f"{name}: must be at least {min_value}")
         return value
 
-    def url(self, name: str, schemes: tuple[str, ...], default: str | None = None) -> str:
+    def url(
+        self,
+        name: builtins.str,
+        schemes: tuple[builtins.str, ...],
+        default: builtins.str | None = None,
+    ) -> builtins.str:
         raw = self._raw(name, default)
         if raw is None:
             return ""
@@ -98,7 +113,7 @@ class EnvReader:
             self.problems.append(f"{name}: expected a URL with scheme {'/'.join(schemes)}")
         return raw
 
-    def address(self, name: str, default: str | None = None) -> str:
+    def address(self, name: builtins.str, default: builtins.str | None = None) -> builtins.str:
         raw = self._raw(name, default)
         if raw is None:
             return ""
@@ -107,7 +122,7 @@ class EnvReader:
             self.problems.append(f"{name}: expected host:port, got {raw!r}")
         return raw
 
-    def prefixed(self, prefix: str) -> dict[str, Secret]:
+    def prefixed(self, prefix: builtins.str) -> dict[builtins.str, Secret]:
         """Every variable starting with ``prefix``, keyed by the rest lower-cased."""
         return {
             key[len(prefix) :].lower(): Secret(value)

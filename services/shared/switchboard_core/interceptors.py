@@ -25,14 +25,16 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: Switchboard
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Wraps every unary and server-streaming handler."""
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -94,7 +96,9 @@ def _wrap_unary(behavior: Any, service: str, name: str) -> Any:
 def _wrap_stream(behavior: Any, service: str, name: str) -> Any:
     seconds = GRPC_SECONDS.labels(service, name)
 
-    async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    async def wrapper(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
         request_id_var.set(_request_id(context))
         start = time.perf_counter()
         code = "OK"

@@ -53,16 +53,18 @@ class GrpcServer:
     port: int = 0
     metrics_port: int = 0
     _server: grpc.aio.Server | None = None
-    _health: health.aio.HealthServicer | None = None
+    _health: Any = None  # grpc_health.v1.health.aio.HealthServicer
 
     async def start(self, *, with_metrics: bool = True) -> int:
         server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
-        self._health = health.aio.HealthServicer()
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         for registration in self.registrations:
             registration.add(registration.servicer, server)
         names = [r.full_name for r in self.registrations]
-        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
+        reflection.enable_server_reflection(
+            [*names, reflection.SERVICE_NAME, health.SERVICE_NAME], server
+        )
         self.port = server.add_insecure_port(f"{self.config.host}:{self.config.grpc_port}")
         await server.start()
         self._server = server

@@ -1,0 +1,1 @@
+"""A local OpenAI-compatible upstream that makes the demo model answer offline."""

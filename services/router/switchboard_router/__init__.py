@@ -1,0 +1,1 @@
+"""The router: Switchboard's public completion API."""

@@ -1,0 +1,35 @@
+"""Router metrics. Labels are bounded: provider ids and fixed enums only."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+GENERATIONS = Counter(
+    "switchboard_router_generations_total",
+    "Generations relayed, by provider and final status.",
+    ["provider", "status"],
+)
+UPSTREAM_ERRORS = Counter(
+    "switchboard_router_upstream_errors_total",
+    "Failed upstream attempts, by provider and error reason.",
+    ["provider", "reason"],
+)
+FALLBACKS = Counter(
+    "switchboard_router_fallbacks_total",
+    "Requests served by an endpoint other than the first planned one.",
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "switchboard_router_time_to_first_token_seconds",
+    "From request start to the first upstream event.",
+    ["provider"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)
+TOKENS = Counter(
+    "switchboard_gen_ai_tokens_total",
+    "Tokens metered (gen_ai.client.token.usage), by provider and token type.",
+    ["provider", "token_type"],
+)
+USAGE_SINK_FALLBACKS = Counter(
+    "switchboard_router_usage_sink_fallbacks_total",
+    "Usage events sent straight to metering because the Redis outbox failed.",
+)

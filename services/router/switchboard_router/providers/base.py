@@ -1,0 +1,130 @@
+"""The adapter interface and the errors adapters raise.
+
+An adapter turns one :class:`CompletionRequest` into an HTTP call to one endpoint and yields
+canonical events: text deltas, then usage and a finish event (in either order). It raises
+:class:`UpstreamError` subclasses (all :class:`SwitchboardError`) for provider trouble, so the
+relay can fall back before the first token and the client gets the right gRPC code after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+
+from switchboard_core.config import Secret
+from switchboard_core.errors import SwitchboardError
+from switchboard_router.canonical import AdapterEvent, CompletionRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where and as what an adapter sends one request."""
+
+    provider_id: str
+    base_url: str
+    upstream_model: str
+    api_key: Secret
+
+
+class Adapter(Protocol):
+    def stream(
+        self, request: CompletionRequest, target: Target, *, timeout: float | None
+    ) -> AsyncIterator[AdapterEvent]:
+        """Yield the completion's events; raise :class:`UpstreamError` on provider trouble."""
+        ...
+
+
+class UpstreamError(SwitchboardError):
+    """The provider failed. ``status`` is its HTTP status, 0 when none came."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UPSTREAM_UNAVAILABLE"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider_id: str,
+        status: int = 0,
+        retry_after_seconds: float | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            metadata={"provider": provider_id, "http_status": str(status)},
+            retry_after_seconds=retry_after_seconds,
+        )
+        self.provider_id = provider_id
+        self.status = status
+
+
+class UpstreamUnavailable(UpstreamError):
+    """5xx, connection errors, overload: another endpoint may well succeed."""
+
+
+class UpstreamRateLimited(UpstreamError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "UPSTREAM_RATE_LIMITED"
+
+
+class UpstreamTimeout(UpstreamError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "UPSTREAM_TIMEOUT"
+
+
+class UpstreamBadRequest(UpstreamError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "UPSTREAM_REJECTED_REQUEST"
+
+
+class UpstreamContextLengthExceeded(UpstreamBadRequest):
+    reason = "CONTEXT_LENGTH_EXCEEDED"
+
+
+class UpstreamCredentialRejected(UpstreamError):
+    """The provider refused Switchboard's credential (not the client's key)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UPSTREAM_CREDENTIAL_REJECTED"
+
+
+class UpstreamNotFound(UpstreamError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "UPSTREAM_MODEL_NOT_FOUND"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The provider sent something that is not its documented wire format."""
+
+    reason = "UPSTREAM_PROTOCOL_ERROR"
+
+
+def error_for_status(
+    status: int, message: str, *, provider_id: str, retry_after: float | None = None
+) -> UpstreamError:
+    """The shared HTTP status table; adapters refine it (e.g. context length) before calling."""
+    cls: type[UpstreamError]
+    if status == 400 or status == 422:
+        cls = UpstreamBadRequest
+    elif status in (401, 403):
+        cls = UpstreamCredentialRejected
+    elif status == 404:
+        cls = UpstreamNotFound
+    elif status == 408:
+        cls = UpstreamTimeout
+    elif status == 429:
+        cls = UpstreamRateLimited
+    else:
+        cls = UpstreamUnavailable
+    return cls(message, provider_id=provider_id, status=status, retry_after_seconds=retry_after)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

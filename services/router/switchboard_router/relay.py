@@ -1,0 +1,287 @@
+"""The attempt loop and the relay of one generation.
+
+Endpoints are tried in plan order until one yields its first event; an error before that
+moves on to the next endpoint, so the client sees one stream. After the first event the
+generation is committed to that endpoint: deltas pass straight through, and at the end the
+usage event is made durable before the final event is yielded. A generation cut short (the
+client cancelled, or the upstream failed midway) is metered for what was generated, with
+estimated usage when the provider reported none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+
+from google.protobuf import timestamp_pb2
+
+from switchboard.common.v1 import common_pb2
+from switchboard.metering.v1 import metering_pb2
+from switchboard_core.config import Secret
+from switchboard_core.errors import Unavailable
+from switchboard_core.money import format_usd
+from switchboard_router import metrics
+from switchboard_router.auth import Caller
+from switchboard_router.canonical import (
+    AdapterEvent,
+    CompletionRequest,
+    Finish,
+    FinishEvent,
+    TextDelta,
+    UsageReport,
+)
+from switchboard_router.catalog_cache import Route
+from switchboard_router.providers.base import Adapter, Target, UpstreamError
+from switchboard_router.usage_sink import UsageSink
+
+log = logging.getLogger(__name__)
+
+STATUS_NAMES: dict[int, str] = {
+    metering_pb2.GENERATION_STATUS_COMPLETED: "completed",
+    metering_pb2.GENERATION_STATUS_CANCELLED: "cancelled",
+    metering_pb2.GENERATION_STATUS_FAILED: "failed",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    generation_id: str
+    route: Route
+    create_time: float
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    finish: FinishEvent
+    usage: UsageReport
+    cost: Decimal
+
+
+RelayEvent = Started | TextDelta | Completed
+
+
+def new_generation_id() -> str:
+    return f"gen-{int(time.time() * 1000):x}{secrets.token_hex(10)}"
+
+
+def estimate_tokens(chars: int) -> int:
+    """About four characters a token: the usual estimate when a provider reports nothing."""
+    return (chars + 3) // 4
+
+
+@dataclass
+class Generation:
+    """What one generation has produced so far."""
+
+    id: str
+    caller: Caller
+    request: CompletionRequest
+    route: Route
+    started: float  # monotonic
+    create_time: float  # wall clock
+    streamed: bool
+    first_event_at: float = 0.0
+    text_chars: int = 0
+    usage: UsageReport | None = None
+    finish: FinishEvent | None = None
+
+    def final_usage(self) -> UsageReport:
+        if self.usage is not None:
+            return self.usage
+        prompt_chars = sum(len(m.content) + 16 for m in self.request.messages)
+        return UsageReport(
+            prompt_tokens=estimate_tokens(prompt_chars),
+            completion_tokens=estimate_tokens(self.text_chars),
+            estimated=True,
+        )
+
+    def to_event(
+        self, status: int, usage: UsageReport, cost: Decimal, finish: FinishEvent
+    ) -> metering_pb2.UsageEvent:
+        now = time.monotonic()
+        created = timestamp_pb2.Timestamp()
+        created.FromNanoseconds(int(self.create_time * 1e9))
+        return metering_pb2.UsageEvent(
+            generation_id=self.id,
+            key_id=self.caller.key_id,
+            account_id=self.caller.account_id,
+            model_id=self.route.model_id,
+            provider_id=self.route.provider_id,
+            endpoint_id=self.route.endpoint_id,
+            upstream_model=self.route.upstream_model,
+            usage=common_pb2.Usage(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cached_tokens=usage.cached_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                estimated=usage.estimated,
+            ),
+            cost_usd=format_usd(cost),
+            finish_reason=int(finish.reason),  # type: ignore[arg-type]
+            native_finish_reason=finish.native_reason,
+            status=status,  # type: ignore[arg-type]
+            create_time=created,
+            latency_ms=int((now - self.started) * 1000),
+            time_to_first_token_ms=int((self.first_event_at - self.started) * 1000)
+            if self.first_event_at
+            else 0,
+            streamed=self.streamed,
+        )
+
+
+def cost_of(route: Route, usage: UsageReport) -> Decimal:
+    return route.price.cost(
+        usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens
+    )
+
+
+class Relay:
+    def __init__(
+        self,
+        adapters: Mapping[int, Adapter],
+        provider_keys: Mapping[str, Secret],
+        sink: UsageSink,
+    ) -> None:
+        self._adapters = adapters
+        self._keys = provider_keys
+        self._sink = sink
+        self._background: set[asyncio.Task[None]] = set()
+
+    def _target(self, route: Route) -> Target:
+        key = self._keys.get(route.provider_id.replace("-", "_"), Secret(""))
+        return Target(route.provider_id, route.base_url, route.upstream_model, key)
+
+    async def run(
+        self,
+        request: CompletionRequest,
+        routes: list[Route],
+        caller: Caller,
+        *,
+        timeout: float,
+        streamed: bool,
+    ) -> AsyncIterator[RelayEvent]:
+        started = time.monotonic()
+        deadline = started + timeout
+        last_error: UpstreamError | None = None
+        for attempt, route in enumerate(routes):
+            adapter = self._adapters.get(route.api_format)
+            if adapter is None:
+                log.warning("no adapter for endpoint", extra={"endpoint": route.endpoint_id})
+                continue
+            events = adapter.stream(
+                request, self._target(route), timeout=max(0.001, deadline - time.monotonic())
+            )
+            try:
+                first = await anext(events)
+            except UpstreamError as error:
+                metrics.UPSTREAM_ERRORS.labels(route.provider_id, error.reason).inc()
+                log.info(
+                    "upstream attempt failed",
+                    extra={"endpoint": route.endpoint_id, "reason": error.reason},
+                )
+                last_error = error
+                continue
+            except StopAsyncIteration:
+                continue
+            if attempt:
+                metrics.FALLBACKS.inc()
+            generation = Generation(
+                id=new_generation_id(),
+                caller=caller,
+                request=request,
+                route=route,
+                started=started,
+                create_time=time.time(),
+                streamed=streamed,
+                first_event_at=time.monotonic(),
+            )
+            metrics.TIME_TO_FIRST_TOKEN.labels(route.provider_id).observe(
+                generation.first_event_at - started
+            )
+            yield Started(generation.id, route, generation.create_time)
+            async for out in self._relay(generation, first, events):
+                yield out
+            return
+        if last_error is not None:
+            raise last_error
+        raise Unavailable("no endpoint could serve the request", reason="NO_ENDPOINT_AVAILABLE")
+
+    async def _relay(
+        self, generation: Generation, first: AdapterEvent, events: AsyncIterator[AdapterEvent]
+    ) -> AsyncIterator[RelayEvent]:
+        status = metering_pb2.GENERATION_STATUS_CANCELLED
+        done = False
+        try:
+            event: AdapterEvent | None = first
+            while event is not None:
+                if type(event) is TextDelta:
+                    generation.text_chars += len(event.text)
+                    yield event
+                elif type(event) is UsageReport:
+                    generation.usage = event
+                elif type(event) is FinishEvent:
+                    generation.finish = event
+                event = await anext(events, None)
+            finish = generation.finish or FinishEvent(Finish.STOP, "")
+            usage = generation.final_usage()
+            cost = cost_of(generation.route, usage)
+            status = metering_pb2.GENERATION_STATUS_COMPLETED
+            # Shielded: a cancel arriving now must not leave the event half-written.
+            await asyncio.shield(
+                self._spawn(self._sink.publish(generation.to_event(status, usage, cost, finish)))
+            )
+            done = True
+            self._count(generation, status, usage)
+            yield Completed(finish, usage, cost)
+        except UpstreamError as error:
+            status = metering_pb2.GENERATION_STATUS_FAILED
+            metrics.UPSTREAM_ERRORS.labels(generation.route.provider_id, error.reason).inc()
+            raise
+        finally:
+            if not done and status != metering_pb2.GENERATION_STATUS_COMPLETED:
+                self._record_cut_short(generation, status)
+            if not done:  # close the upstream now rather than when the generator is collected
+                close = getattr(events, "aclose", None)
+                if close is not None:
+                    await close()
+
+    def _record_cut_short(self, generation: Generation, status: int) -> None:
+        """Meter a generation that did not finish, without blocking a cancelled task."""
+        usage = generation.final_usage()
+        cancelled = status == metering_pb2.GENERATION_STATUS_CANCELLED
+        reason = Finish.CANCELLED if cancelled else Finish.ERROR
+        event = generation.to_event(
+            status, usage, cost_of(generation.route, usage), FinishEvent(reason, "")
+        )
+        self._count(generation, status, usage)
+        self._spawn(self._publish_quietly(event))
+
+    def _spawn(self, work: Coroutine[None, None, None]) -> asyncio.Task[None]:
+        """Run usage writes as tasks the relay tracks, so a cancelled request cannot cut them."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _publish_quietly(self, event: metering_pb2.UsageEvent) -> None:
+        with contextlib.suppress(Unavailable):  # the sink logged it, with the generation id
+            await self._sink.publish(event)
+
+    async def drain(self) -> None:
+        """Wait for usage events of cut-short generations still being written."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    @staticmethod
+    def _count(generation: Generation, status: int, usage: UsageReport) -> None:
+        provider = generation.route.provider_id
+        metrics.GENERATIONS.labels(provider, STATUS_NAMES[status]).inc()
+        metrics.TOKENS.labels(provider, "input").inc(usage.prompt_tokens)
+        metrics.TOKENS.labels(provider, "output").inc(usage.completion_tokens)

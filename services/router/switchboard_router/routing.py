@@ -1,0 +1,74 @@
+"""Which endpoints serve a request, in the order to try them (OpenRouter semantics).
+
+The model, then each fallback model; within a model: filter by ``only``/``ignore``, maximum
+price and required parameters, sort (cheapest first by default; ``:floor`` sorts by price),
+then move the ``order`` providers to the front (and drop the rest when fallbacks are off).
+Pure functions over a catalog :class:`Snapshot`: no I/O.
+"""
+
+from __future__ import annotations
+
+from switchboard_core.errors import InvalidArgument, NotFound
+from switchboard_router.canonical import CompletionRequest
+from switchboard_router.catalog_cache import Route, Snapshot
+
+VARIANTS = frozenset({"floor", "nitro"})
+
+
+def split_variant(model: str) -> tuple[str, str]:
+    """``"meta-llama/llama-3.3-70b-instruct:nitro"`` -> (model id, "nitro")."""
+    base, sep, variant = model.rpartition(":")
+    if sep and variant in VARIANTS:
+        return base, variant
+    return model, ""
+
+
+def plan(request: CompletionRequest, snapshot: Snapshot) -> list[Route]:
+    """Endpoints to try, in order; raises NOT_FOUND for an unknown model."""
+    planned: list[Route] = []
+    for index, name in enumerate((request.model, *request.fallback_models)):
+        model, _variant = split_variant(name)
+        routes = snapshot.routes.get(model)
+        if routes is None:
+            if index == 0:
+                raise NotFound(
+                    f"model {model!r} is not in the catalog",
+                    reason="MODEL_NOT_FOUND",
+                    metadata={"model": model},
+                )
+            raise InvalidArgument(
+                {f"fallback_models[{index - 1}]": f"model {model!r} is not in the catalog"}
+            )
+        planned.extend(order_routes(routes, request))
+    if not planned:
+        raise NotFound(
+            f"no endpoint of {request.model!r} matches the request's provider preferences",
+            reason="NO_ENDPOINT_MATCHES",
+            metadata={"model": request.model},
+        )
+    return planned
+
+
+def order_routes(routes: tuple[Route, ...], request: CompletionRequest) -> list[Route]:
+    prefs = request.provider
+    needed = request.set_parameters() if prefs.require_parameters else frozenset()
+    kept = [
+        r
+        for r in routes
+        if (not prefs.only or r.provider_id in prefs.only)
+        and r.provider_id not in prefs.ignore
+        and (prefs.max_prompt_price is None or r.price.prompt <= prefs.max_prompt_price)
+        and (prefs.max_completion_price is None or r.price.completion <= prefs.max_completion_price)
+        and needed <= r.supported_parameters
+    ]
+    # Cheapest first: the default, ":floor" and sort=price. Sorting by throughput or latency
+    # (and ":nitro") needs live endpoint stats, which come with health tracking; until then
+    # those keep the price order too.
+    kept.sort(key=lambda r: r.price_key)
+    if not prefs.order:
+        return kept
+    rank = {provider: i for i, provider in enumerate(prefs.order)}
+    first = sorted((r for r in kept if r.provider_id in rank), key=lambda r: rank[r.provider_id])
+    if not prefs.allow_fallbacks:
+        return first
+    return first + [r for r in kept if r.provider_id not in rank]

@@ -1,0 +1,121 @@
+"""RouterService: authenticate, validate, plan, relay. The logic lives in the modules it calls."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from switchboard.common.v1 import common_pb2
+from switchboard.router.v1 import router_pb2, router_pb2_grpc
+from switchboard_core.errors import Unavailable
+from switchboard_core.money import format_usd
+from switchboard_router.auth import Caller, KeyVerifier
+from switchboard_router.canonical import CompletionRequest, TextDelta, UsageReport
+from switchboard_router.catalog_cache import CatalogCache, Route
+from switchboard_router.relay import Completed, Relay, Started
+from switchboard_router.requests import AnyCompletionRequest, parse_request
+from switchboard_router.routing import plan
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _usage(usage: UsageReport) -> common_pb2.Usage:
+    return common_pb2.Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        estimated=usage.estimated,
+    )
+
+
+class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+    def __init__(
+        self,
+        verifier: KeyVerifier,
+        catalog: CatalogCache,
+        relay: Relay,
+        max_request_seconds: float,
+    ) -> None:
+        self._verifier = verifier
+        self._catalog = catalog
+        self._relay = relay
+        self._max_seconds = max_request_seconds
+
+    async def _prepare(
+        self, request: AnyCompletionRequest, context: Context
+    ) -> tuple[Caller, CompletionRequest, list[Route], float]:
+        caller = await self._verifier.verify(context.invocation_metadata())  # type: ignore[arg-type]
+        parsed = parse_request(request)
+        if not self._catalog.loaded:
+            raise Unavailable(
+                "the model catalog is not loaded yet",
+                reason="CATALOG_NOT_READY",
+                retry_after_seconds=1.0,
+            )
+        routes = plan(parsed, self._catalog.snapshot)
+        remaining = context.time_remaining()
+        timeout = self._max_seconds if remaining is None else min(self._max_seconds, remaining)
+        return caller, parsed, routes, timeout
+
+    async def StreamCompletion(
+        self, request: router_pb2.StreamCompletionRequest, context: Context
+    ) -> AsyncIterator[router_pb2.StreamCompletionResponse]:
+        caller, parsed, routes, timeout = await self._prepare(request, context)
+        response = router_pb2.StreamCompletionResponse
+        delta = router_pb2.CompletionDelta
+        async for event in self._relay.run(parsed, routes, caller, timeout=timeout, streamed=True):
+            if type(event) is TextDelta:
+                yield response(delta=delta(text=event.text))
+            elif type(event) is Started:
+                yield response(
+                    start=router_pb2.CompletionStart(
+                        generation_id=event.generation_id,
+                        model=event.route.model_id,
+                        provider=event.route.provider_id,
+                        endpoint_id=event.route.endpoint_id,
+                        create_time=_timestamp(event.create_time),
+                    )
+                )
+            elif type(event) is Completed:
+                yield response(
+                    end=router_pb2.CompletionEnd(
+                        finish_reason=int(event.finish.reason),  # type: ignore[arg-type]
+                        usage=_usage(event.usage),
+                        cost_usd=format_usd(event.cost),
+                        native_finish_reason=event.finish.native_reason,
+                    )
+                )
+
+    async def CreateCompletion(
+        self, request: router_pb2.CreateCompletionRequest, context: Context
+    ) -> router_pb2.CreateCompletionResponse:
+        caller, parsed, routes, timeout = await self._prepare(request, context)
+        reply = router_pb2.CreateCompletionResponse()
+        parts: list[str] = []
+        async for event in self._relay.run(parsed, routes, caller, timeout=timeout, streamed=False):
+            if type(event) is TextDelta:
+                parts.append(event.text)
+            elif type(event) is Started:
+                reply.generation_id = event.generation_id
+                reply.model = event.route.model_id
+                reply.provider = event.route.provider_id
+                reply.endpoint_id = event.route.endpoint_id
+                reply.create_time.CopyFrom(_timestamp(event.create_time))
+            elif type(event) is Completed:
+                reply.finish_reason = int(event.finish.reason)  # type: ignore[assignment]
+                reply.native_finish_reason = event.finish.native_reason
+                reply.usage.CopyFrom(_usage(event.usage))
+                reply.cost_usd = format_usd(event.cost)
+        reply.text = "".join(parts)
+        return reply
