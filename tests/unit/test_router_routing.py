@@ -1,0 +1,114 @@
+"""Endpoint planning: filters, price order, provider order, fallbacks, variants."""
+
+from __future__ import annotations
+
+import pytest
+
+from switchboard_core.errors import InvalidArgument, NotFound
+from switchboard_core.money import Price
+from switchboard_router.canonical import CompletionRequest, Message, ProviderPrefs, Role
+from switchboard_router.catalog_cache import Route, Snapshot
+from switchboard_router.routing import plan, split_variant
+
+
+def route(model: str, provider: str, prompt: str, completion: str, params: str = "") -> Route:
+    return Route(
+        endpoint_id=f"{provider}:{model}",
+        model_id=model,
+        provider_id=provider,
+        api_format=1,
+        base_url=f"http://{provider}.invalid/v1",
+        upstream_model=model,
+        price=Price.parse(prompt, completion),
+        context_length=8192,
+        max_completion_tokens=0,
+        supported_parameters=frozenset(params.split()),
+    )
+
+
+LLAMA = "meta-llama/llama-3.3-70b-instruct"
+SNAPSHOT = Snapshot(
+    version=1,
+    routes={
+        LLAMA: (
+            route(LLAMA, "together", "0.88", "0.88", "temperature seed"),
+            route(LLAMA, "groq", "0.59", "0.79", "temperature"),
+            route(LLAMA, "deepinfra", "0.23", "0.40", "temperature seed"),
+        ),
+        "openai/gpt-4o-mini": (route("openai/gpt-4o-mini", "openai", "0.15", "0.6"),),
+    },
+    provider_ids=frozenset({"together", "groq", "deepinfra", "openai"}),
+)
+
+
+def request(model: str = LLAMA, **kwargs: object) -> CompletionRequest:
+    prefs = ProviderPrefs(**kwargs.pop("prefs", {}))  # type: ignore[arg-type]
+    return CompletionRequest(
+        model=model,
+        messages=(Message(Role.USER, "hi"),),
+        provider=prefs,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def providers(routes: list[Route]) -> list[str]:
+    return [r.provider_id for r in routes]
+
+
+def test_cheapest_first_by_default() -> None:
+    assert providers(plan(request(), SNAPSHOT)) == ["deepinfra", "groq", "together"]
+
+
+def test_order_moves_providers_first_and_allow_fallbacks_false_drops_the_rest() -> None:
+    assert providers(plan(request(prefs={"order": ("together",)}), SNAPSHOT)) == [
+        "together",
+        "deepinfra",
+        "groq",
+    ]
+    only_order = request(prefs={"order": ("groq", "together"), "allow_fallbacks": False})
+    assert providers(plan(only_order, SNAPSHOT)) == ["groq", "together"]
+
+
+def test_only_ignore_and_max_price() -> None:
+    from decimal import Decimal
+
+    assert providers(plan(request(prefs={"only": frozenset({"groq"})}), SNAPSHOT)) == ["groq"]
+    assert providers(plan(request(prefs={"ignore": frozenset({"deepinfra"})}), SNAPSHOT)) == [
+        "groq",
+        "together",
+    ]
+    cheap = request(prefs={"max_prompt_price": Decimal("0.6")})
+    assert providers(plan(cheap, SNAPSHOT)) == ["deepinfra", "groq"]
+
+
+def test_require_parameters_keeps_endpoints_that_support_them() -> None:
+    needs_seed = request(seed=1, prefs={"require_parameters": True})
+    assert providers(plan(needs_seed, SNAPSHOT)) == ["deepinfra", "together"]
+
+
+def test_fallback_models_follow_the_main_model() -> None:
+    planned = plan(request(fallback_models=("openai/gpt-4o-mini",)), SNAPSHOT)
+    assert providers(planned) == ["deepinfra", "groq", "together", "openai"]
+
+
+def test_variants_resolve_to_the_base_model() -> None:
+    assert split_variant(LLAMA + ":floor") == (LLAMA, "floor")
+    assert split_variant("mistralai/ministral-8b:2410") == ("mistralai/ministral-8b:2410", "")
+    assert providers(plan(request(LLAMA + ":nitro"), SNAPSHOT))[0] == "deepinfra"
+
+
+def test_unknown_model_and_unknown_fallback() -> None:
+    with pytest.raises(NotFound) as missing:
+        plan(request("acme/none"), SNAPSHOT)
+    assert missing.value.reason == "MODEL_NOT_FOUND"
+    with pytest.raises(InvalidArgument) as bad:
+        plan(request(fallback_models=("acme/none",)), SNAPSHOT)
+    assert bad.value.violations == [
+        ("fallback_models[0]", "model 'acme/none' is not in the catalog")
+    ]
+
+
+def test_preferences_that_match_nothing() -> None:
+    with pytest.raises(NotFound) as none:
+        plan(request(prefs={"only": frozenset({"nobody"})}), SNAPSHOT)
+    assert none.value.reason == "NO_ENDPOINT_MATCHES"
