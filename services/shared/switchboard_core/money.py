@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 
-_DECIMAL = re.compile(r"^\d{1,12}(\.\d{1,12})?$")
+_DECIMAL = re.compile(r"[0-9]{1,12}(\.[0-9]{1,12})?")
 MILLION = Decimal(1_000_000)
 ZERO = Decimal(0)
 
@@ -23,7 +23,7 @@ def parse_usd(text: str, *, allow_empty: bool = False) -> Decimal:
     """Parse a non-negative decimal string such as ``"0.15"``; rejects exponents and signs."""
     if text == "" and allow_empty:
         return ZERO
-    if not _DECIMAL.match(text):
+    if not _DECIMAL.fullmatch(text):
         raise MoneyFormatError(f"expected a non-negative decimal like '0.15', got {text!r}")
     return Decimal(text)
 

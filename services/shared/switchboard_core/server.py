@@ -79,15 +79,16 @@ class GrpcServer:
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
-        if self._server is None:
-            return
-        if self._health is not None:
-            await self._health.enter_graceful_shutdown()
-        grace = self.config.shutdown_grace_seconds if grace is None else grace
-        log.info("stopping", extra={"grace_seconds": grace})
-        await self._server.stop(grace)
-        self._server = None
-        for cleanup in self.on_stop:
+        """Stop serving (in-flight RPCs get ``grace`` seconds), then run every cleanup once."""
+        if self._server is not None:
+            if self._health is not None:
+                await self._health.enter_graceful_shutdown()
+            grace = self.config.shutdown_grace_seconds if grace is None else grace
+            log.info("stopping", extra={"grace_seconds": grace})
+            await self._server.stop(grace)
+            self._server = None
+        cleanups, self.on_stop = list(self.on_stop), []
+        for cleanup in cleanups:
             with contextlib.suppress(Exception):
                 await cleanup()
         log.info("stopped")

@@ -1,0 +1,253 @@
+"""``make bench``: streaming load through the router versus straight at its upstream.
+
+Starts the real processes (demo upstream, catalog, metering, router) on free ports against
+Postgres and Redis (DATABASE_URL/REDIS_URL, else the local ones, else embedded), then for each
+concurrency runs the same 20-chunk streaming completions (1) straight at the demo upstream
+over HTTP/SSE and (2) through the router over gRPC, and prints time-to-first-token p50/p99,
+completions per second and the router's CPU milliseconds per completion (from the router
+process's own CPU time). It fails only if requests fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import grpc
+import psutil
+
+from switchboard.common.v1 import common_pb2
+from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
+from switchboard.router.v1 import router_pb2, router_pb2_grpc
+from switchboard_devstack.stack import Ports, Stack
+from switchboard_devstack.storage import (
+    LOCAL_POSTGRES,
+    LOCAL_REDIS,
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    port_open,
+)
+
+PROMPT = "Write twenty words about gateways."
+
+
+@dataclass
+class Result:
+    name: str
+    concurrency: int
+    ttft: list[float]
+    seconds: float
+    failures: int
+    cpu_ms_per_completion: float | None = None
+
+    def row(self) -> str:
+        q = statistics.quantiles(self.ttft, n=100) if len(self.ttft) > 1 else [self.ttft[0]] * 99
+        rate = len(self.ttft) / self.seconds
+        cpu = f"{self.cpu_ms_per_completion:8.2f}" if self.cpu_ms_per_completion else "       -"
+        return (
+            f"{self.name:<9}{self.concurrency:>5}{len(self.ttft):>8}{q[49] * 1000:>10.2f}"
+            f"{q[98] * 1000:>10.2f}{rate:>12.1f}{cpu:>12}{self.failures:>8}"
+        )
+
+
+HEADER = (
+    f"{'path':<9}{'conc':>5}{'n':>8}{'ttft p50':>10}{'ttft p99':>10}{'compl/s':>12}"
+    f"{'router cpu':>12}{'failed':>8}\n{'':<9}{'':>5}{'':>8}{'ms':>10}{'ms':>10}{'':>12}"
+    f"{'ms/compl':>12}{'':>8}"
+)
+
+
+async def drive(
+    one: Callable[[], Awaitable[float]], total: int, concurrency: int
+) -> tuple[list[float], float, int]:
+    ttfts: list[float] = []
+    failures = 0
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining, failures
+        while remaining > 0:
+            remaining -= 1
+            try:
+                ttfts.append(await one())
+            except (grpc.aio.AioRpcError, aiohttp.ClientError, RuntimeError):
+                failures += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return ttfts, time.perf_counter() - start, failures
+
+
+def direct_call(session: aiohttp.ClientSession, url: str) -> Callable[[], Awaitable[float]]:
+    body = json.dumps(
+        {
+            "model": "demo",
+            "messages": [{"role": "user", "content": PROMPT}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    )
+    headers = {"Content-Type": "application/json"}
+
+    async def one() -> float:
+        start = time.perf_counter()
+        ttft = 0.0
+        chunks = 0
+        async with session.post(url, data=body, headers=headers) as response:
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}")
+            async for line in response.content:
+                if line.startswith(b"data: {") and b'"content"' in line:
+                    chunks += 1
+                    if not ttft and b'"content": ""' not in line:
+                        ttft = time.perf_counter() - start
+        if chunks < 20:
+            raise RuntimeError("short stream")
+        return ttft
+
+    return one
+
+
+def router_call(
+    stub: router_pb2_grpc.RouterServiceStub, key: str
+) -> Callable[[], Awaitable[float]]:
+    request = router_pb2.StreamCompletionRequest(
+        model="switchboard/demo",
+        messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=PROMPT)],
+    )
+    metadata = (("authorization", f"Bearer {key}"),)
+
+    async def one() -> float:
+        start = time.perf_counter()
+        ttft = 0.0
+        deltas = 0
+        ended = False
+        async for message in stub.StreamCompletion(request, metadata=metadata):
+            kind = message.WhichOneof("event")
+            if kind == "delta":
+                deltas += 1
+                if not ttft:
+                    ttft = time.perf_counter() - start
+            elif kind == "end":
+                ended = True
+        if deltas != 20 or not ended:
+            raise RuntimeError("short stream")
+        return ttft
+
+    return one
+
+
+async def storage(state: Path) -> tuple[str, str, list[object]]:
+    import os
+
+    embedded: list[object] = []
+    database = os.environ.get("DATABASE_URL") or ""
+    if not database:
+        if port_open("127.0.0.1", 5432):
+            database = LOCAL_POSTGRES
+        else:
+            pg = EmbeddedPostgres.start(state / "pg")
+            embedded.append(pg)
+            database = pg.url
+    redis = os.environ.get("REDIS_URL") or ""
+    if not redis:
+        if port_open("127.0.0.1", 6379):
+            redis = LOCAL_REDIS
+        else:
+            rd = EmbeddedRedis.start(state / "redis")
+            embedded.append(rd)
+            redis = rd.url
+    return database, redis, embedded
+
+
+async def fresh_database(admin_url: str) -> tuple[str, str]:
+    name = f"sbbench_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(admin_url)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    base, _, _ = admin_url.rpartition("/")
+    query = ""
+    if "?" in admin_url.rpartition("/")[2]:
+        query = "?" + admin_url.rpartition("?")[2]
+    return name, f"{base}/{name}{query}"
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await conn.close()
+
+
+async def run(levels: list[int], requests: int) -> int:
+    state = Path(tempfile.mkdtemp(prefix="sbbench-"))
+    admin, redis, embedded = await storage(state)
+    db_name, database = await fresh_database(admin)
+    stack = Stack(
+        database,
+        redis,
+        ports=Ports.free(),
+        log_dir=state / "logs",
+        extra_env={
+            "SWITCHBOARD_USAGE_STREAM": f"sbbench:{db_name}:usage",
+            "SWITCHBOARD_LOG_LEVEL": "WARNING",
+        },
+    )
+    failed = 0
+    try:
+        await stack.start()
+        router_proc = psutil.Process(stack.processes["router"].pid)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.metering}") as ch:
+            reply = await metering_pb2_grpc.MeteringServiceStub(ch).CreateApiKey(
+                metering_pb2.CreateApiKeyRequest(account_id="bench", name="bench")
+            )
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.router}")
+        direct = direct_call(session, f"http://127.0.0.1:{stack.ports.demo}/v1/chat/completions")
+        routed = router_call(router_pb2_grpc.RouterServiceStub(channel), reply.secret)
+        await drive(routed, 100, 8)  # warm-up: connections, caches, JIT-free but lazy imports
+        await drive(direct, 100, 8)
+        print(f"\n20-chunk streaming completions, {requests} per row; logs in {state}/logs\n")
+        print(HEADER)
+        for level in levels:
+            total = max(requests, level * 4)
+            ttft, seconds, failures = await drive(direct, total, level)
+            print(Result("direct", level, ttft, seconds, failures).row(), flush=True)
+            before = router_proc.cpu_times()
+            ttft, seconds, failures = await drive(routed, total, level)
+            after = router_proc.cpu_times()
+            cpu = (after.user + after.system - before.user - before.system) * 1000
+            result = Result("router", level, ttft, seconds, failures, cpu / max(1, len(ttft)))
+            print(result.row(), flush=True)
+            failed += failures
+        await channel.close()
+        await session.close()
+    finally:
+        stack.stop()
+        await drop_database(admin, db_name)
+        for server in embedded:
+            server.stop()  # type: ignore[attr-defined]
+    print(f"\nfailed requests: {failed}")
+    return 1 if failed else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 256])
+    parser.add_argument("--requests", type=int, default=1000, help="completions per row")
+    args = parser.parse_args()
+    return asyncio.run(run(args.concurrency, args.requests))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

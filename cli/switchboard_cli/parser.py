@@ -1,0 +1,53 @@
+"""The argument parser: global options plus one sub-command per module."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+
+from switchboard_cli import chat, health, keys, models, usage
+from switchboard_cli.connection import DEFAULT_ADDRESSES
+
+DESCRIPTION = "Switchboard: keys, models, chat and usage over gRPC."
+EPILOG = "Global options may also follow the sub-command, e.g. `switchboard models list --json`."
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The parser; ``env`` supplies the defaults of --router, --catalog, --metering, --api-key."""
+    parser = argparse.ArgumentParser(prog="switchboard", description=DESCRIPTION, epilog=EPILOG)
+    _add_globals(parser, env, with_defaults=True)
+    # Sub-commands accept the same options; SUPPRESS keeps them from resetting the globals.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_globals(common, env, with_defaults=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (keys, models, chat, usage, health):
+        module.register(commands, common)
+    return parser
+
+
+def _add_globals(
+    parser: argparse.ArgumentParser, env: Mapping[str, str], *, with_defaults: bool
+) -> None:
+    def default(value: object) -> object:
+        return value if with_defaults else argparse.SUPPRESS
+
+    for service, variable in [
+        ("router", "SWITCHBOARD_ROUTER_ADDR"),
+        ("catalog", "SWITCHBOARD_CATALOG_ADDR"),
+        ("metering", "SWITCHBOARD_METERING_ADDR"),
+    ]:
+        fallback = DEFAULT_ADDRESSES[service]
+        parser.add_argument(
+            f"--{service}",
+            metavar="HOST:PORT",
+            default=default(env.get(variable) or fallback),
+            help=f"{service} address (default: ${variable} or {fallback})",
+        )
+    parser.add_argument(
+        "--api-key",
+        default=default(env.get("SWITCHBOARD_API_KEY") or None),
+        help="API key for chat (default: $SWITCHBOARD_API_KEY)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="machine-readable output"
+    )

@@ -1,0 +1,60 @@
+"""Builds the metering server: pool, migrations, Redis, servicer and the outbox consumer."""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+import redis.asyncio as redis
+
+from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
+from switchboard_core.db import create_pool, migrate
+from switchboard_core.redis_client import create_redis
+from switchboard_core.server import GrpcServer, Registration
+from switchboard_metering.config import MeteringConfig
+from switchboard_metering.keys import KeyStore
+from switchboard_metering.ledger import Ledger
+from switchboard_metering.outbox import OutboxConsumer
+from switchboard_metering.service import MeteringServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name
+MIGRATIONS = "switchboard_metering.migrations"
+
+
+async def _open_database(url: str) -> asyncpg.Pool:
+    pool = await create_pool(url)
+    try:
+        await migrate(pool, "metering", MIGRATIONS)
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
+
+
+async def create_app(config: MeteringConfig) -> GrpcServer:
+    """The metering server, not yet serving; its outbox consumer is already running."""
+    pool = await _open_database(config.database_url)
+    client: redis.Redis = create_redis(config.redis_url)
+    ledger = Ledger(pool)
+    consumer = OutboxConsumer(client, ledger, config.outbox)
+    consumer.start()
+
+    async def close() -> None:
+        await consumer.stop()
+        await client.aclose()
+        await pool.close()
+
+    servicer = MeteringServicer(KeyStore(pool), ledger)
+    return GrpcServer(
+        config=config.server,
+        registrations=[
+            Registration(
+                add=metering_pb2_grpc.add_MeteringServiceServicer_to_server,
+                servicer=servicer,
+                full_name=SERVICE_NAME,
+            )
+        ],
+        on_stop=[close],
+    )

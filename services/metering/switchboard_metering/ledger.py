@@ -1,0 +1,266 @@
+"""The usage ledger: one row per generation, and hourly rollups updated with it.
+
+:meth:`Ledger.record` writes a batch of ``UsageEvent`` in one statement (so one transaction
+and one round trip): new generations are inserted, replayed ones are skipped, and only the
+new rows are added to ``usage_rollups``. Replaying any event any number of times, in any
+order or batch, leaves the ledger and the rollups as if it had been recorded once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+from prometheus_client import Counter
+
+from switchboard.common.v1 import common_pb2
+from switchboard.metering.v1 import metering_pb2
+from switchboard_core.errors import InvalidArgument, NotFound
+from switchboard_core.money import ZERO, MoneyFormatError, format_usd, parse_usd
+
+log = logging.getLogger(__name__)
+
+EVENTS_INGESTED = Counter(
+    "switchboard_usage_events_ingested_total",
+    "Usage events newly written to the ledger, by source (outbox or rpc).",
+    ["source"],
+)
+EVENTS_DUPLICATE = Counter(
+    "switchboard_usage_events_duplicate_total",
+    "Usage events skipped because their generation was already in the ledger.",
+    ["source"],
+)
+for _source in ("outbox", "rpc"):  # export zeros before the first event
+    EVENTS_INGESTED.labels(_source)
+    EVENTS_DUPLICATE.labels(_source)
+
+TOKEN_FIELDS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cache_write_tokens",
+)
+MAX_REPORTED_VIOLATIONS = 20
+
+# The columns of ``generations`` written from an event, and their Postgres array types.
+_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("generation_id", "text"),
+    ("key_id", "text"),
+    ("account_id", "text"),
+    ("model_id", "text"),
+    ("provider_id", "text"),
+    ("endpoint_id", "text"),
+    ("upstream_model", "text"),
+    *((name, "bigint") for name in TOKEN_FIELDS),
+    ("estimated", "boolean"),
+    ("cost", "numeric"),
+    ("finish_reason", "smallint"),
+    ("native_finish_reason", "text"),
+    ("status", "smallint"),
+    ("streamed", "boolean"),
+    ("created_at", "timestamptz"),
+    ("latency_ms", "bigint"),
+    ("ttft_ms", "bigint"),
+)
+_NAMES = ", ".join(name for name, _ in _COLUMNS)
+_ARRAYS = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_COLUMNS, start=1))
+_SUMS = ", ".join(f"sum({name})" for name in (*TOKEN_FIELDS, "cost"))
+_ADD = ", ".join(
+    f"{name} = usage_rollups.{name} + EXCLUDED.{name}"
+    for name in ("requests", *TOKEN_FIELDS, "cost")
+)
+
+# Duplicates inside the batch are dropped first (the first occurrence wins); rows are
+# inserted in generation_id order so that concurrent writers take locks in the same order.
+_RECORD_SQL = f"""
+WITH input AS (
+    SELECT DISTINCT ON (generation_id) {_NAMES}
+    FROM unnest({_ARRAYS}) WITH ORDINALITY AS e({_NAMES}, ord)
+    ORDER BY generation_id, ord
+),
+inserted AS (
+    INSERT INTO generations ({_NAMES})
+    SELECT {_NAMES} FROM input ORDER BY generation_id
+    ON CONFLICT (generation_id) DO NOTHING
+    RETURNING key_id, model_id, provider_id, created_at, {", ".join(TOKEN_FIELDS)}, cost
+),
+rolled AS (
+    INSERT INTO usage_rollups
+        (key_id, model_id, provider_id, bucket_start, requests, {", ".join(TOKEN_FIELDS)}, cost)
+    SELECT key_id, model_id, provider_id, date_trunc('hour', created_at, 'UTC'), count(*), {_SUMS}
+    FROM inserted
+    GROUP BY 1, 2, 3, 4
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT (key_id, model_id, provider_id, bucket_start) DO UPDATE SET {_ADD}
+)
+SELECT count(*) FROM inserted
+"""
+
+_QUERY_SQL = f"""
+SELECT date_trunc($4, bucket_start, 'UTC') AS bucket_start, model_id, provider_id,
+       sum(requests)::bigint AS requests,
+       {", ".join(f"sum({name})::bigint AS {name}" for name in TOKEN_FIELDS)},
+       sum(cost) AS cost
+FROM usage_rollups
+WHERE key_id = $1 AND bucket_start >= $2 AND bucket_start < $3
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    recorded: int
+    duplicates: int
+
+
+def check_event(event: metering_pb2.UsageEvent, path: str) -> list[tuple[str, str]]:
+    """Problems with one event, each naming its field as ``<path>.<field>``."""
+    problems: list[tuple[str, str]] = []
+    if not event.generation_id:
+        problems.append((f"{path}.generation_id", "required"))
+    if not event.key_id:
+        problems.append((f"{path}.key_id", "required"))
+    for name in TOKEN_FIELDS:
+        if getattr(event.usage, name) < 0:
+            problems.append((f"{path}.usage.{name}", "must not be negative"))
+    for name in ("latency_ms", "time_to_first_token_ms"):
+        if getattr(event, name) < 0:
+            problems.append((f"{path}.{name}", "must not be negative"))
+    try:
+        parse_usd(event.cost_usd)
+    except MoneyFormatError:
+        problems.append((f"{path}.cost_usd", "expected a non-negative decimal string like '0.15'"))
+    if event.HasField("create_time"):
+        try:
+            event.create_time.ToDatetime(tzinfo=UTC)
+        except (ValueError, OverflowError):
+            problems.append((f"{path}.create_time", "not a valid timestamp"))
+    return problems
+
+
+def validate_events(events: Sequence[metering_pb2.UsageEvent], path: str = "events") -> None:
+    """Raise one ``InvalidArgument`` naming every bad field (``events[3].cost_usd``)."""
+    problems: list[tuple[str, str]] = []
+    for index, event in enumerate(events):
+        problems.extend(check_event(event, f"{path}[{index}]"))
+    if problems:
+        raise InvalidArgument(problems[:MAX_REPORTED_VIOLATIONS])
+
+
+def _row(event: metering_pb2.UsageEvent, now: datetime) -> tuple[Any, ...]:
+    usage = event.usage
+    created = event.create_time.ToDatetime(tzinfo=UTC) if event.HasField("create_time") else now
+    return (
+        event.generation_id,
+        event.key_id,
+        event.account_id,
+        event.model_id,
+        event.provider_id,
+        event.endpoint_id,
+        event.upstream_model,
+        *(getattr(usage, name) for name in TOKEN_FIELDS),
+        usage.estimated,
+        parse_usd(event.cost_usd),
+        int(event.finish_reason),
+        event.native_finish_reason,
+        int(event.status),
+        event.streamed,
+        created,
+        event.latency_ms,
+        event.time_to_first_token_ms,
+    )
+
+
+def _event_from_row(row: asyncpg.Record) -> metering_pb2.UsageEvent:
+    event = metering_pb2.UsageEvent(
+        generation_id=row["generation_id"],
+        key_id=row["key_id"],
+        account_id=row["account_id"],
+        model_id=row["model_id"],
+        provider_id=row["provider_id"],
+        endpoint_id=row["endpoint_id"],
+        upstream_model=row["upstream_model"],
+        usage=common_pb2.Usage(
+            estimated=row["estimated"], **{name: row[name] for name in TOKEN_FIELDS}
+        ),
+        cost_usd=format_usd(row["cost"]),
+        finish_reason=row["finish_reason"],
+        native_finish_reason=row["native_finish_reason"],
+        status=row["status"],
+        latency_ms=row["latency_ms"],
+        time_to_first_token_ms=row["ttft_ms"],
+        streamed=row["streamed"],
+    )
+    event.create_time.FromDatetime(row["created_at"])
+    return event
+
+
+def _usage_row(row: asyncpg.Record) -> metering_pb2.UsageRow:
+    out = metering_pb2.UsageRow(
+        model_id=row["model_id"],
+        provider_id=row["provider_id"],
+        requests=row["requests"],
+        cost_usd=format_usd(row["cost"]),
+        **{name: row[name] for name in TOKEN_FIELDS},
+    )
+    out.bucket_start.FromDatetime(row["bucket_start"])
+    return out
+
+
+class Ledger:
+    """Generations and usage rollups in Postgres."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def record(
+        self, events: Sequence[metering_pb2.UsageEvent], *, source: str
+    ) -> WriteResult:
+        """Write a batch exactly once per generation id; ``source`` labels the metrics.
+
+        Raises ``InvalidArgument`` (naming ``events[i].<field>``) before writing anything
+        when an event is invalid. An event without ``create_time`` is dated now.
+        """
+        if not events:
+            return WriteResult(recorded=0, duplicates=0)
+        validate_events(events)
+        now = datetime.now(UTC)
+        columns = [list(column) for column in zip(*(_row(e, now) for e in events), strict=True)]
+        recorded = int(await self._pool.fetchval(_RECORD_SQL, *columns))
+        result = WriteResult(recorded=recorded, duplicates=len(events) - recorded)
+        EVENTS_INGESTED.labels(source).inc(result.recorded)
+        EVENTS_DUPLICATE.labels(source).inc(result.duplicates)
+        return result
+
+    async def get_generation(self, generation_id: str) -> metering_pb2.UsageEvent:
+        if not generation_id:
+            raise InvalidArgument({"generation_id": "required"})
+        row = await self._pool.fetchrow(
+            f"SELECT {_NAMES} FROM generations WHERE generation_id = $1", generation_id
+        )
+        if row is None:
+            raise NotFound(f"generation {generation_id!r} not found")
+        return _event_from_row(row)
+
+    async def query_usage(
+        self, key_id: str, start: datetime, end: datetime, bucket: str
+    ) -> metering_pb2.QueryUsageResponse:
+        """Rollups of one key in ``[start, end)`` by ``bucket`` ("hour" or "day"), model
+        and provider. A row counts the hourly buckets that start inside the range."""
+        rows = await self._pool.fetch(_QUERY_SQL, key_id, start, end, bucket)
+        response = metering_pb2.QueryUsageResponse(rows=[_usage_row(row) for row in rows])
+        total_cost: Decimal = ZERO
+        for row in rows:
+            response.total_requests += row["requests"]
+            response.total_prompt_tokens += row["prompt_tokens"]
+            response.total_completion_tokens += row["completion_tokens"]
+            total_cost += row["cost"]
+        response.total_cost_usd = format_usd(total_cost)
+        return response

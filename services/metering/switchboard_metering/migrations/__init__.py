@@ -1,0 +1,1 @@
+"""Versioned SQL migrations of the metering service, applied by ``switchboard_core.db.migrate``."""

@@ -1,0 +1,102 @@
+"""The MeteringService gRPC handlers: request validation, then calls into keys and ledger."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
+from switchboard_core.errors import InvalidArgument
+from switchboard_metering.keys import KeyStore
+from switchboard_metering.ledger import Ledger
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+MAX_EVENTS_PER_REQUEST = 1000
+DEFAULT_USAGE_WINDOW = timedelta(days=30)
+_BUCKETS = {
+    metering_pb2.TIME_BUCKET_UNSPECIFIED: "day",
+    metering_pb2.TIME_BUCKET_DAY: "day",
+    metering_pb2.TIME_BUCKET_HOUR: "hour",
+}
+
+
+def _time(value: timestamp_pb2.Timestamp, field: str) -> datetime:
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument({field: "not a valid timestamp"}) from None
+
+
+def usage_range(
+    request: metering_pb2.QueryUsageRequest, now: datetime
+) -> tuple[datetime, datetime]:
+    """``[start, end)``: end defaults to now, start to 30 days before end."""
+    end = _time(request.end_time, "end_time") if request.HasField("end_time") else now
+    if request.HasField("start_time"):
+        start = _time(request.start_time, "start_time")
+    else:
+        start = end - DEFAULT_USAGE_WINDOW
+    if start >= end:
+        raise InvalidArgument({"start_time": "must be before end_time"})
+    return start, end
+
+
+class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
+    def __init__(self, keys: KeyStore, ledger: Ledger) -> None:
+        self._keys = keys
+        self._ledger = ledger
+
+    async def CreateApiKey(
+        self, request: metering_pb2.CreateApiKeyRequest, context: Context
+    ) -> metering_pb2.CreateApiKeyResponse:
+        key, secret = await self._keys.create(request.account_id, request.name)
+        return metering_pb2.CreateApiKeyResponse(api_key=key, secret=secret)
+
+    async def ListApiKeys(
+        self, request: metering_pb2.ListApiKeysRequest, context: Context
+    ) -> metering_pb2.ListApiKeysResponse:
+        keys, next_token = await self._keys.list_page(
+            request.account_id, request.page_size, request.page_token
+        )
+        return metering_pb2.ListApiKeysResponse(api_keys=keys, next_page_token=next_token)
+
+    async def RevokeApiKey(
+        self, request: metering_pb2.RevokeApiKeyRequest, context: Context
+    ) -> metering_pb2.RevokeApiKeyResponse:
+        return metering_pb2.RevokeApiKeyResponse(api_key=await self._keys.revoke(request.key_id))
+
+    async def VerifyApiKey(
+        self, request: metering_pb2.VerifyApiKeyRequest, context: Context
+    ) -> metering_pb2.VerifyApiKeyResponse:
+        return metering_pb2.VerifyApiKeyResponse(api_key=await self._keys.verify(request.secret))
+
+    async def RecordUsage(
+        self, request: metering_pb2.RecordUsageRequest, context: Context
+    ) -> metering_pb2.RecordUsageResponse:
+        if len(request.events) > MAX_EVENTS_PER_REQUEST:
+            raise InvalidArgument({"events": f"at most {MAX_EVENTS_PER_REQUEST} per request"})
+        result = await self._ledger.record(request.events, source="rpc")
+        return metering_pb2.RecordUsageResponse(
+            recorded_count=result.recorded, duplicate_count=result.duplicates
+        )
+
+    async def GetGeneration(
+        self, request: metering_pb2.GetGenerationRequest, context: Context
+    ) -> metering_pb2.GetGenerationResponse:
+        generation = await self._ledger.get_generation(request.generation_id)
+        return metering_pb2.GetGenerationResponse(generation=generation)
+
+    async def QueryUsage(
+        self, request: metering_pb2.QueryUsageRequest, context: Context
+    ) -> metering_pb2.QueryUsageResponse:
+        if not request.key_id:
+            raise InvalidArgument({"key_id": "required"})
+        bucket = _BUCKETS.get(request.bucket)
+        if bucket is None:
+            raise InvalidArgument({"bucket": "TIME_BUCKET_HOUR or TIME_BUCKET_DAY"})
+        start, end = usage_range(request, datetime.now(UTC))
+        return await self._ledger.query_usage(request.key_id, start, end, bucket)
