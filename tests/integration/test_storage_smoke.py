@@ -36,3 +36,28 @@ async def test_migrations_apply_once(database_url: str) -> None:
         assert await pool.fetchval("SELECT count(*) FROM smoke_thing") == 0
     finally:
         await pool.close()
+
+
+async def test_services_migrating_at_once_do_not_race(database_url: str) -> None:
+    """Catalog and metering start together; both create schema_migrations if missing."""
+    import asyncio
+    import uuid
+
+    name = f"race_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(database_url)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    url = database_url.rsplit("/", 1)[0] + "/" + name
+    pools = [await create_pool(url) for _ in range(4)]
+    try:
+        results = await asyncio.gather(
+            *(migrate(p, "svc", "tests.integration.smoke_migrations") for p in pools)
+        )
+        # four replicas starting together: exactly one applies the migration
+        assert sorted(len(r) for r in results) == [0, 0, 0, 1]
+    finally:
+        for p in pools:
+            await p.close()
+        conn = await asyncpg.connect(database_url)
+        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await conn.close()

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
+log = logging.getLogger(__name__)
 
 MODEL = "demo"
 WORDS = (
@@ -167,18 +170,21 @@ class DemoUpstream:
                 data["usage"] = None
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
-        await response.write(chunk({"role": "assistant", "content": "", "refusal": None}, None))
-        for i, word in enumerate(words):
-            if self.settings.token_delay_seconds:
-                await asyncio.sleep(self.settings.token_delay_seconds)
-            await response.write(chunk({"content": word if i == 0 else " " + word}, None))
-        await response.write(chunk({}, finish))
-        if include_usage:
-            last = json.loads(chunk({}, None, choices=False)[6:])
-            last["usage"] = _usage(prompt, len(words))
-            await response.write(b"data: " + json.dumps(last).encode() + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
+        try:
+            await response.write(chunk({"role": "assistant", "content": "", "refusal": None}, None))
+            for i, word in enumerate(words):
+                if self.settings.token_delay_seconds:
+                    await asyncio.sleep(self.settings.token_delay_seconds)
+                await response.write(chunk({"content": word if i == 0 else " " + word}, None))
+            await response.write(chunk({}, finish))
+            if include_usage:
+                last = json.loads(chunk({}, None, choices=False)[6:])
+                last["usage"] = _usage(prompt, len(words))
+                await response.write(b"data: " + json.dumps(last).encode() + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionResetError:  # the client went away mid-stream: stop generating
+            log.debug("client disconnected mid-stream")
         return response
 
 

@@ -33,35 +33,49 @@ def _migrations(package: str) -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+# One lock for every service's migrations: ``schema_migrations`` itself is shared, and
+# ``CREATE TABLE IF NOT EXISTS`` is not safe against a concurrent creator.
+_MIGRATION_LOCK = "switchboard.schema_migrations"
+
+
 async def migrate(pool: asyncpg.Pool, service: str, package: str) -> list[str]:
-    """Apply ``package``'s pending migrations for ``service``; returns the applied names."""
+    """Apply ``package``'s pending migrations for ``service``; returns the applied names.
+
+    Each migration runs in its own transaction. A session-level advisory lock serialises
+    services and replicas that start together.
+    """
     applied: list[str] = []
     async with pool.acquire() as conn:
-        await conn.execute(
-            """CREATE TABLE IF NOT EXISTS schema_migrations (
-                   service text NOT NULL,
-                   version integer NOT NULL,
-                   name text NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT now(),
-                   PRIMARY KEY (service, version))"""
-        )
-        for version, name, sql in _migrations(package):
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", service)
-                done = await conn.fetchval(
-                    "SELECT 1 FROM schema_migrations WHERE service = $1 AND version = $2",
-                    service,
-                    version,
+        await conn.execute("SELECT pg_advisory_lock(hashtext($1))", _MIGRATION_LOCK)
+        try:
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       service text NOT NULL,
+                       version integer NOT NULL,
+                       name text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now(),
+                       PRIMARY KEY (service, version))"""
+            )
+            done = {
+                row["version"]
+                for row in await conn.fetch(
+                    "SELECT version FROM schema_migrations WHERE service = $1", service
                 )
-                if done:
+            }
+            for version, name, sql in _migrations(package):
+                if version in done:
                     continue
-                await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (service, version, name) VALUES ($1, $2, $3)",
-                    service,
-                    version,
-                    name,
-                )
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (service, version, name)"
+                        " VALUES ($1, $2, $3)",
+                        service,
+                        version,
+                        name,
+                    )
                 applied.append(name)
                 log.info("migration applied", extra={"migration": name, "owner": service})
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", _MIGRATION_LOCK)
     return applied

@@ -1,0 +1,263 @@
+"""The services as real processes over real sockets: a key, a streamed completion, and its
+exact usage and cost in the ledger; errors that name their cause; cancellation metered;
+graceful shutdown that lets an in-flight stream finish."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from switchboard.common.v1 import common_pb2
+from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
+from switchboard.router.v1 import router_pb2, router_pb2_grpc
+from switchboard_demo.upstream import reply_words
+from switchboard_devstack.stack import Ports, Stack
+
+pytestmark = [pytest.mark.e2e]
+
+DEMO = "switchboard/demo"
+# The demo model's seeded prices, USD per million tokens.
+PROMPT_PRICE, COMPLETION_PRICE = Decimal(1), Decimal(2)
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    database_url: str, redis_url: str, redis_prefix: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    logs: Path = tmp_path_factory.mktemp("e2e-logs")
+    running = Stack(
+        database_url,
+        redis_url,
+        ports=Ports.free(),
+        log_dir=logs,
+        extra_env={
+            "SWITCHBOARD_USAGE_STREAM": redis_prefix + "usage",
+            "SWITCHBOARD_KEY_CACHE_SECONDS": "0.3",
+            "SWITCHBOARD_DEMO_TOKEN_DELAY_SECONDS": "0.01",
+            "SWITCHBOARD_SHUTDOWN_GRACE_SECONDS": "10",
+        },
+    )
+    try:
+        await running.start(timeout=60)
+        yield running
+    finally:
+        running.stop()
+        for log in sorted(logs.glob("*.log")):
+            text = log.read_text(errors="replace")
+            assert "Traceback" not in text, f"{log.name} logged a traceback:\n{text[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+async def metering(stack: Stack) -> AsyncIterator[metering_pb2_grpc.MeteringServiceStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.metering}") as channel:
+        yield metering_pb2_grpc.MeteringServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+async def router(stack: Stack) -> AsyncIterator[router_pb2_grpc.RouterServiceStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.router}") as channel:
+        yield router_pb2_grpc.RouterServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+async def api_key(
+    metering: metering_pb2_grpc.MeteringServiceStub,
+) -> metering_pb2.CreateApiKeyResponse:
+    return await metering.CreateApiKey(
+        metering_pb2.CreateApiKeyRequest(account_id="e2e", name="e2e")
+    )
+
+
+def auth(key: metering_pb2.CreateApiKeyResponse) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {key.secret}"),)
+
+
+def chat(text: str, **kwargs: object) -> router_pb2.StreamCompletionRequest:
+    message = common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=text)
+    return router_pb2.StreamCompletionRequest(model=DEMO, messages=[message], **kwargs)  # type: ignore[arg-type]
+
+
+def expected_cost(prompt: int, completion: int) -> Decimal:
+    return (prompt * PROMPT_PRICE + completion * COMPLETION_PRICE) / 1_000_000
+
+
+async def ledger_entry(
+    metering: metering_pb2_grpc.MeteringServiceStub, generation_id: str
+) -> metering_pb2.UsageEvent:
+    """Wait for the outbox to carry the generation into the ledger."""
+    for _ in range(100):
+        try:
+            reply = await metering.GetGeneration(
+                metering_pb2.GetGenerationRequest(generation_id=generation_id)
+            )
+            return reply.generation
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.NOT_FOUND
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{generation_id} never reached the ledger")
+
+
+async def test_streamed_completion_is_relayed_and_metered_exactly(
+    router: router_pb2_grpc.RouterServiceStub,
+    metering: metering_pb2_grpc.MeteringServiceStub,
+    api_key: metering_pb2.CreateApiKeyResponse,
+) -> None:
+    messages = [
+        m async for m in router.StreamCompletion(chat("Hello, Switchboard"), metadata=auth(api_key))
+    ]
+    kinds = [m.WhichOneof("event") for m in messages]
+    assert kinds == ["start"] + ["delta"] * 20 + ["end"]
+    start, end = messages[0].start, messages[-1].end
+    assert (start.model, start.provider, start.endpoint_id) == (
+        DEMO,
+        "switchboard",
+        "switchboard:" + DEMO,
+    )
+    assert "".join(m.delta.text for m in messages[1:-1]) == " ".join(reply_words(20))
+    assert end.finish_reason == common_pb2.FINISH_REASON_STOP
+    # "Hello, Switchboard": 2 words + 3 for the message; 20 completion words
+    assert (end.usage.prompt_tokens, end.usage.completion_tokens, end.usage.estimated) == (
+        5,
+        20,
+        False,
+    )
+    assert Decimal(end.cost_usd) == expected_cost(5, 20)
+
+    row = await ledger_entry(metering, start.generation_id)
+    assert row.key_id == api_key.api_key.id
+    assert row.account_id == "e2e"
+    assert (row.usage.prompt_tokens, row.usage.completion_tokens) == (5, 20)
+    assert row.cost_usd == end.cost_usd
+    assert row.status == metering_pb2.GENERATION_STATUS_COMPLETED
+    assert row.streamed
+    assert 0 < row.time_to_first_token_ms <= row.latency_ms
+
+
+async def test_unary_completion_and_usage_totals(
+    router: router_pb2_grpc.RouterServiceStub,
+    metering: metering_pb2_grpc.MeteringServiceStub,
+) -> None:
+    key = await metering.CreateApiKey(
+        metering_pb2.CreateApiKeyRequest(account_id="e2e", name="unary")
+    )
+    replies = []
+    for max_tokens in (3, 7):
+        request = router_pb2.CreateCompletionRequest(
+            model=DEMO,
+            messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="one two")],
+            max_tokens=max_tokens,
+        )
+        replies.append(await router.CreateCompletion(request, metadata=auth(key)))
+    assert replies[0].text == " ".join(reply_words(3))
+    assert replies[0].finish_reason == common_pb2.FINISH_REASON_LENGTH
+    for reply in replies:
+        await ledger_entry(metering, reply.generation_id)
+    usage = await metering.QueryUsage(
+        metering_pb2.QueryUsageRequest(key_id=key.api_key.id, bucket=metering_pb2.TIME_BUCKET_HOUR)
+    )
+    assert usage.total_requests == 2
+    assert usage.total_prompt_tokens == 10
+    assert usage.total_completion_tokens == 10
+    assert Decimal(usage.total_cost_usd) == sum(Decimal(r.cost_usd) for r in replies)
+    assert Decimal(usage.total_cost_usd) == expected_cost(10, 10)
+
+
+def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            return {v.field: v.description for v in bad.field_violations}
+    return {}
+
+
+async def test_errors_are_clear_and_crash_nothing(
+    router: router_pb2_grpc.RouterServiceStub,
+    metering: metering_pb2_grpc.MeteringServiceStub,
+    api_key: metering_pb2.CreateApiKeyResponse,
+    stack: Stack,
+) -> None:
+    async def fails(
+        request: router_pb2.StreamCompletionRequest, metadata: object
+    ) -> grpc.aio.AioRpcError:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in router.StreamCompletion(request, metadata=metadata):  # type: ignore[arg-type]
+                pass
+        return caught.value
+
+    missing = await fails(chat("hi"), ())
+    assert missing.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "authorization" in (missing.details() or "")
+    wrong = await fails(chat("hi"), (("authorization", "Bearer sk-sb-v1-nope"),))
+    assert wrong.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    bad = await fails(chat("hi", max_tokens=0, temperature=9.0), auth(api_key))
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(field_violations(bad)) == {"max_tokens", "temperature"}
+
+    unknown = await fails(
+        chat("hi").__class__(model="acme/nothing", messages=chat("hi").messages), auth(api_key)
+    )
+    assert unknown.code() == grpc.StatusCode.NOT_FOUND
+    assert "acme/nothing" in (unknown.details() or "")
+
+    key = await metering.CreateApiKey(
+        metering_pb2.CreateApiKeyRequest(account_id="e2e", name="revoked")
+    )
+    _ = [m async for m in router.StreamCompletion(chat("hi"), metadata=auth(key))]
+    await metering.RevokeApiKey(metering_pb2.RevokeApiKeyRequest(key_id=key.api_key.id))
+    await asyncio.sleep(0.5)  # the router's key cache is 0.3 s in this stack
+    revoked = await fails(chat("hi"), auth(key))
+    assert revoked.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    assert all(p.poll() is None for p in stack.processes.values())
+    ok = [m async for m in router.StreamCompletion(chat("still here"), metadata=auth(api_key))]
+    assert ok[-1].WhichOneof("event") == "end"
+
+
+async def test_a_cancelled_stream_is_metered_for_what_was_generated(
+    router: router_pb2_grpc.RouterServiceStub,
+    metering: metering_pb2_grpc.MeteringServiceStub,
+    api_key: metering_pb2.CreateApiKeyResponse,
+) -> None:
+    call = router.StreamCompletion(chat("cancel me"), metadata=auth(api_key))
+    start = await call.read()
+    deltas = [await call.read(), await call.read()]
+    assert all(d.WhichOneof("event") == "delta" for d in deltas)
+    call.cancel()
+    row = await ledger_entry(metering, start.start.generation_id)
+    assert row.status == metering_pb2.GENERATION_STATUS_CANCELLED
+    assert row.finish_reason == common_pb2.FINISH_REASON_CANCELLED
+    assert row.usage.estimated
+    assert 1 <= row.usage.completion_tokens < 20
+    assert Decimal(row.cost_usd) == expected_cost(
+        row.usage.prompt_tokens, row.usage.completion_tokens
+    )
+
+
+async def test_sigterm_lets_an_inflight_stream_finish(
+    router: router_pb2_grpc.RouterServiceStub,
+    api_key: metering_pb2.CreateApiKeyResponse,
+    stack: Stack,
+) -> None:
+    call = router.StreamCompletion(chat("finish me"), metadata=auth(api_key))
+    first = await call.read()
+    assert first.WhichOneof("event") == "start"
+    stack.processes["router"].send_signal(signal.SIGTERM)
+    rest = []
+    while (message := await call.read()) is not grpc.aio.EOF:
+        rest.append(message)
+    assert rest[-1].WhichOneof("event") == "end"
+    assert sum(m.WhichOneof("event") == "delta" for m in rest) == 20
+    router_process = stack.processes.pop("router")
+    assert await asyncio.to_thread(router_process.wait, 15) == 0
