@@ -120,7 +120,7 @@ def direct_call(session: aiohttp.ClientSession, url: str) -> Callable[[], Awaita
 
 
 def router_call(
-    stub: router_pb2_grpc.RouterServiceStub, key: str
+    stub: router_pb2_grpc.RouterServiceAsyncStub, key: str
 ) -> Callable[[], Awaitable[float]]:
     request = router_pb2.StreamCompletionRequest(
         model="switchboard/demo",
@@ -230,7 +230,7 @@ async def run(levels: list[int], requests: int) -> int:
             result = Result("router", level, ttft, seconds, failures, cpu / max(1, len(ttft)))
             print(result.row(), flush=True)
             failed += failures
-        await channel.close()
+        await channel.close(None)
         await session.close()
     finally:
         stack.stop()

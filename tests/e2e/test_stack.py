@@ -9,6 +9,7 @@ import signal
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -56,20 +57,20 @@ async def stack(
 
 
 @pytest.fixture(scope="module")
-async def metering(stack: Stack) -> AsyncIterator[metering_pb2_grpc.MeteringServiceStub]:
+async def metering(stack: Stack) -> AsyncIterator[metering_pb2_grpc.MeteringServiceAsyncStub]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.metering}") as channel:
         yield metering_pb2_grpc.MeteringServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
-async def router(stack: Stack) -> AsyncIterator[router_pb2_grpc.RouterServiceStub]:
+async def router(stack: Stack) -> AsyncIterator[router_pb2_grpc.RouterServiceAsyncStub]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.router}") as channel:
         yield router_pb2_grpc.RouterServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
 async def api_key(
-    metering: metering_pb2_grpc.MeteringServiceStub,
+    metering: metering_pb2_grpc.MeteringServiceAsyncStub,
 ) -> metering_pb2.CreateApiKeyResponse:
     return await metering.CreateApiKey(
         metering_pb2.CreateApiKeyRequest(account_id="e2e", name="e2e")
@@ -90,7 +91,7 @@ def expected_cost(prompt: int, completion: int) -> Decimal:
 
 
 async def ledger_entry(
-    metering: metering_pb2_grpc.MeteringServiceStub, generation_id: str
+    metering: metering_pb2_grpc.MeteringServiceAsyncStub, generation_id: str
 ) -> metering_pb2.UsageEvent:
     """Wait for the outbox to carry the generation into the ledger."""
     for _ in range(100):
@@ -106,8 +107,8 @@ async def ledger_entry(
 
 
 async def test_streamed_completion_is_relayed_and_metered_exactly(
-    router: router_pb2_grpc.RouterServiceStub,
-    metering: metering_pb2_grpc.MeteringServiceStub,
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    metering: metering_pb2_grpc.MeteringServiceAsyncStub,
     api_key: metering_pb2.CreateApiKeyResponse,
 ) -> None:
     messages = [
@@ -142,8 +143,8 @@ async def test_streamed_completion_is_relayed_and_metered_exactly(
 
 
 async def test_unary_completion_and_usage_totals(
-    router: router_pb2_grpc.RouterServiceStub,
-    metering: metering_pb2_grpc.MeteringServiceStub,
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    metering: metering_pb2_grpc.MeteringServiceAsyncStub,
 ) -> None:
     key = await metering.CreateApiKey(
         metering_pb2.CreateApiKeyRequest(account_id="e2e", name="unary")
@@ -182,8 +183,8 @@ def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
 
 
 async def test_errors_are_clear_and_crash_nothing(
-    router: router_pb2_grpc.RouterServiceStub,
-    metering: metering_pb2_grpc.MeteringServiceStub,
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    metering: metering_pb2_grpc.MeteringServiceAsyncStub,
     api_key: metering_pb2.CreateApiKeyResponse,
     stack: Stack,
 ) -> None:
@@ -225,14 +226,32 @@ async def test_errors_are_clear_and_crash_nothing(
     assert ok[-1].WhichOneof("event") == "end"
 
 
+EOF = grpc.aio.EOF  # type: ignore[attr-defined]
+
+
+async def read(call: Any) -> router_pb2.StreamCompletionResponse:
+    """The next message of a streaming call, which must not have ended."""
+    message = await call.read()
+    assert message is not EOF
+    assert isinstance(message, router_pb2.StreamCompletionResponse)
+    return message
+
+
+async def read_rest(call: Any) -> list[router_pb2.StreamCompletionResponse]:
+    rest = []
+    while (message := await call.read()) is not EOF:
+        rest.append(message)
+    return rest
+
+
 async def test_a_cancelled_stream_is_metered_for_what_was_generated(
-    router: router_pb2_grpc.RouterServiceStub,
-    metering: metering_pb2_grpc.MeteringServiceStub,
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    metering: metering_pb2_grpc.MeteringServiceAsyncStub,
     api_key: metering_pb2.CreateApiKeyResponse,
 ) -> None:
     call = router.StreamCompletion(chat("cancel me"), metadata=auth(api_key))
-    start = await call.read()
-    deltas = [await call.read(), await call.read()]
+    start = await read(call)
+    deltas = [await read(call), await read(call)]
     assert all(d.WhichOneof("event") == "delta" for d in deltas)
     call.cancel()
     row = await ledger_entry(metering, start.start.generation_id)
@@ -246,17 +265,15 @@ async def test_a_cancelled_stream_is_metered_for_what_was_generated(
 
 
 async def test_sigterm_lets_an_inflight_stream_finish(
-    router: router_pb2_grpc.RouterServiceStub,
+    router: router_pb2_grpc.RouterServiceAsyncStub,
     api_key: metering_pb2.CreateApiKeyResponse,
     stack: Stack,
 ) -> None:
     call = router.StreamCompletion(chat("finish me"), metadata=auth(api_key))
-    first = await call.read()
+    first = await read(call)
     assert first.WhichOneof("event") == "start"
     stack.processes["router"].send_signal(signal.SIGTERM)
-    rest = []
-    while (message := await call.read()) is not grpc.aio.EOF:
-        rest.append(message)
+    rest = await read_rest(call)
     assert rest[-1].WhichOneof("event") == "end"
     assert sum(m.WhichOneof("event") == "delta" for m in rest) == 20
     router_process = stack.processes.pop("router")

@@ -23,6 +23,7 @@ from switchboard_router.canonical import (
     UsageReport,
 )
 from switchboard_router.providers.base import (
+    Target,
     UpstreamContextLengthExceeded,
     UpstreamCredentialRejected,
     UpstreamError,
@@ -54,16 +55,14 @@ async def adapter() -> AsyncIterator[OpenAIChatAdapter]:
     await session.close()
 
 
-def target(url: str, model: str = "demo") -> object:
-    from switchboard_router.providers.base import Target
-
+def target(url: str, model: str = "demo") -> Target:
     return Target("demo", url, model, Secret("sk-upstream"))
 
 
 async def run(
     adapter: OpenAIChatAdapter, url: str, request: CompletionRequest = REQUEST
 ) -> list[AdapterEvent]:
-    return [e async for e in adapter.stream(request, target(url), timeout=10)]  # type: ignore[arg-type]
+    return [e async for e in adapter.stream(request, target(url), timeout=10)]
 
 
 async def test_streams_text_usage_and_finish_from_the_demo(
@@ -206,7 +205,7 @@ async def test_a_stream_cut_before_the_finish_is_an_error(adapter: OpenAIChatAda
         with pytest.raises(UpstreamUnavailable):
             async for event in OpenAIChatAdapter.stream(
                 adapter, REQUEST, target(server.url), timeout=5
-            ):  # type: ignore[arg-type]
+            ):
                 events.append(event)
     assert events == [TextDelta("par")]
 
@@ -244,9 +243,9 @@ async def test_closing_the_stream_early_closes_the_upstream_connection(
         return response
 
     async with scripted_server(slow) as server:
-        stream = adapter.stream(REQUEST, target(server.url), timeout=30)  # type: ignore[arg-type]
+        stream = adapter.stream(REQUEST, target(server.url), timeout=30)
         assert await anext(stream) == TextDelta("tok")
-        await stream.aclose()  # what the relay does when the client cancels
+        await stream.aclose()  # type: ignore[attr-defined]  # as the relay does on cancel
         loop = asyncio.get_running_loop()
         start = loop.time()
         await asyncio.wait_for(server.disconnected.wait(), timeout=2)
@@ -262,5 +261,5 @@ async def test_timeout_is_enforced(adapter: OpenAIChatAdapter) -> None:
 
     async with scripted_server(stall) as server:
         with pytest.raises(UpstreamTimeout):
-            async for _ in adapter.stream(REQUEST, target(server.url), timeout=0.3):  # type: ignore[arg-type]
+            async for _ in adapter.stream(REQUEST, target(server.url), timeout=0.3):
                 pass

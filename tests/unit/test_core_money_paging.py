@@ -11,7 +11,9 @@ from switchboard_core.money import MoneyFormatError, Price, format_usd, parse_us
 from switchboard_core.paging import decode_token, encode_token
 
 
-@pytest.mark.parametrize("text", ["1\n", "١٢", "-1", "1e-3", "1.", ".5", "", "NaN", "1.0000000000001"])
+@pytest.mark.parametrize(
+    "text", ["1\n", "١٢", "-1", "1e-3", "1.", ".5", "", "NaN", "1.0000000000001"]
+)
 def test_parse_usd_refuses_anything_but_plain_decimals(text: str) -> None:
     with pytest.raises(MoneyFormatError):
         parse_usd(text)
@@ -28,7 +30,9 @@ def test_cost_splits_cached_and_cache_write_tokens() -> None:
     price = Price.parse("3", "15", cached_prompt="0.3", cache_write="3.75")
     # 1000 prompt = 600 fresh + 300 cached + 100 written; 200 completion
     cost = price.cost(1000, 200, cached_tokens=300, cache_write_tokens=100)
-    assert cost == (600 * Decimal(3) + 300 * Decimal("0.3") + 100 * Decimal("3.75") + 200 * 15) / 10**6
+    assert (
+        cost == (600 * Decimal(3) + 300 * Decimal("0.3") + 100 * Decimal("3.75") + 200 * 15) / 10**6
+    )
     assert format_usd(cost) == "0.005265"
 
 

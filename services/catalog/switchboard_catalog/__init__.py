@@ -1,0 +1,1 @@
+"""The catalog service: models, providers and endpoints, and a live feed of them for routers."""

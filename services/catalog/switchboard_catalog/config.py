@@ -1,0 +1,64 @@
+"""The catalog's configuration, read once from the environment (see docs/CONTRACTS.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from switchboard_core.config import EnvReader, ServerConfig, read_database_url
+
+SERVICE = "catalog"
+DEFAULT_GRPC_PORT = 50052
+DEFAULT_METRICS_PORT = 9092
+DEFAULT_DEMO_BASE_URL = "http://127.0.0.1:8088/v1"
+SEED_NONE = "none"
+
+
+def packaged_seed_path() -> Path:
+    """The seed file shipped with the package."""
+    return Path(str(resources.files("switchboard_catalog") / "data" / "seed.json"))
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    server: ServerConfig
+    # May hold a password: kept out of ``repr``.
+    database_url: str = field(repr=False)
+    # ``None`` skips seeding (``SWITCHBOARD_CATALOG_SEED=none``).
+    seed_path: Path | None
+    demo_base_url: str = DEFAULT_DEMO_BASE_URL
+    # How often the version is polled in case a notification was missed.
+    version_poll_seconds: float = 5.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CatalogConfig:
+        reader = EnvReader(env)
+        server = ServerConfig.read(reader, SERVICE, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT)
+        database_url = read_database_url(reader)
+        seed_path = _read_seed_path(reader)
+        demo_base_url = reader.url(
+            "SWITCHBOARD_DEMO_BASE_URL", ("http", "https"), DEFAULT_DEMO_BASE_URL
+        )
+        reader.finish()
+        return cls(
+            server=server,
+            database_url=database_url,
+            seed_path=seed_path,
+            demo_base_url=demo_base_url,
+        )
+
+
+def _read_seed_path(reader: EnvReader) -> Path | None:
+    raw = reader.str("SWITCHBOARD_CATALOG_SEED", "")
+    if raw.lower() == SEED_NONE:
+        return None
+    if not raw:
+        return packaged_seed_path()
+    path = Path(raw)
+    if not path.is_file():
+        reader.problems.append(
+            f"SWITCHBOARD_CATALOG_SEED: no file at {raw!r} (a seed JSON path, or 'none')"
+        )
+    return path

@@ -1,0 +1,1 @@
+"""Versioned SQL migrations of the catalog service (applied by ``switchboard_core.db.migrate``)."""

@@ -1,0 +1,280 @@
+"""Catalog queries (asyncpg). Rows become protos in :mod:`switchboard_catalog.convert`.
+
+Every write runs in one transaction that, when it changed anything, bumps the single-row
+catalog version last and calls ``pg_notify('switchboard_catalog', <version>)``. The version
+row's lock is held until commit, so versions commit in order and a snapshot read in one
+REPEATABLE READ transaction always matches the version it reports.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from switchboard.catalog.v1 import catalog_pb2
+from switchboard_catalog import convert
+from switchboard_core.errors import FailedPrecondition
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "switchboard_catalog"
+
+_ENDPOINT_COLUMNS = """id, model_id, provider_id, upstream_model, prompt_price, completion_price,
+    cached_prompt_price, cache_write_price, context_length, max_completion_tokens,
+    supported_parameters, quantization, status"""
+_MODEL_COLUMNS = """id, display_name, description, context_length, input_modalities,
+    output_modalities, updated_at"""
+_SELECT_PROVIDERS = "SELECT id, display_name, api_format, base_url FROM providers"
+_SELECT_ENDPOINTS = f"SELECT {_ENDPOINT_COLUMNS} FROM endpoints"
+
+# Each upsert returns a row only when it inserted or really changed something.
+_UPSERT_PROVIDER = """
+INSERT INTO providers AS p (id, display_name, api_format, base_url)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (id) DO UPDATE SET
+    display_name = EXCLUDED.display_name, api_format = EXCLUDED.api_format,
+    base_url = EXCLUDED.base_url, updated_at = now()
+WHERE (p.display_name, p.api_format, p.base_url)
+    IS DISTINCT FROM (EXCLUDED.display_name, EXCLUDED.api_format, EXCLUDED.base_url)
+RETURNING id"""
+
+_UPSERT_MODEL = """
+INSERT INTO models AS m
+    (id, display_name, description, context_length, input_modalities, output_modalities)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (id) DO UPDATE SET
+    display_name = EXCLUDED.display_name, description = EXCLUDED.description,
+    context_length = EXCLUDED.context_length, input_modalities = EXCLUDED.input_modalities,
+    output_modalities = EXCLUDED.output_modalities, updated_at = now()
+WHERE (m.display_name, m.description, m.context_length, m.input_modalities,
+       m.output_modalities)
+    IS DISTINCT FROM (EXCLUDED.display_name, EXCLUDED.description, EXCLUDED.context_length,
+       EXCLUDED.input_modalities, EXCLUDED.output_modalities)
+RETURNING id"""
+
+_UPSERT_ENDPOINT = """
+INSERT INTO endpoints AS e
+    (id, model_id, provider_id, upstream_model, prompt_price, completion_price,
+     cached_prompt_price, cache_write_price, context_length, max_completion_tokens,
+     supported_parameters, quantization, status)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+ON CONFLICT (id) DO UPDATE SET
+    upstream_model = EXCLUDED.upstream_model, prompt_price = EXCLUDED.prompt_price,
+    completion_price = EXCLUDED.completion_price,
+    cached_prompt_price = EXCLUDED.cached_prompt_price,
+    cache_write_price = EXCLUDED.cache_write_price, context_length = EXCLUDED.context_length,
+    max_completion_tokens = EXCLUDED.max_completion_tokens,
+    supported_parameters = EXCLUDED.supported_parameters,
+    quantization = EXCLUDED.quantization, status = EXCLUDED.status, updated_at = now()
+WHERE (e.upstream_model, e.prompt_price, e.completion_price, e.cached_prompt_price,
+       e.cache_write_price, e.context_length, e.max_completion_tokens,
+       e.supported_parameters, e.quantization, e.status)
+    IS DISTINCT FROM (EXCLUDED.upstream_model, EXCLUDED.prompt_price,
+       EXCLUDED.completion_price, EXCLUDED.cached_prompt_price, EXCLUDED.cache_write_price,
+       EXCLUDED.context_length, EXCLUDED.max_completion_tokens,
+       EXCLUDED.supported_parameters, EXCLUDED.quantization, EXCLUDED.status)
+RETURNING id"""
+
+_BUMP_VERSION = """
+UPDATE catalog_version SET version = version + 1, updated_at = now()
+WHERE singleton RETURNING version"""
+
+
+@dataclass(frozen=True)
+class Entries:
+    """A batch of catalog entries to upsert together (the seed)."""
+
+    providers: Sequence[catalog_pb2.Provider] = ()
+    models: Sequence[catalog_pb2.Model] = ()
+    endpoints: Sequence[catalog_pb2.Endpoint] = ()
+
+
+class CatalogStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def version(self) -> int:
+        value = await self._pool.fetchval("SELECT version FROM catalog_version")
+        return int(value)
+
+    async def list_models(
+        self, *, after: str, limit: int, provider_id: str = ""
+    ) -> list[catalog_pb2.Model]:
+        """Up to ``limit`` models with ids greater than ``after``, ordered by id."""
+        async with self._pool.acquire() as conn, _read_only(conn):
+            rows = await conn.fetch(
+                f"""SELECT {_MODEL_COLUMNS} FROM models m
+                    WHERE m.id > $1 AND ($2 = '' OR EXISTS (
+                        SELECT 1 FROM endpoints e WHERE e.model_id = m.id
+                        AND e.provider_id = $2))
+                    ORDER BY m.id LIMIT $3""",
+                after,
+                provider_id,
+                limit,
+            )
+            return await _with_endpoints(conn, rows)
+
+    async def get_model(self, model_id: str) -> catalog_pb2.Model | None:
+        async with self._pool.acquire() as conn, _read_only(conn):
+            return await _fetch_model(conn, model_id)
+
+    async def list_providers(self) -> list[catalog_pb2.Provider]:
+        rows = await self._pool.fetch(f"{_SELECT_PROVIDERS} ORDER BY id")
+        return [convert.provider_from_row(row) for row in rows]
+
+    async def snapshot(self) -> catalog_pb2.WatchCatalogResponse:
+        """The whole catalog and its version, read consistently."""
+        async with self._pool.acquire() as conn, _read_only(conn):
+            version = await conn.fetchval("SELECT version FROM catalog_version")
+            providers = await conn.fetch(f"{_SELECT_PROVIDERS} ORDER BY id")
+            models = await conn.fetch(f"SELECT {_MODEL_COLUMNS} FROM models ORDER BY id")
+            endpoints = await conn.fetch(f"{_SELECT_ENDPOINTS} ORDER BY model_id, id")
+        return catalog_pb2.WatchCatalogResponse(
+            version=version,
+            providers=[convert.provider_from_row(row) for row in providers],
+            models=convert.models_from_rows(models, endpoints),
+        )
+
+    async def upsert_provider(self, provider: catalog_pb2.Provider) -> catalog_pb2.Provider:
+        async def write(conn: asyncpg.Connection) -> bool:
+            return await _upsert_provider(conn, provider)
+
+        await self._write(write)
+        row = await self._pool.fetchrow(f"{_SELECT_PROVIDERS} WHERE id = $1", provider.id)
+        return convert.provider_from_row(row)
+
+    async def upsert_model(self, model: catalog_pb2.Model) -> catalog_pb2.Model:
+        async def write(conn: asyncpg.Connection) -> bool:
+            return await _upsert_model(conn, model)
+
+        await self._write(write)
+        stored = await self.get_model(model.id)
+        assert stored is not None  # models are never deleted
+        return stored
+
+    async def upsert_endpoint(self, endpoint: catalog_pb2.Endpoint) -> catalog_pb2.Endpoint:
+        async def write(conn: asyncpg.Connection) -> bool:
+            await _require_references(conn, endpoint.model_id, endpoint.provider_id)
+            return await _upsert_endpoint(conn, endpoint)
+
+        await self._write(write)
+        row = await self._pool.fetchrow(f"{_SELECT_ENDPOINTS} WHERE id = $1", endpoint.id)
+        return convert.endpoint_from_row(row)
+
+    async def upsert_entries(self, entries: Entries) -> int | None:
+        """Upserts a batch in one transaction; returns the new version, or None if unchanged."""
+
+        async def write(conn: asyncpg.Connection) -> bool:
+            changed = False
+            for provider in entries.providers:
+                changed |= await _upsert_provider(conn, provider)
+            for model in entries.models:
+                changed |= await _upsert_model(conn, model)
+            for endpoint in entries.endpoints:
+                changed |= await _upsert_endpoint(conn, endpoint)
+            return changed
+
+        return await self._write(write)
+
+    async def _write(self, write: Callable[[asyncpg.Connection], Awaitable[bool]]) -> int | None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await write(conn):
+                return None
+            # Last, so that the version row is locked only briefly and always after the rows.
+            version = int(await conn.fetchval(_BUMP_VERSION))
+            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(version))
+        log.info("catalog changed", extra={"catalog_version": version})
+        return version
+
+
+def _read_only(conn: asyncpg.Connection) -> asyncpg.transaction.Transaction:
+    return conn.transaction(isolation="repeatable_read", readonly=True)
+
+
+async def _with_endpoints(
+    conn: asyncpg.Connection, model_rows: Sequence[asyncpg.Record]
+) -> list[catalog_pb2.Model]:
+    if not model_rows:
+        return []
+    endpoints = await conn.fetch(
+        f"{_SELECT_ENDPOINTS} WHERE model_id = ANY($1::text[]) ORDER BY model_id, id",
+        [row["id"] for row in model_rows],
+    )
+    return convert.models_from_rows(model_rows, endpoints)
+
+
+async def _fetch_model(conn: asyncpg.Connection, model_id: str) -> catalog_pb2.Model | None:
+    rows = await conn.fetch(f"SELECT {_MODEL_COLUMNS} FROM models WHERE id = $1", model_id)
+    models = await _with_endpoints(conn, rows)
+    return models[0] if models else None
+
+
+async def _require_references(conn: asyncpg.Connection, model_id: str, provider_id: str) -> None:
+    row = await conn.fetchrow(
+        """SELECT EXISTS (SELECT 1 FROM models WHERE id = $1) AS model,
+                  EXISTS (SELECT 1 FROM providers WHERE id = $2) AS provider""",
+        model_id,
+        provider_id,
+    )
+    missing: dict[str, str] = {}
+    if not row["model"]:
+        missing["model_id"] = model_id
+    if not row["provider"]:
+        missing["provider_id"] = provider_id
+    if missing:
+        what = " and ".join(
+            f"{key.removesuffix('_id')} {value!r}" for key, value in missing.items()
+        )
+        raise FailedPrecondition(
+            f"endpoint refers to {what}, which does not exist; create it first",
+            reason="CATALOG_REFERENCE_MISSING",
+            metadata=missing,
+        )
+
+
+async def _upsert_provider(conn: asyncpg.Connection, provider: catalog_pb2.Provider) -> bool:
+    row = await conn.fetchval(
+        _UPSERT_PROVIDER,
+        provider.id,
+        provider.display_name,
+        convert.api_format_to_db(provider.api_format),
+        provider.base_url,
+    )
+    return row is not None
+
+
+async def _upsert_model(conn: asyncpg.Connection, model: catalog_pb2.Model) -> bool:
+    row = await conn.fetchval(
+        _UPSERT_MODEL,
+        model.id,
+        model.display_name,
+        model.description,
+        model.context_length,
+        list(model.input_modalities),
+        list(model.output_modalities),
+    )
+    return row is not None
+
+
+async def _upsert_endpoint(conn: asyncpg.Connection, endpoint: catalog_pb2.Endpoint) -> bool:
+    pricing = endpoint.pricing
+    row = await conn.fetchval(
+        _UPSERT_ENDPOINT,
+        endpoint.id,
+        endpoint.model_id,
+        endpoint.provider_id,
+        endpoint.upstream_model,
+        convert.price_to_db(pricing.prompt_usd_per_mtok),
+        convert.price_to_db(pricing.completion_usd_per_mtok),
+        convert.price_to_db(pricing.cached_prompt_usd_per_mtok),
+        convert.price_to_db(pricing.cache_write_usd_per_mtok),
+        endpoint.context_length,
+        endpoint.max_completion_tokens,
+        list(endpoint.supported_parameters),
+        endpoint.quantization,
+        convert.status_to_db(endpoint.status),
+    )
+    return row is not None

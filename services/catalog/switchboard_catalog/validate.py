@@ -1,0 +1,194 @@
+"""Validation of catalog entries, with violations named by their proto field paths.
+
+Each ``*_violations`` function returns ``(field path, why)`` pairs under a caller-chosen prefix
+(``"provider"`` for an RPC, ``"providers[3]"`` for a seed entry); an empty list means valid.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from switchboard.catalog.v1 import catalog_pb2
+from switchboard.common.v1 import common_pb2
+from switchboard_core.money import MoneyFormatError, parse_usd
+
+Violations = list[tuple[str, str]]
+
+PROVIDER_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:-]*$")
+MODEL_ID_MAX = 128
+_MODALITY = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_PARAMETER = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_QUANTIZATION = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
+_NAME_MAX = 200
+_DESCRIPTION_MAX = 4000
+_URL_MAX = 2048
+_UPSTREAM_MODEL_MAX = 256
+_CONTEXT_MAX = 100_000_000
+
+
+def endpoint_id(provider_id: str, model_id: str) -> str:
+    return f"{provider_id}:{model_id}"
+
+
+def normalized_endpoint(endpoint: catalog_pb2.Endpoint) -> catalog_pb2.Endpoint:
+    """A copy with the id filled in and an unspecified status made ACTIVE."""
+    out = catalog_pb2.Endpoint()
+    out.CopyFrom(endpoint)
+    out.id = endpoint_id(endpoint.provider_id, endpoint.model_id)
+    if out.status == catalog_pb2.ENDPOINT_STATUS_UNSPECIFIED:
+        out.status = catalog_pb2.ENDPOINT_STATUS_ACTIVE
+    return out
+
+
+def provider_id_problem(value: str) -> str | None:
+    if not value:
+        return "required"
+    if not PROVIDER_ID.match(value):
+        return "must match ^[a-z0-9][a-z0-9-]{0,63}$ (e.g. 'openai')"
+    return None
+
+
+def model_id_problem(value: str) -> str | None:
+    if not value:
+        return "required"
+    if len(value) > MODEL_ID_MAX:
+        return f"at most {MODEL_ID_MAX} characters"
+    if not MODEL_ID.match(value):
+        return "must look like '<author>/<slug>' (e.g. 'openai/gpt-4o-mini')"
+    return None
+
+
+def provider_violations(provider: catalog_pb2.Provider, prefix: str) -> Violations:
+    out: Violations = []
+    _check(out, f"{prefix}.id", provider_id_problem(provider.id))
+    _check(out, f"{prefix}.display_name", _name_problem(provider.display_name))
+    if provider.api_format not in catalog_pb2.ApiFormat.values() or (
+        provider.api_format == catalog_pb2.API_FORMAT_UNSPECIFIED
+    ):
+        out.append((f"{prefix}.api_format", "must be a known ApiFormat, not UNSPECIFIED"))
+    _check(out, f"{prefix}.base_url", _url_problem(provider.base_url))
+    return out
+
+
+def model_violations(model: catalog_pb2.Model, prefix: str) -> Violations:
+    out: Violations = []
+    _check(out, f"{prefix}.id", model_id_problem(model.id))
+    _check(out, f"{prefix}.display_name", _name_problem(model.display_name))
+    if len(model.description) > _DESCRIPTION_MAX:
+        out.append((f"{prefix}.description", f"at most {_DESCRIPTION_MAX} characters"))
+    _check(out, f"{prefix}.context_length", _context_problem(model.context_length))
+    for name, values in (
+        ("input_modalities", model.input_modalities),
+        ("output_modalities", model.output_modalities),
+    ):
+        if not values:
+            out.append((f"{prefix}.{name}", "at least one, e.g. 'text'"))
+        out.extend(_list_violations(f"{prefix}.{name}", values, _MODALITY, "a modality"))
+    return out
+
+
+def endpoint_violations(endpoint: catalog_pb2.Endpoint, prefix: str) -> Violations:
+    """Checks every field; an empty ``id`` is allowed (it is filled from the two ids)."""
+    out: Violations = []
+    _check(out, f"{prefix}.model_id", model_id_problem(endpoint.model_id))
+    _check(out, f"{prefix}.provider_id", provider_id_problem(endpoint.provider_id))
+    expected = endpoint_id(endpoint.provider_id, endpoint.model_id)
+    if endpoint.id and endpoint.id != expected:
+        out.append((f"{prefix}.id", f"must be '<provider_id>:<model_id>' ({expected!r}) or empty"))
+    if not endpoint.upstream_model.strip():
+        out.append((f"{prefix}.upstream_model", "required"))
+    elif len(endpoint.upstream_model) > _UPSTREAM_MODEL_MAX:
+        out.append((f"{prefix}.upstream_model", f"at most {_UPSTREAM_MODEL_MAX} characters"))
+    out.extend(pricing_violations(endpoint.pricing, f"{prefix}.pricing"))
+    _check(out, f"{prefix}.context_length", _context_problem(endpoint.context_length))
+    if endpoint.max_completion_tokens < 0:
+        out.append((f"{prefix}.max_completion_tokens", "must not be negative (0 means no limit)"))
+    elif 0 < endpoint.context_length < endpoint.max_completion_tokens:
+        out.append((f"{prefix}.max_completion_tokens", "must not exceed context_length"))
+    out.extend(
+        _list_violations(
+            f"{prefix}.supported_parameters",
+            endpoint.supported_parameters,
+            _PARAMETER,
+            "a parameter name",
+        )
+    )
+    if endpoint.quantization and not _QUANTIZATION.match(endpoint.quantization):
+        out.append((f"{prefix}.quantization", "lower case, e.g. 'fp8' or 'bf16', or empty"))
+    if endpoint.status not in catalog_pb2.EndpointStatus.values():
+        out.append((f"{prefix}.status", "must be a known EndpointStatus"))
+    return out
+
+
+def pricing_violations(pricing: common_pb2.Pricing, prefix: str) -> Violations:
+    out: Violations = []
+    for name, required in (
+        ("prompt_usd_per_mtok", True),
+        ("completion_usd_per_mtok", True),
+        ("cached_prompt_usd_per_mtok", False),
+        ("cache_write_usd_per_mtok", False),
+    ):
+        text: str = getattr(pricing, name)
+        if not text:
+            if required:
+                out.append((f"{prefix}.{name}", "required, a decimal string such as '0.15'"))
+            continue
+        try:
+            parse_usd(text)
+        except MoneyFormatError as error:
+            out.append((f"{prefix}.{name}", str(error)))
+    return out
+
+
+def _check(out: Violations, path: str, problem: str | None) -> None:
+    if problem is not None:
+        out.append((path, problem))
+
+
+def _name_problem(value: str) -> str | None:
+    if not value.strip():
+        return "required"
+    if len(value) > _NAME_MAX:
+        return f"at most {_NAME_MAX} characters"
+    return None
+
+
+def _url_problem(value: str) -> str | None:
+    if not value:
+        return "required"
+    if len(value) > _URL_MAX:
+        return f"at most {_URL_MAX} characters"
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return "not a valid URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http or https URL with a host"
+    if parts.query or parts.fragment:
+        return "must not have a query or fragment"
+    return None
+
+
+def _context_problem(value: int) -> str | None:
+    if value <= 0:
+        return "must be positive"
+    if value > _CONTEXT_MAX:
+        return f"at most {_CONTEXT_MAX}"
+    return None
+
+
+def _list_violations(
+    path: str, values: Sequence[str], pattern: re.Pattern[str], what: str
+) -> Violations:
+    out: Violations = []
+    seen: set[str] = set()
+    for index, value in enumerate(values):
+        if not pattern.match(value):
+            out.append((f"{path}[{index}]", f"not {what}: must match {pattern.pattern}"))
+        elif value in seen:
+            out.append((f"{path}[{index}]", f"duplicate {value!r}"))
+        seen.add(value)
+    return out

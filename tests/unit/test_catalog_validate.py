@@ -1,0 +1,72 @@
+"""Field-by-field validation of catalog entries."""
+
+from __future__ import annotations
+
+from switchboard.catalog.v1 import catalog_pb2
+from switchboard.common.v1 import common_pb2
+from switchboard_catalog import convert, validate
+
+
+def _endpoint(**overrides: object) -> catalog_pb2.Endpoint:
+    endpoint = catalog_pb2.Endpoint(
+        model_id="acme/widget-1",
+        provider_id="acme",
+        upstream_model="widget-1",
+        pricing=common_pb2.Pricing(prompt_usd_per_mtok="0.15", completion_usd_per_mtok="0.6"),
+        context_length=8192,
+    )
+    for name, value in overrides.items():
+        setattr(endpoint, name, value)
+    return endpoint
+
+
+def test_a_good_endpoint_passes_and_is_normalized() -> None:
+    endpoint = _endpoint()
+    assert validate.endpoint_violations(endpoint, "endpoint") == []
+    normalized = validate.normalized_endpoint(endpoint)
+    assert normalized.id == "acme:acme/widget-1"
+    assert normalized.status == catalog_pb2.ENDPOINT_STATUS_ACTIVE
+
+
+def test_endpoint_violations_use_proto_paths() -> None:
+    endpoint = _endpoint(id="other:acme/widget-1", context_length=100, max_completion_tokens=200)
+    endpoint.pricing.prompt_usd_per_mtok = "-1"
+    endpoint.pricing.cached_prompt_usd_per_mtok = "0.1.2"
+    endpoint.supported_parameters.extend(["temperature", "temperature", "Bad Name"])
+    fields = dict(validate.endpoint_violations(endpoint, "endpoint"))
+    assert set(fields) == {
+        "endpoint.id",
+        "endpoint.pricing.prompt_usd_per_mtok",
+        "endpoint.pricing.cached_prompt_usd_per_mtok",
+        "endpoint.max_completion_tokens",
+        "endpoint.supported_parameters[1]",
+        "endpoint.supported_parameters[2]",
+    }
+
+
+def test_model_ids() -> None:
+    assert validate.model_id_problem("openai/gpt-4o-mini") is None
+    assert validate.model_id_problem("deepseek/deepseek-r1:free") is None
+    assert validate.model_id_problem("gpt-4o") is not None
+    assert validate.model_id_problem("Openai/gpt-4o") is not None
+    assert validate.model_id_problem("a/" + "b" * 127) is not None
+
+
+def test_provider_violations() -> None:
+    provider = catalog_pb2.Provider(id="-bad", base_url="https://x.example/v1?key=1")
+    fields = dict(validate.provider_violations(provider, "provider"))
+    assert set(fields) == {
+        "provider.id",
+        "provider.display_name",
+        "provider.api_format",
+        "provider.base_url",
+    }
+
+
+def test_enum_round_trips() -> None:
+    for value in catalog_pb2.ApiFormat.values():
+        if value != catalog_pb2.API_FORMAT_UNSPECIFIED:
+            assert convert.api_format_from_db(convert.api_format_to_db(value)) == value
+    assert convert.api_format_from_db("from_the_future") == catalog_pb2.API_FORMAT_UNSPECIFIED
+    assert convert.status_to_db(catalog_pb2.ENDPOINT_STATUS_UNSPECIFIED) == "active"
+    assert convert.status_from_db("disabled") == catalog_pb2.ENDPOINT_STATUS_DISABLED
