@@ -30,6 +30,7 @@ import psutil
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
+from switchboard_demo.upstream import reply_words
 from switchboard_devstack.stack import Ports, Stack
 from switchboard_devstack.storage import (
     LOCAL_POSTGRES,
@@ -40,6 +41,7 @@ from switchboard_devstack.storage import (
 )
 
 PROMPT = "Write twenty words about gateways."
+EXPECTED_TEXT = " ".join(reply_words(20))
 
 
 @dataclass
@@ -131,17 +133,17 @@ def router_call(
     async def one() -> float:
         start = time.perf_counter()
         ttft = 0.0
-        deltas = 0
+        text: list[str] = []
         ended = False
         async for message in stub.StreamCompletion(request, metadata=metadata):
             kind = message.WhichOneof("event")
             if kind == "delta":
-                deltas += 1
+                text.append(message.delta.text)
                 if not ttft:
                     ttft = time.perf_counter() - start
             elif kind == "end":
-                ended = True
-        if deltas != 20 or not ended:
+                ended = message.end.usage.completion_tokens == 20
+        if "".join(text) != EXPECTED_TEXT or not ended:
             raise RuntimeError("short stream")
         return ttft
 
@@ -189,7 +191,7 @@ async def drop_database(admin_url: str, name: str) -> None:
     await conn.close()
 
 
-async def run(levels: list[int], requests: int) -> int:
+async def run(levels: list[int], requests: int, token_delay: float) -> int:
     state = Path(tempfile.mkdtemp(prefix="sbbench-"))
     admin, redis, embedded = await storage(state)
     db_name, database = await fresh_database(admin)
@@ -201,6 +203,7 @@ async def run(levels: list[int], requests: int) -> int:
         extra_env={
             "SWITCHBOARD_USAGE_STREAM": f"sbbench:{db_name}:usage",
             "SWITCHBOARD_LOG_LEVEL": "WARNING",
+            "SWITCHBOARD_DEMO_TOKEN_DELAY_SECONDS": str(token_delay),
         },
     )
     failed = 0
@@ -217,7 +220,10 @@ async def run(levels: list[int], requests: int) -> int:
         routed = router_call(router_pb2_grpc.RouterServiceStub(channel), reply.secret)
         await drive(routed, 100, 8)  # warm-up: connections, caches, JIT-free but lazy imports
         await drive(direct, 100, 8)
-        print(f"\n20-chunk streaming completions, {requests} per row; logs in {state}/logs\n")
+        print(
+            f"\n20-chunk streaming completions, {requests} per row, upstream token gap "
+            f"{token_delay * 1000:g} ms; logs in {state}/logs\n"
+        )
         print(HEADER)
         for level in levels:
             total = max(requests, level * 4)
@@ -245,8 +251,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 256])
     parser.add_argument("--requests", type=int, default=1000, help="completions per row")
+    parser.add_argument(
+        "--token-delay",
+        type=float,
+        default=0.0,
+        help="seconds the upstream waits between tokens (0: chunks arrive back to back and "
+        "may be coalesced; real providers space tokens out)",
+    )
     args = parser.parse_args()
-    return asyncio.run(run(args.concurrency, args.requests))
+    return asyncio.run(run(args.concurrency, args.requests, args.token_delay))
 
 
 if __name__ == "__main__":

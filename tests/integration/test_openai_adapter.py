@@ -80,7 +80,7 @@ async def test_streams_text_usage_and_finish_from_the_demo(
 async def test_max_tokens_cuts_with_length(adapter: OpenAIChatAdapter, demo_url: str) -> None:
     request = CompletionRequest(model="x/y", messages=REQUEST.messages, max_tokens=5)
     events = await run(adapter, demo_url, request)
-    assert sum(isinstance(e, TextDelta) for e in events) == 5
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == " ".join(reply_words(5))
     assert FinishEvent(Finish.LENGTH, "length") in events
 
 
@@ -219,8 +219,56 @@ async def test_an_error_chunk_midway_is_an_error(adapter: OpenAIChatAdapter) -> 
         return web.Response(body=body, content_type="text/event-stream")
 
     async with scripted_server(midway) as server:
+        events: list[AdapterEvent] = []
         with pytest.raises(UpstreamUnavailable, match="overloaded"):
-            await run(adapter, server.url)
+            async for event in adapter.stream(REQUEST, target(server.url), timeout=5):
+                events.append(event)
+    # the text before the error arrived in the same read, and is still relayed (and metered)
+    assert events == [TextDelta("a")]
+
+
+async def test_chunks_that_arrive_together_are_relayed_as_one_delta(
+    adapter: OpenAIChatAdapter,
+) -> None:
+    words = ["one", " two", " three"]
+
+    async def burst(_request: web.Request) -> web.Response:
+        chunks = [
+            json.dumps({"choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]})
+            for w in words
+        ]
+        chunks.append(json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+        usage = {"prompt_tokens": 4, "completion_tokens": 3}
+        chunks.append(json.dumps({"choices": [], "usage": usage}))
+        return web.Response(body=sse_body(*chunks, "[DONE]"), content_type="text/event-stream")
+
+    async with scripted_server(burst) as server:
+        events = await run(adapter, server.url)
+    assert events == [
+        TextDelta("one two three"),
+        FinishEvent(Finish.STOP, "stop"),
+        UsageReport(prompt_tokens=4, completion_tokens=3),
+    ]
+
+
+async def test_chunks_that_arrive_apart_are_relayed_apart(adapter: OpenAIChatAdapter) -> None:
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for word in ("slow", " words"):
+            delta = {"choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+            await response.write(sse_body(json.dumps(delta)))
+            await asyncio.sleep(0.05)
+        done = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        await response.write(sse_body(json.dumps(done), "[DONE]"))
+        return response
+
+    async with scripted_server(trickle) as server:
+        events = await run(adapter, server.url)
+    assert [e for e in events if isinstance(e, TextDelta)] == [
+        TextDelta("slow"),
+        TextDelta(" words"),
+    ]
 
 
 async def test_unreachable_upstream_is_unavailable(adapter: OpenAIChatAdapter) -> None:

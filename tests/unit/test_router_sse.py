@@ -41,3 +41,15 @@ async def test_value_without_space_and_trailing_event_without_blank_line() -> No
 async def test_event_name_resets_after_each_event() -> None:
     events = await collect(b"event: ping\n", b"data: {}\n", b"\n", b"data: after\n", b"\n")
     assert events == [SseEvent("ping", "{}"), SseEvent("message", "after")]
+
+
+async def test_events_split_across_reads_and_batched_per_read() -> None:
+    from switchboard_router.providers.sse import iter_sse_batches
+
+    reads = [b"data: a\n\nda", b"ta: b\n", b"\ndata: c\n\ndata: d\n\n", b"data: tail"]
+    batches = [b async for b in iter_sse_batches(lines(*reads))]
+    assert batches == [
+        [SseEvent("message", "a")],
+        [SseEvent("message", "b"), SseEvent("message", "c"), SseEvent("message", "d")],
+        [SseEvent("message", "tail")],
+    ]

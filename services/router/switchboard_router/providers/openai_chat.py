@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 
 from switchboard_router.canonical import (
     AdapterEvent,
@@ -31,7 +33,7 @@ from switchboard_router.providers.base import (
     error_for_status,
     parse_retry_after,
 )
-from switchboard_router.providers.sse import iter_sse
+from switchboard_router.providers.sse import SseEvent, iter_sse_batches
 
 ROLES = {Role.SYSTEM: "system", Role.USER: "user", Role.ASSISTANT: "assistant", Role.TOOL: "tool"}
 
@@ -124,7 +126,7 @@ class OpenAIChatAdapter:
         try:
             response = await self._session.post(
                 url,
-                data=json.dumps(build_body(request, target)),
+                data=orjson.dumps(build_body(request, target)),
                 headers=headers,
                 timeout=client_timeout,
             )
@@ -160,30 +162,60 @@ class OpenAIChatAdapter:
         self, response: aiohttp.ClientResponse, provider: str
     ) -> AsyncIterator[AdapterEvent]:
         finished = False
-        async for sse in iter_sse(response.content):
-            if sse.data == "[DONE]":
+        async for batch in iter_sse_batches(response.content.iter_any()):
+            parsed = parse_batch(batch, provider)
+            if parsed.text:
+                yield TextDelta("".join(parsed.text))
+            for event in parsed.events:
+                yield event
+            finished = finished or parsed.finished
+            if parsed.error is not None:
+                raise parsed.error
+            if parsed.done:
                 return
-            try:
-                chunk = json.loads(sse.data)
-            except ValueError:
-                raise UpstreamProtocolError(
-                    f"{provider} sent a chunk that is not JSON", provider_id=provider
-                ) from None
-            if "error" in chunk:  # an error after the 200: the provider failed midway
-                raise error_from_body(502, sse.data.encode(), provider, None)
-            for choice in chunk.get("choices") or ():
-                delta = choice.get("delta") or {}
-                text = delta.get("content")
-                if text:
-                    yield TextDelta(text)
-                native = choice.get("finish_reason")
-                if native:
-                    finished = True
-                    yield FinishEvent(FINISH_REASONS.get(native, Finish.STOP), native)
-            usage = chunk.get("usage")
-            if usage:
-                yield parse_usage(usage)
         if not finished:
             raise UpstreamUnavailable(
                 f"{provider} stream ended before the completion finished", provider_id=provider
             )
+
+
+@dataclass(slots=True)
+class ParsedBatch:
+    """What one read of the stream carried: text in order, then finish and usage events."""
+
+    text: list[str] = field(default_factory=list)
+    events: list[AdapterEvent] = field(default_factory=list)
+    finished: bool = False
+    done: bool = False  # saw "data: [DONE]"
+    error: UpstreamError | None = None  # raised after the text before it is relayed
+
+
+def parse_batch(batch: list[SseEvent], provider: str) -> ParsedBatch:
+    out = ParsedBatch()
+    for sse in batch:
+        if sse.data == "[DONE]":
+            out.done = True
+            return out
+        try:
+            chunk = orjson.loads(sse.data)
+        except orjson.JSONDecodeError:
+            out.error = UpstreamProtocolError(
+                f"{provider} sent a chunk that is not JSON", provider_id=provider
+            )
+            return out
+        if "error" in chunk:  # an error after the 200: the provider failed midway
+            out.error = error_from_body(502, sse.data.encode(), provider, None)
+            return out
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            text = delta.get("content")
+            if text:
+                out.text.append(text)
+            native = choice.get("finish_reason")
+            if native:
+                out.finished = True
+                out.events.append(FinishEvent(FINISH_REASONS.get(native, Finish.STOP), native))
+        usage = chunk.get("usage")
+        if usage:
+            out.events.append(parse_usage(usage))
+    return out
