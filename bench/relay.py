@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import grpc
 import psutil
 
@@ -33,11 +33,10 @@ from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard_demo.upstream import reply_words
 from switchboard_devstack.stack import Ports, Stack
 from switchboard_devstack.storage import (
-    LOCAL_POSTGRES,
-    LOCAL_REDIS,
-    EmbeddedPostgres,
-    EmbeddedRedis,
-    port_open,
+    create_database,
+    drop_database,
+    find_postgres,
+    find_redis,
 )
 
 PROMPT = "Write twenty words about gateways."
@@ -150,51 +149,12 @@ def router_call(
     return one
 
 
-async def storage(state: Path) -> tuple[str, str, list[object]]:
-    import os
-
-    embedded: list[object] = []
-    database = os.environ.get("DATABASE_URL") or ""
-    if not database:
-        if port_open("127.0.0.1", 5432):
-            database = LOCAL_POSTGRES
-        else:
-            pg = EmbeddedPostgres.start(state / "pg")
-            embedded.append(pg)
-            database = pg.url
-    redis = os.environ.get("REDIS_URL") or ""
-    if not redis:
-        if port_open("127.0.0.1", 6379):
-            redis = LOCAL_REDIS
-        else:
-            rd = EmbeddedRedis.start(state / "redis")
-            embedded.append(rd)
-            redis = rd.url
-    return database, redis, embedded
-
-
-async def fresh_database(admin_url: str) -> tuple[str, str]:
-    name = f"sbbench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin_url)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    base, _, _ = admin_url.rpartition("/")
-    query = ""
-    if "?" in admin_url.rpartition("/")[2]:
-        query = "?" + admin_url.rpartition("?")[2]
-    return name, f"{base}/{name}{query}"
-
-
-async def drop_database(admin_url: str, name: str) -> None:
-    conn = await asyncpg.connect(admin_url)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
-
-
 async def run(levels: list[int], requests: int, token_delay: float) -> int:
     state = Path(tempfile.mkdtemp(prefix="sbbench-"))
-    admin, redis, embedded = await storage(state)
-    db_name, database = await fresh_database(admin)
+    admin, embedded_pg = find_postgres(os.environ.get("DATABASE_URL"), state / "pg")
+    redis, embedded_redis = find_redis(os.environ.get("REDIS_URL"), state / "redis")
+    db_name = f"sbbench_{uuid.uuid4().hex[:8]}"
+    database = await create_database(admin, db_name)
     stack = Stack(
         database,
         redis,
@@ -241,8 +201,9 @@ async def run(levels: list[int], requests: int, token_delay: float) -> int:
     finally:
         stack.stop()
         await drop_database(admin, db_name)
-        for server in embedded:
-            server.stop()  # type: ignore[attr-defined]
+        for server in (embedded_pg, embedded_redis):
+            if server is not None:
+                server.stop()
     print(f"\nfailed requests: {failed}")
     return 1 if failed else 0
 

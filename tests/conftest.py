@@ -11,38 +11,26 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 import redis.asyncio as redis
 
 from switchboard_devstack.storage import (
-    LOCAL_POSTGRES,
-    LOCAL_REDIS,
-    EmbeddedPostgres,
-    EmbeddedRedis,
-    port_open,
+    create_database,
+    drop_database,
+    find_postgres,
+    find_redis,
 )
 
 SESSION_TAG = uuid.uuid4().hex[:10]
 
 
-def _with_database(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + database))
-
-
 @pytest.fixture(scope="session")
 def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     explicit = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
-    if explicit:
-        yield explicit
-    elif port_open("127.0.0.1", 5432):
-        yield LOCAL_POSTGRES
-    else:
-        embedded = EmbeddedPostgres.start(tmp_path_factory.mktemp("pg"))
-        yield embedded.url
+    url, embedded = find_postgres(explicit, tmp_path_factory.mktemp("pg"))
+    yield url
+    if embedded is not None:
         embedded.stop()
 
 
@@ -50,29 +38,16 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
 async def database_url(postgres_admin_url: str) -> AsyncIterator[str]:
     """A fresh database for this test session."""
     name = f"sbtest_{SESSION_TAG}"
-    admin = await asyncpg.connect(postgres_admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield _with_database(postgres_admin_url, name)
-    admin = await asyncpg.connect(postgres_admin_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    yield await create_database(postgres_admin_url, name)
+    await drop_database(postgres_admin_url, name)
 
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     explicit = os.environ.get("TEST_REDIS_URL") or os.environ.get("REDIS_URL")
-    if explicit:
-        yield explicit
-    elif port_open("127.0.0.1", 6379):
-        yield LOCAL_REDIS
-    else:
-        embedded = EmbeddedRedis.start(tmp_path_factory.mktemp("redis"))
-        yield embedded.url
+    url, embedded = find_redis(explicit, tmp_path_factory.mktemp("redis"))
+    yield url
+    if embedded is not None:
         embedded.stop()
 
 

@@ -11,6 +11,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -81,3 +82,49 @@ def redis_url(explicit: str | None, data_dir: Path) -> tuple[str, EmbeddedRedis 
         return explicit, None
     embedded = EmbeddedRedis.start(data_dir)
     return embedded.url, embedded
+
+
+def find_postgres(explicit: str | None, data_dir: Path) -> tuple[str, EmbeddedPostgres | None]:
+    """For tests and benchmarks: the given URL, else the local server, else an embedded one."""
+    if explicit:
+        return explicit, None
+    if port_open("127.0.0.1", 5432):
+        return LOCAL_POSTGRES, None
+    return postgres_url(None, data_dir)
+
+
+def find_redis(explicit: str | None, data_dir: Path) -> tuple[str, EmbeddedRedis | None]:
+    """For tests and benchmarks: the given URL, else the local server, else an embedded one."""
+    if explicit:
+        return explicit, None
+    if port_open("127.0.0.1", 6379):
+        return LOCAL_REDIS, None
+    return redis_url(None, data_dir)
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` pointing at another database on the same server (query string kept)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+async def create_database(admin_url: str, name: str) -> str:
+    """Create database ``name`` on ``admin_url``'s server; returns its URL."""
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(admin_url, name)
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
