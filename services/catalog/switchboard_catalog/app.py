@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 
 from switchboard_catalog.config import SERVICE, CatalogConfig
 from switchboard_catalog.seed import apply_seed, load_seed
@@ -17,24 +15,7 @@ from switchboard_core.server import GrpcServer, Registration
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class CatalogServer(GrpcServer):
-    """A :class:`GrpcServer` that ends its watch streams as soon as stopping begins.
-
-    Watch streams never finish on their own, so without this every stop would wait out the
-    whole grace period; ending them first lets routers reconnect to another replica at once.
-    """
-
-    before_stop: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    broadcaster: CatalogBroadcaster | None = None
-
-    async def stop(self, grace: float | None = None) -> None:
-        for hook in self.before_stop:
-            await hook()
-        await super().stop(grace)
-
-
-async def create_app(config: CatalogConfig) -> CatalogServer:
+async def create_app(config: CatalogConfig) -> GrpcServer:
     """The catalog server, migrated and seeded, not yet started."""
     seed = None
     if config.seed_path is not None:
@@ -55,10 +36,10 @@ async def create_app(config: CatalogConfig) -> CatalogServer:
         await pool.close()
         raise
     servicer = CatalogService(store, broadcaster)
-    return CatalogServer(
+    return GrpcServer(
         config=config.server,
         registrations=[Registration(add=add_to_server, servicer=servicer, full_name=SERVICE_NAME)],
+        # Watch streams never end on their own: close them first so routers move at once.
         before_stop=[broadcaster.close],
-        broadcaster=broadcaster,
         on_stop=[broadcaster.close, pool.close],
     )

@@ -30,7 +30,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class CatalogService(catalog_pb2_grpc.CatalogServiceServicer):
     def __init__(self, store: CatalogStore, broadcaster: CatalogBroadcaster) -> None:
         self._store = store
-        self._broadcaster = broadcaster
+        self.broadcaster = broadcaster
 
     async def ListModels(
         self, request: catalog_pb2.ListModelsRequest, context: Context
@@ -80,7 +80,7 @@ class CatalogService(catalog_pb2_grpc.CatalogServiceServicer):
     ) -> AsyncIterator[bytes]:
         if request.known_version < 0:
             raise InvalidArgument({"known_version": "must not be negative"})
-        updates = self._broadcaster.watch(request.known_version)
+        updates = self.broadcaster.watch(request.known_version)
         async with contextlib.aclosing(updates):
             async for snapshot in updates:
                 yield snapshot.payload

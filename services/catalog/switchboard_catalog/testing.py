@@ -16,15 +16,17 @@ from typing import Any
 import grpc
 
 from switchboard.catalog.v1 import catalog_pb2_grpc
-from switchboard_catalog.app import CatalogServer, create_app
+from switchboard_catalog.app import create_app
 from switchboard_catalog.config import CatalogConfig, packaged_seed_path
+from switchboard_catalog.service import CatalogService
 from switchboard_catalog.watch import CatalogBroadcaster
 from switchboard_core.config import ServerConfig
+from switchboard_core.server import GrpcServer
 
 
 @dataclass
 class RunningCatalog:
-    server: CatalogServer
+    server: GrpcServer
     channel: grpc.aio.Channel
     stub: catalog_pb2_grpc.CatalogServiceAsyncStub
 
@@ -34,8 +36,9 @@ class RunningCatalog:
 
     @property
     def broadcaster(self) -> CatalogBroadcaster:
-        assert self.server.broadcaster is not None
-        return self.server.broadcaster
+        servicer = self.server.registrations[0].servicer
+        assert isinstance(servicer, CatalogService)
+        return servicer.broadcaster
 
 
 def config_for_tests(

@@ -49,6 +49,10 @@ class Registration:
 class GrpcServer:
     config: ServerConfig
     registrations: Sequence[Registration]
+    # Run when stopping begins, before the grace period: end streams that never finish on
+    # their own (catalog watches) so stopping does not wait out the whole grace.
+    before_stop: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Run after the server has stopped: close pools and clients.
     on_stop: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
     port: int = 0
     metrics_port: int = 0
@@ -81,6 +85,8 @@ class GrpcServer:
     async def stop(self, grace: float | None = None) -> None:
         """Stop serving (in-flight RPCs get ``grace`` seconds), then run every cleanup once."""
         if self._server is not None:
+            for hook in self.before_stop:
+                await hook()
             if self._health is not None:
                 await self._health.enter_graceful_shutdown()
             grace = self.config.shutdown_grace_seconds if grace is None else grace
