@@ -37,7 +37,7 @@ from tests.fakes.scripted_http import scripted_server, sse_body
 
 REQUEST = CompletionRequest(
     model="switchboard/demo",
-    messages=(Message(Role.SYSTEM, "be brief"), Message(Role.USER, "say something nice")),
+    messages=(Message.of(Role.SYSTEM, "be brief"), Message.of(Role.USER, "say something nice")),
 )
 
 

@@ -6,23 +6,38 @@ import pytest
 
 from switchboard_core.errors import InvalidArgument, NotFound
 from switchboard_core.money import Price
-from switchboard_router.canonical import CompletionRequest, Message, ProviderPrefs, Role
+from switchboard_router.canonical import (
+    CompletionRequest,
+    ImagePart,
+    Message,
+    ProviderPrefs,
+    Role,
+)
 from switchboard_router.catalog_cache import Route, Snapshot
 from switchboard_router.routing import plan, split_variant
 
 
-def route(model: str, provider: str, prompt: str, completion: str, params: str = "") -> Route:
+def route(
+    model: str,
+    provider: str,
+    prompt: str,
+    completion: str,
+    params: str = "",
+    inputs: str = "text",
+) -> Route:
     return Route(
         endpoint_id=f"{provider}:{model}",
         model_id=model,
         provider_id=provider,
         api_format=1,
         base_url=f"http://{provider}.invalid/v1",
+        dialect=provider,
         upstream_model=model,
         price=Price.parse(prompt, completion),
         context_length=8192,
         max_completion_tokens=0,
         supported_parameters=frozenset(params.split()),
+        input_modalities=frozenset(inputs.split()),
     )
 
 
@@ -35,7 +50,9 @@ SNAPSHOT = Snapshot(
             route(LLAMA, "groq", "0.59", "0.79", "temperature"),
             route(LLAMA, "deepinfra", "0.23", "0.40", "temperature seed"),
         ),
-        "openai/gpt-4o-mini": (route("openai/gpt-4o-mini", "openai", "0.15", "0.6"),),
+        "openai/gpt-4o-mini": (
+            route("openai/gpt-4o-mini", "openai", "0.15", "0.6", inputs="text image"),
+        ),
     },
     provider_ids=frozenset({"together", "groq", "deepinfra", "openai"}),
 )
@@ -43,9 +60,9 @@ SNAPSHOT = Snapshot(
 
 def request(model: str = LLAMA, **kwargs: object) -> CompletionRequest:
     prefs = ProviderPrefs(**kwargs.pop("prefs", {}))  # type: ignore[arg-type]
+    kwargs.setdefault("messages", (Message.of(Role.USER, "hi"),))
     return CompletionRequest(
         model=model,
-        messages=(Message(Role.USER, "hi"),),
         provider=prefs,
         **kwargs,  # type: ignore[arg-type]
     )
@@ -112,3 +129,22 @@ def test_preferences_that_match_nothing() -> None:
     with pytest.raises(NotFound) as none:
         plan(request(prefs={"only": frozenset({"nobody"})}), SNAPSHOT)
     assert none.value.reason == "NO_ENDPOINT_MATCHES"
+
+
+def test_require_parameters_that_no_endpoint_supports_names_the_missing_ones() -> None:
+    needs = request(seed=1, top_k=5, prefs={"require_parameters": True})
+    with pytest.raises(NotFound) as none:
+        plan(needs, SNAPSHOT)
+    assert none.value.reason == "NO_ENDPOINT_SUPPORTS_PARAMETERS"
+    assert str(none.value).endswith("the closest lacks: top_k")
+
+
+def test_images_go_only_to_models_that_take_them() -> None:
+    picture = (Message(Role.USER, (ImagePart(url="https://example.com/a.png"),)),)
+    with pytest.raises(InvalidArgument) as refused:
+        plan(request(messages=picture), SNAPSHOT)
+    assert refused.value.violations == [
+        ("messages", f"model {LLAMA!r} does not accept image input")
+    ]
+    planned = plan(request(messages=picture, fallback_models=("openai/gpt-4o-mini",)), SNAPSHOT)
+    assert providers(planned) == ["openai"]

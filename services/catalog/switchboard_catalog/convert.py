@@ -60,6 +60,7 @@ def provider_from_row(row: Row) -> catalog_pb2.Provider:
         display_name=row["display_name"],
         api_format=api_format_from_db(row["api_format"]),
         base_url=row["base_url"],
+        dialect=row["dialect"],
     )
 
 

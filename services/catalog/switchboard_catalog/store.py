@@ -27,18 +27,18 @@ _ENDPOINT_COLUMNS = """id, model_id, provider_id, upstream_model, prompt_price, 
     supported_parameters, quantization, status"""
 _MODEL_COLUMNS = """id, display_name, description, context_length, input_modalities,
     output_modalities, updated_at"""
-_SELECT_PROVIDERS = "SELECT id, display_name, api_format, base_url FROM providers"
+_SELECT_PROVIDERS = "SELECT id, display_name, api_format, base_url, dialect FROM providers"
 _SELECT_ENDPOINTS = f"SELECT {_ENDPOINT_COLUMNS} FROM endpoints"
 
 # Each upsert returns a row only when it inserted or really changed something.
 _UPSERT_PROVIDER = """
-INSERT INTO providers AS p (id, display_name, api_format, base_url)
-VALUES ($1, $2, $3, $4)
+INSERT INTO providers AS p (id, display_name, api_format, base_url, dialect)
+VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (id) DO UPDATE SET
     display_name = EXCLUDED.display_name, api_format = EXCLUDED.api_format,
-    base_url = EXCLUDED.base_url, updated_at = now()
-WHERE (p.display_name, p.api_format, p.base_url)
-    IS DISTINCT FROM (EXCLUDED.display_name, EXCLUDED.api_format, EXCLUDED.base_url)
+    base_url = EXCLUDED.base_url, dialect = EXCLUDED.dialect, updated_at = now()
+WHERE (p.display_name, p.api_format, p.base_url, p.dialect) IS DISTINCT FROM
+    (EXCLUDED.display_name, EXCLUDED.api_format, EXCLUDED.base_url, EXCLUDED.dialect)
 RETURNING id"""
 
 _UPSERT_MODEL = """
@@ -242,6 +242,7 @@ async def _upsert_provider(conn: asyncpg.Connection, provider: catalog_pb2.Provi
         provider.display_name,
         convert.api_format_to_db(provider.api_format),
         provider.base_url,
+        provider.dialect,
     )
     return row is not None
 

@@ -70,6 +70,8 @@ def provider_violations(provider: catalog_pb2.Provider, prefix: str) -> Violatio
     ):
         out.append((f"{prefix}.api_format", "must be a known ApiFormat, not UNSPECIFIED"))
     _check(out, f"{prefix}.base_url", _url_problem(provider.base_url))
+    if provider.dialect and provider_id_problem(provider.dialect):
+        out.append((f"{prefix}.dialect", "must be empty or a slug like 'vllm'"))
     return out
 
 

@@ -2,13 +2,21 @@
 
 Adapters translate a :class:`CompletionRequest` into their provider's wire format and the
 provider's stream back into :data:`AdapterEvent` values. The relay never sees wire formats.
+
+Streamed tool calls arrive as :class:`ToolCallDelta` values: the first delta of a call carries
+its ``index``, ``id`` and ``name``; later deltas of the same ``index`` carry fragments of the
+JSON ``arguments`` text. Concatenating the fragments gives the call's arguments object.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 from dataclasses import dataclass, field
 from decimal import Decimal
-from enum import IntEnum
+from enum import IntEnum, StrEnum
+from typing import Any
 
 
 class Role(IntEnum):
@@ -31,11 +39,111 @@ class Finish(IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An image given by URL (``https:`` or ``data:``) or as inline bytes with a media type."""
+
+    url: str = ""
+    data: bytes = b""
+    mime_type: str = ""
+    detail: str = ""  # "", "low", "high" or "auto" (OpenAI's hint; others ignore it)
+
+    def inline(self) -> tuple[str, bytes] | None:
+        """(media type, bytes) when the image is inline or a ``data:`` URL; None for a link."""
+        if self.data:
+            return self.mime_type, self.data
+        if self.url.startswith("data:"):
+            header, _, payload = self.url[5:].partition(",")
+            mime, _, encoding = header.partition(";")
+            if encoding != "base64":
+                return None
+            try:
+                return mime, base64.b64decode(payload, validate=True)
+            except binascii.Error:
+                return None
+        return None
+
+    def as_url(self) -> str:
+        """A URL for providers that take one: the link itself, or a ``data:`` URL."""
+        if self.data:
+            return f"data:{self.mime_type};base64,{base64.b64encode(self.data).decode()}"
+        return self.url
+
+
+Part = TextPart | ImagePart
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call the model made: ``arguments`` is the JSON text of an object."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     role: Role
-    content: str
+    parts: tuple[Part, ...]
     name: str = ""
+    # ROLE_TOOL: the call this message answers.
     tool_call_id: str = ""
+    # ROLE_ASSISTANT: the calls the model made in this turn.
+    tool_calls: tuple[ToolCall, ...] = ()
+
+    @classmethod
+    def of(cls, role: Role, text: str, **kwargs: Any) -> Message:
+        return cls(role, (TextPart(text),) if text else (), **kwargs)
+
+    @property
+    def text(self) -> str:
+        """The message's text parts joined (images left out)."""
+        return "".join(p.text for p in self.parts if type(p) is TextPart)
+
+    @property
+    def has_image(self) -> bool:
+        return any(type(p) is ImagePart for p in self.parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call; ``parameters`` is a JSON Schema object."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
+
+
+class ToolChoiceMode(StrEnum):
+    AUTO = "auto"  # the model decides
+    NONE = "none"  # no tool calls
+    REQUIRED = "required"  # at least one tool call, any tool
+    TOOL = "tool"  # call the named tool
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    mode: ToolChoiceMode
+    name: str = ""  # with ToolChoiceMode.TOOL
+
+
+class ResponseFormatKind(StrEnum):
+    TEXT = "text"
+    JSON_OBJECT = "json_object"
+    JSON_SCHEMA = "json_schema"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    kind: ResponseFormatKind
+    name: str = ""  # JSON_SCHEMA: the schema's name
+    schema: dict[str, Any] | None = None  # JSON_SCHEMA: the schema
+    strict: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +158,26 @@ class ProviderPrefs:
     require_parameters: bool = False
 
 
+# Optional request fields, by the parameter names the catalog's `supported_parameters` uses
+# (OpenRouter's names). "structured_outputs" is a JSON-schema response_format: hosts that only
+# do JSON mode support "response_format" but not "structured_outputs".
+PARAMETER_FIELDS: dict[str, str] = {
+    "max_tokens": "max_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "stop": "stop",
+    "seed": "seed",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "tools": "tools",
+    "tool_choice": "tool_choice",
+    "parallel_tool_calls": "parallel_tool_calls",
+    "response_format": "response_format",
+    "structured_outputs": "response_format",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class CompletionRequest:
     model: str
@@ -57,26 +185,42 @@ class CompletionRequest:
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    top_k: int | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
     user: str = ""
     fallback_models: tuple[str, ...] = ()
     provider: ProviderPrefs = field(default_factory=ProviderPrefs)
 
     def set_parameters(self) -> frozenset[str]:
         """Names of the optional parameters this request sets (for require_parameters)."""
-        names = []
-        if self.max_tokens is not None:
-            names.append("max_tokens")
-        if self.temperature is not None:
-            names.append("temperature")
-        if self.top_p is not None:
-            names.append("top_p")
-        if self.stop:
-            names.append("stop")
-        if self.seed is not None:
-            names.append("seed")
+        names = {
+            name for name, attr in PARAMETER_FIELDS.items() if getattr(self, attr) not in (None, ())
+        }
+        fmt = self.response_format
+        if fmt is None or fmt.kind != ResponseFormatKind.JSON_SCHEMA:
+            names.discard("structured_outputs")
         return frozenset(names)
+
+    def without(self, parameters: frozenset[str]) -> CompletionRequest:
+        """This request with the named optional parameters unset."""
+        if not parameters:
+            return self
+        changes: dict[str, Any] = {}
+        for name in parameters:
+            attr = PARAMETER_FIELDS[name]
+            changes[attr] = () if isinstance(getattr(self, attr), tuple) else None
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def has_image(self) -> bool:
+        return any(m.has_image for m in self.messages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +229,23 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call; ``id`` and ``name`` come with a call's first piece."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class UsageReport:
+    """Token counts in canonical terms, whatever the provider calls them.
+
+    ``prompt_tokens`` includes cached and cache-write tokens; ``completion_tokens`` includes
+    reasoning tokens.
+    """
+
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
@@ -100,4 +260,13 @@ class FinishEvent:
     native_reason: str = ""
 
 
-AdapterEvent = TextDelta | UsageReport | FinishEvent
+AdapterEvent = TextDelta | ToolCallDelta | UsageReport | FinishEvent
+
+
+def tool_name_for(messages: tuple[Message, ...], tool_call_id: str) -> str:
+    """The function name of an earlier assistant tool call (providers that key results by name)."""
+    for message in reversed(messages):
+        for call in message.tool_calls:
+            if call.id == tool_call_id:
+                return call.name
+    return ""

@@ -32,11 +32,13 @@ class Route:
     provider_id: str
     api_format: int
     base_url: str
+    dialect: str  # the provider's dialect, else its id
     upstream_model: str
     price: Price
     context_length: int
     max_completion_tokens: int
     supported_parameters: frozenset[str]
+    input_modalities: frozenset[str] = frozenset({"text"})
 
     @property
     def price_key(self) -> Decimal:
@@ -70,6 +72,7 @@ class Snapshot:
                         provider_id=e.provider_id,
                         api_format=provider.api_format,
                         base_url=provider.base_url,
+                        dialect=provider.dialect or provider.id,
                         upstream_model=e.upstream_model,
                         price=Price.parse(
                             e.pricing.prompt_usd_per_mtok,
@@ -80,6 +83,7 @@ class Snapshot:
                         context_length=e.context_length or model.context_length,
                         max_completion_tokens=e.max_completion_tokens,
                         supported_parameters=frozenset(e.supported_parameters),
+                        input_modalities=frozenset(model.input_modalities or ("text",)),
                     )
                 )
             routes[model.id] = tuple(found)

@@ -24,7 +24,7 @@ from google.protobuf import timestamp_pb2
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.config import Secret
-from switchboard_core.errors import Unavailable
+from switchboard_core.errors import NotFound, Unavailable
 from switchboard_core.money import format_usd
 from switchboard_router import metrics
 from switchboard_router.auth import Caller
@@ -34,6 +34,8 @@ from switchboard_router.canonical import (
     Finish,
     FinishEvent,
     TextDelta,
+    TextPart,
+    ToolCallDelta,
     UsageReport,
 )
 from switchboard_router.catalog_cache import Route
@@ -54,6 +56,8 @@ class Started:
     generation_id: str
     route: Route
     create_time: float
+    # Parameters the endpoint does not support, unset before the request was sent.
+    ignored_parameters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +67,7 @@ class Completed:
     cost: Decimal
 
 
-RelayEvent = Started | TextDelta | Completed
+RelayEvent = Started | TextDelta | ToolCallDelta | Completed
 
 
 def new_generation_id() -> str:
@@ -73,6 +77,22 @@ def new_generation_id() -> str:
 def estimate_tokens(chars: int) -> int:
     """About four characters a token: the usual estimate when a provider reports nothing."""
     return (chars + 3) // 4
+
+
+# Tokens counted for one image when estimating: OpenAI's high-detail 1024x1024 tile count is
+# 765; other providers land in the same range (Anthropic ~1,600 at most, Gemini 258 a tile).
+IMAGE_TOKEN_ESTIMATE = 1000
+
+
+def estimate_prompt_tokens(request: CompletionRequest) -> int:
+    chars = 0
+    images = 0
+    for m in request.messages:
+        chars += len(m.text) + 16  # role and framing
+        chars += sum(len(c.name) + len(c.arguments) for c in m.tool_calls)
+        images += sum(1 for p in m.parts if type(p) is not TextPart)
+    chars += sum(len(t.name) + len(t.description) + len(str(t.parameters)) for t in request.tools)
+    return estimate_tokens(chars) + images * IMAGE_TOKEN_ESTIMATE
 
 
 @dataclass
@@ -94,9 +114,8 @@ class Generation:
     def final_usage(self) -> UsageReport:
         if self.usage is not None:
             return self.usage
-        prompt_chars = sum(len(m.content) + 16 for m in self.request.messages)
         return UsageReport(
-            prompt_tokens=estimate_tokens(prompt_chars),
+            prompt_tokens=estimate_prompt_tokens(self.request),
             completion_tokens=estimate_tokens(self.text_chars),
             estimated=True,
         )
@@ -156,7 +175,26 @@ class Relay:
 
     def _target(self, route: Route) -> Target:
         key = self._keys.get(route.provider_id.replace("-", "_"), Secret(""))
-        return Target(route.provider_id, route.base_url, route.upstream_model, key)
+        return Target(
+            route.provider_id,
+            route.base_url,
+            route.upstream_model,
+            key,
+            dialect=route.dialect,
+            max_completion_tokens=route.max_completion_tokens,
+        )
+
+    @staticmethod
+    def _unsupported(request: CompletionRequest, route: Route, adapter: Adapter) -> frozenset[str]:
+        """Parameters the request sets that this endpoint cannot honour.
+
+        The catalog says what the endpoint supports (an empty list means unknown: trust the
+        adapter); the adapter says what it can translate for the host's dialect.
+        """
+        supported = adapter.parameters(route.dialect)
+        if route.supported_parameters:
+            supported &= route.supported_parameters
+        return request.set_parameters() - supported
 
     async def run(
         self,
@@ -170,13 +208,26 @@ class Relay:
         started = time.monotonic()
         deadline = started + timeout
         last_error: UpstreamError | None = None
+        refused: NotFound | None = None
         for attempt, route in enumerate(routes):
             adapter = self._adapters.get(route.api_format)
             if adapter is None:
                 log.warning("no adapter for endpoint", extra={"endpoint": route.endpoint_id})
                 continue
+            unsupported = self._unsupported(request, route, adapter)
+            if unsupported and request.provider.require_parameters:
+                skipped = ", ".join(sorted(unsupported))
+                refused = NotFound(
+                    f"{route.endpoint_id} cannot honour: {skipped}"
+                    " (provider.require_parameters is on)",
+                    reason="NO_ENDPOINT_SUPPORTS_PARAMETERS",
+                    metadata={"endpoint": route.endpoint_id},
+                )
+                continue
             events = adapter.stream(
-                request, self._target(route), timeout=max(0.001, deadline - time.monotonic())
+                request.without(unsupported),
+                self._target(route),
+                timeout=max(0.001, deadline - time.monotonic()),
             )
             try:
                 first = await anext(events)
@@ -205,12 +256,14 @@ class Relay:
             metrics.TIME_TO_FIRST_TOKEN.labels(route.provider_id).observe(
                 generation.first_event_at - started
             )
-            yield Started(generation.id, route, generation.create_time)
+            yield Started(generation.id, route, generation.create_time, tuple(sorted(unsupported)))
             async for out in self._relay(generation, first, events):
                 yield out
             return
         if last_error is not None:
             raise last_error
+        if refused is not None:
+            raise refused
         raise Unavailable("no endpoint could serve the request", reason="NO_ENDPOINT_AVAILABLE")
 
     async def _relay(
@@ -223,6 +276,9 @@ class Relay:
             while event is not None:
                 if type(event) is TextDelta:
                     generation.text_chars += len(event.text)
+                    yield event
+                elif type(event) is ToolCallDelta:
+                    generation.text_chars += len(event.name) + len(event.arguments)
                     yield event
                 elif type(event) is UsageReport:
                     generation.usage = event

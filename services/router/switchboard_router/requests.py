@@ -6,18 +6,56 @@ Every problem is collected and reported together in one ``INVALID_ARGUMENT`` who
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from decimal import Decimal
+from typing import Any
 
+from switchboard.common.v1 import common_pb2
 from switchboard.router.v1 import router_pb2
 from switchboard_core.errors import InvalidArgument
 from switchboard_core.money import MoneyFormatError, parse_usd
-from switchboard_router.canonical import CompletionRequest, Message, ProviderPrefs, Role
+from switchboard_router.canonical import (
+    CompletionRequest,
+    ImagePart,
+    Message,
+    Part,
+    ProviderPrefs,
+    ResponseFormat,
+    ResponseFormatKind,
+    Role,
+    TextPart,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    ToolChoiceMode,
+)
 
 MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:-]*$")
 MAX_MESSAGES = 2048
-MAX_CONTENT_CHARS = 4 * 1024 * 1024
+MAX_CONTENT_BYTES = 32 * 1024 * 1024  # text, images and tool arguments together
+MAX_TOOLS = 128
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TOOL_NAME_RULE = "1 to 64 letters, digits, '_' or '-'"
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+IMAGE_DETAILS = {
+    common_pb2.IMAGE_DETAIL_UNSPECIFIED: "",
+    common_pb2.IMAGE_DETAIL_LOW: "low",
+    common_pb2.IMAGE_DETAIL_HIGH: "high",
+    common_pb2.IMAGE_DETAIL_AUTO: "auto",
+}
+TOOL_CHOICE_MODES = {
+    router_pb2.ToolChoice.MODE_AUTO: ToolChoiceMode.AUTO,
+    router_pb2.ToolChoice.MODE_NONE: ToolChoiceMode.NONE,
+    router_pb2.ToolChoice.MODE_REQUIRED: ToolChoiceMode.REQUIRED,
+    router_pb2.ToolChoice.MODE_TOOL: ToolChoiceMode.TOOL,
+}
+RESPONSE_FORMATS = {
+    router_pb2.ResponseFormat.TYPE_TEXT: ResponseFormatKind.TEXT,
+    router_pb2.ResponseFormat.TYPE_JSON_OBJECT: ResponseFormatKind.JSON_OBJECT,
+    router_pb2.ResponseFormat.TYPE_JSON_SCHEMA: ResponseFormatKind.JSON_SCHEMA,
+}
 MAX_STOP = 4
 MAX_FALLBACKS = 5
 SORTS = {
@@ -51,6 +89,15 @@ def parse_request(request: AnyCompletionRequest) -> CompletionRequest:
         problems.append(("fallback_models", f"at most {MAX_FALLBACKS} models"))
     for i, model in enumerate(request.fallback_models):
         _check_model(f"fallback_models[{i}]", model, problems)
+    if request.HasField("top_k") and request.top_k < 1:
+        problems.append(("top_k", "must be at least 1"))
+    for name in ("frequency_penalty", "presence_penalty"):
+        value = _optional(request, name)
+        if value is not None and not (math.isfinite(value) and -2 <= value <= 2):
+            problems.append((name, "must be between -2 and 2"))
+    tools = _tools(request, problems)
+    tool_choice = _tool_choice(request, tools, problems)
+    response_format = _response_format(request, problems)
     prefs = _prefs(request.provider, problems)
     if problems:
         raise InvalidArgument(problems)
@@ -60,12 +107,23 @@ def parse_request(request: AnyCompletionRequest) -> CompletionRequest:
         max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
         temperature=request.temperature if request.HasField("temperature") else None,
         top_p=request.top_p if request.HasField("top_p") else None,
+        top_k=request.top_k if request.HasField("top_k") else None,
         stop=tuple(request.stop),
         seed=request.seed if request.HasField("seed") else None,
+        frequency_penalty=_optional(request, "frequency_penalty"),
+        presence_penalty=_optional(request, "presence_penalty"),
+        tools=tools,
+        tool_choice=tool_choice,
+        parallel_tool_calls=_optional(request, "parallel_tool_calls"),
+        response_format=response_format,
         user=request.user,
         fallback_models=tuple(request.fallback_models),
         provider=prefs,
     )
+
+
+def _optional(request: AnyCompletionRequest, name: str) -> Any:
+    return getattr(request, name) if request.HasField(name) else None  # type: ignore[arg-type]
 
 
 def _check_model(field: str, model: str, problems: list[tuple[str, str]]) -> None:
@@ -83,19 +141,176 @@ def _messages(
     elif len(request.messages) > MAX_MESSAGES:
         problems.append(("messages", f"at most {MAX_MESSAGES} messages"))
     out = []
-    total = 0
+    size = 0
     for i, m in enumerate(request.messages):
+        field = f"messages[{i}]"
         role = int(m.role)
         if role not in (Role.SYSTEM, Role.USER, Role.ASSISTANT, Role.TOOL):
-            problems.append((f"messages[{i}].role", "must be SYSTEM, USER, ASSISTANT or TOOL"))
+            problems.append((f"{field}.role", "must be SYSTEM, USER, ASSISTANT or TOOL"))
             continue
         if role == Role.TOOL and not m.tool_call_id:
-            problems.append((f"messages[{i}].tool_call_id", "required for ROLE_TOOL"))
-        total += len(m.content)
-        out.append(Message(Role(role), m.content, m.name, m.tool_call_id))
-    if total > MAX_CONTENT_CHARS:
-        problems.append(("messages", f"content longer than {MAX_CONTENT_CHARS} characters"))
+            problems.append((f"{field}.tool_call_id", "required for ROLE_TOOL"))
+        if m.tool_call_id and role != Role.TOOL:
+            problems.append((f"{field}.tool_call_id", "only ROLE_TOOL messages answer a call"))
+        parts = _parts(m, Role(role), field, problems)
+        calls = _tool_calls(m, Role(role), field, problems)
+        if not m.content and not m.parts and not calls and role != Role.ASSISTANT:
+            problems.append((f"{field}.content", "required"))
+        size += sum(_part_size(p) for p in parts)
+        size += sum(len(c.arguments) for c in calls)
+        out.append(Message(Role(role), parts, m.name, m.tool_call_id, calls))
+    if size > MAX_CONTENT_BYTES:
+        problems.append(("messages", f"content larger than {MAX_CONTENT_BYTES} bytes"))
     return tuple(out)
+
+
+def _part_size(part: Part) -> int:
+    if isinstance(part, TextPart):
+        return len(part.text)
+    return len(part.url) + len(part.data)
+
+
+def _parts(
+    m: common_pb2.ChatMessage, role: Role, field: str, problems: list[tuple[str, str]]
+) -> tuple[Part, ...]:
+    if m.content and m.parts:
+        problems.append((f"{field}.parts", "set content or parts, not both"))
+    if not m.parts:
+        return (TextPart(m.content),) if m.content else ()
+    out: list[Part] = []
+    for j, part in enumerate(m.parts):
+        where = f"{field}.parts[{j}]"
+        kind = part.WhichOneof("kind")
+        if kind == "text":
+            out.append(TextPart(part.text))
+        elif kind == "image":
+            if role != Role.USER:
+                problems.append((f"{where}.image", "images are allowed in ROLE_USER messages"))
+            image = _image(part.image, f"{where}.image", problems)
+            if image is not None:
+                out.append(image)
+        else:
+            problems.append((where, "set text or image"))
+    return tuple(out)
+
+
+def _image(
+    image: common_pb2.ImagePart, field: str, problems: list[tuple[str, str]]
+) -> ImagePart | None:
+    detail = IMAGE_DETAILS.get(image.detail)
+    if detail is None:
+        problems.append((f"{field}.detail", "unknown detail"))
+    if image.url and image.data:
+        problems.append((field, "set url or data, not both"))
+        return None
+    if image.data:
+        if image.mime_type not in IMAGE_TYPES:
+            problems.append((f"{field}.mime_type", "must be one of " + ", ".join(IMAGE_TYPES)))
+            return None
+        return ImagePart(data=image.data, mime_type=image.mime_type, detail=detail or "")
+    if not image.url:
+        problems.append((field, "set url or data"))
+        return None
+    part = ImagePart(url=image.url, mime_type=image.mime_type, detail=detail or "")
+    if image.url.startswith("data:"):
+        inline = part.inline()
+        if inline is None or inline[0] not in IMAGE_TYPES:
+            problems.append(
+                (f"{field}.url", "a data URL must be 'data:<image type>;base64,<data>'")
+            )
+            return None
+    elif not image.url.startswith(("https://", "http://")) or len(image.url) > 4096:
+        problems.append((f"{field}.url", "must be an http(s) URL or a data URL"))
+        return None
+    return part
+
+
+def _tool_calls(
+    m: common_pb2.ChatMessage, role: Role, field: str, problems: list[tuple[str, str]]
+) -> tuple[ToolCall, ...]:
+    if m.tool_calls and role != Role.ASSISTANT:
+        problems.append((f"{field}.tool_calls", "only ROLE_ASSISTANT messages make tool calls"))
+        return ()
+    out = []
+    for j, call in enumerate(m.tool_calls):
+        where = f"{field}.tool_calls[{j}]"
+        if not call.id:
+            problems.append((f"{where}.id", "required"))
+        if not TOOL_NAME.match(call.name):
+            problems.append((f"{where}.name", TOOL_NAME_RULE))
+        arguments = call.arguments_json or "{}"
+        if _json_object(arguments) is None:
+            problems.append((f"{where}.arguments_json", "must be the JSON text of an object"))
+        out.append(ToolCall(call.id, call.name, arguments))
+    return tuple(out)
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _tools(request: AnyCompletionRequest, problems: list[tuple[str, str]]) -> tuple[Tool, ...]:
+    if len(request.tools) > MAX_TOOLS:
+        problems.append(("tools", f"at most {MAX_TOOLS} tools"))
+    out = []
+    seen: set[str] = set()
+    for i, tool in enumerate(request.tools):
+        if not TOOL_NAME.match(tool.name):
+            problems.append((f"tools[{i}].name", TOOL_NAME_RULE))
+        elif tool.name in seen:
+            problems.append((f"tools[{i}].name", f"{tool.name!r} is given twice"))
+        seen.add(tool.name)
+        schema = _json_object(tool.parameters_json or '{"type": "object", "properties": {}}')
+        if schema is None:
+            problems.append((f"tools[{i}].parameters_json", "must be a JSON Schema object"))
+            schema = {}
+        out.append(Tool(tool.name, tool.description, schema))
+    return tuple(out)
+
+
+def _tool_choice(
+    request: AnyCompletionRequest, tools: tuple[Tool, ...], problems: list[tuple[str, str]]
+) -> ToolChoice | None:
+    choice = request.tool_choice
+    mode = TOOL_CHOICE_MODES.get(choice.mode)
+    if choice.mode and mode is None:
+        problems.append(("tool_choice.mode", "unknown mode"))
+    if mode is None:
+        if choice.name:
+            problems.append(("tool_choice.mode", "MODE_TOOL is required with a name"))
+        return None
+    if not tools:
+        problems.append(("tool_choice", "requires tools"))
+        return None
+    if mode == ToolChoiceMode.TOOL:
+        if choice.name not in {t.name for t in tools}:
+            problems.append(("tool_choice.name", "must name one of the request's tools"))
+    elif choice.name:
+        problems.append(("tool_choice.name", "only with MODE_TOOL"))
+    return ToolChoice(mode, choice.name if mode == ToolChoiceMode.TOOL else "")
+
+
+def _response_format(
+    request: AnyCompletionRequest, problems: list[tuple[str, str]]
+) -> ResponseFormat | None:
+    fmt = request.response_format
+    kind = RESPONSE_FORMATS.get(fmt.type)
+    if fmt.type and kind is None:
+        problems.append(("response_format.type", "unknown type"))
+    if kind is None or kind == ResponseFormatKind.TEXT:
+        return None
+    if kind == ResponseFormatKind.JSON_OBJECT:
+        return ResponseFormat(kind)
+    if not TOOL_NAME.match(fmt.name):
+        problems.append(("response_format.name", TOOL_NAME_RULE))
+    schema = _json_object(fmt.schema_json)
+    if schema is None:
+        problems.append(("response_format.schema_json", "must be a JSON Schema object"))
+    return ResponseFormat(kind, fmt.name, schema, fmt.strict)
 
 
 def _price(field: str, text: str, problems: list[tuple[str, str]]) -> Decimal | None:

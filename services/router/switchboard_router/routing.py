@@ -8,6 +8,8 @@ Pure functions over a catalog :class:`Snapshot`: no I/O.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from switchboard_core.errors import InvalidArgument, NotFound
 from switchboard_router.canonical import CompletionRequest
 from switchboard_router.catalog_cache import Route, Snapshot
@@ -41,12 +43,34 @@ def plan(request: CompletionRequest, snapshot: Snapshot) -> list[Route]:
             )
         planned.extend(order_routes(routes, request))
     if not planned:
-        raise NotFound(
-            f"no endpoint of {request.model!r} matches the request's provider preferences",
-            reason="NO_ENDPOINT_MATCHES",
-            metadata={"model": request.model},
-        )
+        raise _nothing_matches(request, snapshot)
     return planned
+
+
+def _nothing_matches(request: CompletionRequest, snapshot: Snapshot) -> Exception:
+    """The most useful explanation of why no endpoint was left."""
+    model, _ = split_variant(request.model)
+    routes = snapshot.routes.get(model, ())
+    if request.has_image and not any("image" in r.input_modalities for r in routes):
+        return InvalidArgument({"messages": f"model {model!r} does not accept image input"})
+    if request.provider.require_parameters:
+        relaxed = replace(request, provider=replace(request.provider, require_parameters=False))
+        candidates = order_routes(routes, relaxed)
+        if candidates:
+            needed = request.set_parameters()
+            best = min(candidates, key=lambda r: len(needed - r.supported_parameters))
+            return NotFound(
+                f"no endpoint of {model!r} supports every parameter the request sets"
+                " (provider.require_parameters is on); the closest lacks: "
+                + ", ".join(sorted(needed - best.supported_parameters)),
+                reason="NO_ENDPOINT_SUPPORTS_PARAMETERS",
+                metadata={"model": model},
+            )
+    return NotFound(
+        f"no endpoint of {request.model!r} matches the request's provider preferences",
+        reason="NO_ENDPOINT_MATCHES",
+        metadata={"model": request.model},
+    )
 
 
 def order_routes(routes: tuple[Route, ...], request: CompletionRequest) -> list[Route]:
@@ -60,6 +84,7 @@ def order_routes(routes: tuple[Route, ...], request: CompletionRequest) -> list[
         and (prefs.max_prompt_price is None or r.price.prompt <= prefs.max_prompt_price)
         and (prefs.max_completion_price is None or r.price.completion <= prefs.max_completion_price)
         and needed <= r.supported_parameters
+        and (not request.has_image or "image" in r.input_modalities)
     ]
     # Cheapest first: the default, ":floor" and sort=price. Sorting by throughput or latency
     # (and ":nitro") needs live endpoint stats, which come with health tracking; until then

@@ -13,7 +13,7 @@ from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard_core.errors import Unavailable
 from switchboard_core.money import format_usd
 from switchboard_router.auth import Caller, KeyVerifier
-from switchboard_router.canonical import CompletionRequest, TextDelta, UsageReport
+from switchboard_router.canonical import CompletionRequest, TextDelta, ToolCallDelta, UsageReport
 from switchboard_router.catalog_cache import CatalogCache, Route
 from switchboard_router.relay import Completed, Relay, Started
 from switchboard_router.requests import AnyCompletionRequest, parse_request
@@ -77,6 +77,17 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         async for event in self._relay.run(parsed, routes, caller, timeout=timeout, streamed=True):
             if type(event) is TextDelta:
                 yield response(delta=delta(text=event.text))
+            elif type(event) is ToolCallDelta:
+                yield response(
+                    delta=delta(
+                        tool_call=router_pb2.ToolCallDelta(
+                            index=event.index,
+                            id=event.id,
+                            name=event.name,
+                            arguments_json=event.arguments,
+                        )
+                    )
+                )
             elif type(event) is Started:
                 yield response(
                     start=router_pb2.CompletionStart(
@@ -85,6 +96,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         provider=event.route.provider_id,
                         endpoint_id=event.route.endpoint_id,
                         create_time=_timestamp(event.create_time),
+                        ignored_parameters=event.ignored_parameters,
                     )
                 )
             elif type(event) is Completed:
@@ -103,19 +115,27 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         caller, parsed, routes, timeout = await self._prepare(request, context)
         reply = router_pb2.CreateCompletionResponse()
         parts: list[str] = []
+        calls: dict[int, common_pb2.ToolCall] = {}
         async for event in self._relay.run(parsed, routes, caller, timeout=timeout, streamed=False):
             if type(event) is TextDelta:
                 parts.append(event.text)
+            elif type(event) is ToolCallDelta:
+                call = calls.setdefault(event.index, common_pb2.ToolCall())
+                call.id = call.id or event.id
+                call.name = call.name or event.name
+                call.arguments_json += event.arguments
             elif type(event) is Started:
                 reply.generation_id = event.generation_id
                 reply.model = event.route.model_id
                 reply.provider = event.route.provider_id
                 reply.endpoint_id = event.route.endpoint_id
                 reply.create_time.CopyFrom(_timestamp(event.create_time))
+                reply.ignored_parameters.extend(event.ignored_parameters)
             elif type(event) is Completed:
                 reply.finish_reason = int(event.finish.reason)  # type: ignore[assignment]
                 reply.native_finish_reason = event.finish.native_reason
                 reply.usage.CopyFrom(_usage(event.usage))
                 reply.cost_usd = format_usd(event.cost)
         reply.text = "".join(parts)
+        reply.tool_calls.extend(calls[i] for i in sorted(calls))
         return reply

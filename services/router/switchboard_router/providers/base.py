@@ -27,9 +27,19 @@ class Target:
     base_url: str
     upstream_model: str
     api_key: Secret
+    # Which variant of the wire format the host speaks (OpenAI-compatible hosts differ in
+    # details): the provider's catalog dialect, else its id. Unknown dialects get the default.
+    dialect: str = ""
+    # The endpoint's output cap from the catalog, 0 when unknown (for providers that require
+    # max_tokens, such as Anthropic).
+    max_completion_tokens: int = 0
 
 
 class Adapter(Protocol):
+    # Optional request parameters (canonical names) the adapter can translate for ``dialect``;
+    # the relay unsets the others before calling, and reports them as ignored.
+    def parameters(self, dialect: str) -> frozenset[str]: ...
+
     def stream(
         self, request: CompletionRequest, target: Target, *, timeout: float | None
     ) -> AsyncIterator[AdapterEvent]:
@@ -106,7 +116,7 @@ def error_for_status(
 ) -> UpstreamError:
     """The shared HTTP status table; adapters refine it (e.g. context length) before calling."""
     cls: type[UpstreamError]
-    if status == 400 or status == 422:
+    if status in (400, 413, 422):
         cls = UpstreamBadRequest
     elif status in (401, 403):
         cls = UpstreamCredentialRejected

@@ -19,8 +19,15 @@ from switchboard_router.canonical import (
     CompletionRequest,
     Finish,
     FinishEvent,
+    Message,
+    ResponseFormat,
+    ResponseFormatKind,
     Role,
     TextDelta,
+    TextPart,
+    ToolCallDelta,
+    ToolChoice,
+    ToolChoiceMode,
     UsageReport,
 )
 from switchboard_router.providers.base import (
@@ -33,6 +40,7 @@ from switchboard_router.providers.base import (
     error_for_status,
     parse_retry_after,
 )
+from switchboard_router.providers.openai_dialects import Dialect, dialect_for
 from switchboard_router.providers.sse import SseEvent, iter_sse_batches
 
 ROLES = {Role.SYSTEM: "system", Role.USER: "user", Role.ASSISTANT: "assistant", Role.TOOL: "tool"}
@@ -49,43 +57,110 @@ FINISH_REASONS = {
 READ_IDLE_SECONDS = 120.0
 
 
+def _content(message: Message) -> str | list[dict[str, Any]] | None:
+    """A plain string for text-only messages (every host takes that), else content parts."""
+    if not message.has_image:
+        text = message.text
+        return text if text or not message.tool_calls else None
+    parts: list[dict[str, Any]] = []
+    for part in message.parts:
+        if isinstance(part, TextPart):
+            parts.append({"type": "text", "text": part.text})
+        else:
+            image: dict[str, Any] = {"url": part.as_url()}
+            if part.detail:
+                image["detail"] = part.detail
+            parts.append({"type": "image_url", "image_url": image})
+    return parts
+
+
+def _message(message: Message) -> dict[str, Any]:
+    item: dict[str, Any] = {"role": ROLES[message.role], "content": _content(message)}
+    if message.name:
+        item["name"] = message.name
+    if message.tool_call_id:
+        item["tool_call_id"] = message.tool_call_id
+    if message.tool_calls:
+        item["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in message.tool_calls
+        ]
+    return item
+
+
+def _tool_choice(choice: ToolChoice, dialect: Dialect) -> str | dict[str, Any]:
+    if choice.mode == ToolChoiceMode.TOOL:
+        return {"type": "function", "function": {"name": choice.name}}
+    if choice.mode == ToolChoiceMode.REQUIRED:
+        return dialect.required_tool_choice
+    return choice.mode.value
+
+
+def _response_format(fmt: ResponseFormat) -> dict[str, Any]:
+    if fmt.kind != ResponseFormatKind.JSON_SCHEMA:
+        return {"type": fmt.kind.value}
+    schema: dict[str, Any] = {"name": fmt.name, "schema": fmt.schema or {}}
+    if fmt.strict:
+        schema["strict"] = True
+    return {"type": "json_schema", "json_schema": schema}
+
+
 def build_body(request: CompletionRequest, target: Target) -> dict[str, Any]:
-    messages = []
-    for m in request.messages:
-        item: dict[str, Any] = {"role": ROLES[m.role], "content": m.content}
-        if m.name:
-            item["name"] = m.name
-        if m.tool_call_id:
-            item["tool_call_id"] = m.tool_call_id
-        messages.append(item)
+    """The chat-completions body; the relay has already unset what the host cannot take."""
+    dialect = dialect_for(target.dialect)
     body: dict[str, Any] = {
         "model": target.upstream_model,
-        "messages": messages,
+        "messages": [_message(m) for m in request.messages],
         "stream": True,
-        "stream_options": {"include_usage": True},
     }
+    if dialect.ask_stream_usage:
+        body["stream_options"] = {"include_usage": True}
     if request.max_tokens is not None:
-        body["max_tokens"] = request.max_tokens
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
-    if request.top_p is not None:
-        body["top_p"] = request.top_p
+        body[dialect.max_tokens_field] = request.max_tokens
+    if request.seed is not None:
+        body[dialect.seed_field] = request.seed
+    for name in ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty"):
+        value = getattr(request, name)
+        if value is not None:
+            body[name] = value
     if request.stop:
         body["stop"] = list(request.stop)
-    if request.seed is not None:
-        body["seed"] = request.seed
+    if request.tools:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": t.parameters,
+                },
+            }
+            for t in request.tools
+        ]
+    if request.tool_choice is not None:
+        body["tool_choice"] = _tool_choice(request.tool_choice, dialect)
+    if request.parallel_tool_calls is not None:
+        body["parallel_tool_calls"] = request.parallel_tool_calls
+    if request.response_format is not None:
+        body["response_format"] = _response_format(request.response_format)
     if request.user:
         body["user"] = request.user
     return body
 
 
 def parse_usage(usage: dict[str, Any]) -> UsageReport:
+    """OpenAI's usage object, and the fields compatible hosts add (DeepSeek's cache hits)."""
     prompt_details = usage.get("prompt_tokens_details") or {}
     completion_details = usage.get("completion_tokens_details") or {}
+    cached = prompt_details.get("cached_tokens") or usage.get("prompt_cache_hit_tokens") or 0
     return UsageReport(
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
-        cached_tokens=int(prompt_details.get("cached_tokens") or 0),
+        cached_tokens=int(cached),
         reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
     )
 
@@ -114,11 +189,14 @@ class OpenAIChatAdapter:
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
 
+    def parameters(self, dialect: str) -> frozenset[str]:
+        return dialect_for(dialect).parameters
+
     async def stream(
         self, request: CompletionRequest, target: Target, *, timeout: float | None
     ) -> AsyncIterator[AdapterEvent]:
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-        if target.api_key:
+        if target.api_key and dialect_for(target.dialect).auth == "bearer":
             headers["Authorization"] = "Bearer " + target.api_key.reveal()
         url = target.base_url.rstrip("/") + "/chat/completions"
         client_timeout = aiohttp.ClientTimeout(total=timeout, sock_read=READ_IDLE_SECONDS)
@@ -164,8 +242,6 @@ class OpenAIChatAdapter:
         finished = False
         async for batch in iter_sse_batches(response.content.iter_any()):
             parsed = parse_batch(batch, provider)
-            if parsed.text:
-                yield TextDelta("".join(parsed.text))
             for event in parsed.events:
                 yield event
             finished = finished or parsed.finished
@@ -181,13 +257,22 @@ class OpenAIChatAdapter:
 
 @dataclass(slots=True)
 class ParsedBatch:
-    """What one read of the stream carried: text in order, then finish and usage events."""
+    """What one read of the stream carried, in order; adjacent text joined into one delta."""
 
-    text: list[str] = field(default_factory=list)
     events: list[AdapterEvent] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)  # text not yet in ``events``
     finished: bool = False
     done: bool = False  # saw "data: [DONE]"
-    error: UpstreamError | None = None  # raised after the text before it is relayed
+    error: UpstreamError | None = None  # raised after the events before it are relayed
+
+    def flush_text(self) -> None:
+        if self.text:
+            self.events.append(TextDelta("".join(self.text)))
+            self.text.clear()
+
+    def add(self, event: AdapterEvent) -> None:
+        self.flush_text()
+        self.events.append(event)
 
 
 def parse_batch(batch: list[SseEvent], provider: str) -> ParsedBatch:
@@ -195,27 +280,42 @@ def parse_batch(batch: list[SseEvent], provider: str) -> ParsedBatch:
     for sse in batch:
         if sse.data == "[DONE]":
             out.done = True
-            return out
+            break
         try:
             chunk = orjson.loads(sse.data)
         except orjson.JSONDecodeError:
+            chunk = None
+        if not isinstance(chunk, dict):
             out.error = UpstreamProtocolError(
-                f"{provider} sent a chunk that is not JSON", provider_id=provider
+                f"{provider} sent a chunk that is not a JSON object", provider_id=provider
             )
-            return out
-        if "error" in chunk:  # an error after the 200: the provider failed midway
+            break
+        if chunk.get("error"):  # an error after the 200: the provider failed midway
             out.error = error_from_body(502, sse.data.encode(), provider, None)
-            return out
+            break
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             text = delta.get("content")
             if text:
                 out.text.append(text)
+            for call in delta.get("tool_calls") or ():
+                out.add(_tool_call_delta(call))
             native = choice.get("finish_reason")
             if native:
                 out.finished = True
-                out.events.append(FinishEvent(FINISH_REASONS.get(native, Finish.STOP), native))
-        usage = chunk.get("usage")
+                out.add(FinishEvent(FINISH_REASONS.get(native, Finish.STOP), native))
+        usage = chunk.get("usage") or (chunk.get("x_groq") or {}).get("usage")
         if usage:
-            out.events.append(parse_usage(usage))
+            out.add(parse_usage(usage))
+    out.flush_text()
     return out
+
+
+def _tool_call_delta(call: dict[str, Any]) -> ToolCallDelta:
+    function = call.get("function") or {}
+    return ToolCallDelta(
+        index=int(call.get("index") or 0),
+        id=call.get("id") or "",
+        name=function.get("name") or "",
+        arguments=function.get("arguments") or "",
+    )
