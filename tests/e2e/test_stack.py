@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,65 +18,14 @@ from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard_demo.upstream import reply_words
-from switchboard_devstack.stack import Ports, Stack
+from switchboard_devstack.stack import Stack
+from tests.e2e.support import auth, ledger_entry
 
 pytestmark = [pytest.mark.e2e]
 
 DEMO = "switchboard/demo"
 # The demo model's seeded prices, USD per million tokens.
 PROMPT_PRICE, COMPLETION_PRICE = Decimal(1), Decimal(2)
-
-
-@pytest.fixture(scope="module")
-async def stack(
-    database_url: str, redis_url: str, redis_prefix: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Stack]:
-    logs: Path = tmp_path_factory.mktemp("e2e-logs")
-    running = Stack(
-        database_url,
-        redis_url,
-        ports=Ports.free(),
-        log_dir=logs,
-        extra_env={
-            "SWITCHBOARD_USAGE_STREAM": redis_prefix + "usage",
-            "SWITCHBOARD_KEY_CACHE_SECONDS": "0.3",
-            "SWITCHBOARD_DEMO_TOKEN_DELAY_SECONDS": "0.01",
-            "SWITCHBOARD_SHUTDOWN_GRACE_SECONDS": "10",
-        },
-    )
-    try:
-        await running.start(timeout=60)
-        yield running
-    finally:
-        running.stop()
-        for log in sorted(logs.glob("*.log")):
-            text = log.read_text(errors="replace")
-            assert "Traceback" not in text, f"{log.name} logged a traceback:\n{text[-3000:]}"
-
-
-@pytest.fixture(scope="module")
-async def metering(stack: Stack) -> AsyncIterator[metering_pb2_grpc.MeteringServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.metering}") as channel:
-        yield metering_pb2_grpc.MeteringServiceStub(channel)
-
-
-@pytest.fixture(scope="module")
-async def router(stack: Stack) -> AsyncIterator[router_pb2_grpc.RouterServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.router}") as channel:
-        yield router_pb2_grpc.RouterServiceStub(channel)
-
-
-@pytest.fixture(scope="module")
-async def api_key(
-    metering: metering_pb2_grpc.MeteringServiceAsyncStub,
-) -> metering_pb2.CreateApiKeyResponse:
-    return await metering.CreateApiKey(
-        metering_pb2.CreateApiKeyRequest(account_id="e2e", name="e2e")
-    )
-
-
-def auth(key: metering_pb2.CreateApiKeyResponse) -> tuple[tuple[str, str]]:
-    return (("authorization", f"Bearer {key.secret}"),)
 
 
 def chat(text: str, **kwargs: object) -> router_pb2.StreamCompletionRequest:
@@ -88,22 +35,6 @@ def chat(text: str, **kwargs: object) -> router_pb2.StreamCompletionRequest:
 
 def expected_cost(prompt: int, completion: int) -> Decimal:
     return (prompt * PROMPT_PRICE + completion * COMPLETION_PRICE) / 1_000_000
-
-
-async def ledger_entry(
-    metering: metering_pb2_grpc.MeteringServiceAsyncStub, generation_id: str
-) -> metering_pb2.UsageEvent:
-    """Wait for the outbox to carry the generation into the ledger."""
-    for _ in range(100):
-        try:
-            reply = await metering.GetGeneration(
-                metering_pb2.GetGenerationRequest(generation_id=generation_id)
-            )
-            return reply.generation
-        except grpc.aio.AioRpcError as error:
-            assert error.code() == grpc.StatusCode.NOT_FOUND
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"{generation_id} never reached the ledger")
 
 
 async def test_streamed_completion_is_relayed_and_metered_exactly(

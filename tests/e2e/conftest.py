@@ -1,0 +1,70 @@
+"""The services as real processes: each e2e module gets its own stack (module scope)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from switchboard.catalog.v1 import catalog_pb2_grpc
+from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
+from switchboard.router.v1 import router_pb2_grpc
+from switchboard_devstack.stack import Ports, Stack
+from tests.e2e.support import PROVIDER_KEYS
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    database_url: str, redis_url: str, redis_prefix: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    logs: Path = tmp_path_factory.mktemp("e2e-logs")
+    running = Stack(
+        database_url,
+        redis_url,
+        ports=Ports.free(),
+        log_dir=logs,
+        extra_env={
+            "SWITCHBOARD_USAGE_STREAM": redis_prefix + "usage",
+            "SWITCHBOARD_KEY_CACHE_SECONDS": "0.3",
+            "SWITCHBOARD_DEMO_TOKEN_DELAY_SECONDS": "0.01",
+            "SWITCHBOARD_SHUTDOWN_GRACE_SECONDS": "10",
+            **{f"SWITCHBOARD_PROVIDER_KEY_{p.upper()}": k for p, k in PROVIDER_KEYS.items()},
+        },
+    )
+    try:
+        await running.start(timeout=60)
+        yield running
+    finally:
+        running.stop()
+        for log in sorted(logs.glob("*.log")):
+            text = log.read_text(errors="replace")
+            assert "Traceback" not in text, f"{log.name} logged a traceback:\n{text[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+async def metering(stack: Stack) -> AsyncIterator[metering_pb2_grpc.MeteringServiceAsyncStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.metering}") as channel:
+        yield metering_pb2_grpc.MeteringServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+async def router(stack: Stack) -> AsyncIterator[router_pb2_grpc.RouterServiceAsyncStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.router}") as channel:
+        yield router_pb2_grpc.RouterServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+async def catalog(stack: Stack) -> AsyncIterator[catalog_pb2_grpc.CatalogServiceAsyncStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.catalog}") as channel:
+        yield catalog_pb2_grpc.CatalogServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+async def api_key(
+    metering: metering_pb2_grpc.MeteringServiceAsyncStub,
+) -> metering_pb2.CreateApiKeyResponse:
+    return await metering.CreateApiKey(
+        metering_pb2.CreateApiKeyRequest(account_id="e2e", name="e2e")
+    )
