@@ -112,11 +112,19 @@ class UpstreamProtocolError(UpstreamError):
 
 
 def error_for_status(
-    status: int, message: str, *, provider_id: str, retry_after: float | None = None
+    status: int,
+    message: str,
+    *,
+    provider_id: str,
+    retry_after: float | None = None,
+    context_length: bool = False,
 ) -> UpstreamError:
-    """The shared HTTP status table; adapters refine it (e.g. context length) before calling."""
+    """The shared HTTP status table. Adapters say when the body means the prompt was too long;
+    the message names the provider, since the client cannot see which one answered."""
     cls: type[UpstreamError]
-    if status in (400, 413, 422):
+    if context_length:
+        cls = UpstreamContextLengthExceeded
+    elif status in (400, 413, 422):
         cls = UpstreamBadRequest
     elif status in (401, 403):
         cls = UpstreamCredentialRejected
@@ -128,7 +136,8 @@ def error_for_status(
         cls = UpstreamRateLimited
     else:
         cls = UpstreamUnavailable
-    return cls(message, provider_id=provider_id, status=status, retry_after_seconds=retry_after)
+    text = f"{provider_id} answered HTTP {status}: {message}"
+    return cls(text, provider_id=provider_id, status=status, retry_after_seconds=retry_after)
 
 
 def parse_retry_after(value: str | None) -> float | None:

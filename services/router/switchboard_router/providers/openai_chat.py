@@ -32,7 +32,6 @@ from switchboard_router.canonical import (
 )
 from switchboard_router.providers.base import (
     Target,
-    UpstreamContextLengthExceeded,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
@@ -168,7 +167,7 @@ def parse_usage(usage: dict[str, Any]) -> UsageReport:
 def error_from_body(
     status: int, payload: bytes, provider_id: str, retry_after: float | None
 ) -> UpstreamError:
-    message, code = f"provider returned HTTP {status}", ""
+    message, code = "(no error message)", ""
     try:
         error = json.loads(payload).get("error") or {}
         if isinstance(error, dict):
@@ -178,9 +177,13 @@ def error_from_body(
             message = error[:500]
     except (ValueError, AttributeError):
         pass
-    if code == "context_length_exceeded" or "maximum context length" in message:
-        return UpstreamContextLengthExceeded(message, provider_id=provider_id, status=status)
-    return error_for_status(status, message, provider_id=provider_id, retry_after=retry_after)
+    return error_for_status(
+        status,
+        message,
+        provider_id=provider_id,
+        retry_after=retry_after,
+        context_length=code == "context_length_exceeded" or "maximum context length" in message,
+    )
 
 
 class OpenAIChatAdapter:

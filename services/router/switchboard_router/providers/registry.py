@@ -6,7 +6,9 @@ from __future__ import annotations
 import aiohttp
 
 from switchboard.catalog.v1 import catalog_pb2
+from switchboard_router.providers.anthropic_messages import AnthropicMessagesAdapter
 from switchboard_router.providers.base import Adapter
+from switchboard_router.providers.gemini import GeminiAdapter
 from switchboard_router.providers.openai_chat import OpenAIChatAdapter
 
 
@@ -14,4 +16,6 @@ def build_adapters(session: aiohttp.ClientSession) -> dict[int, Adapter]:
     """One adapter instance per wire format, sharing the process's HTTP session."""
     return {
         catalog_pb2.API_FORMAT_OPENAI_CHAT: OpenAIChatAdapter(session),
+        catalog_pb2.API_FORMAT_ANTHROPIC_MESSAGES: AnthropicMessagesAdapter(session),
+        catalog_pb2.API_FORMAT_GEMINI: GeminiAdapter(session),
     }

@@ -1,0 +1,208 @@
+"""The catalog's seeded Anthropic and Gemini models answer through the real router processes,
+against local fakes that speak each provider's wire format (checked by the official SDKs).
+
+The catalog's admin API points the seeded providers at the fakes, exactly as an operator would
+point them at a proxy; the router picks the change up through its catalog watch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from decimal import Decimal
+
+import grpc
+import pytest
+
+from switchboard.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from switchboard.common.v1 import common_pb2
+from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
+from switchboard.router.v1 import router_pb2, router_pb2_grpc
+from switchboard_core.money import Price
+from tests.e2e.support import PROVIDER_KEYS, auth, ledger_entry
+from tests.fakes import anthropic_server, gemini_server
+from tests.fakes.script import FakeProvider, Script, ScriptToolCall, ScriptUsage
+
+pytestmark = [pytest.mark.e2e]
+
+CLAUDE = "anthropic/claude-haiku-4.5"
+GEMINI = "google/gemini-2.5-flash"
+
+Fakes = dict[str, FakeProvider]
+
+
+@pytest.fixture(scope="module")
+async def fakes(catalog: catalog_pb2_grpc.CatalogServiceAsyncStub) -> AsyncIterator[Fakes]:
+    async with AsyncExitStack() as stack:
+        found: Fakes = {
+            "anthropic": await stack.enter_async_context(anthropic_server.serve(Script())),
+            "google": await stack.enter_async_context(gemini_server.serve(Script())),
+        }
+        providers = await catalog.ListProviders(catalog_pb2.ListProvidersRequest())
+        for provider in providers.providers:
+            if provider.id in found:
+                provider.base_url = found[provider.id].base_url
+                await catalog.UpsertProvider(catalog_pb2.UpsertProviderRequest(provider=provider))
+        yield found
+
+
+async def price_of(catalog: catalog_pb2_grpc.CatalogServiceAsyncStub, model: str) -> Price:
+    reply = await catalog.GetModel(catalog_pb2.GetModelRequest(model_id=model))
+    p = reply.model.endpoints[0].pricing
+    return Price.parse(
+        p.prompt_usd_per_mtok,
+        p.completion_usd_per_mtok,
+        p.cached_prompt_usd_per_mtok,
+        p.cache_write_usd_per_mtok,
+    )
+
+
+def ask(model: str, text: str = "hi", **fields: object) -> router_pb2.StreamCompletionRequest:
+    message = common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=text)
+    return router_pb2.StreamCompletionRequest(model=model, messages=[message], **fields)  # type: ignore[arg-type]
+
+
+async def stream(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    key: metering_pb2.CreateApiKeyResponse,
+    request: router_pb2.StreamCompletionRequest,
+    fake: FakeProvider,
+) -> list[router_pb2.StreamCompletionResponse]:
+    """Stream once the router's catalog points at the fake (the watch takes a moment)."""
+    for _ in range(100):
+        seen = len(fake.requests)
+        try:
+            return [m async for m in router.StreamCompletion(request, metadata=auth(key))]
+        except grpc.aio.AioRpcError as error:
+            if len(fake.requests) > seen or error.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            await asyncio.sleep(0.05)
+    raise AssertionError("the router never reached the fake provider")
+
+
+async def test_anthropic_model_streams_with_exact_cache_aware_cost(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    catalog: catalog_pb2_grpc.CatalogServiceAsyncStub,
+    metering: metering_pb2_grpc.MeteringServiceAsyncStub,
+    api_key: metering_pb2.CreateApiKeyResponse,
+    fakes: Fakes,
+) -> None:
+    usage = ScriptUsage(2000, 40, cached_tokens=1500, cache_write_tokens=300)
+    fakes["anthropic"].script = Script(text=("Bonjour", " le ", "monde"), usage=usage)
+    messages = await stream(
+        router, api_key, ask(CLAUDE, "Say hello in French", seed=3), fakes["anthropic"]
+    )
+    start, end = messages[0].start, messages[-1].end
+    assert (start.model, start.provider) == (CLAUDE, "anthropic")
+    assert list(start.ignored_parameters) == ["seed"]  # Anthropic has no seed; said, not hidden
+    assert "".join(m.delta.text for m in messages[1:-1]) == "Bonjour le monde"
+    got = end.usage
+    assert (got.prompt_tokens, got.completion_tokens, got.cached_tokens) == (2000, 40, 1500)
+    assert (got.cache_write_tokens, got.estimated) == (300, False)
+    price = await price_of(catalog, CLAUDE)
+    assert Decimal(end.cost_usd) == price.cost(2000, 40, 1500, 300)
+    assert price.cached_prompt < price.prompt < price.cache_write  # the seed's real structure
+
+    sent = fakes["anthropic"].requests[-1]
+    assert sent.headers["x-api-key"] == PROVIDER_KEYS["anthropic"]
+    assert "seed" not in sent.body
+    row = await ledger_entry(metering, start.generation_id)
+    assert (row.provider_id, row.cost_usd) == ("anthropic", end.cost_usd)
+    assert row.usage.cache_write_tokens == 300
+
+
+async def test_require_parameters_refuses_instead_of_dropping(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    api_key: metering_pb2.CreateApiKeyResponse,
+    fakes: Fakes,
+) -> None:
+    before = len(fakes["anthropic"].requests)
+    strict = ask(CLAUDE, seed=3, provider=router_pb2.ProviderPreferences(require_parameters=True))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        _ = [m async for m in router.StreamCompletion(strict, metadata=auth(api_key))]
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "seed" in (refused.value.details() or "")
+    assert len(fakes["anthropic"].requests) == before  # nothing was sent upstream
+
+
+async def test_gemini_tool_call_streams_and_unary_matches_the_stream(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    api_key: metering_pb2.CreateApiKeyResponse,
+    fakes: Fakes,
+) -> None:
+    fakes["google"].script = Script(
+        text=("Let me look.",),
+        tool_calls=(ScriptToolCall("call_1", "get_weather", ('{"city": ', '"Oslo"}')),),
+        finish="tool_calls",
+        usage=ScriptUsage(50, 12, reasoning_tokens=4),
+    )
+    tool = router_pb2.Tool(
+        name="get_weather",
+        description="Weather in a city",
+        parameters_json='{"type": "object", "properties": {"city": {"type": "string"}}}',
+    )
+    request = ask(GEMINI, "Weather in Oslo?", tools=[tool])
+    messages = await stream(router, api_key, request, fakes["google"])
+    deltas = [m.delta for m in messages[1:-1]]
+    text = "".join(d.text for d in deltas)
+    calls = [d.tool_call for d in deltas if d.HasField("tool_call")]
+    assert text == "Let me look."
+    assert calls[0].name == "get_weather" and calls[0].id
+    assert json.loads("".join(c.arguments_json for c in calls)) == {"city": "Oslo"}
+    end = messages[-1].end
+    assert end.finish_reason == common_pb2.FINISH_REASON_TOOL_CALLS
+    assert (end.usage.completion_tokens, end.usage.reasoning_tokens) == (12, 4)
+
+    unary_request = router_pb2.CreateCompletionRequest()
+    unary_request.ParseFromString(request.SerializeToString())  # same fields, same numbers
+    reply = await router.CreateCompletion(unary_request, metadata=auth(api_key))
+    assert reply.text == text
+    assert [(c.name, json.loads(c.arguments_json)) for c in reply.tool_calls] == [
+        ("get_weather", {"city": "Oslo"})
+    ]
+    assert reply.usage == end.usage and reply.cost_usd == end.cost_usd
+    body = fakes["google"].requests[-1].body
+    assert body["tools"][0]["functionDeclarations"][0]["name"] == "get_weather"
+
+
+async def test_an_overloaded_provider_falls_back_to_the_next_model(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    api_key: metering_pb2.CreateApiKeyResponse,
+    fakes: Fakes,
+) -> None:
+    fakes["anthropic"].script = Script(status=529)
+    fakes["google"].script = Script(text=("from ", "gemini"))
+    request = ask(CLAUDE, fallback_models=[GEMINI])
+    messages = await stream(router, api_key, request, fakes["google"])
+    assert messages[0].start.model == GEMINI
+    assert "".join(m.delta.text for m in messages[1:-1]) == "from gemini"
+    fakes["anthropic"].script = Script(status=529)
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        _ = [m async for m in router.StreamCompletion(ask(CLAUDE), metadata=auth(api_key))]
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "anthropic" in (failed.value.details() or "").lower()
+
+
+async def test_cancelling_a_stream_closes_the_provider_connection_and_meters_it(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    metering: metering_pb2_grpc.MeteringServiceAsyncStub,
+    api_key: metering_pb2.CreateApiKeyResponse,
+    fakes: Fakes,
+) -> None:
+    fake = fakes["anthropic"]
+    fake.script = Script(text=tuple(f"w{i} " for i in range(500)), chunk_delay=0.01)
+    fake.disconnected.clear()
+    call = router.StreamCompletion(ask(CLAUDE), metadata=auth(api_key))
+    start = await call.read()
+    assert isinstance(start, router_pb2.StreamCompletionResponse)
+    await call.read()
+    loop = asyncio.get_running_loop()
+    cancelled_at = loop.time()
+    call.cancel()
+    await asyncio.wait_for(fake.disconnected.wait(), 2.0)
+    assert fake.disconnected_at - cancelled_at < 0.5
+    row = await ledger_entry(metering, start.start.generation_id)
+    assert row.status == metering_pb2.GENERATION_STATUS_CANCELLED
+    assert row.usage.completion_tokens > 0

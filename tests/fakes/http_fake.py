@@ -1,0 +1,152 @@
+"""What every fake provider shares: the aiohttp server, request recording, disconnect
+detection, and playing a rendered stream with the Script's delays, failures and cuts.
+
+A provider module renders a :class:`~tests.fakes.script.Script` into a :class:`Playlist` of
+SSE events (its own wire format); :func:`play` sends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from tests.fakes.script import FakeProvider, RecordedRequest, Script
+
+Handler = Callable[[web.Request, Any, FakeProvider], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Sse:
+    data: str
+    event: str = ""
+
+    def encode(self, newline: str = "\n") -> bytes:
+        head = f"event: {self.event}{newline}" if self.event else ""
+        return f"{head}data: {self.data}{newline}{newline}".encode()
+
+
+def sse(data: Any, event: str = "") -> Sse:
+    return Sse(data if isinstance(data, str) else orjson.dumps(data).decode(), event)
+
+
+@dataclass
+class Playlist:
+    head: list[Sse] = field(default_factory=list)
+    # One item per content chunk (text piece or tool-call piece); an item may be several events.
+    content: list[list[Sse]] = field(default_factory=list)
+    tail: list[Sse] = field(default_factory=list)
+    # Sent instead of the rest after Script.fail_after content chunks.
+    failure: list[Sse] = field(default_factory=list)
+    keepalive: bytes = b": keep-alive\n\n"  # what `odd` slips between events
+    newline: str = "\n"
+
+
+async def play(request: web.Request, fake: FakeProvider, playlist: Playlist) -> web.StreamResponse:
+    script = fake.script
+    response = web.StreamResponse(
+        status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+
+    async def send(event: Sse) -> None:
+        data = event.encode(playlist.newline)
+        if script.odd:
+            await response.write(playlist.keepalive)
+            half = len(data) // 2
+            await response.write(data[:half])
+            await asyncio.sleep(0)
+            await response.write(data[half:])
+        else:
+            await response.write(data)
+
+    for event in playlist.head:
+        await send(event)
+    for sent, item in enumerate(playlist.content):
+        if script.fail_after is not None and sent == script.fail_after:
+            for event in playlist.failure:
+                await send(event)
+            await response.write_eof()
+            fake.finished_at = asyncio.get_running_loop().time()
+            return response
+        if script.cut_after is not None and sent == script.cut_after:
+            cut(request, fake)
+            return response
+        if script.chunk_delay:
+            await asyncio.sleep(script.chunk_delay)
+        for event in item:
+            await send(event)
+    if script.cut_after is not None and script.cut_after >= len(playlist.content):
+        cut(request, fake)
+        return response
+    for event in playlist.tail:
+        await send(event)
+    await response.write_eof()
+    fake.finished_at = asyncio.get_running_loop().time()
+    return response
+
+
+def cut(request: web.Request, fake: FakeProvider) -> None:
+    """Drop the connection without finishing the response."""
+    if request.transport is not None:
+        request.transport.close()
+    fake.finished_at = asyncio.get_running_loop().time()
+
+
+def json_response(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(payload), status=status, content_type="application/json", headers=headers
+    )
+
+
+@asynccontextmanager
+async def serve_routes(
+    script: Script, prefix: str, routes: list[tuple[str, Handler]]
+) -> AsyncIterator[FakeProvider]:
+    """Serve POST ``routes`` (paths under ``prefix``); yields the fake with ``base_url`` set."""
+    fake = FakeProvider(base_url="", script=script)
+
+    def wrap(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            raw = await request.read()
+            body = orjson.loads(raw) if raw else None
+            fake.requests.append(
+                RecordedRequest(
+                    method=request.method,
+                    path=request.path,
+                    query=dict(request.query),
+                    headers={k.lower(): v for k, v in request.headers.items()},
+                    body=body,
+                )
+            )
+            try:
+                if fake.script.headers_delay:
+                    await asyncio.sleep(fake.script.headers_delay)
+                return await handler(request, body, fake)
+            except (ConnectionResetError, asyncio.CancelledError):
+                fake.disconnected_at = asyncio.get_running_loop().time()
+                fake.disconnected.set()
+                raise
+
+        return handle
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    for path, handler in routes:
+        app.router.add_post(prefix + path, wrap(handler))
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    fake.base_url = f"http://127.0.0.1:{port}{prefix}"
+    try:
+        yield fake
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,188 @@
+"""A fake OpenAI chat-completions server that renders a Script in OpenAI's wire format.
+
+Streaming: ``chat.completion.chunk`` objects; the first delta carries the role, tool calls
+come as ``delta.tool_calls`` pieces keyed by ``index`` (id, type and name on a call's first
+piece), then a finish chunk, then (only when the request set ``stream_options.include_usage``)
+a chunk with ``choices: []`` and ``usage``, then ``data: [DONE]``. Errors are OpenAI's
+``{"error": {message, type, param, code}}``. Reference:
+https://platform.openai.com/docs/api-reference/chat/streaming
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiohttp import web
+
+from tests.fakes.http_fake import Playlist, json_response, play, serve_routes, sse
+from tests.fakes.script import FakeProvider, Script, ScriptUsage
+
+FINISH = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "content_filter": "content_filter",
+}
+ERRORS = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", "unsupported_country_region_territory"),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("requests", "rate_limit_exceeded"),
+    500: ("server_error", None),
+    503: ("server_error", None),
+}
+CONTEXT_MESSAGE = (
+    "This model's maximum context length is 128000 tokens. However, your messages resulted in "
+    "130000 tokens. Please reduce the length of the messages."
+)
+
+
+def usage_json(usage: ScriptUsage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": usage.reasoning_tokens,
+            "audio_tokens": 0,
+        },
+    }
+
+
+def error_body(script: Script) -> tuple[dict[str, Any], int]:
+    if script.error_kind == "context_length":
+        error = {
+            "message": CONTEXT_MESSAGE,
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        }
+        return {"error": error}, 400
+    kind, code = ERRORS.get(script.status, ("server_error", None))
+    return {
+        "error": {"message": script.error_message, "type": kind, "param": None, "code": code}
+    }, script.status
+
+
+def error_response(script: Script) -> web.Response:
+    body, status = error_body(script)
+    headers = {"retry-after": script.retry_after} if script.retry_after else None
+    return json_response(body, status, headers)
+
+
+def render_stream(script: Script, model: str, include_usage: bool) -> Playlist:
+    base = {
+        "id": "chatcmpl-fake1",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "fp_fake",
+    }
+    usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {**base, "choices": [choice], **usage_field}
+
+    playlist = Playlist(head=[sse(chunk({"role": "assistant", "content": "", "refusal": None}))])
+    for piece in script.text:
+        if piece or script.odd:
+            playlist.content.append([sse(chunk({"content": piece}))])
+        else:
+            playlist.content.append([sse(chunk({}))])
+    for index, call in enumerate(script.tool_calls):
+        first = {
+            "index": index,
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        playlist.content.append([sse(chunk({"tool_calls": [first]}))])
+        for piece in call.arguments:
+            part = {"index": index, "function": {"arguments": piece}}
+            playlist.content.append([sse(chunk({"tool_calls": [part]}))])
+    playlist.tail.append(sse(chunk({}, FINISH[script.finish])))
+    if include_usage and script.usage is not None:
+        playlist.tail.append(sse({**base, "choices": [], "usage": usage_json(script.usage)}))
+    playlist.tail.append(sse("[DONE]"))
+    failure = {
+        "error": {
+            "message": "The server had an error while processing your request.",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    playlist.failure = [sse(failure)]
+    return playlist
+
+
+def render_whole(script: Script, model: str) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": script.full_text or None,
+        "refusal": None,
+    }
+    if script.tool_calls:
+        message["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments_json},
+            }
+            for c in script.tool_calls
+        ]
+    reply: dict[str, Any] = {
+        "id": "chatcmpl-fake1",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "fp_fake",
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": FINISH[script.finish],
+            }
+        ],
+    }
+    if script.usage is not None:
+        reply["usage"] = usage_json(script.usage)
+    return reply
+
+
+async def chat_completions(
+    request: web.Request, body: Any, fake: FakeProvider
+) -> web.StreamResponse:
+    script = fake.script
+    if not request.headers.get("Authorization", "").startswith("Bearer "):
+        return json_response(
+            {
+                "error": {
+                    "message": "You didn't provide an API key.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": None,
+                }
+            },
+            401,
+        )
+    if script.status != 200:
+        return error_response(script)
+    model = body.get("model", "")
+    if not body.get("stream"):
+        return json_response(render_whole(script, model))
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    return await play(request, fake, render_stream(script, model, include_usage))
+
+
+@asynccontextmanager
+async def serve(script: Script) -> AsyncIterator[FakeProvider]:
+    async with serve_routes(script, "/v1", [("/chat/completions", chat_completions)]) as fake:
+        yield fake
