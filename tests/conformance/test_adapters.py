@@ -141,7 +141,7 @@ PROVIDERS = [
         openai_sdk_text,
         openai_turns,
         openai_json_mode,
-        reports_cache_write=False,
+        reports_cache_write=True,
         reports_reasoning=True,
     ),
     Provider(

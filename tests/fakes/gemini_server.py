@@ -93,7 +93,9 @@ def call_part(script: Script, index: int) -> dict[str, Any]:
 
 
 def render_stream(script: Script, model: str) -> Playlist:
-    playlist = Playlist(newline="\r\n" if script.odd else "\n")
+    # Gemini sends no SSE comments (google-genai's parser rejects them), so `odd` here means
+    # CRLF line ends, events split across writes, empty text parts and partial usage.
+    playlist = Playlist(newline="\r\n" if script.odd else "\n", keepalive=b"")
     partial = usage_json(script.usage, partial=True) if script.odd and script.usage else None
     for piece in script.text:
         playlist.content.append([sse(response_json(model, [{"text": piece}], None, partial))])

@@ -57,7 +57,8 @@ async def play(request: web.Request, fake: FakeProvider, playlist: Playlist) -> 
     async def send(event: Sse) -> None:
         data = event.encode(playlist.newline)
         if script.odd:
-            await response.write(playlist.keepalive)
+            if playlist.keepalive:
+                await response.write(playlist.keepalive)
             half = len(data) // 2
             await response.write(data[:half])
             await asyncio.sleep(0)

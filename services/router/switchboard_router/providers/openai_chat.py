@@ -161,6 +161,7 @@ def parse_usage(usage: dict[str, Any]) -> UsageReport:
         completion_tokens=int(usage.get("completion_tokens") or 0),
         cached_tokens=int(cached),
         reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+        cache_write_tokens=int(prompt_details.get("cache_write_tokens") or 0),
     )
 
 

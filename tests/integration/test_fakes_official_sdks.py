@@ -1,0 +1,194 @@
+"""The fakes speak the real wire formats: each provider's official SDK reads them.
+
+Streams with text, tool calls split into pieces and usage, the odd-but-legal variants, and
+errors (which each SDK must turn into its own typed exception) for ``openai``, ``anthropic``
+and ``google-genai``. If a fake drifted from its provider's format, these would fail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import anthropic
+import openai
+import pytest
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types as genai_types
+
+from tests.fakes import anthropic_server, gemini_server, openai_server
+from tests.fakes.script import FakeProvider, Script, ScriptToolCall, ScriptUsage
+
+USAGE = ScriptUsage(300, 40, cached_tokens=200, cache_write_tokens=50, reasoning_tokens=10)
+TOOLS = (
+    ScriptToolCall("call_w", "get_weather", ('{"city"', ': "Oslo', '"}')),
+    ScriptToolCall("call_t", "get_time", ("{}",)),
+)
+SCRIPTS = {
+    "text": Script(text=("Hello", ", ", "world"), usage=USAGE),
+    "odd": Script(text=("a", "", "b", "c"), usage=USAGE, odd=True),
+    "tools": Script(text=("Checking.",), tool_calls=TOOLS, finish="tool_calls", usage=USAGE),
+    "length": Script(text=("cut",), finish="length", usage=USAGE),
+}
+
+
+def openai_client(fake: FakeProvider) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=fake.base_url, api_key="test", max_retries=0)
+
+
+def anthropic_client(fake: FakeProvider) -> anthropic.AsyncAnthropic:
+    root = fake.base_url.removesuffix("/v1")
+    return anthropic.AsyncAnthropic(base_url=root, api_key="test", max_retries=0)
+
+
+def gemini_client(fake: FakeProvider) -> genai.Client:
+    options = genai_types.HttpOptions(
+        base_url=fake.base_url.removesuffix("/v1beta"), api_version="v1beta"
+    )
+    return genai.Client(api_key="test", http_options=options)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+async def test_openai_sdk_reads_the_fake_stream(name: str) -> None:
+    script = SCRIPTS[name]
+    if name == "length":  # the SDK's stream helper refuses a truncated answer by design
+        script = dataclasses.replace(script, finish="stop")
+    async with (
+        openai_server.serve(script) as fake,
+        openai_client(fake) as client,
+        client.chat.completions.stream(
+            model="gpt-x",
+            messages=[{"role": "user", "content": "hi"}],
+            stream_options={"include_usage": True},
+        ) as stream,
+    ):
+        final = await stream.get_final_completion()
+    message = final.choices[0].message
+    assert (message.content or "") == script.full_text
+    calls = message.tool_calls or []
+    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [  # type: ignore[union-attr]
+        (t.id, t.name, t.arguments_json) for t in script.tool_calls
+    ]
+    assert final.choices[0].finish_reason == script.finish
+    assert final.usage is not None
+    assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (300, 40)
+    assert final.usage.prompt_tokens_details is not None
+    assert final.usage.prompt_tokens_details.cached_tokens == 200
+    assert final.usage.prompt_tokens_details.cache_write_tokens == 50
+    assert final.usage.completion_tokens_details is not None
+    assert final.usage.completion_tokens_details.reasoning_tokens == 10
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+async def test_anthropic_sdk_reads_the_fake_stream(name: str) -> None:
+    script = SCRIPTS[name]
+    async with (
+        anthropic_server.serve(script) as fake,
+        anthropic_client(fake) as client,
+        client.messages.stream(
+            model="claude-x", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
+        ) as stream,
+    ):
+        final = await stream.get_final_message()
+    text = "".join(b.text for b in final.content if b.type == "text")
+    assert text == script.full_text
+    uses = [b for b in final.content if b.type == "tool_use"]
+    assert [(u.id, u.name, u.input) for u in uses] == [
+        (t.id, t.name, json.loads(t.arguments_json)) for t in script.tool_calls
+    ]
+    native = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+    assert final.stop_reason == native[script.finish]
+    usage = final.usage
+    assert usage.input_tokens == 300 - 200 - 50  # Anthropic counts cache reads/writes apart
+    assert (usage.cache_read_input_tokens, usage.cache_creation_input_tokens) == (200, 50)
+    assert usage.output_tokens == 40
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+async def test_gemini_sdk_reads_the_fake_stream(name: str) -> None:
+    script = SCRIPTS[name]
+    async with gemini_server.serve(script) as fake:
+        client = gemini_client(fake)
+        chunks = [
+            c
+            async for c in await client.aio.models.generate_content_stream(
+                model="gemini-x", contents="hi"
+            )
+        ]
+    text = "".join(
+        p.text or ""
+        for c in chunks
+        for p in (c.candidates[0].content.parts or [])  # type: ignore[index, union-attr]
+    )
+    assert text == script.full_text
+    calls = [fc for c in chunks for fc in (c.function_calls or [])]
+    assert [(fc.name, fc.args) for fc in calls] == [
+        (t.name, json.loads(t.arguments_json)) for t in script.tool_calls
+    ]
+    last = chunks[-1]
+    native = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP"}
+    assert last.candidates is not None
+    assert last.candidates[0].finish_reason == native[script.finish]
+    meta = last.usage_metadata
+    assert meta is not None
+    assert (meta.prompt_token_count, meta.cached_content_token_count) == (300, 200)
+    assert (meta.candidates_token_count, meta.thoughts_token_count) == (30, 10)
+
+
+async def test_openai_sdk_raises_its_typed_errors() -> None:
+    async with (
+        openai_server.serve(Script(status=429, retry_after="3")) as fake,
+        openai_client(fake) as client,
+    ):
+        with pytest.raises(openai.RateLimitError) as limited:
+            await client.chat.completions.create(model="m", messages=[])
+        assert limited.value.response.headers["retry-after"] == "3"
+        fake.script = Script(status=400, error_kind="context_length")
+        with pytest.raises(openai.BadRequestError) as long:
+            await client.chat.completions.create(model="m", messages=[])
+        assert long.value.code == "context_length_exceeded"
+        fake.script = Script(status=500)
+        with pytest.raises(openai.InternalServerError):
+            await client.chat.completions.create(model="m", messages=[])
+        fake.script = Script(fail_after=1)
+        stream = await client.chat.completions.create(model="m", messages=[], stream=True)
+        with pytest.raises(openai.APIError):
+            async for _ in stream:
+                pass
+
+
+async def test_anthropic_sdk_raises_its_typed_errors() -> None:
+    async with (
+        anthropic_server.serve(Script(status=529)) as fake,
+        anthropic_client(fake) as client,
+    ):
+        with pytest.raises(anthropic.APIStatusError) as overloaded:
+            await client.messages.create(model="m", max_tokens=5, messages=[])
+        assert overloaded.value.status_code == 529
+        assert overloaded.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+        fake.script = Script(status=429, retry_after="9")
+        with pytest.raises(anthropic.RateLimitError):
+            await client.messages.create(model="m", max_tokens=5, messages=[])
+        fake.script = Script(fail_after=1)
+        with pytest.raises(anthropic.APIStatusError):
+            async with client.messages.stream(
+                model="m", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+            ) as stream:
+                await stream.get_final_message()
+
+
+async def test_gemini_sdk_raises_its_typed_errors() -> None:
+    async with gemini_server.serve(Script(status=429)) as fake:
+        client = gemini_client(fake)
+        with pytest.raises(genai_errors.ClientError) as limited:
+            await client.aio.models.generate_content(model="m", contents="hi")
+        assert limited.value.code == 429 and limited.value.status == "RESOURCE_EXHAUSTED"
+        fake.script = Script(status=503)
+        with pytest.raises(genai_errors.ServerError) as down:
+            await client.aio.models.generate_content(model="m", contents="hi")
+        assert down.value.code == 503
+        fake.script = Script(status=400, error_kind="context_length")
+        with pytest.raises(genai_errors.ClientError) as long:
+            await client.aio.models.generate_content(model="m", contents="hi")
+        assert "input token count" in (long.value.message or "")
