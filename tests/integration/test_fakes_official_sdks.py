@@ -67,7 +67,7 @@ async def test_openai_sdk_reads_the_fake_stream(name: str) -> None:
     message = final.choices[0].message
     assert (message.content or "") == script.full_text
     calls = message.tool_calls or []
-    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [  # type: ignore[union-attr]
+    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [
         (t.id, t.name, t.arguments_json) for t in script.tool_calls
     ]
     assert final.choices[0].finish_reason == script.finish
