@@ -48,6 +48,14 @@ test: install ## Run the whole test suite (real Postgres and Redis)
 bench: install ## Streaming benchmark: router vs the upstream it calls
 	$(PY) -m bench.relay $(BENCH_ARGS)
 
+.PHONY: bench-cancel
+bench-cancel: install ## Client cancel -> provider connection closed, through the router
+	$(PY) -m bench.cancel $(BENCH_ARGS)
+
+.PHONY: bench-http
+bench-http: install ## HTTP client candidates for provider streams (aiohttp vs httpx)
+	$(PY) -m bench.http_clients $(BENCH_ARGS)
+
 .PHONY: fmt
 fmt: install ## Format the code
 	$(PY) -m ruff format $(SRC_DIRS) tests bench
