@@ -206,3 +206,20 @@ async def test_cancelling_a_stream_closes_the_provider_connection_and_meters_it(
     row = await ledger_entry(metering, start.start.generation_id)
     assert row.status == metering_pb2.GENERATION_STATUS_CANCELLED
     assert row.usage.completion_tokens > 0
+
+
+async def test_a_provider_that_reports_no_usage_is_estimated_and_marked(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    metering: metering_pb2_grpc.MeteringServiceAsyncStub,
+    api_key: metering_pb2.CreateApiKeyResponse,
+    fakes: Fakes,
+) -> None:
+    fakes["google"].script = Script(text=("twelve chars", " and sixteen more"), usage=None)
+    messages = await stream(router, api_key, ask(GEMINI, "x" * 400), fakes["google"])
+    end = messages[-1].end
+    assert end.usage.estimated
+    assert end.usage.completion_tokens == (len("twelve chars and sixteen more") + 3) // 4
+    assert end.usage.prompt_tokens >= 100  # 400 characters at about four a token
+    row = await ledger_entry(metering, messages[0].start.generation_id)
+    assert row.usage.estimated and row.status == metering_pb2.GENERATION_STATUS_COMPLETED
+    assert row.cost_usd == end.cost_usd
