@@ -36,16 +36,13 @@ from switchboard_router.providers.base import (
     Target,
     UpstreamError,
     UpstreamProtocolError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
     error_for_status,
-    parse_retry_after,
 )
-from switchboard_router.providers.sse import SseEvent, iter_sse_batches
+from switchboard_router.providers.http import ended_early, open_sse
+from switchboard_router.providers.sse import SseEvent
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
-READ_IDLE_SECONDS = 120.0
 PARAMETERS = frozenset(
     {
         "max_tokens",
@@ -202,36 +199,21 @@ class AnthropicMessagesAdapter:
     async def stream(
         self, request: CompletionRequest, target: Target, *, timeout: float | None
     ) -> AsyncIterator[AdapterEvent]:
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream",
-            "anthropic-version": API_VERSION,
-        }
+        headers = {"anthropic-version": API_VERSION}
         if target.api_key:
             headers["x-api-key"] = target.api_key.reveal()
         provider = target.provider_id
-        try:
-            response = await self._session.post(
-                target.base_url.rstrip("/") + "/messages",
-                data=orjson.dumps(build_body(request, target)),
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout, sock_read=READ_IDLE_SECONDS),
-            )
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"{provider} did not answer in time", provider_id=provider
-            ) from None
-        except aiohttp.ClientError as error:
-            raise UpstreamUnavailable(
-                f"could not reach {provider}: {type(error).__name__}", provider_id=provider
-            ) from None
-        done = False
-        try:
-            if response.status != 200:
-                retry = parse_retry_after(response.headers.get("retry-after"))
-                raise error_from_body(response.status, await response.read(), provider, retry)
+        async with open_sse(
+            self._session,
+            target.base_url.rstrip("/") + "/messages",
+            build_body(request, target),
+            headers,
+            provider=provider,
+            timeout=timeout,
+            error_from_body=error_from_body,
+        ) as upstream:
             state = StreamState(provider)
-            async for batch in iter_sse_batches(response.content.iter_any()):
+            async for batch in upstream.batches():
                 for event in state.feed(batch):
                     yield event
                 if state.error is not None:
@@ -239,23 +221,10 @@ class AnthropicMessagesAdapter:
                 if state.stopped:
                     break
             if not state.stopped:
-                raise UpstreamUnavailable(
-                    f"{provider} stream ended before the completion finished", provider_id=provider
-                )
+                raise ended_early(provider)
             for event in state.final():
                 yield event
-            done = True
-        except TimeoutError:
-            raise UpstreamTimeout(f"{provider} stream timed out", provider_id=provider) from None
-        except aiohttp.ClientError as error:
-            raise UpstreamUnavailable(
-                f"{provider} stream broke: {type(error).__name__}", provider_id=provider
-            ) from None
-        finally:
-            if done:
-                response.release()
-            else:  # cancelled or failed: drop the connection so the provider stops generating
-                response.close()
+            upstream.complete()
 
 
 @dataclass

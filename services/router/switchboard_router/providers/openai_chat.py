@@ -34,13 +34,11 @@ from switchboard_router.providers.base import (
     Target,
     UpstreamError,
     UpstreamProtocolError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
     error_for_status,
-    parse_retry_after,
 )
+from switchboard_router.providers.http import ended_early, open_sse
 from switchboard_router.providers.openai_dialects import Dialect, dialect_for
-from switchboard_router.providers.sse import SseEvent, iter_sse_batches
+from switchboard_router.providers.sse import SseEvent
 
 ROLES = {Role.SYSTEM: "system", Role.USER: "user", Role.ASSISTANT: "assistant", Role.TOOL: "tool"}
 
@@ -51,9 +49,6 @@ FINISH_REASONS = {
     "function_call": Finish.TOOL_CALLS,
     "content_filter": Finish.CONTENT_FILTER,
 }
-
-# Longest silence tolerated between two bytes of a stream.
-READ_IDLE_SECONDS = 120.0
 
 
 def _content(message: Message) -> str | list[dict[str, Any]] | None:
@@ -199,64 +194,32 @@ class OpenAIChatAdapter:
     async def stream(
         self, request: CompletionRequest, target: Target, *, timeout: float | None
     ) -> AsyncIterator[AdapterEvent]:
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        headers = {}
         if target.api_key and dialect_for(target.dialect).auth == "bearer":
             headers["Authorization"] = "Bearer " + target.api_key.reveal()
-        url = target.base_url.rstrip("/") + "/chat/completions"
-        client_timeout = aiohttp.ClientTimeout(total=timeout, sock_read=READ_IDLE_SECONDS)
         provider = target.provider_id
-        try:
-            response = await self._session.post(
-                url,
-                data=orjson.dumps(build_body(request, target)),
-                headers=headers,
-                timeout=client_timeout,
-            )
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"{provider} did not answer in time", provider_id=provider
-            ) from None
-        except aiohttp.ClientError as error:
-            raise UpstreamUnavailable(
-                f"could not reach {provider}: {type(error).__name__}", provider_id=provider
-            ) from None
-        done = False
-        try:
-            if response.status != 200:
-                retry = parse_retry_after(response.headers.get("retry-after"))
-                raise error_from_body(response.status, await response.read(), provider, retry)
-            async for event in self._events(response, provider):
-                yield event
-            done = True
-        except TimeoutError:
-            raise UpstreamTimeout(f"{provider} stream timed out", provider_id=provider) from None
-        except aiohttp.ClientError as error:
-            raise UpstreamUnavailable(
-                f"{provider} stream broke: {type(error).__name__}", provider_id=provider
-            ) from None
-        finally:
-            if done:
-                response.release()
-            else:  # cancelled or failed: drop the connection, the upstream stops generating
-                response.close()
-
-    async def _events(
-        self, response: aiohttp.ClientResponse, provider: str
-    ) -> AsyncIterator[AdapterEvent]:
-        finished = False
-        async for batch in iter_sse_batches(response.content.iter_any()):
-            parsed = parse_batch(batch, provider)
-            for event in parsed.events:
-                yield event
-            finished = finished or parsed.finished
-            if parsed.error is not None:
-                raise parsed.error
-            if parsed.done:
-                return
-        if not finished:
-            raise UpstreamUnavailable(
-                f"{provider} stream ended before the completion finished", provider_id=provider
-            )
+        async with open_sse(
+            self._session,
+            target.base_url.rstrip("/") + "/chat/completions",
+            build_body(request, target),
+            headers,
+            provider=provider,
+            timeout=timeout,
+            error_from_body=error_from_body,
+        ) as upstream:
+            finished = False
+            async for batch in upstream.batches():
+                parsed = parse_batch(batch, provider)
+                for event in parsed.events:
+                    yield event
+                finished = finished or parsed.finished
+                if parsed.error is not None:
+                    raise parsed.error
+                if parsed.done:
+                    break
+            if not finished:
+                raise ended_early(provider)
+            upstream.complete()
 
 
 @dataclass(slots=True)
