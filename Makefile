@@ -48,6 +48,10 @@ test: install ## Run the whole test suite (real Postgres and Redis)
 bench: install ## Streaming benchmark: router vs the upstream it calls
 	$(PY) -m bench.relay $(BENCH_ARGS)
 
+.PHONY: reconcile
+reconcile: install ## Recompute usage rollups from the ledger and report differences (FIX=1 repairs)
+	$(PY) -m switchboard_metering reconcile $(if $(FIX),--fix,)
+
 .PHONY: bench-cancel
 bench-cancel: install ## Client cancel -> provider connection closed, through the router
 	$(PY) -m bench.cancel $(BENCH_ARGS)
