@@ -48,6 +48,10 @@ test: install ## Run the whole test suite (real Postgres and Redis)
 bench: install ## Streaming benchmark: router vs the upstream it calls
 	$(PY) -m bench.relay $(BENCH_ARGS)
 
+.PHONY: soak
+soak: install ## Crash-safety soak: 5,000 streamed generations while metering and the router are killed
+	SWITCHBOARD_CRASH_GENERATIONS=$(or $(GENERATIONS),5000) $(PY) -m pytest tests/e2e/test_crash_safety.py -v -s
+
 .PHONY: reconcile
 reconcile: install ## Recompute usage rollups from the ledger and report differences (FIX=1 repairs)
 	$(PY) -m switchboard_metering reconcile $(if $(FIX),--fix,)

@@ -17,8 +17,13 @@ from tests.e2e.support import PROVIDER_KEYS
 
 @pytest.fixture(scope="module")
 async def stack(
-    database_url: str, redis_url: str, redis_prefix: str, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
+    """The module's stack; a module may set ``STACK_ENV`` to override settings."""
     logs: Path = tmp_path_factory.mktemp("e2e-logs")
     running = Stack(
         database_url,
@@ -31,6 +36,7 @@ async def stack(
             "SWITCHBOARD_DEMO_TOKEN_DELAY_SECONDS": "0.01",
             "SWITCHBOARD_SHUTDOWN_GRACE_SECONDS": "10",
             **{f"SWITCHBOARD_PROVIDER_KEY_{p.upper()}": k for p, k in PROVIDER_KEYS.items()},
+            **getattr(request.module, "STACK_ENV", {}),
         },
     )
     try:
