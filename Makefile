@@ -49,8 +49,8 @@ bench: install ## Streaming benchmark: router vs the upstream it calls
 	$(PY) -m bench.relay $(BENCH_ARGS)
 
 .PHONY: soak
-soak: install ## Crash-safety soak: 5,000 streamed generations while metering and the router are killed
-	SWITCHBOARD_CRASH_GENERATIONS=$(or $(GENERATIONS),5000) $(PY) -m pytest tests/e2e/test_crash_safety.py -v -s
+soak: install ## Crash soak: 5,000 streamed generations while metering, router, Postgres and Redis fail
+	SWITCHBOARD_CRASH_GENERATIONS=$(or $(GENERATIONS),5000) $(PY) -m pytest tests/e2e/test_crash_safety.py tests/e2e/test_storage_restarts.py -v -s
 
 .PHONY: reconcile
 reconcile: install ## Recompute usage rollups from the ledger and report differences (FIX=1 repairs)

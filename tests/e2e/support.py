@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from decimal import Decimal
 
+import asyncpg
 import grpc
 
+from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
+from switchboard.router.v1 import router_pb2, router_pb2_grpc
 
 # Credentials the stack's router sends to the fake providers (which check them).
 PROVIDER_KEYS = {"anthropic": "sk-ant-e2e", "google": "gm-e2e", "openai": "sk-oai-e2e"}
@@ -30,3 +35,82 @@ async def ledger_entry(
             assert error.code() == grpc.StatusCode.NOT_FOUND
             await asyncio.sleep(0.05)
     raise AssertionError(f"{generation_id} never reached the ledger")
+
+
+# Crash tests: streamed load, and the ledger compared with what clients were told.
+
+GENERATIONS = int(os.environ.get("SWITCHBOARD_CRASH_GENERATIONS", "600"))
+CONCURRENCY = 32
+
+Told = dict[str, tuple[int, int, Decimal]]  # generation id -> prompt, completion, cost
+
+
+def ask(i: int) -> router_pb2.StreamCompletionRequest:
+    text = f"generation number {i}" + " more" * (i % 7)
+    message = common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=text)
+    return router_pb2.StreamCompletionRequest(
+        model="switchboard/demo", messages=[message], max_tokens=5 + i % 16
+    )
+
+
+async def load(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    key: metering_pb2.CreateApiKeyResponse,
+    total: int,
+    told: Told,
+) -> int:
+    """Run ``total`` streams; record what each completed one told its client. Returns failures."""
+    failures = 0
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal failures, next_index
+        while next_index < total:
+            i = next_index
+            next_index += 1
+            generation_id, end = "", None
+            try:
+                async for message in router.StreamCompletion(ask(i), metadata=auth(key)):
+                    if message.HasField("start"):
+                        generation_id = message.start.generation_id
+                    elif message.HasField("end"):
+                        end = message.end
+            except grpc.aio.AioRpcError:
+                failures += 1
+                continue
+            assert end is not None
+            usage = end.usage
+            told[generation_id] = (
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                Decimal(end.cost_usd),
+            )
+
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return failures
+
+
+async def ledger_rows(database_url: str, key_id: str) -> Told:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT generation_id, prompt_tokens, completion_tokens, cost FROM generations"
+            " WHERE key_id = $1",
+            key_id,
+        )
+    finally:
+        await conn.close()
+    return {
+        r["generation_id"]: (r["prompt_tokens"], r["completion_tokens"], r["cost"]) for r in rows
+    }
+
+
+async def settled(database_url: str, key_id: str, told: Told, timeout: float = 90.0) -> Told:
+    """The key's ledger once it holds every told generation (or the timeout passed)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        rows = await ledger_rows(database_url, key_id)
+        if told.keys() <= rows.keys() or loop.time() > deadline:
+            return rows
+        await asyncio.sleep(0.2)
