@@ -66,6 +66,7 @@ async def running_metering(
         database_url=database_url,
         redis_url=redis_url,
         outbox=outbox,
+        budget_prefix=outbox.stream + ":budget:",
     )
     server = await create_app(config)
     await server.start(with_metrics=False)

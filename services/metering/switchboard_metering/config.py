@@ -8,6 +8,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from switchboard_core.budget import DEFAULT_PREFIX
 from switchboard_core.config import (
     EnvReader,
     ServerConfig,
@@ -53,6 +54,8 @@ class MeteringConfig:
     database_url: str = field(repr=False)
     redis_url: str = field(repr=False)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    # Where spend counters and reservations live in Redis (shared with the routers).
+    budget_prefix: str = DEFAULT_PREFIX
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> MeteringConfig:
@@ -64,5 +67,12 @@ class MeteringConfig:
             stream=reader.str("SWITCHBOARD_USAGE_STREAM", DEFAULT_USAGE_STREAM),
             group=reader.str("SWITCHBOARD_USAGE_GROUP", DEFAULT_USAGE_GROUP),
         )
+        budget_prefix = reader.str("SWITCHBOARD_BUDGET_PREFIX", DEFAULT_PREFIX)
         reader.finish()
-        return cls(server=server, database_url=database_url, redis_url=redis_url, outbox=outbox)
+        return cls(
+            server=server,
+            database_url=database_url,
+            redis_url=redis_url,
+            outbox=outbox,
+            budget_prefix=budget_prefix,
+        )

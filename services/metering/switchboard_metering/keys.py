@@ -11,11 +11,13 @@ import logging
 import re
 import secrets
 from datetime import datetime
+from decimal import Decimal
 
 import asyncpg
 
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.errors import InvalidArgument, NotFound, Unauthenticated
+from switchboard_core.money import MoneyFormatError, format_usd, parse_usd
 from switchboard_core.paging import decode_token, encode_token, page_size
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,14 @@ _SECRET = re.compile(r"sk-sb-v1-[A-Za-z0-9_-]{43}")
 _ACCOUNT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _INVALID_KEY = "invalid API key"
 
-_COLUMNS = "id, account_id, name, prefix, created_at, revoked_at"
+_COLUMNS = """id, account_id, name, prefix, created_at, revoked_at,
+    limit_total, limit_daily, limit_monthly,
+    coalesce((SELECT prepaid FROM accounts a WHERE a.id = api_keys.account_id), false) AS prepaid"""
+LIMIT_FIELDS = (
+    ("total_usd", "limit_total"),
+    ("daily_usd", "limit_daily"),
+    ("monthly_usd", "limit_monthly"),
+)
 
 
 def new_secret() -> str:
@@ -68,7 +77,26 @@ def _to_proto(row: asyncpg.Record) -> metering_pb2.ApiKey:
     key.create_time.FromDatetime(row["created_at"])
     if row["revoked_at"] is not None:
         key.revoke_time.FromDatetime(row["revoked_at"])
+    for field, column in LIMIT_FIELDS:
+        if row[column] is not None:
+            setattr(key.limits, field, format_usd(row[column]))
+    key.account_prepaid = row["prepaid"]
     return key
+
+
+def parse_limits(limits: metering_pb2.SpendLimits) -> list[Decimal | None]:
+    """The limits in column order; INVALID_ARGUMENT naming each bad one."""
+    values: list[Decimal | None] = []
+    problems: list[tuple[str, str]] = []
+    for field, _ in LIMIT_FIELDS:
+        text = getattr(limits, field)
+        try:
+            values.append(parse_usd(text) if text else None)
+        except MoneyFormatError as error:
+            problems.append((f"limits.{field}", str(error)))
+    if problems:
+        raise InvalidArgument(problems)
+    return values
 
 
 def _encode_cursor(row: asyncpg.Record) -> str:
@@ -157,6 +185,29 @@ class KeyStore:
         if row is None:
             raise NotFound(f"API key {key_id!r} not found")
         log.info("api key revoked", extra={"key_id": key_id})
+        return _to_proto(row)
+
+    async def set_limits(
+        self, key_id: str, limits: metering_pb2.SpendLimits
+    ) -> metering_pb2.ApiKey:
+        if not key_id:
+            raise InvalidArgument({"key_id": "required"})
+        values = parse_limits(limits)
+        row = await self._pool.fetchrow(
+            f"""UPDATE api_keys SET limit_total = $2, limit_daily = $3, limit_monthly = $4
+                WHERE id = $1 RETURNING {_COLUMNS}""",
+            key_id,
+            *values,
+        )
+        if row is None:
+            raise NotFound(f"API key {key_id!r} not found")
+        log.info("api key limits set", extra={"key_id": key_id})
+        return _to_proto(row)
+
+    async def get(self, key_id: str) -> metering_pb2.ApiKey:
+        row = await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+        if row is None:
+            raise NotFound(f"API key {key_id!r} not found")
         return _to_proto(row)
 
     async def verify(self, secret: str) -> metering_pb2.ApiKey:

@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2
 
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard_core.errors import InvalidArgument
+from switchboard_metering.budgets import Budgets
 from switchboard_metering.keys import KeyStore
 from switchboard_metering.ledger import Ledger
 
@@ -46,9 +47,10 @@ def usage_range(
 
 
 class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
-    def __init__(self, keys: KeyStore, ledger: Ledger) -> None:
+    def __init__(self, keys: KeyStore, ledger: Ledger, budgets: Budgets) -> None:
         self._keys = keys
         self._ledger = ledger
+        self._budgets = budgets
 
     async def CreateApiKey(
         self, request: metering_pb2.CreateApiKeyRequest, context: Context
@@ -100,3 +102,22 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             raise InvalidArgument({"bucket": "TIME_BUCKET_HOUR or TIME_BUCKET_DAY"})
         start, end = usage_range(request, datetime.now(UTC))
         return await self._ledger.query_usage(request.key_id, start, end, bucket)
+
+    async def SetKeyLimits(
+        self, request: metering_pb2.SetKeyLimitsRequest, context: Context
+    ) -> metering_pb2.SetKeyLimitsResponse:
+        key = await self._budgets.set_limits(request.key_id, request.limits)
+        return metering_pb2.SetKeyLimitsResponse(api_key=key)
+
+    async def AddCredits(
+        self, request: metering_pb2.AddCreditsRequest, context: Context
+    ) -> metering_pb2.AddCreditsResponse:
+        balance = await self._budgets.add_credits(
+            request.account_id, request.amount_usd, request.note
+        )
+        return metering_pb2.AddCreditsResponse(balance=balance)
+
+    async def GetBalance(
+        self, request: metering_pb2.GetBalanceRequest, context: Context
+    ) -> metering_pb2.GetBalanceResponse:
+        return await self._budgets.balance(request)

@@ -1,0 +1,154 @@
+"""Credits and spend from the ledger, and loading them into the routers' Redis budgets.
+
+Postgres is the truth: credit is the sum of an account's grants, spend the sum of its
+generations (read from the hourly rollups). Routers enforce limits against counters in Redis
+(:mod:`switchboard_core.budget`); :meth:`Budgets.load_all` rebuilds those counters from
+Postgres (at start-up when Redis has none, e.g. after losing its data), and setting a key's
+limits or adding credit reloads that key or account.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import asyncpg
+
+from switchboard.metering.v1 import metering_pb2
+from switchboard_core.budget import BudgetStore
+from switchboard_core.errors import InvalidArgument, NotFound
+from switchboard_core.money import ZERO, MoneyFormatError, format_usd, parse_usd
+from switchboard_metering.keys import KeyStore, validate_account_id
+
+log = logging.getLogger(__name__)
+
+_KEY_SPEND = """
+SELECT coalesce(sum(cost), 0) AS total,
+       coalesce(sum(cost) FILTER (WHERE bucket_start >= date_trunc('day', $2, 'UTC')), 0)
+           AS today,
+       coalesce(sum(cost) FILTER (WHERE bucket_start >= date_trunc('month', $2, 'UTC')), 0)
+           AS this_month
+FROM usage_rollups WHERE key_id = $1
+"""
+_ACCOUNT = """
+SELECT a.prepaid,
+       coalesce((SELECT sum(amount) FROM credit_grants g WHERE g.account_id = a.id), 0) AS credit,
+       coalesce((SELECT sum(r.cost) FROM usage_rollups r JOIN api_keys k ON k.id = r.key_id
+                 WHERE k.account_id = a.id), 0) AS spent
+FROM accounts a WHERE a.id = $1
+"""
+_GRANT = """
+WITH account AS (
+    INSERT INTO accounts (id, prepaid) VALUES ($1, true)
+    ON CONFLICT (id) DO UPDATE SET prepaid = true
+)
+INSERT INTO credit_grants (account_id, amount, note) VALUES ($1, $2, $3)
+"""
+LOADED_MARKER = "loaded"
+
+
+class Budgets:
+    def __init__(self, pool: asyncpg.Pool, keys: KeyStore, store: BudgetStore) -> None:
+        self._pool = pool
+        self._keys = keys
+        self._store = store
+
+    async def key_spend(self, key_id: str, now: datetime) -> tuple[Decimal, Decimal, Decimal]:
+        row = await self._pool.fetchrow(_KEY_SPEND, key_id, now)
+        assert row is not None
+        return row["total"], row["today"], row["this_month"]
+
+    async def load_key(self, key_id: str) -> None:
+        now = datetime.now(UTC)
+        total, today, month = await self.key_spend(key_id, now)
+        await self._store.load_key(key_id, total, today, month, now)
+
+    async def load_account(self, account_id: str) -> None:
+        row = await self._pool.fetchrow(_ACCOUNT, account_id)
+        if row is not None:
+            await self._store.load_account(account_id, row["credit"], row["spent"])
+
+    async def load_all(self) -> int:
+        """Load every limited key and prepaid account into Redis; returns how many."""
+        keys = await self._pool.fetch(
+            """SELECT id FROM api_keys WHERE revoked_at IS NULL AND
+               (limit_total IS NOT NULL OR limit_daily IS NOT NULL OR limit_monthly IS NOT NULL)"""
+        )
+        accounts = await self._pool.fetch("SELECT id FROM accounts WHERE prepaid")
+        for key in keys:
+            await self.load_key(key["id"])
+        for account in accounts:
+            await self.load_account(account["id"])
+        await self._store.mark(LOADED_MARKER)
+        log.info("budgets loaded into redis", extra={"keys": len(keys), "accounts": len(accounts)})
+        return len(keys) + len(accounts)
+
+    async def load_if_missing(self) -> None:
+        if not await self._store.marked(LOADED_MARKER):
+            await self.load_all()
+
+    async def set_limits(
+        self, key_id: str, limits: metering_pb2.SpendLimits
+    ) -> metering_pb2.ApiKey:
+        key = await self._keys.set_limits(key_id, limits)
+        await self.load_key(key_id)
+        return key
+
+    async def add_credits(
+        self, account_id: str, amount_usd: str, note: str
+    ) -> metering_pb2.AccountBalance:
+        validate_account_id(account_id)
+        try:
+            amount = parse_usd(amount_usd)
+        except MoneyFormatError as error:
+            raise InvalidArgument({"amount_usd": str(error)}) from None
+        if amount <= ZERO:
+            raise InvalidArgument({"amount_usd": "must be positive"})
+        if len(note) > 256:
+            raise InvalidArgument({"note": "at most 256 characters"})
+        await self._pool.execute(_GRANT, account_id, amount, note)
+        await self.load_account(account_id)
+        log.info("credits added", extra={"account_id": account_id})
+        return await self.account_balance(account_id)
+
+    async def account_balance(self, account_id: str) -> metering_pb2.AccountBalance:
+        row = await self._pool.fetchrow(_ACCOUNT, account_id)
+        if row is None:
+            raise NotFound(f"account {account_id!r} not found")
+        reserved = (await self._store.account_balance(account_id)).reserved
+        available = row["credit"] - row["spent"] - reserved if row["prepaid"] else ZERO
+        return metering_pb2.AccountBalance(
+            account_id=account_id,
+            prepaid=row["prepaid"],
+            credit_usd=format_usd(row["credit"]),
+            spent_usd=format_usd(row["spent"]),
+            reserved_usd=format_usd(reserved),
+            available_usd=format_usd(max(available, ZERO)),
+        )
+
+    async def balance(
+        self, request: metering_pb2.GetBalanceRequest
+    ) -> metering_pb2.GetBalanceResponse:
+        if bool(request.account_id) == bool(request.key_id):
+            raise InvalidArgument({"account_id": "give account_id or key_id (one of them)"})
+        reply = metering_pb2.GetBalanceResponse()
+        account_id = request.account_id
+        if request.key_id:
+            key = await self._keys.get(request.key_id)
+            account_id = key.account_id
+            now = datetime.now(UTC)
+            total, today, month = await self.key_spend(key.id, now)
+            reserved = (await self._store.key_spend(key.id, now)).reserved
+            reply.key.CopyFrom(
+                metering_pb2.KeySpend(
+                    key_id=key.id,
+                    limits=key.limits,
+                    spent_total_usd=format_usd(total),
+                    spent_today_usd=format_usd(today),
+                    spent_this_month_usd=format_usd(month),
+                    reserved_usd=format_usd(reserved),
+                )
+            )
+        reply.account.CopyFrom(await self.account_balance(account_id))
+        return reply

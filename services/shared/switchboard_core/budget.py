@@ -1,0 +1,270 @@
+"""Spend limits and prepaid credit, enforced with atomic reservations in Redis.
+
+Routers reserve a request's worst-case cost before anything is sent upstream and settle to
+the actual cost when the generation ends; metering loads the settled spend from Postgres (the
+ledger is the truth) when Redis lost it or a key's limits change. Both use this module, so the
+Redis layout lives in one place.
+
+Amounts are integers of pico-dollars (1e-12 USD) in Redis: every price in the catalog is a
+whole number of them per token, so sums are exact. Reservations round up (a reservation is
+never smaller than what it covers). Limits are compared in Lua, whose numbers are doubles:
+exact up to about $9,000 per counter, and within a few pico-dollars beyond.
+
+Layout, under a prefix (``switchboard:budget:``):
+
+- ``key:<key id>`` hash: ``spent_total``, ``spent_d:<YYYYMMDD>``, ``spent_m:<YYYYMM>`` (UTC),
+  ``reserved``;
+- ``acct:<account id>`` hash: ``credit`` (granted), ``spent``, ``reserved``;
+- ``res:<reservation id>``: "<key id> <account id> <amount>"; ``res_exp``: a sorted set of
+  reservation ids by expiry (ms). Every reserve first releases up to 100 expired
+  reservations, so a crashed router's reservations return by themselves.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import redis.asyncio as redis
+
+from switchboard_core.errors import ResourceExhausted
+
+PICO = Decimal(10) ** 12
+DEFAULT_PREFIX = "switchboard:budget:"
+
+_RESERVE = """
+local prefix = ARGV[1]
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[4], 'LIMIT', 0, 100)
+for _, rid in ipairs(expired) do
+  local rec = redis.call('GET', prefix .. 'res:' .. rid)
+  if rec then
+    local k, a, amt = string.match(rec, '^(%S+) (%S+) (%S+)$')
+    redis.call('HINCRBY', prefix .. 'key:' .. k, 'reserved', -tonumber(amt))
+    redis.call('HINCRBY', prefix .. 'acct:' .. a, 'reserved', -tonumber(amt))
+    redis.call('DEL', prefix .. 'res:' .. rid)
+  end
+  redis.call('ZREM', KEYS[3], rid)
+end
+local amount = tonumber(ARGV[3])
+local k = redis.call('HMGET', KEYS[1], 'spent_total', ARGV[6], ARGV[7], 'reserved')
+local reserved = tonumber(k[4] or '0')
+local windows = {{'total', ARGV[8], k[1]}, {'daily', ARGV[9], k[2]}, {'monthly', ARGV[10], k[3]}}
+for _, w in ipairs(windows) do
+  local limit = tonumber(w[2])
+  if limit >= 0 then
+    local spent = tonumber(w[3] or '0')
+    if spent + reserved + amount > limit then
+      return {0, w[1], tostring(limit - spent - reserved)}
+    end
+  end
+end
+if ARGV[11] == '1' then
+  local a = redis.call('HMGET', KEYS[2], 'credit', 'spent', 'reserved')
+  local left = tonumber(a[1] or '0') - tonumber(a[2] or '0') - tonumber(a[3] or '0')
+  if amount > left then
+    return {0, 'credit', tostring(left)}
+  end
+end
+redis.call('SET', prefix .. 'res:' .. ARGV[2], ARGV[12] .. ' ' .. ARGV[13] .. ' ' .. ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'reserved', amount)
+redis.call('HINCRBY', KEYS[2], 'reserved', amount)
+return {1, '', '0'}
+"""
+
+_SETTLE = """
+local prefix = ARGV[1]
+local rec = redis.call('GET', prefix .. 'res:' .. ARGV[2])
+if rec then
+  local amt = tonumber(string.match(rec, '(%S+)$'))
+  redis.call('HINCRBY', KEYS[1], 'reserved', -amt)
+  redis.call('HINCRBY', KEYS[2], 'reserved', -amt)
+  redis.call('DEL', prefix .. 'res:' .. ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[2])
+end
+local actual = ARGV[3]
+redis.call('HINCRBY', KEYS[1], 'spent_total', actual)
+redis.call('HINCRBY', KEYS[1], ARGV[4], actual)
+redis.call('HINCRBY', KEYS[1], ARGV[5], actual)
+redis.call('HINCRBY', KEYS[2], 'spent', actual)
+return 1
+"""
+
+
+def to_pico(amount: Decimal) -> int:
+    """USD to pico-dollars, rounded up."""
+    return math.ceil(amount * PICO)
+
+
+def from_pico(value: int | str | bytes | None) -> Decimal:
+    return Decimal(int(value or 0)) / PICO
+
+
+def day_field(now: datetime) -> str:
+    return f"spent_d:{now:%Y%m%d}"
+
+
+def month_field(now: datetime) -> str:
+    return f"spent_m:{now:%Y%m}"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A key's spend limits (USD; None: no limit) and whether its account is prepaid."""
+
+    total: Decimal | None = None
+    daily: Decimal | None = None
+    monthly: Decimal | None = None
+    prepaid: bool = False  # the account's credit bounds its keys' spend
+
+    @property
+    def enforced(self) -> bool:
+        return self.prepaid or any(v is not None for v in (self.total, self.daily, self.monthly))
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    id: str
+    key_id: str
+    account_id: str
+    amount: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpend:
+    total: Decimal
+    today: Decimal
+    this_month: Decimal
+    reserved: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class AccountBalance:
+    credit: Decimal
+    spent: Decimal
+    reserved: Decimal
+
+    @property
+    def available(self) -> Decimal:
+        return self.credit - self.spent - self.reserved
+
+
+class BudgetExceeded(ResourceExhausted):
+    """The request's worst-case cost does not fit: nothing was sent upstream."""
+
+    def __init__(self, window: str, remaining: Decimal, needed: Decimal) -> None:
+        what = "the account's prepaid credit" if window == "credit" else f"the key's {window} limit"
+        super().__init__(
+            f"request refused: its worst-case cost ${needed:.6f} exceeds what is left of "
+            f"{what} (${max(remaining, Decimal(0)):.6f})",
+            reason="INSUFFICIENT_CREDIT" if window == "credit" else "KEY_LIMIT_EXCEEDED",
+            metadata={"window": window, "remaining_usd": str(max(remaining, Decimal(0)))},
+        )
+        self.window = window
+
+
+def _limit(value: Decimal | None) -> str:
+    return "-1" if value is None else str(math.floor(value * PICO))
+
+
+class BudgetStore:
+    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._reserve = client.register_script(_RESERVE)
+        self._settle = client.register_script(_SETTLE)
+
+    def _keys(self, key_id: str, account_id: str) -> list[str]:
+        p = self._prefix
+        return [f"{p}key:{key_id}", f"{p}acct:{account_id}", f"{p}res_exp"]
+
+    async def reserve(
+        self,
+        key_id: str,
+        account_id: str,
+        amount: Decimal,
+        limits: Limits,
+        *,
+        ttl_seconds: float,
+        now: datetime | None = None,
+    ) -> Reservation:
+        """Reserve ``amount`` atomically, or raise :class:`BudgetExceeded` naming the window."""
+        now = now or datetime.now(UTC)
+        now_ms = int(time.time() * 1000)
+        reservation = Reservation("r" + secrets.token_hex(12), key_id, account_id, amount)
+        ok, window, remaining = await self._reserve(
+            keys=self._keys(key_id, account_id),
+            args=[
+                self._prefix,
+                reservation.id,
+                to_pico(amount),
+                now_ms,
+                now_ms + int(ttl_seconds * 1000),
+                day_field(now),
+                month_field(now),
+                _limit(limits.total),
+                _limit(limits.daily),
+                _limit(limits.monthly),
+                "1" if limits.prepaid else "0",
+                key_id,
+                account_id,
+            ],
+        )
+        if not int(ok):
+            text = remaining.decode() if isinstance(remaining, bytes) else str(remaining)
+            window = window.decode() if isinstance(window, bytes) else str(window)
+            raise BudgetExceeded(window, Decimal(text) / PICO, amount)
+        return reservation
+
+    async def settle(
+        self, reservation: Reservation, actual: Decimal, *, now: datetime | None = None
+    ) -> None:
+        """Release the reservation and count the actual cost (once per reservation)."""
+        now = now or datetime.now(UTC)
+        await self._settle(
+            keys=self._keys(reservation.key_id, reservation.account_id),
+            args=[self._prefix, reservation.id, to_pico(actual), day_field(now), month_field(now)],
+        )
+
+    async def key_spend(self, key_id: str, now: datetime | None = None) -> KeySpend:
+        now = now or datetime.now(UTC)
+        values = await self._redis.hmget(
+            f"{self._prefix}key:{key_id}",
+            ["spent_total", day_field(now), month_field(now), "reserved"],
+        )
+        return KeySpend(*(from_pico(v) for v in values))
+
+    async def account_balance(self, account_id: str) -> AccountBalance:
+        values = await self._redis.hmget(
+            f"{self._prefix}acct:{account_id}", ["credit", "spent", "reserved"]
+        )
+        return AccountBalance(*(from_pico(v) for v in values))
+
+    async def load_key(
+        self, key_id: str, total: Decimal, today: Decimal, this_month: Decimal, now: datetime
+    ) -> None:
+        """Set a key's settled spend (from the ledger); reservations are left as they are."""
+        await self._redis.hset(
+            f"{self._prefix}key:{key_id}",
+            mapping={
+                "spent_total": to_pico(total),
+                day_field(now): to_pico(today),
+                month_field(now): to_pico(this_month),
+            },
+        )
+
+    async def load_account(self, account_id: str, credit: Decimal, spent: Decimal) -> None:
+        await self._redis.hset(
+            f"{self._prefix}acct:{account_id}",
+            mapping={"credit": to_pico(credit), "spent": to_pico(spent)},
+        )
+
+    async def mark(self, name: str) -> None:
+        await self._redis.set(f"{self._prefix}{name}", "1")
+
+    async def marked(self, name: str) -> bool:
+        return bool(await self._redis.exists(f"{self._prefix}{name}"))

@@ -1,0 +1,85 @@
+"""Reservations against spend limits and prepaid credit, atomic in a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+import redis.asyncio as redis
+
+from switchboard_core.budget import BudgetExceeded, BudgetStore, KeySpend, Limits
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, redis_prefix: str) -> BudgetStore:
+    return BudgetStore(redis_client, prefix=f"{redis_prefix}budget:{uuid.uuid4().hex[:6]}:")
+
+
+async def test_fifty_concurrent_reservations_where_ten_fit(store: BudgetStore) -> None:
+    limits = Limits(total=Decimal("0.0205"))
+    cost = Decimal("0.002005")
+    results = await asyncio.gather(
+        *(store.reserve("k1", "a1", cost, limits, ttl_seconds=60, now=NOW) for _ in range(50)),
+        return_exceptions=True,
+    )
+    admitted = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BudgetExceeded)]
+    assert (len(admitted), len(refused)) == (10, 40)
+    assert refused[0].reason == "KEY_LIMIT_EXCEEDED" and refused[0].window == "total"
+    assert (await store.key_spend("k1", NOW)).reserved == 10 * cost
+    for reservation in admitted:
+        await store.settle(reservation, Decimal("0.000045"), now=NOW)
+    spend = await store.key_spend("k1", NOW)
+    assert spend.reserved == 0
+    assert spend.total == spend.today == spend.this_month == 10 * Decimal("0.000045")
+    assert spend.total <= limits.total  # type: ignore[operator]
+
+
+async def test_daily_and_monthly_windows_and_prepaid_credit(store: BudgetStore) -> None:
+    await store.load_key("k2", Decimal(5), Decimal("0.9"), Decimal("2.5"), NOW)
+    daily = Limits(total=Decimal(100), daily=Decimal(1))
+    with pytest.raises(BudgetExceeded) as over_day:
+        await store.reserve("k2", "a2", Decimal("0.2"), daily, ttl_seconds=60, now=NOW)
+    assert over_day.value.window == "daily"
+    assert over_day.value.metadata["remaining_usd"] == "0.1"
+    tomorrow = NOW.replace(day=25)
+    fits = await store.reserve("k2", "a2", Decimal("0.2"), daily, ttl_seconds=60, now=tomorrow)
+    await store.settle(fits, Decimal("0.15"), now=tomorrow)
+    monthly = Limits(monthly=Decimal("2.6"))
+    with pytest.raises(BudgetExceeded) as over_month:
+        await store.reserve("k2", "a2", Decimal("0.1"), monthly, ttl_seconds=60, now=tomorrow)
+    assert over_month.value.window == "monthly"  # 2.5 + 0.15 already spent this month
+
+    await store.load_account("a3", credit=Decimal("1.00"), spent=Decimal("0.70"))
+    prepaid = Limits(prepaid=True)
+    held = await store.reserve("k3", "a3", Decimal("0.25"), prepaid, ttl_seconds=60, now=NOW)
+    with pytest.raises(BudgetExceeded) as broke:
+        await store.reserve("k4", "a3", Decimal("0.10"), prepaid, ttl_seconds=60, now=NOW)
+    assert broke.value.reason == "INSUFFICIENT_CREDIT"  # another key of the same account
+    await store.settle(held, Decimal("0.05"), now=NOW)
+    balance = await store.account_balance("a3")
+    assert (balance.spent, balance.reserved, balance.available) == (
+        Decimal("0.75"),
+        Decimal(0),
+        Decimal("0.25"),
+    )
+
+
+async def test_reservations_of_a_crashed_router_expire(store: BudgetStore) -> None:
+    limits = Limits(total=Decimal("1"))
+    lost = await store.reserve("k5", "a5", Decimal("0.6"), limits, ttl_seconds=0.2, now=NOW)
+    with pytest.raises(BudgetExceeded):
+        await store.reserve("k5", "a5", Decimal("0.6"), limits, ttl_seconds=0.2, now=NOW)
+    await asyncio.sleep(0.3)  # the router holding the first one stalled past its expiry
+    again = await store.reserve("k5", "a5", Decimal("0.6"), limits, ttl_seconds=60, now=NOW)
+    assert (await store.key_spend("k5", NOW)).reserved == Decimal("0.6")
+    await store.settle(again, Decimal("0.4"), now=NOW)
+    # A late settle of the expired one counts what it spent and releases nothing twice.
+    await store.settle(lost, Decimal("0.1"), now=NOW)
+    spend = await store.key_spend("k5", NOW)
+    assert spend == KeySpend(Decimal("0.5"), Decimal("0.5"), Decimal("0.5"), Decimal(0))

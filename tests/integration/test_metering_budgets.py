@@ -1,0 +1,104 @@
+"""Spend limits and prepaid credit in metering: set, granted, reported, and loaded into the
+Redis counters the routers enforce (rebuilt from Postgres when Redis lost them)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import grpc
+import pytest
+import redis.asyncio as redis
+
+from switchboard.metering.v1 import metering_pb2
+from switchboard_core.budget import BudgetStore, Limits
+from tests.integration.test_metering_app import (
+    Metering,
+    field_violations,
+    running_metering,
+    test_settings,
+    usage_event,
+)
+
+
+@pytest.fixture(scope="module")
+async def metering(database_url: str, redis_url: str, redis_prefix: str) -> AsyncIterator[Metering]:
+    settings = test_settings(redis_prefix + "budgets:")
+    async with running_metering(database_url, redis_url, settings) as running:
+        yield running
+
+
+def store(metering: Metering, client: redis.Redis) -> BudgetStore:
+    return BudgetStore(client, metering.config.budget_prefix)
+
+
+async def test_limits_credit_and_balance(metering: Metering, redis_client: redis.Redis) -> None:
+    created = await metering.stub.CreateApiKey(
+        metering_pb2.CreateApiKeyRequest(account_id="prepaid-co", name="a")
+    )
+    key = created.api_key
+    assert not key.HasField("limits") and not key.account_prepaid
+    await metering.stub.RecordUsage(
+        metering_pb2.RecordUsageRequest(events=[usage_event(key.id, cost="0.40")])
+    )
+    limited = await metering.stub.SetKeyLimits(
+        metering_pb2.SetKeyLimitsRequest(
+            key_id=key.id, limits=metering_pb2.SpendLimits(total_usd="1.5", daily_usd="0.5")
+        )
+    )
+    assert (limited.api_key.limits.total_usd, limited.api_key.limits.daily_usd) == ("1.5", "0.5")
+    budgets = store(metering, redis_client)
+    spend = await budgets.key_spend(key.id)
+    assert spend.total == Decimal("0.40")  # loaded from the ledger when the limit was set
+
+    granted = await metering.stub.AddCredits(
+        metering_pb2.AddCreditsRequest(account_id="prepaid-co", amount_usd="2", note="inv-1")
+    )
+    assert granted.balance.prepaid
+    assert (granted.balance.credit_usd, granted.balance.spent_usd) == ("2", "0.4")
+    assert granted.balance.available_usd == "1.6"
+    verified = await metering.stub.VerifyApiKey(
+        metering_pb2.VerifyApiKeyRequest(secret=created.secret)
+    )
+    assert verified.api_key.account_prepaid and verified.api_key.limits.total_usd == "1.5"
+
+    held = await budgets.reserve(
+        key.id, "prepaid-co", Decimal("0.05"), Limits(prepaid=True), ttl_seconds=60
+    )
+    balance = await metering.stub.GetBalance(metering_pb2.GetBalanceRequest(key_id=key.id))
+    assert balance.key.spent_total_usd == "0.4" and balance.key.reserved_usd == "0.05"
+    assert balance.account.available_usd == "1.55"
+    await budgets.settle(held, Decimal(0))
+
+    # Redis lost everything: a restarted metering rebuilds the counters from Postgres.
+    keys = [k async for k in redis_client.scan_iter(match=metering.config.budget_prefix + "*")]
+    await redis_client.delete(*keys)
+    async with running_metering(
+        metering.config.database_url, metering.config.redis_url, metering.config.outbox
+    ) as restarted:
+        rebuilt = store(restarted, redis_client)
+        assert (await rebuilt.key_spend(key.id)).total == Decimal("0.40")
+        assert (await rebuilt.account_balance("prepaid-co")).credit == Decimal(2)
+
+
+async def test_bad_budget_requests_name_their_fields(metering: Metering) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await metering.stub.SetKeyLimits(
+            metering_pb2.SetKeyLimitsRequest(
+                key_id="key_x", limits=metering_pb2.SpendLimits(total_usd="-1", monthly_usd="1e3")
+            )
+        )
+    assert set(field_violations(bad.value)) == {"limits.total_usd", "limits.monthly_usd"}
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await metering.stub.SetKeyLimits(metering_pb2.SetKeyLimitsRequest(key_id="key_none"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as zero:
+        await metering.stub.AddCredits(
+            metering_pb2.AddCreditsRequest(account_id="x", amount_usd="0")
+        )
+    assert field_violations(zero.value) == ["amount_usd"]
+    with pytest.raises(grpc.aio.AioRpcError) as both:
+        await metering.stub.GetBalance(
+            metering_pb2.GetBalanceRequest(account_id="x", key_id="key_x")
+        )
+    assert both.value.code() == grpc.StatusCode.INVALID_ARGUMENT
