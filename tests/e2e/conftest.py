@@ -32,6 +32,7 @@ async def stack(
         log_dir=logs,
         extra_env={
             "SWITCHBOARD_USAGE_STREAM": redis_prefix + "usage",
+            "SWITCHBOARD_BUDGET_PREFIX": redis_prefix + "budget:",
             "SWITCHBOARD_KEY_CACHE_SECONDS": "0.3",
             "SWITCHBOARD_DEMO_TOKEN_DELAY_SECONDS": "0.01",
             "SWITCHBOARD_SHUTDOWN_GRACE_SECONDS": "10",

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
+from switchboard_core.budget import BudgetStore
 from switchboard_core.channels import insecure_channel
 from switchboard_core.redis_client import create_redis
 from switchboard_core.server import GrpcServer, Registration
+from switchboard_router.admission import Admission
 from switchboard_router.auth import KeyVerifier
 from switchboard_router.catalog_cache import CatalogCache
 from switchboard_router.config import RouterConfig
@@ -27,15 +29,22 @@ async def create_app(config: RouterConfig) -> GrpcServer:
     session = create_session()
     catalog = CatalogCache(catalog_channel)
     catalog.start()
+    admission = Admission(
+        BudgetStore(redis, config.budget_prefix),
+        config.reservation_ceiling_tokens,
+        ttl_seconds=config.max_request_seconds + 60,
+    )
     relay = Relay(
         build_adapters(session),
         config.provider_keys,
         UsageSink(redis, config.usage_stream, metering_channel),
+        admission,
     )
     servicer = RouterServicer(
         KeyVerifier(metering_channel, config.key_cache_seconds),
         catalog,
         relay,
+        admission,
         config.max_request_seconds,
     )
     if not await catalog.wait_loaded(config.catalog_wait_seconds):

@@ -10,11 +10,13 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 
 import grpc
 
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
+from switchboard_core.budget import Limits
 from switchboard_core.errors import Unauthenticated, Unavailable, from_rpc_error
 
 MAX_CACHED_KEYS = 100_000
@@ -26,6 +28,19 @@ MISSING_KEY = "missing API key: send metadata 'authorization: Bearer <key>'"
 class Caller:
     key_id: str
     account_id: str
+    limits: Limits = field(default_factory=Limits)
+
+
+def _limits(key: metering_pb2.ApiKey) -> Limits:
+    def usd(text: str) -> Decimal | None:
+        return Decimal(text) if text else None
+
+    return Limits(
+        total=usd(key.limits.total_usd),
+        daily=usd(key.limits.daily_usd),
+        monthly=usd(key.limits.monthly_usd),
+        prepaid=key.account_prepaid,
+    )
 
 
 def bearer_secret(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
@@ -73,7 +88,11 @@ class KeyVerifier:
                     retry_after_seconds=1.0,
                 ) from None
             raise from_rpc_error(error) from None
-        caller = Caller(key_id=reply.api_key.id, account_id=reply.api_key.account_id)
+        caller = Caller(
+            key_id=reply.api_key.id,
+            account_id=reply.api_key.account_id,
+            limits=_limits(reply.api_key),
+        )
         if len(self._cache) >= MAX_CACHED_KEYS:
             self._cache.clear()
         self._cache[digest] = (time.monotonic() + self._ttl, caller)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from switchboard_core.budget import DEFAULT_PREFIX
 from switchboard_core.config import EnvReader, Secret, ServerConfig, read_redis_url
 
 
@@ -19,6 +20,10 @@ class RouterConfig:
     catalog_wait_seconds: float = 10.0
     max_request_seconds: float = 600.0
     provider_keys: Mapping[str, Secret] = field(default_factory=dict, repr=False)
+    budget_prefix: str = DEFAULT_PREFIX
+    # Completion tokens reserved when a request sets no max_tokens (and the endpoint's cap
+    # is higher or unknown).
+    reservation_ceiling_tokens: int = 4096
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RouterConfig:
@@ -33,6 +38,10 @@ class RouterConfig:
             catalog_wait_seconds=reader.float("SWITCHBOARD_CATALOG_WAIT_SECONDS", 10.0),
             max_request_seconds=reader.float("SWITCHBOARD_MAX_REQUEST_SECONDS", 600.0, min_value=1),
             provider_keys=reader.prefixed("SWITCHBOARD_PROVIDER_KEY_"),
+            budget_prefix=reader.str("SWITCHBOARD_BUDGET_PREFIX", DEFAULT_PREFIX),
+            reservation_ceiling_tokens=reader.int(
+                "SWITCHBOARD_RESERVATION_CEILING_TOKENS", 4096, min_value=1
+            ),
         )
         reader.finish()
         return config

@@ -23,10 +23,12 @@ from google.protobuf import timestamp_pb2
 
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2
+from switchboard_core.budget import Reservation
 from switchboard_core.config import Secret
 from switchboard_core.errors import NotFound, Unavailable
 from switchboard_core.money import format_usd
 from switchboard_router import metrics
+from switchboard_router.admission import Admission
 from switchboard_router.auth import Caller
 from switchboard_router.canonical import (
     AdapterEvent,
@@ -34,12 +36,12 @@ from switchboard_router.canonical import (
     Finish,
     FinishEvent,
     TextDelta,
-    TextPart,
     ToolCallDelta,
     UsageReport,
 )
 from switchboard_router.catalog_cache import Route
 from switchboard_router.providers.base import Adapter, Target, UpstreamError
+from switchboard_router.usage_estimate import estimate_prompt_tokens, estimate_tokens
 from switchboard_router.usage_sink import UsageSink
 
 log = logging.getLogger(__name__)
@@ -74,25 +76,12 @@ def new_generation_id() -> str:
     return f"gen-{int(time.time() * 1000):x}{secrets.token_hex(10)}"
 
 
-def estimate_tokens(chars: int) -> int:
-    """About four characters a token: the usual estimate when a provider reports nothing."""
-    return (chars + 3) // 4
+@dataclass
+class Hold:
+    """A request's budget reservation and whether it has been settled."""
 
-
-# Tokens counted for one image when estimating: OpenAI's high-detail 1024x1024 tile count is
-# 765; other providers land in the same range (Anthropic ~1,600 at most, Gemini 258 a tile).
-IMAGE_TOKEN_ESTIMATE = 1000
-
-
-def estimate_prompt_tokens(request: CompletionRequest) -> int:
-    chars = 0
-    images = 0
-    for m in request.messages:
-        chars += len(m.text) + 16  # role and framing
-        chars += sum(len(c.name) + len(c.arguments) for c in m.tool_calls)
-        images += sum(1 for p in m.parts if type(p) is not TextPart)
-    chars += sum(len(t.name) + len(t.description) + len(str(t.parameters)) for t in request.tools)
-    return estimate_tokens(chars) + images * IMAGE_TOKEN_ESTIMATE
+    reservation: Reservation
+    settled: bool = False
 
 
 @dataclass
@@ -110,6 +99,7 @@ class Generation:
     text_chars: int = 0
     usage: UsageReport | None = None
     finish: FinishEvent | None = None
+    hold: Hold | None = None  # the request's budget reservation, settled once
 
     def final_usage(self) -> UsageReport:
         if self.usage is not None:
@@ -167,10 +157,12 @@ class Relay:
         adapters: Mapping[int, Adapter],
         provider_keys: Mapping[str, Secret],
         sink: UsageSink,
+        admission: Admission,
     ) -> None:
         self._adapters = adapters
         self._keys = provider_keys
         self._sink = sink
+        self._admission = admission
         self._background: set[asyncio.Task[None]] = set()
 
     def _target(self, route: Route) -> Target:
@@ -204,6 +196,25 @@ class Relay:
         *,
         timeout: float,
         streamed: bool,
+        reservation: Reservation | None = None,
+    ) -> AsyncIterator[RelayEvent]:
+        """Try the routes in order and relay the first that answers. A ``reservation`` is
+        settled to the generation's cost, or released when no generation started."""
+        hold = Hold(reservation) if reservation is not None else None
+        try:
+            async for event in self._attempts(request, routes, caller, timeout, streamed, hold):
+                yield event
+        finally:
+            self._settle(hold, Decimal(0))  # no-op when the generation settled it
+
+    async def _attempts(
+        self,
+        request: CompletionRequest,
+        routes: list[Route],
+        caller: Caller,
+        timeout: float,
+        streamed: bool,
+        hold: Hold | None,
     ) -> AsyncIterator[RelayEvent]:
         started = time.monotonic()
         deadline = started + timeout
@@ -252,6 +263,7 @@ class Relay:
                 create_time=time.time(),
                 streamed=streamed,
                 first_event_at=time.monotonic(),
+                hold=hold,
             )
             metrics.TIME_TO_FIRST_TOKEN.labels(route.provider_id).observe(
                 generation.first_event_at - started
@@ -294,6 +306,7 @@ class Relay:
                 self._spawn(self._sink.publish(generation.to_event(status, usage, cost, finish)))
             )
             done = True
+            self._settle(generation.hold, cost)
             self._count(generation, status, usage)
             yield Completed(finish, usage, cost)
         except UpstreamError as error:
@@ -318,6 +331,14 @@ class Relay:
         )
         self._count(generation, status, usage)
         self._spawn(self._publish_quietly(event))
+        self._settle(generation.hold, cost_of(generation.route, usage))
+
+    def _settle(self, hold: Hold | None, cost: Decimal) -> None:
+        """Settle once, in the background (a cancelled request cannot cut it short)."""
+        if hold is None or hold.settled:
+            return
+        hold.settled = True
+        self._spawn(self._admission.settle(hold.reservation, cost))
 
     def _spawn(self, work: Coroutine[None, None, None]) -> asyncio.Task[None]:
         """Run usage writes as tasks the relay tracks, so a cancelled request cannot cut them."""

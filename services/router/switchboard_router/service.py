@@ -10,8 +10,10 @@ from google.protobuf import timestamp_pb2
 
 from switchboard.common.v1 import common_pb2
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
+from switchboard_core.budget import Reservation
 from switchboard_core.errors import Unavailable
 from switchboard_core.money import format_usd
+from switchboard_router.admission import Admission
 from switchboard_router.auth import Caller, KeyVerifier
 from switchboard_router.canonical import CompletionRequest, TextDelta, ToolCallDelta, UsageReport
 from switchboard_router.catalog_cache import CatalogCache, Route
@@ -45,16 +47,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         verifier: KeyVerifier,
         catalog: CatalogCache,
         relay: Relay,
+        admission: Admission,
         max_request_seconds: float,
     ) -> None:
         self._verifier = verifier
         self._catalog = catalog
         self._relay = relay
+        self._admission = admission
         self._max_seconds = max_request_seconds
 
     async def _prepare(
         self, request: AnyCompletionRequest, context: Context
-    ) -> tuple[Caller, CompletionRequest, list[Route], float]:
+    ) -> tuple[Caller, CompletionRequest, list[Route], float, Reservation | None]:
         caller = await self._verifier.verify(context.invocation_metadata())  # type: ignore[arg-type]
         parsed = parse_request(request)
         if not self._catalog.loaded:
@@ -66,15 +70,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         routes = plan(parsed, self._catalog.snapshot)
         remaining = context.time_remaining()
         timeout = self._max_seconds if remaining is None else min(self._max_seconds, remaining)
-        return caller, parsed, routes, timeout
+        reservation = await self._admission.admit(caller, parsed, routes)
+        return caller, parsed, routes, timeout, reservation
 
     async def StreamCompletion(
         self, request: router_pb2.StreamCompletionRequest, context: Context
     ) -> AsyncIterator[router_pb2.StreamCompletionResponse]:
-        caller, parsed, routes, timeout = await self._prepare(request, context)
+        caller, parsed, routes, timeout, reservation = await self._prepare(request, context)
         response = router_pb2.StreamCompletionResponse
         delta = router_pb2.CompletionDelta
-        async for event in self._relay.run(parsed, routes, caller, timeout=timeout, streamed=True):
+        async for event in self._relay.run(
+            parsed, routes, caller, timeout=timeout, streamed=True, reservation=reservation
+        ):
             if type(event) is TextDelta:
                 yield response(delta=delta(text=event.text))
             elif type(event) is ToolCallDelta:
@@ -112,11 +119,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def CreateCompletion(
         self, request: router_pb2.CreateCompletionRequest, context: Context
     ) -> router_pb2.CreateCompletionResponse:
-        caller, parsed, routes, timeout = await self._prepare(request, context)
+        caller, parsed, routes, timeout, reservation = await self._prepare(request, context)
         reply = router_pb2.CreateCompletionResponse()
         parts: list[str] = []
         calls: dict[int, common_pb2.ToolCall] = {}
-        async for event in self._relay.run(parsed, routes, caller, timeout=timeout, streamed=False):
+        async for event in self._relay.run(
+            parsed, routes, caller, timeout=timeout, streamed=False, reservation=reservation
+        ):
             if type(event) is TextDelta:
                 parts.append(event.text)
             elif type(event) is ToolCallDelta:

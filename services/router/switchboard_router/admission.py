@@ -1,0 +1,69 @@
+"""Admission against spend limits and prepaid credit, before anything is sent upstream.
+
+A key with limits (or of a prepaid account) reserves the request's worst-case cost in Redis:
+the estimated prompt plus ``max_tokens`` (else the endpoint's output cap, at most the configured
+ceiling) at the most expensive endpoint the plan may use. A request whose reservation does not
+fit is refused with ``RESOURCE_EXHAUSTED`` (``KEY_LIMIT_EXCEEDED`` or ``INSUFFICIENT_CREDIT``).
+The relay settles the reservation to the actual cost when the generation ends, however it ends;
+a reservation whose router died expires after the longest a request may take. Keys without
+limits skip all this: no Redis round trip on their path.
+"""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+from redis import exceptions as redis_errors
+
+from switchboard_core.budget import BudgetStore, Limits, Reservation
+from switchboard_core.errors import Unavailable
+from switchboard_router.auth import Caller
+from switchboard_router.canonical import CompletionRequest
+from switchboard_router.catalog_cache import Route
+from switchboard_router.usage_estimate import estimate_prompt_tokens
+
+log = logging.getLogger(__name__)
+
+
+def worst_case_cost(request: CompletionRequest, routes: list[Route], ceiling: int) -> Decimal:
+    prompt = estimate_prompt_tokens(request)
+    costs = []
+    for route in routes:
+        completion = request.max_tokens or min(route.max_completion_tokens or ceiling, ceiling)
+        costs.append(route.price.cost(prompt, completion))
+    return max(costs, default=Decimal(0))
+
+
+class Admission:
+    def __init__(self, store: BudgetStore, ceiling_tokens: int, ttl_seconds: float) -> None:
+        self._store = store
+        self._ceiling = ceiling_tokens
+        self._ttl = ttl_seconds
+
+    async def admit(
+        self, caller: Caller, request: CompletionRequest, routes: list[Route]
+    ) -> Reservation | None:
+        limits: Limits = caller.limits
+        if not limits.enforced:
+            return None
+        amount = worst_case_cost(request, routes, self._ceiling)
+        try:
+            return await self._store.reserve(
+                caller.key_id, caller.account_id, amount, limits, ttl_seconds=self._ttl
+            )
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+            # Limits that cannot be checked are not waived.
+            raise Unavailable(
+                "cannot check the key's spend limits right now",
+                reason="BUDGET_STORE_UNAVAILABLE",
+                retry_after_seconds=1.0,
+            ) from None
+
+    async def settle(self, reservation: Reservation, cost: Decimal) -> None:
+        try:
+            await self._store.settle(reservation, cost)
+        except (redis_errors.RedisError, OSError):
+            # The reservation expires by itself; the spend is in the ledger, and metering
+            # reloads Redis from it.
+            log.warning("reservation not settled", extra={"reservation": reservation.id})

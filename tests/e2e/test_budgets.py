@@ -1,0 +1,125 @@
+"""Spend limits and prepaid credit through the real router: concurrent requests can never
+spend past a key's limit or an account's credit, refused requests send nothing upstream, and
+every reservation returns to zero."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import grpc
+import pytest
+
+from switchboard.common.v1 import common_pb2
+from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
+from switchboard.router.v1 import router_pb2, router_pb2_grpc
+from tests.e2e.support import auth, ledger_entry
+
+pytestmark = [pytest.mark.e2e]
+
+# "hi" is estimated at 5 prompt tokens; with max_tokens 1000 at the demo's $1 / $2 per
+# million tokens, each request reserves 5 * $1e-6 + 1000 * $2e-6 = $0.002005.
+RESERVED = Decimal("0.002005")
+REQUEST = router_pb2.StreamCompletionRequest(
+    model="switchboard/demo",
+    messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="hi")],
+    max_tokens=1000,
+)
+
+
+async def attempt(
+    router: router_pb2_grpc.RouterServiceAsyncStub, key: metering_pb2.CreateApiKeyResponse
+) -> router_pb2.CompletionEnd | grpc.aio.AioRpcError:
+    messages = []
+    try:
+        async for message in router.StreamCompletion(REQUEST, metadata=auth(key)):
+            messages.append(message)
+    except grpc.aio.AioRpcError as error:
+        assert not messages  # refused before anything started: nothing went upstream
+        return error
+    return messages[-1].end
+
+
+async def reserved_settles(
+    metering: metering_pb2_grpc.MeteringServiceAsyncStub, key_id: str
+) -> metering_pb2.GetBalanceResponse:
+    for _ in range(100):
+        balance = await metering.GetBalance(metering_pb2.GetBalanceRequest(key_id=key_id))
+        if Decimal(balance.key.reserved_usd or "0") == 0:
+            return balance
+        await asyncio.sleep(0.05)
+    raise AssertionError("reservations never returned to zero")
+
+
+async def test_fifty_concurrent_requests_on_a_key_whose_limit_admits_ten(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    metering: metering_pb2_grpc.MeteringServiceAsyncStub,
+) -> None:
+    key = await metering.CreateApiKey(metering_pb2.CreateApiKeyRequest(account_id="race"))
+    limit = 10 * RESERVED + RESERVED / 2
+    await metering.SetKeyLimits(
+        metering_pb2.SetKeyLimitsRequest(
+            key_id=key.api_key.id, limits=metering_pb2.SpendLimits(total_usd=str(limit))
+        )
+    )
+    results = await asyncio.gather(*(attempt(router, key) for _ in range(50)))
+    ends = [r for r in results if isinstance(r, router_pb2.CompletionEnd)]
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(ends) == 10 and len(refused) == 40
+    assert {e.code() for e in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert "limit" in (refused[0].details() or "")
+
+    spent = sum(Decimal(e.cost_usd) for e in ends)
+    balance = await reserved_settles(metering, key.api_key.id)
+    for _ in range(100):  # the ledger catches up through the outbox
+        balance = await metering.GetBalance(metering_pb2.GetBalanceRequest(key_id=key.api_key.id))
+        if Decimal(balance.key.spent_total_usd) == spent:
+            break
+        await asyncio.sleep(0.05)
+    assert Decimal(balance.key.spent_total_usd) == spent <= limit
+    # With the reservations settled to the (small) actual cost, more requests fit again.
+    again = await attempt(router, key)
+    assert isinstance(again, router_pb2.CompletionEnd)
+
+
+async def test_prepaid_credit_bounds_every_key_of_the_account(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    metering: metering_pb2_grpc.MeteringServiceAsyncStub,
+) -> None:
+    await metering.AddCredits(
+        metering_pb2.AddCreditsRequest(account_id="prepaid", amount_usd=str(RESERVED * 3))
+    )
+    keys = [
+        await metering.CreateApiKey(metering_pb2.CreateApiKeyRequest(account_id="prepaid"))
+        for _ in range(2)
+    ]
+    results = await asyncio.gather(*(attempt(router, keys[i % 2]) for i in range(12)))
+    ends = [r for r in results if isinstance(r, router_pb2.CompletionEnd)]
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(ends) == 3 and len(refused) == 9
+    assert all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
+    assert "credit" in (refused[0].details() or "")
+    for key in keys:
+        await reserved_settles(metering, key.api_key.id)
+    balance = await metering.GetBalance(metering_pb2.GetBalanceRequest(account_id="prepaid"))
+    assert Decimal(balance.account.reserved_usd) == 0
+
+
+async def test_a_cancelled_stream_settles_its_reservation_to_what_it_spent(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    metering: metering_pb2_grpc.MeteringServiceAsyncStub,
+) -> None:
+    key = await metering.CreateApiKey(metering_pb2.CreateApiKeyRequest(account_id="capped"))
+    await metering.SetKeyLimits(
+        metering_pb2.SetKeyLimitsRequest(
+            key_id=key.api_key.id, limits=metering_pb2.SpendLimits(daily_usd="1")
+        )
+    )
+    call = router.StreamCompletion(REQUEST, metadata=auth(key))
+    start = await call.read()
+    assert isinstance(start, router_pb2.StreamCompletionResponse)
+    await call.read()
+    call.cancel()
+    row = await ledger_entry(metering, start.start.generation_id)
+    balance = await reserved_settles(metering, key.api_key.id)
+    assert Decimal(balance.key.spent_today_usd) == Decimal(row.cost_usd) > 0
