@@ -33,6 +33,8 @@ async def stack(
         extra_env={
             "SWITCHBOARD_USAGE_STREAM": redis_prefix + "usage",
             "SWITCHBOARD_BUDGET_PREFIX": redis_prefix + "budget:",
+            # The database is shared with integration tests that record events dated years ago.
+            "SWITCHBOARD_LEDGER_RETENTION_DAYS": "0",
             "SWITCHBOARD_KEY_CACHE_SECONDS": "0.3",
             "SWITCHBOARD_DEMO_TOKEN_DELAY_SECONDS": "0.01",
             "SWITCHBOARD_SHUTDOWN_GRACE_SECONDS": "10",

@@ -109,7 +109,7 @@ async def test_anthropic_model_streams_with_exact_cache_aware_cost(
     assert sent.headers["x-api-key"] == PROVIDER_KEYS["anthropic"]
     assert "seed" not in sent.body
     row = await ledger_entry(metering, start.generation_id)
-    assert (row.provider_id, row.cost_usd) == ("anthropic", end.cost_usd)
+    assert (row.provider_id, row.cost_usd, row.attempt) == ("anthropic", end.cost_usd, 0)
     assert row.usage.cache_write_tokens == 300
 
 
@@ -169,15 +169,20 @@ async def test_gemini_tool_call_streams_and_unary_matches_the_stream(
 
 async def test_an_overloaded_provider_falls_back_to_the_next_model(
     router: router_pb2_grpc.RouterServiceAsyncStub,
+    metering: metering_pb2_grpc.MeteringServiceAsyncStub,
     api_key: metering_pb2.CreateApiKeyResponse,
     fakes: Fakes,
 ) -> None:
     fakes["anthropic"].script = Script(status=529)
     fakes["google"].script = Script(text=("from ", "gemini"))
     request = ask(CLAUDE, fallback_models=[GEMINI])
+    overloaded_before = len(fakes["anthropic"].requests)
     messages = await stream(router, api_key, request, fakes["google"])
     assert messages[0].start.model == GEMINI
     assert "".join(m.delta.text for m in messages[1:-1]) == "from gemini"
+    # The ledger row says which upstream try produced the usage.
+    row = await ledger_entry(metering, messages[0].start.generation_id)
+    assert row.attempt == len(fakes["anthropic"].requests) - overloaded_before >= 1
     fakes["anthropic"].script = Script(status=529)
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         _ = [m async for m in router.StreamCompletion(ask(CLAUDE), metadata=auth(api_key))]

@@ -67,6 +67,7 @@ async def running_metering(
         redis_url=redis_url,
         outbox=outbox,
         budget_prefix=outbox.stream + ":budget:",
+        retention_days=0,  # tests record events dated years ago
     )
     server = await create_app(config)
     await server.start(with_metrics=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from switchboard_core.config import ConfigError
@@ -19,6 +21,19 @@ def test_defaults() -> None:
     assert (config.outbox.stream, config.outbox.group) == ("switchboard:usage", "metering")
     assert config.outbox.dead_letter_stream == "switchboard:usage:dead"
     assert config.database_url == GOOD["DATABASE_URL"]
+    assert config.retention == timedelta(days=400)
+
+
+def test_retention_zero_keeps_the_ledger_forever_and_negative_is_refused() -> None:
+    assert (
+        MeteringConfig.from_env({**GOOD, "SWITCHBOARD_LEDGER_RETENTION_DAYS": "0"}).retention
+        is None
+    )
+    with pytest.raises(ConfigError) as caught:
+        MeteringConfig.from_env({**GOOD, "SWITCHBOARD_LEDGER_RETENTION_DAYS": "-3"})
+    assert caught.value.problems == [
+        "SWITCHBOARD_LEDGER_RETENTION_DAYS: must be between 0 and 36500"
+    ]
 
 
 def test_overrides() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2
@@ -20,9 +21,18 @@ def event(**fields: object) -> metering_pb2.UsageEvent:
         "key_id": "key_1",
         "cost_usd": "0.001",
         "usage": common_pb2.Usage(prompt_tokens=3, completion_tokens=4),
+        "create_time": Timestamp(seconds=1_764_000_000),
     }
     base.update(fields)
     return metering_pb2.UsageEvent(**base)  # type: ignore[arg-type]
+
+
+def test_create_time_is_required() -> None:
+    undated = event()
+    undated.ClearField("create_time")
+    assert check_event(undated, "events[0]") == [
+        ("events[0].create_time", "required: it is part of the ledger's key")
+    ]
 
 
 def test_a_good_event_has_no_problems() -> None:

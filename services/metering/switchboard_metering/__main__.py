@@ -15,7 +15,7 @@ from switchboard_core.db import create_pool
 from switchboard_core.logs import configure
 from switchboard_metering.app import create_app
 from switchboard_metering.config import SERVICE, MeteringConfig
-from switchboard_metering.reconcile import reconcile
+from switchboard_metering.reconcile import duplicates, reconcile
 
 
 async def _serve(config: MeteringConfig) -> None:
@@ -28,13 +28,17 @@ async def _reconcile(config: MeteringConfig, fix: bool) -> int:
     pool = await create_pool(config.database_url)
     try:
         differences = await reconcile(pool, fix=fix)
+        twice = await duplicates(pool)
     finally:
         await pool.close()
     for difference in differences:
         print(difference)
     verdict = "fixed" if fix else "found"
     print(f"{len(differences)} differences {verdict} between the ledger and the rollups")
-    return 1 if differences and not fix else 0
+    for duplicate in twice:
+        print(duplicate)
+    print(f"{len(twice)} generation attempts recorded more than once")
+    return 1 if (differences and not fix) or twice else 0
 
 
 def main() -> None:

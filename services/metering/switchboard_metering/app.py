@@ -17,6 +17,7 @@ from switchboard_metering.config import MeteringConfig
 from switchboard_metering.keys import KeyStore
 from switchboard_metering.ledger import Ledger
 from switchboard_metering.outbox import OutboxConsumer
+from switchboard_metering.partitions import Partitions
 from switchboard_metering.service import MeteringServicer
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,21 @@ async def _open_database(url: str) -> asyncpg.Pool:
 async def create_app(config: MeteringConfig) -> GrpcServer:
     """The metering server, not yet serving; its outbox consumer is already running."""
     pool = await _open_database(config.database_url)
+    partitions = Partitions(pool, config.retention)
+    try:
+        await partitions.maintain()
+    except BaseException:
+        await pool.close()
+        raise
+    partitions.start()
     client: redis.Redis = create_redis(config.redis_url)
-    ledger = Ledger(pool)
+    ledger = Ledger(pool, partitions)
     consumer = OutboxConsumer(client, ledger, config.outbox)
     consumer.start()
 
     async def close() -> None:
         await consumer.stop()
+        await partitions.stop()
         await client.aclose()
         await pool.close()
 

@@ -7,6 +7,7 @@ import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from switchboard_core.budget import DEFAULT_PREFIX
 from switchboard_core.config import (
@@ -21,6 +22,8 @@ DEFAULT_GRPC_PORT = 50053
 DEFAULT_METRICS_PORT = 9093
 DEFAULT_USAGE_STREAM = "switchboard:usage"
 DEFAULT_USAGE_GROUP = "metering"
+# Thirteen months: a year of invoices plus the month being billed.
+DEFAULT_RETENTION_DAYS = 400
 
 
 def unique_consumer_name() -> str:
@@ -56,6 +59,12 @@ class MeteringConfig:
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     # Where spend counters and reservations live in Redis (shared with the routers).
     budget_prefix: str = DEFAULT_PREFIX
+    # Ledger rows are kept at least this many days (whole months are dropped); 0: forever.
+    retention_days: int = DEFAULT_RETENTION_DAYS
+
+    @property
+    def retention(self) -> timedelta | None:
+        return timedelta(days=self.retention_days) if self.retention_days else None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> MeteringConfig:
@@ -68,6 +77,9 @@ class MeteringConfig:
             group=reader.str("SWITCHBOARD_USAGE_GROUP", DEFAULT_USAGE_GROUP),
         )
         budget_prefix = reader.str("SWITCHBOARD_BUDGET_PREFIX", DEFAULT_PREFIX)
+        retention_days = reader.int(
+            "SWITCHBOARD_LEDGER_RETENTION_DAYS", DEFAULT_RETENTION_DAYS, max_value=36_500
+        )
         reader.finish()
         return cls(
             server=server,
@@ -75,4 +87,5 @@ class MeteringConfig:
             redis_url=redis_url,
             outbox=outbox,
             budget_prefix=budget_prefix,
+            retention_days=retention_days,
         )

@@ -1,9 +1,15 @@
-"""The usage ledger: one row per generation, and hourly rollups updated with it.
+"""The usage ledger: one row per generation attempt, and hourly rollups updated with it.
 
 :meth:`Ledger.record` writes a batch of ``UsageEvent`` in one statement (so one transaction
 and one round trip): new generations are inserted, replayed ones are skipped, and only the
 new rows are added to ``usage_rollups``. Replaying any event any number of times, in any
 order or batch, leaves the ledger and the rollups as if it had been recorded once.
+
+A row is keyed by ``(generation_id, attempt, created_at)``: ``generations`` is partitioned by
+month of ``created_at`` (:mod:`switchboard_metering.partitions`), and Postgres keys a
+partitioned table by its partition column too. Events must therefore carry ``create_time``,
+which the router fixes once per generation, so that a replay lands on the same key. Events
+dated before the retention horizon are ignored (counted as expired).
 """
 
 from __future__ import annotations
@@ -22,12 +28,18 @@ from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.errors import InvalidArgument, NotFound
 from switchboard_core.money import ZERO, MoneyFormatError, format_usd, parse_usd
+from switchboard_metering.partitions import Partitions
 
 log = logging.getLogger(__name__)
 
 EVENTS_INGESTED = Counter(
     "switchboard_usage_events_ingested_total",
     "Usage events newly written to the ledger, by source (outbox or rpc).",
+    ["source"],
+)
+EVENTS_EXPIRED = Counter(
+    "switchboard_usage_events_expired_total",
+    "Usage events ignored because they are dated before the ledger's retention horizon.",
     ["source"],
 )
 EVENTS_DUPLICATE = Counter(
@@ -38,6 +50,7 @@ EVENTS_DUPLICATE = Counter(
 for _source in ("outbox", "rpc"):  # export zeros before the first event
     EVENTS_INGESTED.labels(_source)
     EVENTS_DUPLICATE.labels(_source)
+    EVENTS_EXPIRED.labels(_source)
 
 TOKEN_FIELDS = (
     "prompt_tokens",
@@ -51,6 +64,7 @@ MAX_REPORTED_VIOLATIONS = 20
 # The columns of ``generations`` written from an event, and their Postgres array types.
 _COLUMNS: tuple[tuple[str, str], ...] = (
     ("generation_id", "text"),
+    ("attempt", "integer"),
     ("key_id", "text"),
     ("account_id", "text"),
     ("model_id", "text"),
@@ -69,6 +83,7 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("ttft_ms", "bigint"),
 )
 _NAMES = ", ".join(name for name, _ in _COLUMNS)
+_CREATED_AT = [name for name, _ in _COLUMNS].index("created_at")
 _ARRAYS = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_COLUMNS, start=1))
 _SUMS = ", ".join(f"sum({name})" for name in (*TOKEN_FIELDS, "cost"))
 _ADD = ", ".join(
@@ -76,18 +91,22 @@ _ADD = ", ".join(
     for name in ("requests", *TOKEN_FIELDS, "cost")
 )
 
-# Duplicates inside the batch are dropped first (the first occurrence wins); rows are
-# inserted in generation_id order so that concurrent writers take locks in the same order.
+_KEY = "generation_id, attempt, created_at"
+# Duplicates inside the batch are dropped first (the first occurrence wins), and events
+# dated before the retention horizon are set aside; rows are inserted in key order so that
+# concurrent writers take locks in the same order.
 _RECORD_SQL = f"""
 WITH input AS (
-    SELECT DISTINCT ON (generation_id) {_NAMES}
+    SELECT DISTINCT ON ({_KEY}) {_NAMES}
     FROM unnest({_ARRAYS}) WITH ORDINALITY AS e({_NAMES}, ord)
-    ORDER BY generation_id, ord
+    ORDER BY {_KEY}, ord
 ),
+horizon AS (SELECT retained_from FROM ledger_retention),
 inserted AS (
     INSERT INTO generations ({_NAMES})
-    SELECT {_NAMES} FROM input ORDER BY generation_id
-    ON CONFLICT (generation_id) DO NOTHING
+    SELECT {_NAMES} FROM input WHERE created_at >= (SELECT retained_from FROM horizon)
+    ORDER BY {_KEY}
+    ON CONFLICT ({_KEY}) DO NOTHING
     RETURNING key_id, model_id, provider_id, created_at, {", ".join(TOKEN_FIELDS)}, cost
 ),
 rolled AS (
@@ -99,7 +118,9 @@ rolled AS (
     ORDER BY 1, 2, 3, 4
     ON CONFLICT (key_id, model_id, provider_id, bucket_start) DO UPDATE SET {_ADD}
 )
-SELECT count(*) FROM inserted
+SELECT (SELECT count(*) FROM inserted) AS recorded,
+       (SELECT count(*) FROM input WHERE created_at < (SELECT retained_from FROM horizon))
+           AS expired
 """
 
 _QUERY_SQL = f"""
@@ -118,6 +139,7 @@ ORDER BY 1, 2, 3
 class WriteResult:
     recorded: int
     duplicates: int
+    expired: int = 0  # dated before the retention horizon: ignored
 
 
 def check_event(event: metering_pb2.UsageEvent, path: str) -> list[tuple[str, str]]:
@@ -137,7 +159,9 @@ def check_event(event: metering_pb2.UsageEvent, path: str) -> list[tuple[str, st
         parse_usd(event.cost_usd)
     except MoneyFormatError:
         problems.append((f"{path}.cost_usd", "expected a non-negative decimal string like '0.15'"))
-    if event.HasField("create_time"):
+    if not event.HasField("create_time"):
+        problems.append((f"{path}.create_time", "required: it is part of the ledger's key"))
+    else:
         try:
             event.create_time.ToDatetime(tzinfo=UTC)
         except (ValueError, OverflowError):
@@ -154,11 +178,11 @@ def validate_events(events: Sequence[metering_pb2.UsageEvent], path: str = "even
         raise InvalidArgument(problems[:MAX_REPORTED_VIOLATIONS])
 
 
-def _row(event: metering_pb2.UsageEvent, now: datetime) -> tuple[Any, ...]:
+def _row(event: metering_pb2.UsageEvent) -> tuple[Any, ...]:
     usage = event.usage
-    created = event.create_time.ToDatetime(tzinfo=UTC) if event.HasField("create_time") else now
     return (
         event.generation_id,
+        event.attempt,
         event.key_id,
         event.account_id,
         event.model_id,
@@ -172,7 +196,7 @@ def _row(event: metering_pb2.UsageEvent, now: datetime) -> tuple[Any, ...]:
         event.native_finish_reason,
         int(event.status),
         event.streamed,
-        created,
+        event.create_time.ToDatetime(tzinfo=UTC),
         event.latency_ms,
         event.time_to_first_token_ms,
     )
@@ -181,6 +205,7 @@ def _row(event: metering_pb2.UsageEvent, now: datetime) -> tuple[Any, ...]:
 def _event_from_row(row: asyncpg.Record) -> metering_pb2.UsageEvent:
     event = metering_pb2.UsageEvent(
         generation_id=row["generation_id"],
+        attempt=row["attempt"],
         key_id=row["key_id"],
         account_id=row["account_id"],
         model_id=row["model_id"],
@@ -217,37 +242,62 @@ def _usage_row(row: asyncpg.Record) -> metering_pb2.UsageRow:
 class Ledger:
     """Generations and usage rollups in Postgres."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, partitions: Partitions | None = None) -> None:
         self._pool = pool
+        self.partitions = partitions or Partitions(pool)
 
     async def record(
         self, events: Sequence[metering_pb2.UsageEvent], *, source: str
     ) -> WriteResult:
-        """Write a batch exactly once per generation id; ``source`` labels the metrics.
+        """Write a batch exactly once per (generation, attempt); ``source`` labels metrics.
 
         Raises ``InvalidArgument`` (naming ``events[i].<field>``) before writing anything
-        when an event is invalid. An event without ``create_time`` is dated now.
+        when an event is invalid.
         """
         if not events:
             return WriteResult(recorded=0, duplicates=0)
         validate_events(events)
-        now = datetime.now(UTC)
-        columns = [list(column) for column in zip(*(_row(e, now) for e in events), strict=True)]
-        recorded = int(await self._pool.fetchval(_RECORD_SQL, *columns))
-        result = WriteResult(recorded=recorded, duplicates=len(events) - recorded)
+        rows = [_row(e) for e in events]
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        months = {row[_CREATED_AT] for row in rows}
+        await self.partitions.ensure(months)
+        try:
+            written = await self._pool.fetchrow(_RECORD_SQL, *columns)
+        except asyncpg.CheckViolationError as error:
+            if "no partition" not in str(error):
+                raise
+            # Another process dropped or never created a partition we believed in.
+            self.partitions.forget()
+            await self.partitions.ensure(months)
+            written = await self._pool.fetchrow(_RECORD_SQL, *columns)
+        assert written is not None
+        recorded, expired = int(written["recorded"]), int(written["expired"])
+        result = WriteResult(
+            recorded=recorded, duplicates=len(events) - recorded - expired, expired=expired
+        )
         EVENTS_INGESTED.labels(source).inc(result.recorded)
         EVENTS_DUPLICATE.labels(source).inc(result.duplicates)
+        if expired:
+            EVENTS_EXPIRED.labels(source).inc(expired)
+            log.warning(
+                "usage events older than the ledger's retention ignored", extra={"count": expired}
+            )
         return result
 
-    async def get_generation(self, generation_id: str) -> metering_pb2.UsageEvent:
+    async def get_generation(self, generation_id: str) -> metering_pb2.GetGenerationResponse:
+        """The generation's ledger row (its last attempt, when several spent tokens)."""
         if not generation_id:
             raise InvalidArgument({"generation_id": "required"})
         row = await self._pool.fetchrow(
-            f"SELECT {_NAMES} FROM generations WHERE generation_id = $1", generation_id
+            f"SELECT {_NAMES}, tokens_per_second FROM generations WHERE generation_id = $1"
+            " ORDER BY attempt DESC LIMIT 1",
+            generation_id,
         )
         if row is None:
             raise NotFound(f"generation {generation_id!r} not found")
-        return _event_from_row(row)
+        return metering_pb2.GetGenerationResponse(
+            generation=_event_from_row(row), tokens_per_second=row["tokens_per_second"] or 0.0
+        )
 
     async def query_usage(
         self, key_id: str, start: datetime, end: datetime, bucket: str

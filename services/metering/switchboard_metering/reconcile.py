@@ -4,7 +4,10 @@
 each insert, so the two must always agree. :func:`reconcile` recomputes the hourly rollups
 from ``generations`` and compares them cell by cell with the stored ones (rows missing on
 either side included). With ``fix=True`` it replaces the rollups with the recomputed ones in
-one transaction that holds ledger writes back meanwhile.
+one transaction that holds ledger writes back meanwhile. Only the retained range is compared:
+rollups older than ``ledger_retention.retained_from`` outlive the partitions they came from.
+It also reports any generation attempt recorded twice (under two different create times),
+which the ledger's key cannot rule out by itself.
 
 Run it with ``python -m switchboard_metering reconcile [--fix]`` (``make reconcile``).
 """
@@ -29,6 +32,12 @@ SELECT key_id, model_id, provider_id, date_trunc('hour', created_at, 'UTC') AS b
 FROM generations
 GROUP BY 1, 2, 3, 4
 """
+_RETAINED = "(SELECT retained_from FROM ledger_retention)"
+_ROLLUPS = f"(SELECT * FROM usage_rollups WHERE bucket_start >= {_RETAINED})"
+_TWICE = """
+SELECT generation_id, attempt, count(*) AS copies FROM generations
+GROUP BY 1, 2 HAVING count(*) > 1 ORDER BY 1, 2
+"""
 _COMPARE = f"""
 WITH computed AS ({_COMPUTED})
 SELECT coalesce(c.key_id, r.key_id) AS key_id,
@@ -37,12 +46,12 @@ SELECT coalesce(c.key_id, r.key_id) AS key_id,
        coalesce(c.bucket_start, r.bucket_start) AS bucket_start,
        {", ".join(f"c.{col} AS ledger_{col}, r.{col} AS rollup_{col}" for col in COLUMNS)}
 FROM computed c
-FULL OUTER JOIN usage_rollups r USING ({_GROUP})
+FULL OUTER JOIN {_ROLLUPS} r USING ({_GROUP})
 WHERE {" OR ".join(f"c.{col} IS DISTINCT FROM r.{col}" for col in COLUMNS)}
 ORDER BY 1, 2, 3, 4
 """
 _REPLACE = f"""
-DELETE FROM usage_rollups;
+DELETE FROM usage_rollups WHERE bucket_start >= {_RETAINED};
 INSERT INTO usage_rollups ({_GROUP}, {", ".join(COLUMNS)})
 SELECT {_GROUP}, {", ".join(COLUMNS)} FROM ({_COMPUTED}) AS computed;
 """
@@ -63,6 +72,16 @@ class Difference:
         return f"{where} {self.column}: ledger {self.ledger} != rollup {self.rollup}"
 
 
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    generation_id: str
+    attempt: int
+    copies: int
+
+    def __str__(self) -> str:
+        return f"{self.generation_id} attempt {self.attempt}: {self.copies} ledger rows"
+
+
 def _differences(rows: list[asyncpg.Record]) -> list[Difference]:
     out = []
     for row in rows:
@@ -81,6 +100,13 @@ def _differences(rows: list[asyncpg.Record]) -> list[Difference]:
                     )
                 )
     return out
+
+
+async def duplicates(pool: asyncpg.Pool) -> list[Duplicate]:
+    """Generation attempts with more than one ledger row (there must be none)."""
+    return [
+        Duplicate(r["generation_id"], r["attempt"], r["copies"]) for r in await pool.fetch(_TWICE)
+    ]
 
 
 async def reconcile(pool: asyncpg.Pool, *, fix: bool = False) -> list[Difference]:

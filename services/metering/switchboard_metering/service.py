@@ -89,8 +89,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def GetGeneration(
         self, request: metering_pb2.GetGenerationRequest, context: Context
     ) -> metering_pb2.GetGenerationResponse:
-        generation = await self._ledger.get_generation(request.generation_id)
-        return metering_pb2.GetGenerationResponse(generation=generation)
+        return await self._ledger.get_generation(request.generation_id)
 
     async def QueryUsage(
         self, request: metering_pb2.QueryUsageRequest, context: Context

@@ -89,6 +89,7 @@ class Generation:
     """What one generation has produced so far."""
 
     id: str
+    attempt: int  # upstream tries before this one
     caller: Caller
     request: CompletionRequest
     route: Route
@@ -118,6 +119,7 @@ class Generation:
         created.FromNanoseconds(int(self.create_time * 1e9))
         return metering_pb2.UsageEvent(
             generation_id=self.id,
+            attempt=self.attempt,
             key_id=self.caller.key_id,
             account_id=self.caller.account_id,
             model_id=self.route.model_id,
@@ -220,7 +222,8 @@ class Relay:
         deadline = started + timeout
         last_error: UpstreamError | None = None
         refused: NotFound | None = None
-        for attempt, route in enumerate(routes):
+        tries = 0  # requests sent upstream so far
+        for route in routes:
             adapter = self._adapters.get(route.api_format)
             if adapter is None:
                 log.warning("no adapter for endpoint", extra={"endpoint": route.endpoint_id})
@@ -235,6 +238,8 @@ class Relay:
                     metadata={"endpoint": route.endpoint_id},
                 )
                 continue
+            attempt = tries
+            tries += 1
             events = adapter.stream(
                 request.without(unsupported),
                 self._target(route),
@@ -256,6 +261,7 @@ class Relay:
                 metrics.FALLBACKS.inc()
             generation = Generation(
                 id=new_generation_id(),
+                attempt=attempt,
                 caller=caller,
                 request=request,
                 route=route,
