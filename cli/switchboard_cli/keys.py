@@ -1,4 +1,7 @@
-"""``switchboard keys create|list|revoke``: API keys, kept by the metering service."""
+"""``switchboard keys create|list|revoke|limits``: API keys, kept by the metering service.
+
+``keys limits`` lives with credits and balances in :mod:`switchboard_cli.budgets`.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from collections.abc import Sequence
 import grpc
 
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
+from switchboard_cli import budgets
 from switchboard_cli.connection import UNARY_TIMEOUT
 from switchboard_cli.output import Output, format_time, to_dict
 from switchboard_cli.paging import PAGE_SIZE, collect
@@ -16,7 +20,7 @@ from switchboard_cli.paging import PAGE_SIZE, collect
 def register(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    keys = commands.add_parser("keys", help="create, list and revoke API keys")
+    keys = commands.add_parser("keys", help="create, list, revoke and limit API keys")
     actions = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
 
     create = actions.add_parser("create", parents=[common], help="create a key (secret shown once)")
@@ -31,6 +35,8 @@ def register(
     revoke = actions.add_parser("revoke", parents=[common], help="revoke a key")
     revoke.add_argument("key_id", metavar="KEY_ID", help="e.g. key_0123456789abcdef")
     revoke.set_defaults(handler=revoke_key, service="metering")
+
+    budgets.register_limits(actions, common)
 
 
 async def create_key(args: argparse.Namespace, channel: grpc.aio.Channel, output: Output) -> int:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 
-from switchboard_cli import chat, health, keys, models, usage
+from switchboard_cli import budgets, chat, health, keys, models, usage
 from switchboard_cli.connection import DEFAULT_ADDRESSES
 
-DESCRIPTION = "Switchboard: keys, models, chat and usage over gRPC."
+DESCRIPTION = "Switchboard: keys, models, chat, usage and budgets over gRPC."
 EPILOG = "Global options may also follow the sub-command, e.g. `switchboard models list --json`."
 
 
@@ -20,7 +20,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_globals(common, env, with_defaults=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (keys, models, chat, usage, health):
+    for module in (keys, models, chat, usage, budgets, health):
         module.register(commands, common)
     return parser
 
