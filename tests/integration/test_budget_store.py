@@ -83,3 +83,18 @@ async def test_reservations_of_a_crashed_router_expire(store: BudgetStore) -> No
     await store.settle(lost, Decimal("0.1"), now=NOW)
     spend = await store.key_spend("k5", NOW)
     assert spend == KeySpend(Decimal("0.5"), Decimal("0.5"), Decimal("0.5"), Decimal(0))
+
+
+async def test_a_load_that_does_not_replace_leaves_loaded_counters_alone(
+    store: BudgetStore,
+) -> None:
+    assert await store.load_key("k9", Decimal(1), Decimal(0), Decimal(1), NOW, replace=False)
+    assert not await store.load_key("k9", Decimal(0), Decimal(0), Decimal(0), NOW, replace=False)
+    assert (await store.key_spend("k9", NOW)).total == Decimal(1)
+    await store.unload_key("k9")
+    assert await store.load_key("k9", Decimal(2), Decimal(0), Decimal(2), NOW, replace=False)
+    assert (await store.key_spend("k9", NOW)).total == Decimal(2)
+    assert await store.load_account("a9", Decimal(3), Decimal(1))
+    await store.add_credit("a9", Decimal("0.5"))
+    assert (await store.account_balance("a9")).credit == Decimal("3.5")
+    assert await store.is_loaded("acct:a9") and not await store.is_loaded("acct:a10")

@@ -102,3 +102,52 @@ async def test_bad_budget_requests_name_their_fields(metering: Metering) -> None
             metering_pb2.GetBalanceRequest(account_id="x", key_id="key_x")
         )
     assert both.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_changing_limits_or_adding_credit_keeps_spend_the_ledger_has_not_seen(
+    metering: Metering, redis_client: redis.Redis
+) -> None:
+    created = await metering.stub.CreateApiKey(
+        metering_pb2.CreateApiKeyRequest(account_id="ahead-co", name="a")
+    )
+    key = created.api_key
+    await metering.stub.AddCredits(
+        metering_pb2.AddCreditsRequest(account_id="ahead-co", amount_usd="1")
+    )
+    await metering.stub.SetKeyLimits(
+        metering_pb2.SetKeyLimitsRequest(
+            key_id=key.id, limits=metering_pb2.SpendLimits(total_usd="5")
+        )
+    )
+    budgets = store(metering, redis_client)
+    # A router settles $0.30 whose usage event is still in the outbox: Redis is ahead.
+    held = await budgets.reserve(
+        key.id, "ahead-co", Decimal("0.50"), Limits(total=Decimal(5), prepaid=True), ttl_seconds=60
+    )
+    await budgets.settle(held, Decimal("0.30"))
+
+    await metering.stub.SetKeyLimits(
+        metering_pb2.SetKeyLimitsRequest(
+            key_id=key.id, limits=metering_pb2.SpendLimits(total_usd="4", daily_usd="2")
+        )
+    )
+    granted = await metering.stub.AddCredits(
+        metering_pb2.AddCreditsRequest(account_id="ahead-co", amount_usd="0.25")
+    )
+
+    assert (await budgets.key_spend(key.id)).total == Decimal("0.30")
+    account = await budgets.account_balance("ahead-co")
+    assert (account.credit, account.spent) == (Decimal("1.25"), Decimal("0.30"))
+    assert granted.balance.credit_usd == "1.25"
+
+    # Clearing every limit stops enforcement; limits set again later load the ledger afresh.
+    await metering.stub.SetKeyLimits(metering_pb2.SetKeyLimitsRequest(key_id=key.id))
+    await metering.stub.RecordUsage(
+        metering_pb2.RecordUsageRequest(events=[usage_event(key.id, cost="0.70")])
+    )
+    await metering.stub.SetKeyLimits(
+        metering_pb2.SetKeyLimitsRequest(
+            key_id=key.id, limits=metering_pb2.SpendLimits(total_usd="3")
+        )
+    )
+    assert (await budgets.key_spend(key.id)).total == Decimal("0.70")

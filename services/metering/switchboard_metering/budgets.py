@@ -3,8 +3,10 @@
 Postgres is the truth: credit is the sum of an account's grants, spend the sum of its
 generations (read from the hourly rollups). Routers enforce limits against counters in Redis
 (:mod:`switchboard_core.budget`); :meth:`Budgets.load_all` rebuilds those counters from
-Postgres (at start-up when Redis has none, e.g. after losing its data), and setting a key's
-limits or adding credit reloads that key or account.
+Postgres (at start-up when Redis has none, e.g. after losing its data). Setting a key's first
+limits or an account's first credit loads that key or account; later changes leave the loaded
+counters alone (they include spend routers settled that the ledger may not hold yet) and a
+grant is added to the account's credit.
 """
 
 from __future__ import annotations
@@ -59,15 +61,15 @@ class Budgets:
         assert row is not None
         return row["total"], row["today"], row["this_month"]
 
-    async def load_key(self, key_id: str) -> None:
+    async def load_key(self, key_id: str, *, replace: bool = True) -> None:
         now = datetime.now(UTC)
         total, today, month = await self.key_spend(key_id, now)
-        await self._store.load_key(key_id, total, today, month, now)
+        await self._store.load_key(key_id, total, today, month, now, replace=replace)
 
-    async def load_account(self, account_id: str) -> None:
+    async def load_account(self, account_id: str, *, replace: bool = True) -> None:
         row = await self._pool.fetchrow(_ACCOUNT, account_id)
         if row is not None:
-            await self._store.load_account(account_id, row["credit"], row["spent"])
+            await self._store.load_account(account_id, row["credit"], row["spent"], replace=replace)
 
     async def load_all(self) -> int:
         """Load every limited key and prepaid account into Redis; returns how many."""
@@ -92,7 +94,11 @@ class Budgets:
         self, key_id: str, limits: metering_pb2.SpendLimits
     ) -> metering_pb2.ApiKey:
         key = await self._keys.set_limits(key_id, limits)
-        await self.load_key(key_id)
+        if key.HasField("limits"):
+            # A key enforced already keeps its Redis counters: they are ahead of the ledger.
+            await self.load_key(key_id, replace=False)
+        else:
+            await self._store.unload_key(key_id)
         return key
 
     async def add_credits(
@@ -108,7 +114,11 @@ class Budgets:
         if len(note) > 256:
             raise InvalidArgument({"note": "at most 256 characters"})
         await self._pool.execute(_GRANT, account_id, amount, note)
-        await self.load_account(account_id)
+        if await self._store.is_loaded(f"acct:{account_id}"):
+            # Counters ahead of the ledger stay; only the grant is added.
+            await self._store.add_credit(account_id, amount)
+        else:
+            await self.load_account(account_id)
         log.info("credits added", extra={"account_id": account_id})
         return await self.account_balance(account_id)
 

@@ -13,8 +13,8 @@ exact up to about $9,000 per counter, and within a few pico-dollars beyond.
 Layout, under a prefix (``switchboard:budget:``):
 
 - ``key:<key id>`` hash: ``spent_total``, ``spent_d:<YYYYMMDD>``, ``spent_m:<YYYYMM>`` (UTC),
-  ``reserved``;
-- ``acct:<account id>`` hash: ``credit`` (granted), ``spent``, ``reserved``;
+  ``reserved``, and ``loaded`` once metering loaded its spend from the ledger;
+- ``acct:<account id>`` hash: ``credit`` (granted), ``spent``, ``reserved``, ``loaded``;
 - ``res:<reservation id>``: "<key id> <account id> <amount>"; ``res_exp``: a sorted set of
   reservation ids by expiry (ms). Every reserve first releases up to 100 expired
   reservations, so a crashed router's reservations return by themselves.
@@ -93,6 +93,21 @@ redis.call('HINCRBY', KEYS[1], ARGV[5], actual)
 redis.call('HINCRBY', KEYS[2], 'spent', actual)
 return 1
 """
+
+
+# Writes counters (field, value pairs from ARGV[2]) and marks the hash loaded; unless
+# ARGV[1] is '1', leaves a hash that is already loaded alone. Returns 1 when it wrote.
+_LOAD = """
+if ARGV[1] ~= '1' and redis.call('HEXISTS', KEYS[1], 'loaded') == 1 then
+  return 0
+end
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('HSET', KEYS[1], 'loaded', '1')
+return 1
+"""
+LOADED_FIELD = "loaded"
 
 
 def to_pico(amount: Decimal) -> int:
@@ -177,6 +192,7 @@ class BudgetStore:
         self._prefix = prefix
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
+        self._load = client.register_script(_LOAD)
 
     def _keys(self, key_id: str, account_id: str) -> list[str]:
         p = self._prefix
@@ -245,23 +261,57 @@ class BudgetStore:
         return AccountBalance(*(from_pico(v) for v in values))
 
     async def load_key(
-        self, key_id: str, total: Decimal, today: Decimal, this_month: Decimal, now: datetime
-    ) -> None:
-        """Set a key's settled spend (from the ledger); reservations are left as they are."""
-        await self._redis.hset(
-            f"{self._prefix}key:{key_id}",
-            mapping={
-                "spent_total": to_pico(total),
-                day_field(now): to_pico(today),
-                month_field(now): to_pico(this_month),
-            },
-        )
+        self,
+        key_id: str,
+        total: Decimal,
+        today: Decimal,
+        this_month: Decimal,
+        now: datetime,
+        *,
+        replace: bool = True,
+    ) -> bool:
+        """Set a key's settled spend (from the ledger); reservations are left as they are.
 
-    async def load_account(self, account_id: str, credit: Decimal, spent: Decimal) -> None:
-        await self._redis.hset(
-            f"{self._prefix}acct:{account_id}",
-            mapping={"credit": to_pico(credit), "spent": to_pico(spent)},
+        With ``replace=False`` a key already loaded keeps its counters: they hold spend
+        settled by routers that the ledger may not have yet (the outbox lags a little), so
+        overwriting them would forget it. Returns whether the counters were written.
+        """
+        written = await self._load(
+            keys=[f"{self._prefix}key:{key_id}"],
+            args=[
+                "1" if replace else "0",
+                "spent_total",
+                to_pico(total),
+                day_field(now),
+                to_pico(today),
+                month_field(now),
+                to_pico(this_month),
+            ],
         )
+        return bool(int(written))
+
+    async def unload_key(self, key_id: str) -> None:
+        """The key is no longer enforced: its counters go stale, so the next load replaces
+        them."""
+        await self._redis.hdel(f"{self._prefix}key:{key_id}", LOADED_FIELD)
+
+    async def load_account(
+        self, account_id: str, credit: Decimal, spent: Decimal, *, replace: bool = True
+    ) -> bool:
+        """Set an account's credit and settled spend; see :meth:`load_key` for ``replace``."""
+        written = await self._load(
+            keys=[f"{self._prefix}acct:{account_id}"],
+            args=["1" if replace else "0", "credit", to_pico(credit), "spent", to_pico(spent)],
+        )
+        return bool(int(written))
+
+    async def add_credit(self, account_id: str, amount: Decimal) -> None:
+        """Add a grant to a loaded account's credit (the grant is already in Postgres)."""
+        await self._redis.hincrby(f"{self._prefix}acct:{account_id}", "credit", to_pico(amount))
+
+    async def is_loaded(self, key: str) -> bool:
+        """Whether ``key:<id>`` or ``acct:<id>`` holds loaded counters."""
+        return bool(await self._redis.hexists(f"{self._prefix}{key}", LOADED_FIELD))
 
     async def mark(self, name: str) -> None:
         await self._redis.set(f"{self._prefix}{name}", "1")
