@@ -42,6 +42,14 @@ async def database_url(postgres_admin_url: str) -> AsyncIterator[str]:
     await drop_database(postgres_admin_url, name)
 
 
+@pytest.fixture
+async def own_database_url(postgres_admin_url: str) -> AsyncIterator[str]:
+    """A fresh database for one test, for tests that change database-wide state."""
+    name = f"sbown_{uuid.uuid4().hex[:10]}"
+    yield await create_database(postgres_admin_url, name)
+    await drop_database(postgres_admin_url, name)
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     explicit = os.environ.get("TEST_REDIS_URL") or os.environ.get("REDIS_URL")

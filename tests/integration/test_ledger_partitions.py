@@ -5,7 +5,6 @@ event changes nothing (each test in its own database)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -15,7 +14,6 @@ import asyncpg
 import pytest
 
 from switchboard_core.db import create_pool, migrate
-from switchboard_devstack.storage import create_database, drop_database
 from switchboard_metering.app import MIGRATIONS
 from switchboard_metering.ledger import Ledger
 from switchboard_metering.partitions import Partitions
@@ -26,11 +24,8 @@ NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-async def database(postgres_admin_url: str) -> AsyncIterator[str]:
-    name = f"sbpart_{uuid.uuid4().hex[:8]}"
-    url = await create_database(postgres_admin_url, name)
-    yield url
-    await drop_database(postgres_admin_url, name)
+def database(own_database_url: str) -> str:
+    return own_database_url
 
 
 @pytest.fixture
