@@ -60,6 +60,10 @@ reconcile: install ## Recompute usage rollups from the ledger and report differe
 bench-cancel: install ## Client cancel -> provider connection closed, through the router
 	$(PY) -m bench.cancel $(BENCH_ARGS)
 
+.PHONY: bench-ingest
+bench-ingest: install ## Usage events/s into the ledger through the outbox vs bare COPY, and the p99 durability adds
+	$(PY) -m bench.ingest $(BENCH_ARGS)
+
 .PHONY: bench-http
 bench-http: install ## HTTP client candidates for provider streams (aiohttp vs httpx)
 	$(PY) -m bench.http_clients $(BENCH_ARGS)
