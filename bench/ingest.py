@@ -249,11 +249,11 @@ class TimedLedger(Ledger):
         self.batches = 0
 
     async def record(
-        self, events: Sequence[metering_pb2.UsageEvent], *, source: str
+        self, events: Sequence[metering_pb2.UsageEvent], *, source: str, checked: bool = False
     ) -> WriteResult:
         started = time.perf_counter()
         try:
-            return await super().record(events, source=source)
+            return await super().record(events, source=source, checked=checked)
         finally:
             self.seconds += time.perf_counter() - started
             self.batches += 1

@@ -247,16 +247,18 @@ class Ledger:
         self.partitions = partitions or Partitions(pool)
 
     async def record(
-        self, events: Sequence[metering_pb2.UsageEvent], *, source: str
+        self, events: Sequence[metering_pb2.UsageEvent], *, source: str, checked: bool = False
     ) -> WriteResult:
         """Write a batch exactly once per (generation, attempt); ``source`` labels metrics.
 
         Raises ``InvalidArgument`` (naming ``events[i].<field>``) before writing anything
-        when an event is invalid.
+        when an event is invalid; ``checked`` says the caller already ran :func:`check_event`
+        on every event (the outbox does, to dead-letter bad entries one by one).
         """
         if not events:
             return WriteResult(recorded=0, duplicates=0)
-        validate_events(events)
+        if not checked:
+            validate_events(events)
         rows = [_row(e) for e in events]
         columns = [list(column) for column in zip(*rows, strict=True)]
         months = {row[_CREATED_AT] for row in rows}

@@ -254,7 +254,9 @@ class OutboxConsumer:
         if not good:
             return []
         try:
-            await self._ledger.record([event for _, _, event in good], source="outbox")
+            await self._ledger.record(
+                [event for _, _, event in good], source="outbox", checked=True
+            )
             return [entry_id for entry_id, _, _ in good]
         except DATA_ERRORS:
             log.warning(
@@ -264,7 +266,7 @@ class OutboxConsumer:
         written: list[bytes] = []
         for entry_id, raw, event in good:
             try:
-                await self._ledger.record([event], source="outbox")
+                await self._ledger.record([event], source="outbox", checked=True)
                 written.append(entry_id)
             except DATA_ERRORS as error:
                 sqlstate = getattr(error, "sqlstate", "?")
