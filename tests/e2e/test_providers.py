@@ -228,3 +228,34 @@ async def test_a_provider_that_reports_no_usage_is_estimated_and_marked(
     row = await ledger_entry(metering, messages[0].start.generation_id)
     assert row.usage.estimated and row.status == metering_pb2.GENERATION_STATUS_COMPLETED
     assert row.cost_usd == end.cost_usd
+
+
+async def test_a_limited_key_without_max_tokens_is_sent_the_bound_it_reserved(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    catalog: catalog_pb2_grpc.CatalogServiceAsyncStub,
+    metering: metering_pb2_grpc.MeteringServiceAsyncStub,
+    api_key: metering_pb2.CreateApiKeyResponse,
+    fakes: Fakes,
+) -> None:
+    fake = fakes["google"]
+    fake.script = Script(text=("bounded",))
+    await stream(router, api_key, ask(GEMINI), fake)
+    unlimited = fake.requests[-1].body.get("generationConfig", {})
+    assert "maxOutputTokens" not in unlimited  # nothing reserved, nothing imposed
+
+    limited = await metering.CreateApiKey(
+        metering_pb2.CreateApiKeyRequest(account_id="e2e-bounded", name="bounded")
+    )
+    await metering.SetKeyLimits(
+        metering_pb2.SetKeyLimitsRequest(
+            key_id=limited.api_key.id, limits=metering_pb2.SpendLimits(daily_usd="5")
+        )
+    )
+    await stream(router, limited, ask(GEMINI), fake)
+    model = await catalog.GetModel(catalog_pb2.GetModelRequest(model_id=GEMINI))
+    cap = model.model.endpoints[0].max_completion_tokens
+    ceiling = 4096  # SWITCHBOARD_RESERVATION_CEILING_TOKENS's default
+    assert fake.requests[-1].body["generationConfig"]["maxOutputTokens"] == min(cap, ceiling)
+
+    await stream(router, limited, ask(GEMINI, max_tokens=77), fake)
+    assert fake.requests[-1].body["generationConfig"]["maxOutputTokens"] == 77

@@ -4,13 +4,16 @@ A key with limits (or of a prepaid account) reserves the request's worst-case co
 the estimated prompt plus ``max_tokens`` (else the endpoint's output cap, at most the configured
 ceiling) at the most expensive endpoint the plan may use. A request whose reservation does not
 fit is refused with ``RESOURCE_EXHAUSTED`` (``KEY_LIMIT_EXCEEDED`` or ``INSUFFICIENT_CREDIT``).
-The relay settles the reservation to the actual cost when the generation ends, however it ends;
-a reservation whose router died expires after the longest a request may take. Keys without
-limits skip all this: no Redis round trip on their path.
+A reserved request that sets no ``max_tokens`` is sent with the bound that was reserved, so
+its completion cannot cost more than the reservation (the prompt is an estimate: about four
+characters a token). The relay settles the reservation to the actual cost when the generation
+ends, however it ends; a reservation whose router died expires after the longest a request
+may take. Keys without limits skip all this: no Redis round trip on their path.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from decimal import Decimal
 
@@ -26,12 +29,17 @@ from switchboard_router.usage_estimate import estimate_prompt_tokens
 log = logging.getLogger(__name__)
 
 
+def completion_bound(request: CompletionRequest, route: Route, ceiling: int) -> int:
+    """The completion tokens reserved for ``request`` on ``route``: its ``max_tokens``, else
+    the endpoint's output cap, at most ``ceiling``."""
+    return request.max_tokens or min(route.max_completion_tokens or ceiling, ceiling)
+
+
 def worst_case_cost(request: CompletionRequest, routes: list[Route], ceiling: int) -> Decimal:
     prompt = estimate_prompt_tokens(request)
-    costs = []
-    for route in routes:
-        completion = request.max_tokens or min(route.max_completion_tokens or ceiling, ceiling)
-        costs.append(route.price.cost(prompt, completion))
+    costs = [
+        route.price.cost(prompt, completion_bound(request, route, ceiling)) for route in routes
+    ]
     return max(costs, default=Decimal(0))
 
 
@@ -59,6 +67,15 @@ class Admission:
                 reason="BUDGET_STORE_UNAVAILABLE",
                 retry_after_seconds=1.0,
             ) from None
+
+    def bounded(self, request: CompletionRequest, route: Route) -> CompletionRequest:
+        """``request`` as sent on ``route`` under a reservation: without ``max_tokens`` it
+        gets the bound that was reserved, so the completion cannot cost more than that."""
+        if request.max_tokens is not None:
+            return request
+        return dataclasses.replace(
+            request, max_tokens=completion_bound(request, route, self._ceiling)
+        )
 
     async def settle(self, reservation: Reservation, cost: Decimal) -> None:
         try:

@@ -240,8 +240,11 @@ class Relay:
                 continue
             attempt = tries
             tries += 1
+            sent = request.without(unsupported)
+            if hold is not None and "max_tokens" not in unsupported:
+                sent = self._admission.bounded(sent, route)
             events = adapter.stream(
-                request.without(unsupported),
+                sent,
                 self._target(route),
                 timeout=max(0.001, deadline - time.monotonic()),
             )
