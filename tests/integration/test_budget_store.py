@@ -98,3 +98,14 @@ async def test_a_load_that_does_not_replace_leaves_loaded_counters_alone(
     await store.add_credit("a9", Decimal("0.5"))
     assert (await store.account_balance("a9")).credit == Decimal("3.5")
     assert await store.is_loaded("acct:a9") and not await store.is_loaded("acct:a10")
+
+
+async def test_raising_counters_compares_exactly_past_double_precision(store: BudgetStore) -> None:
+    big = Decimal("12345.000000000001")  # 1.2e16 pico-dollars: beyond a double's exact range
+    assert await store.raise_key("k11", big, big, big, NOW) == 0  # not loaded: left alone
+    await store.load_key("k11", big, big, big, NOW)
+    assert await store.raise_key("k11", big, big, big, NOW) == 0
+    higher = big + Decimal("0.000000000001")
+    assert await store.raise_key("k11", higher, big, Decimal(1), NOW) == 1
+    spend = await store.key_spend("k11", NOW)
+    assert (spend.total, spend.today, spend.this_month) == (higher, big, big)

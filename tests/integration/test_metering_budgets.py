@@ -6,12 +6,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
+import asyncpg
 import grpc
 import pytest
 import redis.asyncio as redis
 
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.budget import BudgetStore, Limits
+from switchboard_metering.budgets import Budgets
+from switchboard_metering.keys import KeyStore
 from tests.integration.test_metering_app import (
     Metering,
     field_violations,
@@ -151,3 +154,46 @@ async def test_changing_limits_or_adding_credit_keeps_spend_the_ledger_has_not_s
         )
     )
     assert (await budgets.key_spend(key.id)).total == Decimal("0.70")
+
+
+async def test_resync_raises_counters_behind_the_ledger_and_never_lowers_them(
+    metering: Metering, redis_client: redis.Redis
+) -> None:
+    created = await metering.stub.CreateApiKey(
+        metering_pb2.CreateApiKeyRequest(account_id="resync-co", name="a")
+    )
+    key = created.api_key
+    await metering.stub.SetKeyLimits(
+        metering_pb2.SetKeyLimitsRequest(
+            key_id=key.id, limits=metering_pb2.SpendLimits(monthly_usd="5")
+        )
+    )
+    await metering.stub.AddCredits(
+        metering_pb2.AddCreditsRequest(account_id="resync-co", amount_usd="3")
+    )
+    budgets = store(metering, redis_client)
+    # A generation reaches the ledger but its router's settle never reached Redis.
+    await metering.stub.RecordUsage(
+        metering_pb2.RecordUsageRequest(events=[usage_event(key.id, cost="0.70")])
+    )
+    assert (await budgets.key_spend(key.id)).total == Decimal(0)
+    pool = await asyncpg.create_pool(metering.config.database_url)
+    assert pool is not None
+    resync = Budgets(pool, KeyStore(pool), budgets)
+    try:
+        raised = await resync.resync()
+        spend = await budgets.key_spend(key.id)
+        assert (spend.total, spend.today, spend.this_month) == (Decimal("0.70"),) * 3
+        assert (await budgets.account_balance("resync-co")).spent == Decimal("0.70")
+        assert raised >= 4  # three windows of the key and the account's spend
+
+        # Redis ahead of the ledger (a settle whose usage event is still in the outbox).
+        held = await budgets.reserve(
+            key.id, "resync-co", Decimal("0.5"), Limits(prepaid=True), ttl_seconds=60
+        )
+        await budgets.settle(held, Decimal("0.25"))
+        await resync.resync()
+        assert (await budgets.key_spend(key.id)).total == Decimal("0.95")
+        assert (await budgets.account_balance("resync-co")).spent == Decimal("0.95")
+    finally:
+        await pool.close()

@@ -51,18 +51,24 @@ async def create_app(config: MeteringConfig) -> GrpcServer:
     consumer = OutboxConsumer(client, ledger, config.outbox)
     consumer.start()
 
+    keys = KeyStore(pool)
+    budgets = Budgets(pool, keys, BudgetStore(client, config.budget_prefix))
+    budgets.start()
+
     async def close() -> None:
         await consumer.stop()
+        await budgets.stop()
         await partitions.stop()
         await client.aclose()
         await pool.close()
 
-    keys = KeyStore(pool)
-    budgets = Budgets(pool, keys, BudgetStore(client, config.budget_prefix))
     try:
         await budgets.load_if_missing()  # Redis lost its budget counters: rebuild them
     except (redis.RedisError, OSError):
         log.warning("budgets not loaded into redis; they load on the next start")
+    except BaseException:
+        await close()
+        raise
     servicer = MeteringServicer(keys, ledger, budgets)
     return GrpcServer(
         config=config.server,

@@ -3,7 +3,9 @@
 Postgres is the truth: credit is the sum of an account's grants, spend the sum of its
 generations (read from the hourly rollups). Routers enforce limits against counters in Redis
 (:mod:`switchboard_core.budget`); :meth:`Budgets.load_all` rebuilds those counters from
-Postgres (at start-up when Redis has none, e.g. after losing its data). Setting a key's first
+Postgres (at start-up when Redis has none, e.g. after losing its data), and
+:meth:`Budgets.resync` raises, every minute, any counter that fell behind the ledger (a settle
+lost to a Redis blip). Setting a key's first
 limits or an account's first credit loads that key or account; later changes leave the loaded
 counters alone (they include spend routers settled that the ledger may not hold yet) and a
 grant is added to the account's credit.
@@ -11,11 +13,15 @@ grant is added to the account's credit.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import asyncpg
+from prometheus_client import Counter
+from redis.exceptions import RedisError
 
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.budget import BudgetStore
@@ -47,7 +53,33 @@ WITH account AS (
 )
 INSERT INTO credit_grants (account_id, amount, note) VALUES ($1, $2, $3)
 """
+_LIMITED_KEYS_SPEND = """
+SELECT k.id,
+       coalesce(sum(r.cost), 0) AS total,
+       coalesce(sum(r.cost) FILTER (WHERE r.bucket_start >= date_trunc('day', $1, 'UTC')), 0)
+           AS today,
+       coalesce(sum(r.cost) FILTER (WHERE r.bucket_start >= date_trunc('month', $1, 'UTC')), 0)
+           AS this_month
+FROM api_keys k LEFT JOIN usage_rollups r ON r.key_id = k.id
+WHERE k.revoked_at IS NULL
+  AND (k.limit_total IS NOT NULL OR k.limit_daily IS NOT NULL OR k.limit_monthly IS NOT NULL)
+GROUP BY k.id
+"""
+_PREPAID_SPEND = """
+SELECT a.id, coalesce(sum(r.cost), 0) AS spent
+FROM accounts a
+LEFT JOIN api_keys k ON k.account_id = a.id
+LEFT JOIN usage_rollups r ON r.key_id = k.id
+WHERE a.prepaid
+GROUP BY a.id
+"""
 LOADED_MARKER = "loaded"
+RESYNC_INTERVAL_SECONDS = 60.0
+
+COUNTERS_RAISED = Counter(
+    "switchboard_budget_counters_raised_total",
+    "Redis spend counters found behind the ledger and raised to it by the periodic resync.",
+)
 
 
 class Budgets:
@@ -55,6 +87,7 @@ class Budgets:
         self._pool = pool
         self._keys = keys
         self._store = store
+        self._task: asyncio.Task[None] | None = None
 
     async def key_spend(self, key_id: str, now: datetime) -> tuple[Decimal, Decimal, Decimal]:
         row = await self._pool.fetchrow(_KEY_SPEND, key_id, now)
@@ -89,6 +122,46 @@ class Budgets:
     async def load_if_missing(self) -> None:
         if not await self._store.marked(LOADED_MARKER):
             await self.load_all()
+
+    async def resync(self, now: datetime | None = None) -> int:
+        """Raise every loaded counter that is behind the ledger to the ledger's value.
+
+        Redis is normally ahead of the ledger (routers settle before the outbox drains), so
+        counters only ever go up here: taking the larger of the two never forgets spend that
+        either side has seen. Returns how many counters were raised.
+        """
+        now = now or datetime.now(UTC)
+        raised = 0
+        for row in await self._pool.fetch(_LIMITED_KEYS_SPEND, now):
+            raised += await self._store.raise_key(
+                row["id"], row["total"], row["today"], row["this_month"], now
+            )
+        for row in await self._pool.fetch(_PREPAID_SPEND):
+            raised += await self._store.raise_account(row["id"], row["spent"])
+        if raised:
+            COUNTERS_RAISED.inc(raised)
+            log.warning("budget counters were behind the ledger", extra={"raised": raised})
+        return raised
+
+    def start(self, interval: float = RESYNC_INTERVAL_SECONDS) -> None:
+        self._task = asyncio.create_task(self._resync_loop(interval), name="budget-resync")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _resync_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.resync()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError) as error:
+                log.warning(
+                    "budget resync failed; retrying later", extra={"error": type(error).__name__}
+                )
 
     async def set_limits(
         self, key_id: str, limits: metering_pb2.SpendLimits

@@ -109,6 +109,25 @@ return 1
 """
 LOADED_FIELD = "loaded"
 
+# Raises counters (field, value pairs from ARGV) of a loaded hash to at least the given
+# values, comparing the decimal strings exactly (Lua doubles would round past 2^53).
+# Returns how many counters it raised.
+_RAISE = """
+if redis.call('HEXISTS', KEYS[1], 'loaded') == 0 then
+  return 0
+end
+local raised = 0
+for i = 1, #ARGV, 2 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i]) or '0'
+  local want = ARGV[i + 1]
+  if #cur < #want or (#cur == #want and cur < want) then
+    redis.call('HSET', KEYS[1], ARGV[i], want)
+    raised = raised + 1
+  end
+end
+return raised
+"""
+
 
 def to_pico(amount: Decimal) -> int:
     """USD to pico-dollars, rounded up."""
@@ -193,6 +212,7 @@ class BudgetStore:
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
         self._load = client.register_script(_LOAD)
+        self._raise = client.register_script(_RAISE)
 
     def _keys(self, key_id: str, account_id: str) -> list[str]:
         p = self._prefix
@@ -308,6 +328,25 @@ class BudgetStore:
     async def add_credit(self, account_id: str, amount: Decimal) -> None:
         """Add a grant to a loaded account's credit (the grant is already in Postgres)."""
         await self._redis.hincrby(f"{self._prefix}acct:{account_id}", "credit", to_pico(amount))
+
+    async def raise_key(
+        self, key_id: str, total: Decimal, today: Decimal, this_month: Decimal, now: datetime
+    ) -> int:
+        """Raise a loaded key's settled spend to at least the ledger's; returns how many
+        counters were behind (a router's settle was lost, or a generation admitted before
+        the key was limited finished after it was loaded)."""
+        counters = [
+            ("spent_total", total),
+            (day_field(now), today),
+            (month_field(now), this_month),
+        ]
+        args = [v for field, amount in counters for v in (field, str(to_pico(amount)))]
+        return int(await self._raise(keys=[f"{self._prefix}key:{key_id}"], args=args))
+
+    async def raise_account(self, account_id: str, spent: Decimal) -> int:
+        """Raise a loaded account's settled spend to at least the ledger's."""
+        args = ["spent", str(to_pico(spent))]
+        return int(await self._raise(keys=[f"{self._prefix}acct:{account_id}"], args=args))
 
     async def is_loaded(self, key: str) -> bool:
         """Whether ``key:<id>`` or ``acct:<id>`` holds loaded counters."""
