@@ -2,7 +2,8 @@
 
 Whatever sequence of batches carries a set of events (each event at least once, any number
 of times, in any order, sequentially or concurrently), the ledger ends up with exactly the
-rollups of the set itself.
+rollups of the set itself. Events come in pairs sharing a generation id (attempts 0 and 1)
+and straddle a month boundary, so the ledger's whole key and two partitions are exercised.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from switchboard_metering.app import MIGRATIONS
 from switchboard_metering.ledger import Ledger
 from tests.integration.test_metering_app import new_key_id, usage_event
 
-T0 = datetime(2024, 6, 1, 10, 0, tzinfo=UTC)
+# Two hours before a month ends: events land in two monthly partitions.
+T0 = datetime(2024, 6, 30, 22, 0, tzinfo=UTC)
 RollupKey = tuple[str, str, datetime]
 
 
@@ -88,10 +90,18 @@ async def test_rollups_equal_the_set_of_events(
     key = new_key_id()
     events = [
         usage_event(
-            key, model=m, provider=p, when=T0 + timedelta(minutes=mins), cost=cost, prompt=tokens
+            key,
+            f"gen-{key}-{index // 2}",
+            model=m,
+            provider=p,
+            when=T0 + timedelta(minutes=mins),
+            cost=cost,
+            prompt=tokens,
         )
-        for m, p, mins, cost, tokens in specs
+        for index, (m, p, mins, cost, tokens) in enumerate(specs)
     ]
+    for index, event in enumerate(events):
+        event.attempt = index % 2
     ledger = Ledger(pool)
     calls = [ledger.record([events[i] for i in batch], source="rpc") for batch in batches]
     if concurrent:
