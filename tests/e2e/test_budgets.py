@@ -17,9 +17,10 @@ from tests.e2e.support import auth, ledger_entry
 
 pytestmark = [pytest.mark.e2e]
 
-# "hi" is estimated at 5 prompt tokens; with max_tokens 1000 at the demo's $1 / $2 per
-# million tokens, each request reserves 5 * $1e-6 + 1000 * $2e-6 = $0.002005.
-RESERVED = Decimal("0.002005")
+# "hi" is reserved as 6 prompt tokens (2 bytes and 16 of framing, a token per 3 bytes); with
+# max_tokens 1000 at the demo's $1 / $2 per million tokens, each request reserves
+# 6 * $1e-6 + 1000 * $2e-6 = $0.002006.
+RESERVED = Decimal("0.002006")
 REQUEST = router_pb2.StreamCompletionRequest(
     model="switchboard/demo",
     messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="hi")],

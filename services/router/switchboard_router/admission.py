@@ -1,14 +1,15 @@
 """Admission against spend limits and prepaid credit, before anything is sent upstream.
 
 A key with limits (or of a prepaid account) reserves the request's worst-case cost in Redis:
-the estimated prompt plus ``max_tokens`` (else the endpoint's output cap, at most the configured
-ceiling) at the most expensive endpoint the plan may use. A request whose reservation does not
-fit is refused with ``RESOURCE_EXHAUSTED`` (``KEY_LIMIT_EXCEEDED`` or ``INSUFFICIENT_CREDIT``).
-A reserved request that sets no ``max_tokens`` is sent with the bound that was reserved, so
-its completion cannot cost more than the reservation (the prompt is an estimate: about four
-characters a token). The relay settles the reservation to the actual cost when the generation
-ends, however it ends; a reservation whose router died expires after the longest a request
-may take. Keys without limits skip all this: no Redis round trip on their path.
+a generous prompt estimate (a token per three UTF-8 bytes) plus ``max_tokens`` (else the
+endpoint's output cap, at most the configured ceiling) at the most expensive endpoint the plan
+may use. A request whose reservation does not fit is refused with ``RESOURCE_EXHAUSTED``
+(``KEY_LIMIT_EXCEEDED`` or ``INSUFFICIENT_CREDIT``). A reserved request that sets no
+``max_tokens`` is sent with the bound that was reserved, so its completion cannot cost more
+than the reservation (the prompt is an estimate). The relay settles the reservation to the
+actual cost when the generation ends, however it ends; a reservation whose router died expires
+after the longest a request may take. Keys without limits skip all this: no Redis round trip
+on their path.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from switchboard_core.errors import Unavailable
 from switchboard_router.auth import Caller
 from switchboard_router.canonical import CompletionRequest
 from switchboard_router.catalog_cache import Route
-from switchboard_router.usage_estimate import estimate_prompt_tokens
+from switchboard_router.usage_estimate import reservation_prompt_tokens
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def completion_bound(request: CompletionRequest, route: Route, ceiling: int) -> 
 
 
 def worst_case_cost(request: CompletionRequest, routes: list[Route], ceiling: int) -> Decimal:
-    prompt = estimate_prompt_tokens(request)
+    prompt = reservation_prompt_tokens(request)
     costs = [
         route.price.cost(prompt, completion_bound(request, route, ceiling)) for route in routes
     ]
