@@ -55,6 +55,11 @@ def register(
     add.add_argument("--account", required=True, help="account id; created when new")
     add.add_argument("amount", type=positive_usd, metavar="AMOUNT_USD", help="e.g. 25 or 12.50")
     add.add_argument("--note", default="", help="kept with the grant, e.g. an invoice number")
+    add.add_argument(
+        "--request-id",
+        default="",
+        help="idempotency key: running the command again with it adds nothing more",
+    )
     add.set_defaults(handler=add_credits, service="metering")
 
     balance = commands.add_parser(
@@ -146,13 +151,16 @@ async def set_key_limits(
 async def add_credits(args: argparse.Namespace, channel: grpc.aio.Channel, output: Output) -> int:
     stub = metering_pb2_grpc.MeteringServiceStub(channel)
     request = metering_pb2.AddCreditsRequest(
-        account_id=args.account, amount_usd=args.amount, note=args.note
+        account_id=args.account, amount_usd=args.amount, note=args.note, request_id=args.request_id
     )
     response = await stub.AddCredits(request, timeout=UNARY_TIMEOUT)
     if output.json:
         output.emit(response)
         return 0
-    output.line(f"added {args.amount} USD of credit to {response.balance.account_id}")
+    if response.duplicate:
+        output.line(f"request {args.request_id} was already granted: nothing added")
+    else:
+        output.line(f"added {args.amount} USD of credit to {response.balance.account_id}")
     _account_lines(output, response.balance)
     return 0
 

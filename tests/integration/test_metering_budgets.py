@@ -3,6 +3,7 @@ Redis counters the routers enforce (rebuilt from Postgres when Redis lost them).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
@@ -197,3 +198,28 @@ async def test_resync_raises_counters_behind_the_ledger_and_never_lowers_them(
         assert (await budgets.account_balance("resync-co")).spent == Decimal("0.95")
     finally:
         await pool.close()
+
+
+async def test_a_retried_grant_with_its_request_id_adds_credit_once(
+    metering: Metering, redis_client: redis.Redis
+) -> None:
+    def grant(amount: str, request_id: str = "inv-42") -> metering_pb2.AddCreditsRequest:
+        return metering_pb2.AddCreditsRequest(
+            account_id="retry-co", amount_usd=amount, request_id=request_id
+        )
+
+    replies = await asyncio.gather(*(metering.stub.AddCredits(grant("10")) for _ in range(5)))
+    assert sorted(reply.duplicate for reply in replies) == [False, True, True, True, True]
+    again = await metering.stub.AddCredits(grant("10"))
+    assert again.duplicate and again.balance.credit_usd == "10"
+    assert (await store(metering, redis_client).account_balance("retry-co")).credit == 10
+
+    with pytest.raises(grpc.aio.AioRpcError) as reused:
+        await metering.stub.AddCredits(grant("11"))
+    assert reused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "inv-42" in (reused.value.details() or "")
+    other = await metering.stub.AddCredits(grant("2.5", "inv-43"))
+    assert not other.duplicate and other.balance.credit_usd == "12.5"
+    with pytest.raises(grpc.aio.AioRpcError) as long_id:
+        await metering.stub.AddCredits(grant("1", "x" * 129))
+    assert field_violations(long_id.value) == ["request_id"]

@@ -72,7 +72,10 @@ class FakeMetering(metering_pb2_grpc.MeteringServiceServicer):
         self.account.prepaid = True
         self.account.credit_usd = "75"
         self.account.available_usd = "62.49"
-        return metering_pb2.AddCreditsResponse(balance=self.account)
+        seen = [
+            r for r in self.credit_requests if r.request_id and r.request_id == request.request_id
+        ]
+        return metering_pb2.AddCreditsResponse(balance=self.account, duplicate=len(seen) > 1)
 
 
 def _fake(*, prepaid: bool = True) -> FakeMetering:
@@ -211,6 +214,20 @@ async def test_credits_add(capsys: pytest.CaptureFixture[str]) -> None:
     ]
 
 
+async def test_credits_add_with_a_request_id_says_when_a_retry_added_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake = _fake()
+    args = ("credits", "add", "--account", "acme", "5", "--request-id", "inv-9")
+    async with serving(ADD, fake) as address:
+        assert await cli("--metering", address, *args) == 0
+        assert await cli("--metering", address, *args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [r.request_id for r in fake.credit_requests] == ["inv-9", "inv-9"]
+    assert lines[0] == "added 5 USD of credit to acme"
+    assert "request inv-9 was already granted: nothing added" in lines
+
+
 async def test_credits_add_json(capsys: pytest.CaptureFixture[str]) -> None:
     fake = _fake()
     async with serving(ADD, fake) as address:
@@ -222,7 +239,8 @@ async def test_credits_add_json(capsys: pytest.CaptureFixture[str]) -> None:
         "balance": {
             "account_id": "acme", "prepaid": True, "credit_usd": "75", "spent_usd": "12.5",
             "reserved_usd": "0.01", "available_usd": "62.49",
-        }
+        },
+        "duplicate": False,
     }  # fmt: skip
 
 

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.budget import BudgetStore
-from switchboard_core.errors import InvalidArgument, NotFound
+from switchboard_core.errors import AlreadyExists, InvalidArgument, NotFound
 from switchboard_core.money import ZERO, MoneyFormatError, format_usd, parse_usd
 from switchboard_metering.keys import KeyStore, validate_account_id
 
@@ -51,8 +51,12 @@ WITH account AS (
     INSERT INTO accounts (id, prepaid) VALUES ($1, true)
     ON CONFLICT (id) DO UPDATE SET prepaid = true
 )
-INSERT INTO credit_grants (account_id, amount, note) VALUES ($1, $2, $3)
+INSERT INTO credit_grants (account_id, amount, note, request_id) VALUES ($1, $2, $3, $4)
+ON CONFLICT (account_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
+RETURNING id
 """
+_EARLIER_GRANT = "SELECT amount FROM credit_grants WHERE account_id = $1 AND request_id = $2"
+MAX_REQUEST_ID_LENGTH = 128
 _LIMITED_KEYS_SPEND = """
 SELECT k.id,
        coalesce(sum(r.cost), 0) AS total,
@@ -175,25 +179,44 @@ class Budgets:
         return key
 
     async def add_credits(
-        self, account_id: str, amount_usd: str, note: str
-    ) -> metering_pb2.AccountBalance:
+        self, account_id: str, amount_usd: str, note: str, request_id: str = ""
+    ) -> tuple[metering_pb2.AccountBalance, bool]:
+        """Grant credit; returns the balance and whether ``request_id`` was granted before
+        (then nothing is added)."""
         validate_account_id(account_id)
+        problems: dict[str, str] = {}
+        amount = ZERO
         try:
             amount = parse_usd(amount_usd)
+            if amount <= ZERO:
+                problems["amount_usd"] = "must be positive"
         except MoneyFormatError as error:
-            raise InvalidArgument({"amount_usd": str(error)}) from None
-        if amount <= ZERO:
-            raise InvalidArgument({"amount_usd": "must be positive"})
+            problems["amount_usd"] = str(error)
         if len(note) > 256:
-            raise InvalidArgument({"note": "at most 256 characters"})
-        await self._pool.execute(_GRANT, account_id, amount, note)
+            problems["note"] = "at most 256 characters"
+        if len(request_id) > MAX_REQUEST_ID_LENGTH:
+            problems["request_id"] = f"at most {MAX_REQUEST_ID_LENGTH} characters"
+        if problems:
+            raise InvalidArgument(problems)
+        async with self._pool.acquire() as conn, conn.transaction():
+            granted = await conn.fetchval(_GRANT, account_id, amount, note, request_id or None)
+            if granted is None:  # this request_id was granted before
+                earlier = await conn.fetchval(_EARLIER_GRANT, account_id, request_id)
+        if granted is None:
+            if earlier != amount:
+                raise AlreadyExists(
+                    f"request_id {request_id!r} already granted {format_usd(earlier)} USD"
+                    f" to account {account_id!r}, not {format_usd(amount)}",
+                    reason="CREDIT_REQUEST_ID_REUSED",
+                )
+            return await self.account_balance(account_id), True
         if await self._store.is_loaded(f"acct:{account_id}"):
             # Counters ahead of the ledger stay; only the grant is added.
             await self._store.add_credit(account_id, amount)
         else:
             await self.load_account(account_id)
         log.info("credits added", extra={"account_id": account_id})
-        return await self.account_balance(account_id)
+        return await self.account_balance(account_id), False
 
     async def account_balance(self, account_id: str) -> metering_pb2.AccountBalance:
         row = await self._pool.fetchrow(_ACCOUNT, account_id)

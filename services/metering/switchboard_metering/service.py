@@ -111,10 +111,10 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def AddCredits(
         self, request: metering_pb2.AddCreditsRequest, context: Context
     ) -> metering_pb2.AddCreditsResponse:
-        balance = await self._budgets.add_credits(
-            request.account_id, request.amount_usd, request.note
+        balance, duplicate = await self._budgets.add_credits(
+            request.account_id, request.amount_usd, request.note, request.request_id
         )
-        return metering_pb2.AddCreditsResponse(balance=balance)
+        return metering_pb2.AddCreditsResponse(balance=balance, duplicate=duplicate)
 
     async def GetBalance(
         self, request: metering_pb2.GetBalanceRequest, context: Context
