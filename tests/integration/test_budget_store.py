@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 import redis.asyncio as redis
 
-from switchboard_core.budget import BudgetExceeded, BudgetStore, KeySpend, Limits
+from switchboard_core.budget import (
+    BudgetExceeded,
+    BudgetStore,
+    KeySpend,
+    Limits,
+    day_field,
+    month_field,
+)
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -109,3 +116,18 @@ async def test_raising_counters_compares_exactly_past_double_precision(store: Bu
     assert await store.raise_key("k11", higher, big, Decimal(1), NOW) == 1
     spend = await store.key_spend("k11", NOW)
     assert (spend.total, spend.today, spend.this_month) == (higher, big, big)
+
+
+async def test_raising_deletes_the_counters_of_days_and_months_past(
+    redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    prefix = f"{redis_prefix}budget:{uuid.uuid4().hex[:6]}:"
+    store = BudgetStore(redis_client, prefix=prefix)
+    for when in (NOW - timedelta(days=40), NOW - timedelta(days=1), NOW):
+        await store.load_key("k12", Decimal(1), Decimal(1), Decimal(1), when)
+    await store.raise_key("k12", Decimal(1), Decimal(1), Decimal(1), NOW)
+    fields = sorted(
+        f.decode() if isinstance(f, bytes) else f
+        for f in await redis_client.hkeys(f"{prefix}key:k12")
+    )
+    assert fields == sorted(["loaded", "spent_total", day_field(NOW), month_field(NOW)])

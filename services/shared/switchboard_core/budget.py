@@ -110,19 +110,28 @@ return 1
 LOADED_FIELD = "loaded"
 
 # Raises counters (field, value pairs from ARGV) of a loaded hash to at least the given
-# values, comparing the decimal strings exactly (Lua doubles would round past 2^53).
+# values, comparing the decimal strings exactly (Lua doubles would round past 2^53), and
+# deletes the day and month counters of days and months past (no reserve reads them again).
 # Returns how many counters it raised.
 _RAISE = """
 if redis.call('HEXISTS', KEYS[1], 'loaded') == 0 then
   return 0
 end
+local current = {}
 local raised = 0
 for i = 1, #ARGV, 2 do
+  current[ARGV[i]] = true
   local cur = redis.call('HGET', KEYS[1], ARGV[i]) or '0'
   local want = ARGV[i + 1]
   if #cur < #want or (#cur == #want and cur < want) then
     redis.call('HSET', KEYS[1], ARGV[i], want)
     raised = raised + 1
+  end
+end
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local windowed = string.sub(field, 1, 8) == 'spent_d:' or string.sub(field, 1, 8) == 'spent_m:'
+  if windowed and not current[field] then
+    redis.call('HDEL', KEYS[1], field)
   end
 end
 return raised
@@ -334,7 +343,8 @@ class BudgetStore:
     ) -> int:
         """Raise a loaded key's settled spend to at least the ledger's; returns how many
         counters were behind (a router's settle was lost, or a generation admitted before
-        the key was limited finished after it was loaded)."""
+        the key was limited finished after it was loaded). Past days' and months' counters
+        are deleted."""
         counters = [
             ("spent_total", total),
             (day_field(now), today),
