@@ -11,6 +11,8 @@ import redis.asyncio as redis
 
 from switchboard.metering.v1 import metering_pb2
 from switchboard_metering.config import OutboxSettings
+from switchboard_metering.ledger import Batch, Ledger, WriteResult
+from switchboard_metering.outbox import OutboxConsumer
 from tests.integration.test_metering_app import (
     eventually,
     new_key_id,
@@ -147,3 +149,44 @@ async def test_survives_postgres_dropping_its_connections(
 
 async def _has(db: asyncpg.Connection, key: str, count: int) -> bool:
     return await generations(db, key) == count
+
+
+class FlakyLedger(Ledger):
+    """The real ledger, whose writes fail now and then as if Postgres dropped the connection
+    (after the batch behind it was already read ahead)."""
+
+    def __init__(self, pool: asyncpg.Pool, failing_calls: set[int]) -> None:
+        super().__init__(pool)
+        self.failing_calls = failing_calls
+        self.calls = 0
+
+    async def write(self, batch: Batch, *, source: str) -> WriteResult:
+        self.calls += 1
+        if self.calls in self.failing_calls:
+            raise ConnectionResetError("connection reset by the test")
+        return await super().write(batch, source=source)
+
+
+async def test_batches_read_ahead_of_a_failed_write_are_written_once(
+    database_url: str, redis_prefix: str, redis_client: redis.Redis, db: asyncpg.Connection
+) -> None:
+    key = new_key_id()
+    outbox = test_settings(redis_prefix, batch_size=5)
+    events = [usage_event(key) for _ in range(60)]
+    await xadd(redis_client, outbox.stream, *events)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    assert pool is not None
+    ledger = FlakyLedger(pool, failing_calls={2, 5, 6})
+    consumer = OutboxConsumer(redis_client, ledger, outbox)
+    consumer.start()
+    try:
+
+        async def all_written() -> bool:
+            return await generations(db, key) == 60 and await drained(redis_client, outbox)
+
+        await eventually(all_written)
+    finally:
+        await consumer.stop()
+        await pool.close()
+    assert await rollup_requests(db, key) == 60
+    assert ledger.calls >= 12 + 3  # every batch once, the failed ones again

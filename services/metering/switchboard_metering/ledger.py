@@ -142,6 +142,15 @@ class WriteResult:
     expired: int = 0  # dated before the retention horizon: ignored
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Events ready for :meth:`Ledger.write`: one array per column, and their months."""
+
+    size: int
+    columns: list[list[Any]]
+    months: set[datetime]
+
+
 def check_event(event: metering_pb2.UsageEvent, path: str) -> list[tuple[str, str]]:
     """Problems with one event, each naming its field as ``<path>.<field>``."""
     problems: list[tuple[str, str]] = []
@@ -255,13 +264,22 @@ class Ledger:
         when an event is invalid; ``checked`` says the caller already ran :func:`check_event`
         on every event (the outbox does, to dead-letter bad entries one by one).
         """
-        if not events:
-            return WriteResult(recorded=0, duplicates=0)
+        return await self.write(self.prepare(events, checked=checked), source=source)
+
+    def prepare(self, events: Sequence[metering_pb2.UsageEvent], *, checked: bool = False) -> Batch:
+        """The Python half of :meth:`record` (validation and the statement's arrays), so that
+        a caller can prepare one batch while the previous one is being written."""
         if not checked:
             validate_events(events)
         rows = [_row(e) for e in events]
         columns = [list(column) for column in zip(*rows, strict=True)]
-        months = {row[_CREATED_AT] for row in rows}
+        return Batch(len(events), columns, {row[_CREATED_AT] for row in rows})
+
+    async def write(self, batch: Batch, *, source: str) -> WriteResult:
+        """The database half of :meth:`record`."""
+        if not batch.size:
+            return WriteResult(recorded=0, duplicates=0)
+        columns, months = batch.columns, batch.months
         await self.partitions.ensure(months)
         try:
             written = await self._pool.fetchrow(_RECORD_SQL, *columns)
@@ -275,7 +293,7 @@ class Ledger:
         assert written is not None
         recorded, expired = int(written["recorded"]), int(written["expired"])
         result = WriteResult(
-            recorded=recorded, duplicates=len(events) - recorded - expired, expired=expired
+            recorded=recorded, duplicates=batch.size - recorded - expired, expired=expired
         )
         EVENTS_INGESTED.labels(source).inc(result.recorded)
         EVENTS_DUPLICATE.labels(source).inc(result.duplicates)

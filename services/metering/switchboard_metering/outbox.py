@@ -6,6 +6,9 @@ never acknowledged unwritten; the ledger's idempotency makes redelivery harmless
 cannot be parsed or validated go to ``<stream>:dead``. Entries left pending by a consumer that
 died are claimed with ``XAUTOCLAIM`` once idle long enough. When Postgres or Redis is down the
 consumer logs, backs off and retries; it never exits until :meth:`OutboxConsumer.stop`.
+
+While the stream has more, the next batch is read and prepared (parsed, checked, turned into
+the ledger's arrays) while Postgres writes the current one; writes stay one at a time.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import contextlib
 import logging
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -25,7 +29,7 @@ from redis import exceptions as redis_errors
 
 from switchboard.metering.v1 import metering_pb2
 from switchboard_metering.config import OutboxSettings
-from switchboard_metering.ledger import Ledger, check_event
+from switchboard_metering.ledger import Batch, Ledger, check_event
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,19 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (
 EVENT_FIELD = b"e"
 # (entry id, fields); fields is None for an entry deleted while pending.
 Entry = tuple[bytes, dict[bytes, bytes] | None]
+# (entry id, serialized event, event) of an entry that parsed and checked.
+Good = tuple[bytes, bytes, metering_pb2.UsageEvent]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A batch read from the stream, sorted and ready to write."""
+
+    started: float
+    gone: list[bytes]  # deleted while pending: only to acknowledge
+    dead: list[tuple[bytes, bytes, str]]  # malformed: to the dead-letter stream
+    good: list[Good]
+    batch: Batch
 
 
 class Backoff:
@@ -194,17 +211,33 @@ class OutboxConsumer:
             await self._claim_abandoned()
             OUTBOX_LAG.set(await self._redis.xlen(self.settings.stream))
             self._next_claim = now + self.settings.claim_interval_seconds
-        entries = await self._read(">")
+        entries = await self._read(">", block=True)
         if entries:
-            await self._handle(entries)
+            await self._pipeline(self._prepare(entries))
 
-    async def _read(self, from_id: str) -> list[Entry]:
+    async def _pipeline(self, prepared: Prepared) -> None:
+        """Write batch after batch while the stream has more, reading and preparing the next
+        one while Postgres writes the current one. Writes stay one at a time and each batch
+        is acknowledged after its own commit; a failure leaves the entries read ahead pending
+        on this consumer, to be read again (``_own_pending``)."""
+        current: Prepared | None = prepared
+        while current is not None:
+            commit = asyncio.create_task(self._commit(current))
+            try:
+                # Back to _step now and then, to claim abandoned entries and report the lag.
+                pause = self._stopping.is_set() or time.monotonic() >= self._next_claim
+                following = [] if pause else await self._read(">")
+                current = self._prepare(following) if following else None
+            finally:
+                await commit
+
+    async def _read(self, from_id: str, *, block: bool = False) -> list[Entry]:
         response = await self._redis.xreadgroup(
             self.settings.group,
             self.settings.consumer,
             {self.settings.stream: from_id},
             count=self.settings.batch_size,
-            block=self.settings.block_ms if from_id == ">" else None,
+            block=self.settings.block_ms if block else None,
         )
         return _entries(response)
 
@@ -229,8 +262,12 @@ class OutboxConsumer:
 
     async def _handle(self, entries: list[Entry]) -> None:
         """Write the batch's events, dead-letter its malformed entries, then acknowledge."""
+        await self._commit(self._prepare(entries))
+
+    def _prepare(self, entries: list[Entry]) -> Prepared:
+        """Parse and check a batch, and build the ledger's arrays (no I/O)."""
         started = time.perf_counter()
-        good: list[tuple[bytes, bytes, metering_pb2.UsageEvent]] = []
+        good: list[Good] = []
         dead: list[tuple[bytes, bytes, str]] = []
         gone: list[bytes] = []
         for entry_id, fields in entries:
@@ -243,20 +280,22 @@ class OutboxConsumer:
                 dead.append((entry_id, raw, reason))
             else:
                 good.append((entry_id, raw, event))
-        if dead:
-            await self._dead_letter(dead)
-        written = await self._write(good)
-        await self._ack([*gone, *written])
-        BATCH_SECONDS.observe(time.perf_counter() - started)
+        batch = self._ledger.prepare([event for _, _, event in good], checked=True)
+        return Prepared(started, gone, dead, good, batch)
 
-    async def _write(self, good: list[tuple[bytes, bytes, metering_pb2.UsageEvent]]) -> list[bytes]:
+    async def _commit(self, prepared: Prepared) -> None:
+        if prepared.dead:
+            await self._dead_letter(prepared.dead)
+        written = await self._write(prepared.good, prepared.batch)
+        await self._ack([*prepared.gone, *written])
+        BATCH_SECONDS.observe(time.perf_counter() - prepared.started)
+
+    async def _write(self, good: list[Good], batch: Batch) -> list[bytes]:
         """Write events to the ledger; returns the ids of the entries now safe to ack."""
         if not good:
             return []
         try:
-            await self._ledger.record(
-                [event for _, _, event in good], source="outbox", checked=True
-            )
+            await self._ledger.write(batch, source="outbox")
             return [entry_id for entry_id, _, _ in good]
         except DATA_ERRORS:
             log.warning(
