@@ -196,6 +196,12 @@ async def test_resync_raises_counters_behind_the_ledger_and_never_lowers_them(
         await resync.resync()
         assert (await budgets.key_spend(key.id)).total == Decimal("0.95")
         assert (await budgets.account_balance("resync-co")).spent == Decimal("0.95")
+
+        # A grant committed in Postgres whose Redis increment was lost comes back too.
+        account_hash = f"{metering.config.budget_prefix}acct:resync-co"
+        await redis_client.hset(account_hash, "credit", "1")
+        assert await resync.resync() == 1
+        assert (await budgets.account_balance("resync-co")).credit == Decimal(3)
     finally:
         await pool.close()
 

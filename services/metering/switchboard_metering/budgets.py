@@ -4,11 +4,10 @@ Postgres is the truth: credit is the sum of an account's grants, spend the sum o
 generations (read from the hourly rollups). Routers enforce limits against counters in Redis
 (:mod:`switchboard_core.budget`); :meth:`Budgets.load_all` rebuilds those counters from
 Postgres (at start-up when Redis has none, e.g. after losing its data), and
-:meth:`Budgets.resync` raises, every minute, any counter that fell behind the ledger (a settle
-lost to a Redis blip). Setting a key's first
-limits or an account's first credit loads that key or account; later changes leave the loaded
-counters alone (they include spend routers settled that the ledger may not hold yet) and a
-grant is added to the account's credit.
+:meth:`Budgets.resync` raises, every minute, any counter that fell behind Postgres (a settle or
+a grant lost to a Redis blip). Setting a key's first limits or an account's first credit loads
+that key or account; later changes leave the loaded counters alone (they include spend routers
+settled that the ledger may not hold yet) and a grant is added to the account's credit.
 """
 
 from __future__ import annotations
@@ -69,13 +68,12 @@ WHERE k.revoked_at IS NULL
   AND (k.limit_total IS NOT NULL OR k.limit_daily IS NOT NULL OR k.limit_monthly IS NOT NULL)
 GROUP BY k.id
 """
-_PREPAID_SPEND = """
-SELECT a.id, coalesce(sum(r.cost), 0) AS spent
-FROM accounts a
-LEFT JOIN api_keys k ON k.account_id = a.id
-LEFT JOIN usage_rollups r ON r.key_id = k.id
-WHERE a.prepaid
-GROUP BY a.id
+_PREPAID = """
+SELECT a.id,
+       coalesce((SELECT sum(amount) FROM credit_grants g WHERE g.account_id = a.id), 0) AS credit,
+       coalesce((SELECT sum(r.cost) FROM usage_rollups r JOIN api_keys k ON k.id = r.key_id
+                 WHERE k.account_id = a.id), 0) AS spent
+FROM accounts a WHERE a.prepaid
 """
 LOADED_MARKER = "loaded"
 RESYNC_INTERVAL_SECONDS = 60.0
@@ -128,10 +126,11 @@ class Budgets:
             await self.load_all()
 
     async def resync(self, now: datetime | None = None) -> int:
-        """Raise every loaded counter that is behind the ledger to the ledger's value.
+        """Raise every loaded counter that is behind Postgres to Postgres's value.
 
-        Redis is normally ahead of the ledger (routers settle before the outbox drains), so
-        counters only ever go up here: taking the larger of the two never forgets spend that
+        Redis spend is normally ahead of the ledger (routers settle before the outbox drains)
+        and Redis credit never ahead of the grants (a grant is committed first), so counters
+        only ever go up here: taking the larger of the two never forgets spend or credit that
         either side has seen. Returns how many counters were raised.
         """
         now = now or datetime.now(UTC)
@@ -140,8 +139,8 @@ class Budgets:
             raised += await self._store.raise_key(
                 row["id"], row["total"], row["today"], row["this_month"], now
             )
-        for row in await self._pool.fetch(_PREPAID_SPEND):
-            raised += await self._store.raise_account(row["id"], row["spent"])
+        for row in await self._pool.fetch(_PREPAID):
+            raised += await self._store.raise_account(row["id"], row["credit"], row["spent"])
         if raised:
             COUNTERS_RAISED.inc(raised)
             log.warning("budget counters were behind the ledger", extra={"raised": raised})

@@ -353,9 +353,9 @@ class BudgetStore:
         args = [v for field, amount in counters for v in (field, str(to_pico(amount)))]
         return int(await self._raise(keys=[f"{self._prefix}key:{key_id}"], args=args))
 
-    async def raise_account(self, account_id: str, spent: Decimal) -> int:
-        """Raise a loaded account's settled spend to at least the ledger's."""
-        args = ["spent", str(to_pico(spent))]
+    async def raise_account(self, account_id: str, credit: Decimal, spent: Decimal) -> int:
+        """Raise a loaded account's credit and settled spend to at least Postgres's."""
+        args = ["credit", str(to_pico(credit)), "spent", str(to_pico(spent))]
         return int(await self._raise(keys=[f"{self._prefix}acct:{account_id}"], args=args))
 
     async def is_loaded(self, key: str) -> bool:
