@@ -76,7 +76,7 @@ Good = tuple[bytes, bytes, metering_pb2.UsageEvent]
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A batch read from the stream, sorted and ready to write."""
+    """A batch read from the stream: its entries parsed and checked, its events ready to write."""
 
     started: float
     gone: list[bytes]  # deleted while pending: only to acknowledge
