@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
+import aiohttp
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
+from switchboard_devstack.stack import Stack
 from tests.e2e.support import auth, ledger_entry
 
 pytestmark = [pytest.mark.e2e]
@@ -52,10 +55,26 @@ async def reserved_settles(
     raise AssertionError("reservations never returned to zero")
 
 
+async def admissions(stack: Stack) -> dict[str, float]:
+    """The router's budget admission counters, by result, from its /metrics."""
+    url = f"http://127.0.0.1:{stack.ports.router_metrics}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        text = await response.text()
+    return {
+        sample.labels["result"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "switchboard_router_budget_admissions"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+
+
 async def test_fifty_concurrent_requests_on_a_key_whose_limit_admits_ten(
     router: router_pb2_grpc.RouterServiceAsyncStub,
     metering: metering_pb2_grpc.MeteringServiceAsyncStub,
+    stack: Stack,
 ) -> None:
+    counted_before = await admissions(stack)
     key = await metering.CreateApiKey(metering_pb2.CreateApiKeyRequest(account_id="race"))
     limit = 10 * RESERVED + RESERVED / 2
     await metering.SetKeyLimits(
@@ -69,6 +88,9 @@ async def test_fifty_concurrent_requests_on_a_key_whose_limit_admits_ten(
     assert len(ends) == 10 and len(refused) == 40
     assert {e.code() for e in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
     assert "limit" in (refused[0].details() or "")
+    counted = await admissions(stack)
+    assert counted["admitted"] - counted_before["admitted"] == 10
+    assert counted["total"] - counted_before["total"] == 40
 
     spent = sum(Decimal(e.cost_usd) for e in ends)
     balance = await reserved_settles(metering, key.api_key.id)

@@ -20,8 +20,9 @@ from decimal import Decimal
 
 from redis import exceptions as redis_errors
 
-from switchboard_core.budget import BudgetStore, Limits, Reservation
+from switchboard_core.budget import BudgetExceeded, BudgetStore, Limits, Reservation
 from switchboard_core.errors import Unavailable
+from switchboard_router import metrics
 from switchboard_router.auth import Caller
 from switchboard_router.canonical import CompletionRequest
 from switchboard_router.catalog_cache import Route
@@ -58,16 +59,22 @@ class Admission:
             return None
         amount = worst_case_cost(request, routes, self._ceiling)
         try:
-            return await self._store.reserve(
+            reservation = await self._store.reserve(
                 caller.key_id, caller.account_id, amount, limits, ttl_seconds=self._ttl
             )
+        except BudgetExceeded as refused:
+            metrics.BUDGET_ADMISSIONS.labels(refused.window).inc()
+            raise
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+            metrics.BUDGET_ADMISSIONS.labels("unavailable").inc()
             # Limits that cannot be checked are not waived.
             raise Unavailable(
                 "cannot check the key's spend limits right now",
                 reason="BUDGET_STORE_UNAVAILABLE",
                 retry_after_seconds=1.0,
             ) from None
+        metrics.BUDGET_ADMISSIONS.labels("admitted").inc()
+        return reservation
 
     def bounded(self, request: CompletionRequest, route: Route) -> CompletionRequest:
         """``request`` as sent on ``route`` under a reservation: without ``max_tokens`` it
@@ -82,6 +89,7 @@ class Admission:
         try:
             await self._store.settle(reservation, cost)
         except (redis_errors.RedisError, OSError):
-            # The reservation expires by itself; the spend is in the ledger, and metering
-            # reloads Redis from it.
+            metrics.BUDGET_SETTLE_FAILURES.inc()
+            # The reservation expires by itself; the spend is in the ledger, and metering's
+            # resync raises the Redis counters to it within a minute.
             log.warning("reservation not settled", extra={"reservation": reservation.id})

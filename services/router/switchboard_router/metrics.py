@@ -33,3 +33,15 @@ USAGE_SINK_FALLBACKS = Counter(
     "switchboard_router_usage_sink_fallbacks_total",
     "Usage events sent straight to metering because the Redis outbox failed.",
 )
+BUDGET_ADMISSIONS = Counter(
+    "switchboard_router_budget_admissions_total",
+    "Requests of limited keys or prepaid accounts: admitted, refused (by window: total, daily,"
+    " monthly, credit) or unavailable (Redis could not be asked).",
+    ["result"],
+)
+BUDGET_SETTLE_FAILURES = Counter(
+    "switchboard_router_budget_settle_failures_total",
+    "Reservations that could not be settled (they expire; metering's resync restores spend).",
+)
+for _result in ("admitted", "total", "daily", "monthly", "credit", "unavailable"):
+    BUDGET_ADMISSIONS.labels(_result)  # export zeros before the first request
