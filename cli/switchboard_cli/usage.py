@@ -1,4 +1,5 @@
-"""``switchboard usage --key KEY_ID``: a key's usage by time bucket, model and provider."""
+"""``switchboard usage (--key KEY_ID | --account ACCOUNT)``: usage by time bucket, model and
+provider, of one key or of all of an account's keys."""
 
 from __future__ import annotations
 
@@ -22,8 +23,12 @@ _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 def register(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    usage = commands.add_parser("usage", parents=[common], help="a key's usage and spend")
-    usage.add_argument("--key", required=True, metavar="KEY_ID", help="e.g. key_0123456789abcdef")
+    usage = commands.add_parser(
+        "usage", parents=[common], help="usage and spend of a key or an account"
+    )
+    owner = usage.add_mutually_exclusive_group(required=True)
+    owner.add_argument("--key", metavar="KEY_ID", help="e.g. key_0123456789abcdef")
+    owner.add_argument("--account", help="all of the account's keys together")
     usage.add_argument("--bucket", choices=sorted(BUCKETS), default="day")
     usage.add_argument(
         "--since", type=parse_since, metavar="WHEN",
@@ -48,7 +53,9 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 
 async def usage_command(args: argparse.Namespace, channel: grpc.aio.Channel, output: Output) -> int:
     stub = metering_pb2_grpc.MeteringServiceStub(channel)
-    request = metering_pb2.QueryUsageRequest(key_id=args.key, bucket=BUCKETS[args.bucket])
+    request = metering_pb2.QueryUsageRequest(
+        key_id=args.key or "", account_id=args.account or "", bucket=BUCKETS[args.bucket]
+    )
     if args.since is not None:
         start = timestamp_pb2.Timestamp()
         start.FromDatetime(args.since)
@@ -65,7 +72,7 @@ async def usage_command(args: argparse.Namespace, channel: grpc.aio.Channel, out
         output.table(headers, rows, numeric={3, 4, 5, 6, 7, 8})
         output.line()
     else:
-        output.note(f"no usage for {args.key} in this period")
+        output.note(f"no usage for {args.key or args.account} in this period")
     output.line(
         f"total: {response.total_requests} requests, {response.total_prompt_tokens} prompt"
         f" tokens, {response.total_completion_tokens} completion tokens,"

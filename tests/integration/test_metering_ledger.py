@@ -187,3 +187,38 @@ async def test_usage_query_reads_only_rollups(metering: Metering, database_url: 
     assert (
         await query(metering, key, start=T0 - timedelta(days=1), end=T0 + timedelta(days=1))
     ).total_requests == 1
+
+
+async def test_usage_of_an_account_sums_its_keys_only(metering: Metering) -> None:
+    async def key_of(account: str) -> str:
+        created = await metering.stub.CreateApiKey(
+            metering_pb2.CreateApiKeyRequest(account_id=account)
+        )
+        return created.api_key.id
+
+    first, second, elsewhere = (
+        await key_of("usage-co"),
+        await key_of("usage-co"),
+        await key_of("usage-other"),
+    )
+    await record(
+        metering,
+        usage_event(first, when=T0, cost="0.5", model="m/a"),
+        usage_event(second, when=T0, cost="0.25", model="m/a"),
+        usage_event(second, when=T0, cost="1", model="m/b"),
+        usage_event(elsewhere, when=T0, cost="7"),
+    )
+    request = metering_pb2.QueryUsageRequest(account_id="usage-co")
+    request.start_time.FromDatetime(T0 - timedelta(days=1))
+    request.end_time.FromDatetime(T0 + timedelta(days=1))
+    usage = await metering.stub.QueryUsage(request)
+    assert (usage.total_requests, usage.total_cost_usd) == (3, "1.75")
+    assert [(row.model_id, row.requests, row.cost_usd) for row in usage.rows] == [
+        ("m/a", 2, "0.75"),
+        ("m/b", 1, "1"),
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as both:
+        await metering.stub.QueryUsage(
+            metering_pb2.QueryUsageRequest(key_id=first, account_id="usage-co")
+        )
+    assert field_violations(both.value) == ["key_id"]

@@ -158,6 +158,22 @@ async def test_usage_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert fake.usage_requests[0].bucket == metering_pb2.TIME_BUCKET_DAY
 
 
+async def test_usage_of_an_account(capsys: pytest.CaptureFixture[str]) -> None:
+    fake = _fake()
+    async with serving(ADD, fake) as address:
+        assert await cli("--metering", address, "usage", "--account", "acme") == 0
+    request = fake.usage_requests[0]
+    assert (request.key_id, request.account_id) == ("", "acme")
+    assert capsys.readouterr().out.splitlines()[-1].startswith("total: 4 requests")
+
+
+async def test_usage_needs_a_key_or_an_account(capsys: pytest.CaptureFixture[str]) -> None:
+    assert await cli("usage") == 2
+    assert "one of the arguments --key --account is required" in capsys.readouterr().err
+    assert await cli("usage", "--key", "key_1", "--account", "acme") == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_parse_since() -> None:
     now = datetime(2024, 5, 8, 12, tzinfo=UTC)
     assert parse_since("7d", now) == datetime(2024, 5, 1, 12, tzinfo=UTC)

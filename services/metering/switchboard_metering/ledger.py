@@ -129,10 +129,14 @@ SELECT date_trunc($4, bucket_start, 'UTC') AS bucket_start, model_id, provider_i
        {", ".join(f"sum({name})::bigint AS {name}" for name in TOKEN_FIELDS)},
        sum(cost) AS cost
 FROM usage_rollups
-WHERE key_id = $1 AND bucket_start >= $2 AND bucket_start < $3
+WHERE {{owner}} AND bucket_start >= $2 AND bucket_start < $3
 GROUP BY 1, 2, 3
 ORDER BY 1, 2, 3
 """
+_QUERY_KEY_SQL = _QUERY_SQL.format(owner="key_id = $1")
+_QUERY_ACCOUNT_SQL = _QUERY_SQL.format(
+    owner="key_id IN (SELECT id FROM api_keys WHERE account_id = $1)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,11 +324,21 @@ class Ledger:
         )
 
     async def query_usage(
-        self, key_id: str, start: datetime, end: datetime, bucket: str
+        self,
+        key_id: str,
+        start: datetime,
+        end: datetime,
+        bucket: str,
+        *,
+        account_id: str = "",
     ) -> metering_pb2.QueryUsageResponse:
-        """Rollups of one key in ``[start, end)`` by ``bucket`` ("hour" or "day"), model
-        and provider. A row counts the hourly buckets that start inside the range."""
-        rows = await self._pool.fetch(_QUERY_SQL, key_id, start, end, bucket)
+        """Rollups of one key (or of all the keys of ``account_id``, when given) in
+        ``[start, end)`` by ``bucket`` ("hour" or "day"), model and provider. A row counts
+        the hourly buckets that start inside the range."""
+        if account_id:
+            rows = await self._pool.fetch(_QUERY_ACCOUNT_SQL, account_id, start, end, bucket)
+        else:
+            rows = await self._pool.fetch(_QUERY_KEY_SQL, key_id, start, end, bucket)
         response = metering_pb2.QueryUsageResponse(rows=[_usage_row(row) for row in rows])
         total_cost: Decimal = ZERO
         for row in rows:

@@ -94,13 +94,15 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def QueryUsage(
         self, request: metering_pb2.QueryUsageRequest, context: Context
     ) -> metering_pb2.QueryUsageResponse:
-        if not request.key_id:
-            raise InvalidArgument({"key_id": "required"})
+        if bool(request.key_id) == bool(request.account_id):
+            raise InvalidArgument({"key_id": "give key_id or account_id (one of them)"})
         bucket = _BUCKETS.get(request.bucket)
         if bucket is None:
             raise InvalidArgument({"bucket": "TIME_BUCKET_HOUR or TIME_BUCKET_DAY"})
         start, end = usage_range(request, datetime.now(UTC))
-        return await self._ledger.query_usage(request.key_id, start, end, bucket)
+        return await self._ledger.query_usage(
+            request.key_id, start, end, bucket, account_id=request.account_id
+        )
 
     async def SetKeyLimits(
         self, request: metering_pb2.SetKeyLimitsRequest, context: Context
