@@ -3,9 +3,10 @@
 Starts the real processes (demo upstream, catalog, metering, router) on free ports against
 Postgres and Redis (DATABASE_URL/REDIS_URL, else the local ones, else embedded), then for each
 concurrency runs the same 20-chunk streaming completions (1) straight at the demo upstream
-over HTTP/SSE and (2) through the router over gRPC, and prints time-to-first-token p50/p99,
-completions per second and the router's CPU milliseconds per completion (from the router
-process's own CPU time). It fails only if requests fail.
+over HTTP/SSE, (2) through the router over gRPC with a key without limits and (3) with a key
+with a daily spend limit (each request reserves and settles in Redis), and prints
+time-to-first-token p50/p99, completions per second and the router's CPU milliseconds per
+completion (from the router process's own CPU time). It fails only if requests fail.
 """
 
 from __future__ import annotations
@@ -57,14 +58,14 @@ class Result:
         rate = len(self.ttft) / self.seconds
         cpu = f"{self.cpu_ms_per_completion:8.2f}" if self.cpu_ms_per_completion else "       -"
         return (
-            f"{self.name:<9}{self.concurrency:>5}{len(self.ttft):>8}{q[49] * 1000:>10.2f}"
+            f"{self.name:<13}{self.concurrency:>5}{len(self.ttft):>8}{q[49] * 1000:>10.2f}"
             f"{q[98] * 1000:>10.2f}{rate:>12.1f}{cpu:>12}{self.failures:>8}"
         )
 
 
 HEADER = (
-    f"{'path':<9}{'conc':>5}{'n':>8}{'ttft p50':>10}{'ttft p99':>10}{'compl/s':>12}"
-    f"{'router cpu':>12}{'failed':>8}\n{'':<9}{'':>5}{'':>8}{'ms':>10}{'ms':>10}{'':>12}"
+    f"{'path':<13}{'conc':>5}{'n':>8}{'ttft p50':>10}{'ttft p99':>10}{'compl/s':>12}"
+    f"{'router cpu':>12}{'failed':>8}\n{'':<13}{'':>5}{'':>8}{'ms':>10}{'ms':>10}{'':>12}"
     f"{'ms/compl':>12}{'':>8}"
 )
 
@@ -162,6 +163,7 @@ async def run(levels: list[int], requests: int, token_delay: float) -> int:
         log_dir=state / "logs",
         extra_env={
             "SWITCHBOARD_USAGE_STREAM": f"sbbench:{db_name}:usage",
+            "SWITCHBOARD_BUDGET_PREFIX": f"sbbench:{db_name}:budget:",
             "SWITCHBOARD_LOG_LEVEL": "WARNING",
             "SWITCHBOARD_DEMO_TOKEN_DELAY_SECONDS": str(token_delay),
         },
@@ -171,14 +173,26 @@ async def run(levels: list[int], requests: int, token_delay: float) -> int:
         await stack.start()
         router_proc = psutil.Process(stack.processes["router"].pid)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.metering}") as ch:
-            reply = await metering_pb2_grpc.MeteringServiceStub(ch).CreateApiKey(
+            metering = metering_pb2_grpc.MeteringServiceStub(ch)
+            reply = await metering.CreateApiKey(
                 metering_pb2.CreateApiKeyRequest(account_id="bench", name="bench")
+            )
+            # A key with a daily limit: every request reserves and settles in Redis.
+            limited = await metering.CreateApiKey(
+                metering_pb2.CreateApiKeyRequest(account_id="bench-limited", name="bench")
+            )
+            await metering.SetKeyLimits(
+                metering_pb2.SetKeyLimitsRequest(
+                    key_id=limited.api_key.id, limits=metering_pb2.SpendLimits(daily_usd="5000")
+                )
             )
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.router}")
         direct = direct_call(session, f"http://127.0.0.1:{stack.ports.demo}/v1/chat/completions")
         routed = router_call(router_pb2_grpc.RouterServiceStub(channel), reply.secret)
+        budgeted = router_call(router_pb2_grpc.RouterServiceStub(channel), limited.secret)
         await drive(routed, 100, 8)  # warm-up: connections, caches, JIT-free but lazy imports
+        await drive(budgeted, 100, 8)
         await drive(direct, 100, 8)
         print(
             f"\n20-chunk streaming completions, {requests} per row, upstream token gap "
@@ -189,13 +203,14 @@ async def run(levels: list[int], requests: int, token_delay: float) -> int:
             total = max(requests, level * 4)
             ttft, seconds, failures = await drive(direct, total, level)
             print(Result("direct", level, ttft, seconds, failures).row(), flush=True)
-            before = router_proc.cpu_times()
-            ttft, seconds, failures = await drive(routed, total, level)
-            after = router_proc.cpu_times()
-            cpu = (after.user + after.system - before.user - before.system) * 1000
-            result = Result("router", level, ttft, seconds, failures, cpu / max(1, len(ttft)))
-            print(result.row(), flush=True)
-            failed += failures
+            for name, call in (("router", routed), ("router+limit", budgeted)):
+                before = router_proc.cpu_times()
+                ttft, seconds, failures = await drive(call, total, level)
+                after = router_proc.cpu_times()
+                cpu = (after.user + after.system - before.user - before.system) * 1000
+                result = Result(name, level, ttft, seconds, failures, cpu / max(1, len(ttft)))
+                print(result.row(), flush=True)
+                failed += failures
         await channel.close(None)
         await session.close()
     finally:
