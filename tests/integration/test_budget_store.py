@@ -102,7 +102,8 @@ async def test_a_load_that_does_not_replace_leaves_loaded_counters_alone(
     assert await store.load_key("k9", Decimal(2), Decimal(0), Decimal(2), NOW, replace=False)
     assert (await store.key_spend("k9", NOW)).total == Decimal(2)
     assert await store.load_account("a9", Decimal(3), Decimal(1))
-    await store.add_credit("a9", Decimal("0.5"))
+    await store.add_credit("a9", Decimal("0.5"), grant_id="g1")
+    await store.add_credit("a9", Decimal("0.5"), grant_id="g1")  # a retry adds nothing
     assert (await store.account_balance("a9")).credit == Decimal("3.5")
     assert await store.is_loaded("acct:a9") and not await store.is_loaded("acct:a10")
 
@@ -131,3 +132,28 @@ async def test_raising_deletes_the_counters_of_days_and_months_past(
         for f in await redis_client.hkeys(f"{prefix}key:k12")
     )
     assert fields == sorted(["loaded", "spent_total", day_field(NOW), month_field(NOW)])
+
+
+async def test_a_retried_reserve_or_settle_counts_once(store: BudgetStore) -> None:
+    limits = Limits(daily=Decimal(1), prepaid=True)
+    await store.load_account("a13", credit=Decimal(1), spent=Decimal(0))
+    first = await store.reserve(
+        "k13", "a13", Decimal("0.4"), limits, ttl_seconds=60, reservation_id="r-retry", now=NOW
+    )
+    again = await store.reserve(
+        "k13", "a13", Decimal("0.4"), limits, ttl_seconds=60, reservation_id="r-retry", now=NOW
+    )
+    assert again == first
+    assert (await store.key_spend("k13", NOW)).reserved == Decimal("0.4")
+    assert (await store.account_balance("a13")).reserved == Decimal("0.4")
+
+    await store.settle(first, Decimal("0.1"), now=NOW)
+    await store.settle(first, Decimal("0.1"), now=NOW)
+    spend = await store.key_spend("k13", NOW)
+    assert (spend.total, spend.today, spend.reserved) == (
+        Decimal("0.1"),
+        Decimal("0.1"),
+        Decimal(0),
+    )
+    account = await store.account_balance("a13")
+    assert (account.spent, account.reserved) == (Decimal("0.1"), Decimal(0))

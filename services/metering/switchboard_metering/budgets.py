@@ -211,7 +211,7 @@ class Budgets:
             return await self.account_balance(account_id), True
         if await self._store.is_loaded(f"acct:{account_id}"):
             # Counters ahead of the ledger stay; only the grant is added.
-            await self._store.add_credit(account_id, amount)
+            await self._store.add_credit(account_id, amount, str(granted))
         else:
             await self.load_account(account_id)
         log.info("credits added", extra={"account_id": account_id})

@@ -18,6 +18,9 @@ Layout, under a prefix (``switchboard:budget:``):
 - ``res:<reservation id>``: "<key id> <account id> <amount>"; ``res_exp``: a sorted set of
   reservation ids by expiry (ms). Every reserve first releases up to 100 expired
   reservations, so a crashed router's reservations return by themselves.
+- ``settled:<reservation id>`` (kept 10 minutes) and ``grant:<grant id>`` (a day): markers
+  that make a settle and a credit grant count once. The client retries a command whose connection
+  dropped (:mod:`switchboard_core.redis_client`), so every script here is safe to run twice.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ DEFAULT_PREFIX = "switchboard:budget:"
 
 _RESERVE = """
 local prefix = ARGV[1]
+if redis.call('EXISTS', prefix .. 'res:' .. ARGV[2]) == 1 then
+  return {1, '', '0'}  -- a retry of a reserve that went through
+end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[4], 'LIMIT', 0, 100)
 for _, rid in ipairs(expired) do
   local rec = redis.call('GET', prefix .. 'res:' .. rid)
@@ -78,6 +84,9 @@ return {1, '', '0'}
 
 _SETTLE = """
 local prefix = ARGV[1]
+if not redis.call('SET', prefix .. 'settled:' .. ARGV[2], '1', 'NX', 'EX', 600) then
+  return 0  -- settled already: a retry
+end
 local rec = redis.call('GET', prefix .. 'res:' .. ARGV[2])
 if rec then
   local amt = tonumber(string.match(rec, '(%S+)$'))
@@ -108,6 +117,15 @@ redis.call('HSET', KEYS[1], 'loaded', '1')
 return 1
 """
 LOADED_FIELD = "loaded"
+
+# Adds ARGV[2] to the hash's credit unless the grant marker ARGV[1] exists (a retry).
+_ADD_CREDIT = """
+if not redis.call('SET', ARGV[1], '1', 'NX', 'EX', 86400) then
+  return 0
+end
+redis.call('HINCRBY', KEYS[1], 'credit', ARGV[2])
+return 1
+"""
 
 # Raises counters (field, value pairs from ARGV) of a loaded hash to at least the given
 # values, comparing the decimal strings exactly (Lua doubles would round past 2^53), and
@@ -222,6 +240,7 @@ class BudgetStore:
         self._settle = client.register_script(_SETTLE)
         self._load = client.register_script(_LOAD)
         self._raise = client.register_script(_RAISE)
+        self._add_credit = client.register_script(_ADD_CREDIT)
 
     def _keys(self, key_id: str, account_id: str) -> list[str]:
         p = self._prefix
@@ -236,11 +255,15 @@ class BudgetStore:
         *,
         ttl_seconds: float,
         now: datetime | None = None,
+        reservation_id: str | None = None,
     ) -> Reservation:
-        """Reserve ``amount`` atomically, or raise :class:`BudgetExceeded` naming the window."""
+        """Reserve ``amount`` atomically, or raise :class:`BudgetExceeded` naming the window.
+
+        Reserving an id that is already reserved changes nothing (a retry)."""
         now = now or datetime.now(UTC)
         now_ms = int(time.time() * 1000)
-        reservation = Reservation("r" + secrets.token_hex(12), key_id, account_id, amount)
+        rid = reservation_id or "r" + secrets.token_hex(12)
+        reservation = Reservation(rid, key_id, account_id, amount)
         ok, window, remaining = await self._reserve(
             keys=self._keys(key_id, account_id),
             args=[
@@ -334,9 +357,13 @@ class BudgetStore:
         )
         return bool(int(written))
 
-    async def add_credit(self, account_id: str, amount: Decimal) -> None:
-        """Add a grant to a loaded account's credit (the grant is already in Postgres)."""
-        await self._redis.hincrby(f"{self._prefix}acct:{account_id}", "credit", to_pico(amount))
+    async def add_credit(self, account_id: str, amount: Decimal, grant_id: str) -> None:
+        """Add a grant to a loaded account's credit (the grant is already in Postgres), once
+        per ``grant_id`` however often the command is retried."""
+        await self._add_credit(
+            keys=[f"{self._prefix}acct:{account_id}"],
+            args=[f"{self._prefix}grant:{grant_id}", to_pico(amount)],
+        )
 
     async def raise_key(
         self, key_id: str, total: Decimal, today: Decimal, this_month: Decimal, now: datetime
