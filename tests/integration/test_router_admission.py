@@ -74,7 +74,9 @@ async def test_a_settle_that_cannot_reach_redis_is_counted_not_raised(
     assert reservation.amount == worst_case_cost(REQUEST, [ROUTE], 4096)
 
     client = create_redis(f"redis://127.0.0.1:{dead_port()}/0")
-    broken = Admission(BudgetStore(client, prefix), ceiling_tokens=4096, ttl_seconds=60)
+    broken = Admission(
+        BudgetStore(client, prefix), ceiling_tokens=4096, ttl_seconds=60, settle_retry_delays=()
+    )
     before = metrics.BUDGET_SETTLE_FAILURES._value.get()
     await broken.settle(reservation, Decimal("0.0001"))
     assert metrics.BUDGET_SETTLE_FAILURES._value.get() == before + 1

@@ -14,6 +14,7 @@ on their path.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from decimal import Decimal
@@ -29,6 +30,9 @@ from switchboard_router.catalog_cache import Route
 from switchboard_router.usage_estimate import reservation_prompt_tokens
 
 log = logging.getLogger(__name__)
+
+# Pauses between settle attempts while Redis is unreachable: 12.7 s in all.
+SETTLE_RETRY_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)
 
 
 def completion_bound(request: CompletionRequest, route: Route, ceiling: int) -> int:
@@ -46,10 +50,17 @@ def worst_case_cost(request: CompletionRequest, routes: list[Route], ceiling: in
 
 
 class Admission:
-    def __init__(self, store: BudgetStore, ceiling_tokens: int, ttl_seconds: float) -> None:
+    def __init__(
+        self,
+        store: BudgetStore,
+        ceiling_tokens: int,
+        ttl_seconds: float,
+        settle_retry_delays: tuple[float, ...] = SETTLE_RETRY_DELAYS,
+    ) -> None:
         self._store = store
         self._ceiling = ceiling_tokens
         self._ttl = ttl_seconds
+        self._settle_retry_delays = settle_retry_delays
 
     async def admit(
         self, caller: Caller, request: CompletionRequest, routes: list[Route]
@@ -86,6 +97,14 @@ class Admission:
         )
 
     async def settle(self, reservation: Reservation, cost: Decimal) -> None:
+        """Settle, retrying for about 12 s while Redis is unreachable (a settle counts once
+        however often it runs). Runs in the background: the client is not kept waiting."""
+        for delay in self._settle_retry_delays:
+            try:
+                await self._store.settle(reservation, cost)
+                return
+            except (redis_errors.RedisError, OSError):
+                await asyncio.sleep(delay)
         try:
             await self._store.settle(reservation, cost)
         except (redis_errors.RedisError, OSError):
