@@ -72,6 +72,10 @@ class Completed:
 RelayEvent = Started | TextDelta | ToolCallDelta | Completed
 
 
+# How long shutdown waits for budget settles once the usage events are written.
+SETTLE_DRAIN_SECONDS = 1.0
+
+
 def new_generation_id() -> str:
     return f"gen-{int(time.time() * 1000):x}{secrets.token_hex(10)}"
 
@@ -166,6 +170,7 @@ class Relay:
         self._sink = sink
         self._admission = admission
         self._background: set[asyncio.Task[None]] = set()
+        self._settles: set[asyncio.Task[None]] = set()
 
     def _target(self, route: Route) -> Target:
         key = self._keys.get(route.provider_id.replace("-", "_"), Secret(""))
@@ -347,13 +352,16 @@ class Relay:
         if hold is None or hold.settled:
             return
         hold.settled = True
-        self._spawn(self._admission.settle(hold.reservation, cost))
+        self._spawn(self._admission.settle(hold.reservation, cost), self._settles)
 
-    def _spawn(self, work: Coroutine[None, None, None]) -> asyncio.Task[None]:
+    def _spawn(
+        self, work: Coroutine[None, None, None], tracked: set[asyncio.Task[None]] | None = None
+    ) -> asyncio.Task[None]:
         """Run usage writes as tasks the relay tracks, so a cancelled request cannot cut them."""
+        tasks = self._background if tracked is None else tracked
         task = asyncio.get_running_loop().create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
         return task
 
     async def _publish_quietly(self, event: metering_pb2.UsageEvent) -> None:
@@ -361,9 +369,15 @@ class Relay:
             await self._sink.publish(event)
 
     async def drain(self) -> None:
-        """Wait for usage events of cut-short generations still being written."""
+        """Wait for usage events of cut-short generations still being written, then give
+        settles a moment; a settle still retrying then (Redis down) is dropped, and its
+        reservation expires by itself."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        if self._settles:
+            _, late = await asyncio.wait(self._settles, timeout=SETTLE_DRAIN_SECONDS)
+            for task in late:
+                task.cancel()
 
     @staticmethod
     def _count(generation: Generation, status: int, usage: UsageReport) -> None:
