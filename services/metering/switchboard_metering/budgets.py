@@ -12,8 +12,6 @@ settled that the ledger may not hold yet) and a grant is added to the account's 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -26,6 +24,7 @@ from switchboard.metering.v1 import metering_pb2
 from switchboard_core.budget import BudgetStore
 from switchboard_core.errors import AlreadyExists, InvalidArgument, NotFound
 from switchboard_core.money import ZERO, MoneyFormatError, format_usd, parse_usd
+from switchboard_core.periodic import Periodic
 from switchboard_metering.keys import KeyStore, validate_account_id
 
 log = logging.getLogger(__name__)
@@ -89,7 +88,12 @@ class Budgets:
         self._pool = pool
         self._keys = keys
         self._store = store
-        self._task: asyncio.Task[None] | None = None
+        self._resync = Periodic(
+            "budget-resync",
+            self.resync,
+            RESYNC_INTERVAL_SECONDS,
+            (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError),
+        )
 
     async def key_spend(self, key_id: str, now: datetime) -> tuple[Decimal, Decimal, Decimal]:
         row = await self._pool.fetchrow(_KEY_SPEND, key_id, now)
@@ -146,25 +150,11 @@ class Budgets:
             log.warning("budget counters were behind the ledger", extra={"raised": raised})
         return raised
 
-    def start(self, interval: float = RESYNC_INTERVAL_SECONDS) -> None:
-        self._task = asyncio.create_task(self._resync_loop(interval), name="budget-resync")
+    def start(self) -> None:
+        self._resync.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _resync_loop(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.resync()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError) as error:
-                log.warning(
-                    "budget resync failed; retrying later", extra={"error": type(error).__name__}
-                )
+        await self._resync.stop()
 
     async def set_limits(
         self, key_id: str, limits: metering_pb2.SpendLimits

@@ -13,8 +13,6 @@ gone). Rollups are never dropped, so usage queries, spend and budgets keep every
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import Iterable
@@ -22,6 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+
+from switchboard_core.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,12 @@ class Partitions:
         self._pool = pool
         self.retention = retention
         self._known: set[datetime] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._maintenance = Periodic(
+            "ledger-partitions",
+            self.maintain,
+            MAINTENANCE_INTERVAL_SECONDS,
+            (OSError, asyncpg.PostgresError, asyncpg.InterfaceError),
+        )
 
     async def ensure(self, months: Iterable[datetime]) -> None:
         """Create the partitions of ``months`` (any instant in each) that may be missing."""
@@ -119,23 +124,8 @@ class Partitions:
             )
         return Maintenance(created=created, dropped=dropped, retained_from=horizon)
 
-    def start(self, interval: float = MAINTENANCE_INTERVAL_SECONDS) -> None:
-        self._task = asyncio.create_task(self._loop(interval), name="ledger-partitions")
+    def start(self) -> None:
+        self._maintenance.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _loop(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.maintain()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                log.warning(
-                    "ledger partition maintenance failed; retrying later",
-                    extra={"error": type(error).__name__},
-                )
+        await self._maintenance.stop()
