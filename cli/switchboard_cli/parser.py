@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 
-from switchboard_cli import budgets, chat, health, keys, models, usage
+from switchboard_cli import budgets, chat, generations, health, keys, models, usage
 from switchboard_cli.connection import DEFAULT_ADDRESSES
 
 DESCRIPTION = "Switchboard: keys, models, chat, usage and budgets over gRPC."
@@ -20,7 +20,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_globals(common, env, with_defaults=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (keys, models, chat, usage, budgets, health):
+    for module in (keys, models, chat, usage, generations, budgets, health):
         module.register(commands, common)
     return parser
 
