@@ -80,6 +80,7 @@ async def _stream(
 ) -> int:
     start, end = router_pb2.CompletionStart(), None
     last = "\n"
+    thinking = False  # reasoning being written to stderr
     try:
         async for event in stub.StreamCompletion(request, metadata=metadata):
             if output.json:
@@ -87,7 +88,14 @@ async def _stream(
             kind = event.WhichOneof("event")
             if kind == "start":
                 start = event.start
+            elif kind == "delta" and not output.json and event.delta.reasoning:
+                # Reasoning goes to stderr, so that stdout holds only the answer.
+                output.write_note(("[reasoning] " if not thinking else "") + event.delta.reasoning)
+                thinking = True
             elif kind == "delta" and not output.json and event.delta.text:
+                if thinking:
+                    output.write_note("\n")
+                    thinking = False
                 output.write(event.delta.text)
                 last = event.delta.text[-1]
             elif kind == "end":
@@ -106,6 +114,8 @@ def _print_whole(response: router_pb2.CreateCompletionResponse, output: Output) 
     if output.json:
         output.emit(response)
         return 0
+    if response.reasoning:
+        output.note(f"[reasoning] {response.reasoning}")
     output.line(response.text)
     end = router_pb2.CompletionEnd(
         finish_reason=response.finish_reason, usage=response.usage, cost_usd=response.cost_usd

@@ -34,6 +34,11 @@ class Output:
     def note(self, text: str) -> None:
         print(text, file=self.err, flush=True)
 
+    def write_note(self, text: str) -> None:
+        """Raw text on stderr, flushed at once (streamed reasoning)."""
+        self.err.write(text)
+        self.err.flush()
+
     def fail(self, text: str) -> None:
         print(f"{PROG}: error: {text}", file=self.err, flush=True)
 

@@ -31,6 +31,7 @@ from switchboard_router.canonical import (
     Finish,
     FinishEvent,
     Message,
+    ReasoningDelta,
     ResponseFormat,
     ResponseFormatKind,
     Role,
@@ -442,3 +443,21 @@ async def test_client_cancellation_closes_the_upstream_promptly(
         await asyncio.wait_for(fake.disconnected.wait(), 2.0)
         assert fake.disconnected_at - closed_at < 0.5
         assert len(fake.requests) == 1
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+async def test_openai_compatible_reasoning_is_relayed_apart_from_the_text(
+    field: str, session: aiohttp.ClientSession
+) -> None:
+    openai = PROVIDERS[0]
+    script = Script(
+        reasoning=("The user ", "wants a ", "greeting."), reasoning_field=field, text=("Hi", "!")
+    )
+    async with openai.serve(script) as fake:
+        outcome = await run(openai, session, fake)
+    assert outcome.error is None
+    assert outcome.text == "Hi!"
+    reasoning = [e for e in outcome.events if isinstance(e, ReasoningDelta)]
+    assert "".join(e.text for e in reasoning) == "The user wants a greeting."
+    first_text = min(i for i, e in enumerate(outcome.events) if isinstance(e, TextDelta))
+    assert all(isinstance(e, ReasoningDelta) for e in outcome.events[:first_text])

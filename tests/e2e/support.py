@@ -14,7 +14,12 @@ from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 
 # Credentials the stack's router sends to the fake providers (which check them).
-PROVIDER_KEYS = {"anthropic": "sk-ant-e2e", "google": "gm-e2e", "openai": "sk-oai-e2e"}
+PROVIDER_KEYS = {
+    "anthropic": "sk-ant-e2e",
+    "google": "gm-e2e",
+    "openai": "sk-oai-e2e",
+    "deepseek": "sk-ds-e2e",
+}
 
 
 def auth(key: metering_pb2.CreateApiKeyResponse) -> tuple[tuple[str, str]]:

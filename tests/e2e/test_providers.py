@@ -1,5 +1,6 @@
-"""The catalog's seeded Anthropic and Gemini models answer through the real router processes,
-against local fakes that speak each provider's wire format (checked by the official SDKs).
+"""The catalog's seeded Anthropic, Gemini and DeepSeek models answer through the real router
+processes, against local fakes that speak each provider's wire format (checked by the official
+SDKs).
 
 The catalog's admin API points the seeded providers at the fakes, exactly as an operator would
 point them at a proxy; the router picks the change up through its catalog watch.
@@ -22,13 +23,14 @@ from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard_core.money import Price
 from tests.e2e.support import PROVIDER_KEYS, auth, ledger_entry
-from tests.fakes import anthropic_server, gemini_server
+from tests.fakes import anthropic_server, gemini_server, openai_server
 from tests.fakes.script import FakeProvider, Script, ScriptToolCall, ScriptUsage
 
 pytestmark = [pytest.mark.e2e]
 
 CLAUDE = "anthropic/claude-haiku-4.5"
 GEMINI = "google/gemini-2.5-flash"
+R1 = "deepseek/deepseek-r1"
 
 Fakes = dict[str, FakeProvider]
 
@@ -39,6 +41,7 @@ async def fakes(catalog: catalog_pb2_grpc.CatalogServiceAsyncStub) -> AsyncItera
         found: Fakes = {
             "anthropic": await stack.enter_async_context(anthropic_server.serve(Script())),
             "google": await stack.enter_async_context(gemini_server.serve(Script())),
+            "deepseek": await stack.enter_async_context(openai_server.serve(Script())),
         }
         providers = await catalog.ListProviders(catalog_pb2.ListProvidersRequest())
         for provider in providers.providers:
@@ -259,3 +262,33 @@ async def test_a_limited_key_without_max_tokens_is_sent_the_bound_it_reserved(
 
     await stream(router, limited, ask(GEMINI, max_tokens=77), fake)
     assert fake.requests[-1].body["generationConfig"]["maxOutputTokens"] == 77
+
+
+async def test_deepseek_reasoning_streams_apart_from_the_answer(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    api_key: metering_pb2.CreateApiKeyResponse,
+    fakes: Fakes,
+) -> None:
+    fakes["deepseek"].script = Script(
+        reasoning=(
+            "2 + 2: add ",
+            "the units.",
+        ),
+        text=("4",),
+        usage=ScriptUsage(9, 30, reasoning_tokens=25),
+    )
+    request = ask(R1, "2+2?", provider=router_pb2.ProviderPreferences(only=["deepseek"]))
+    messages = await stream(router, api_key, request, fakes["deepseek"])
+    assert messages[0].start.provider == "deepseek"
+    deltas = [m.delta for m in messages[1:-1]]
+    assert "".join(d.reasoning for d in deltas) == "2 + 2: add the units."
+    assert "".join(d.text for d in deltas) == "4"
+    assert all(not (d.text and d.reasoning) for d in deltas)  # never mixed in one delta
+    end = messages[-1].end
+    assert (end.usage.completion_tokens, end.usage.reasoning_tokens) == (30, 25)
+
+    unary_request = router_pb2.CreateCompletionRequest()
+    unary_request.ParseFromString(request.SerializeToString())
+    reply = await router.CreateCompletion(unary_request, metadata=auth(api_key))
+    assert (reply.reasoning, reply.text) == ("2 + 2: add the units.", "4")
+    assert fakes["deepseek"].requests[-1].headers["authorization"] == "Bearer sk-ds-e2e"

@@ -94,6 +94,8 @@ def render_stream(script: Script, model: str, include_usage: bool) -> Playlist:
         return {**base, "choices": [choice], **usage_field}
 
     playlist = Playlist(head=[sse(chunk({"role": "assistant", "content": "", "refusal": None}))])
+    for piece in script.reasoning:  # as DeepSeek sends it: content null meanwhile
+        playlist.content.append([sse(chunk({"content": None, script.reasoning_field: piece}))])
     for piece in script.text:
         if piece or script.odd:
             playlist.content.append([sse(chunk({"content": piece}))])
@@ -132,6 +134,8 @@ def render_whole(script: Script, model: str) -> dict[str, Any]:
         "content": script.full_text or None,
         "refusal": None,
     }
+    if script.reasoning:
+        message[script.reasoning_field] = "".join(script.reasoning)
     if script.tool_calls:
         message["tool_calls"] = [
             {

@@ -52,6 +52,11 @@ class ScriptUsage:
 class Script:
     # Text, one content chunk per element (an empty element is an empty delta).
     text: tuple[str, ...] = ("Hello", ", ", "world", "!")
+    # Reasoning before the text, one chunk per element. Only the OpenAI-compatible fake sends
+    # it, in the delta field named by ``reasoning_field``: DeepSeek and vLLM use
+    # "reasoning_content", Groq and OpenRouter "reasoning".
+    reasoning: tuple[str, ...] = ()
+    reasoning_field: str = "reasoning_content"
     # Tool calls after the text; every arguments piece is one chunk.
     tool_calls: tuple[ScriptToolCall, ...] = ()
     # Canonical finish: "stop", "length", "tool_calls" or "content_filter"; each fake uses its

@@ -192,3 +192,25 @@ async def test_gemini_sdk_raises_its_typed_errors() -> None:
         with pytest.raises(genai_errors.ClientError) as long:
             await client.aio.models.generate_content(model="m", contents="hi")
         assert "input token count" in (long.value.message or "")
+
+
+async def test_openai_sdk_keeps_the_reasoning_field_of_the_fake_stream() -> None:
+    script = Script(reasoning=("Two plus ", "two is four."), text=("4",))
+    async with openai_server.serve(script) as fake, openai_client(fake) as client:
+        stream = await client.chat.completions.create(
+            model="deepseek-reasoner", messages=[{"role": "user", "content": "2+2?"}], stream=True
+        )
+        reasoning, text = [], []
+        async for chunk in stream:
+            for choice in chunk.choices:
+                extra = choice.delta.model_extra or {}
+                reasoning.append(extra.get("reasoning_content") or "")
+                text.append(choice.delta.content or "")
+        whole = await client.chat.completions.create(
+            model="deepseek-reasoner", messages=[{"role": "user", "content": "2+2?"}]
+        )
+    assert "".join(reasoning) == "Two plus two is four."
+    assert "".join(text) == "4"
+    message = whole.choices[0].message
+    assert (message.model_extra or {})["reasoning_content"] == "Two plus two is four."
+    assert message.content == "4"

@@ -23,6 +23,7 @@ class FakeRouter(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, deltas: list[str], *, fail: grpc.Status | None = None) -> None:
         self.deltas = deltas
         self.fail = fail
+        self.reasoning: list[str] = []
         self.requests: list[router_pb2.StreamCompletionRequest] = []
         self.unary_requests: list[router_pb2.CreateCompletionRequest] = []
         self.metadata: list[dict[str, str | bytes]] = []
@@ -42,6 +43,8 @@ class FakeRouter(router_pb2_grpc.RouterServiceServicer):
                 generation_id="gen-1", model=request.model, provider="demo"
             )
         )
+        for thought in self.reasoning:
+            yield Event(delta=router_pb2.CompletionDelta(reasoning=thought))
         for text in self.deltas:
             yield Event(delta=router_pb2.CompletionDelta(text=text))
             await asyncio.sleep(0)
@@ -199,3 +202,16 @@ async def test_missing_api_key_says_how_to_set_it(capsys: pytest.CaptureFixture[
     assert "--api-key" in err
     assert "SWITCHBOARD_API_KEY" in err
     assert not fake.requests
+
+
+async def test_reasoning_goes_to_stderr_and_the_answer_alone_to_stdout(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake = FakeRouter(["4"])
+    fake.reasoning = ["add the ", "units"]
+    async with _router(fake) as address:
+        code = await cli("--router", address, "chat", "m/r1", "2+2?", "--api-key", SECRET)
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert out == "4\n"
+    assert err.startswith("[reasoning] add the units\n")

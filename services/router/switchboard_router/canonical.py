@@ -229,6 +229,13 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """A piece of the model's reasoning, sent by the provider apart from the answer."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCallDelta:
     """A piece of a streamed tool call; ``id`` and ``name`` come with a call's first piece."""
 
@@ -260,7 +267,7 @@ class FinishEvent:
     native_reason: str = ""
 
 
-AdapterEvent = TextDelta | ToolCallDelta | UsageReport | FinishEvent
+AdapterEvent = TextDelta | ReasoningDelta | ToolCallDelta | UsageReport | FinishEvent
 
 
 def tool_name_for(messages: tuple[Message, ...], tool_call_id: str) -> str:

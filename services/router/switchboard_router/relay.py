@@ -35,6 +35,7 @@ from switchboard_router.canonical import (
     CompletionRequest,
     Finish,
     FinishEvent,
+    ReasoningDelta,
     TextDelta,
     ToolCallDelta,
     UsageReport,
@@ -69,7 +70,7 @@ class Completed:
     cost: Decimal
 
 
-RelayEvent = Started | TextDelta | ToolCallDelta | Completed
+RelayEvent = Started | TextDelta | ReasoningDelta | ToolCallDelta | Completed
 
 
 # How long shutdown waits for budget settles once the usage events are written.
@@ -300,8 +301,8 @@ class Relay:
         try:
             event: AdapterEvent | None = first
             while event is not None:
-                if type(event) is TextDelta:
-                    generation.text_chars += len(event.text)
+                if type(event) is TextDelta or type(event) is ReasoningDelta:
+                    generation.text_chars += len(event.text)  # reasoning is billed output too
                     yield event
                 elif type(event) is ToolCallDelta:
                     generation.text_chars += len(event.name) + len(event.arguments)

@@ -15,7 +15,13 @@ from switchboard_core.errors import Unavailable
 from switchboard_core.money import format_usd
 from switchboard_router.admission import Admission
 from switchboard_router.auth import Caller, KeyVerifier
-from switchboard_router.canonical import CompletionRequest, TextDelta, ToolCallDelta, UsageReport
+from switchboard_router.canonical import (
+    CompletionRequest,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    UsageReport,
+)
 from switchboard_router.catalog_cache import CatalogCache, Route
 from switchboard_router.relay import Completed, Relay, Started
 from switchboard_router.requests import AnyCompletionRequest, parse_request
@@ -84,6 +90,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         ):
             if type(event) is TextDelta:
                 yield response(delta=delta(text=event.text))
+            elif type(event) is ReasoningDelta:
+                yield response(delta=delta(reasoning=event.text))
             elif type(event) is ToolCallDelta:
                 yield response(
                     delta=delta(
@@ -122,12 +130,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         caller, parsed, routes, timeout, reservation = await self._prepare(request, context)
         reply = router_pb2.CreateCompletionResponse()
         parts: list[str] = []
+        reasoning: list[str] = []
         calls: dict[int, common_pb2.ToolCall] = {}
         async for event in self._relay.run(
             parsed, routes, caller, timeout=timeout, streamed=False, reservation=reservation
         ):
             if type(event) is TextDelta:
                 parts.append(event.text)
+            elif type(event) is ReasoningDelta:
+                reasoning.append(event.text)
             elif type(event) is ToolCallDelta:
                 call = calls.setdefault(event.index, common_pb2.ToolCall())
                 call.id = call.id or event.id
@@ -146,5 +157,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 reply.usage.CopyFrom(_usage(event.usage))
                 reply.cost_usd = format_usd(event.cost)
         reply.text = "".join(parts)
+        reply.reasoning = "".join(reasoning)
         reply.tool_calls.extend(calls[i] for i in sorted(calls))
         return reply

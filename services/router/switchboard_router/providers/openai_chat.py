@@ -20,6 +20,7 @@ from switchboard_router.canonical import (
     Finish,
     FinishEvent,
     Message,
+    ReasoningDelta,
     ResponseFormat,
     ResponseFormatKind,
     Role,
@@ -224,17 +225,26 @@ class OpenAIChatAdapter:
 
 @dataclass(slots=True)
 class ParsedBatch:
-    """What one read of the stream carried, in order; adjacent text joined into one delta."""
+    """What one read of the stream carried, in order; adjacent text (or reasoning) joined
+    into one delta."""
 
     events: list[AdapterEvent] = field(default_factory=list)
     text: list[str] = field(default_factory=list)  # text not yet in ``events``
+    reasoning: bool = False  # ``text`` holds reasoning, not answer text
     finished: bool = False
     done: bool = False  # saw "data: [DONE]"
     error: UpstreamError | None = None  # raised after the events before it are relayed
 
+    def add_text(self, text: str, *, reasoning: bool = False) -> None:
+        if reasoning != self.reasoning:
+            self.flush_text()
+            self.reasoning = reasoning
+        self.text.append(text)
+
     def flush_text(self) -> None:
         if self.text:
-            self.events.append(TextDelta("".join(self.text)))
+            joined = "".join(self.text)
+            self.events.append(ReasoningDelta(joined) if self.reasoning else TextDelta(joined))
             self.text.clear()
 
     def add(self, event: AdapterEvent) -> None:
@@ -262,9 +272,14 @@ def parse_batch(batch: list[SseEvent], provider: str) -> ParsedBatch:
             break
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
+            # DeepSeek and vLLM send reasoning as reasoning_content, Groq and others as
+            # reasoning (a string; OpenRouter's structured reasoning_details are not read).
+            thought = delta.get("reasoning_content") or delta.get("reasoning")
+            if thought and isinstance(thought, str):
+                out.add_text(thought, reasoning=True)
             text = delta.get("content")
             if text:
-                out.text.append(text)
+                out.add_text(text)
             for call in delta.get("tool_calls") or ():
                 out.add(_tool_call_delta(call))
             native = choice.get("finish_reason")
