@@ -16,6 +16,8 @@ from decimal import Decimal
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from switchboard.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from switchboard.common.v1 import common_pb2
@@ -292,3 +294,33 @@ async def test_deepseek_reasoning_streams_apart_from_the_answer(
     reply = await router.CreateCompletion(unary_request, metadata=auth(api_key))
     assert (reply.reasoning, reply.text) == ("2 + 2: add the units.", "4")
     assert fakes["deepseek"].requests[-1].headers["authorization"] == "Bearer sk-ds-e2e"
+
+
+async def test_providers_without_a_credential_are_not_tried(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    api_key: metering_pb2.CreateApiKeyResponse,
+    fakes: Fakes,
+) -> None:
+    # Only Mistral serves this model, and the router has no Mistral key: nothing is sent.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await router.CreateCompletion(
+            router_pb2.CreateCompletionRequest(
+                model="mistralai/mistral-large",
+                messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="hi")],
+            ),
+            metadata=auth(api_key),
+        )
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "SWITCHBOARD_PROVIDER_KEY_MISTRAL" in (refused.value.details() or "")
+    status = rpc_status.from_call(refused.value)  # type: ignore[arg-type]
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info) and info.reason == "PROVIDER_NOT_CONFIGURED"
+
+    # DeepSeek R1 is cheaper on Together and Fireworks, which have no key here: the router
+    # goes straight to DeepSeek, the one provider it has a key for.
+    fakes["deepseek"].script = Script(text=("ok",))
+    before = len(fakes["deepseek"].requests)
+    messages = await stream(router, api_key, ask(R1), fakes["deepseek"])
+    assert messages[0].start.provider == "deepseek"
+    assert len(fakes["deepseek"].requests) == before + 1

@@ -25,7 +25,7 @@ from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.budget import Reservation
 from switchboard_core.config import Secret
-from switchboard_core.errors import NotFound, Unavailable
+from switchboard_core.errors import FailedPrecondition, NotFound, Unavailable
 from switchboard_core.money import format_usd
 from switchboard_router import metrics
 from switchboard_router.admission import Admission
@@ -75,6 +75,14 @@ RelayEvent = Started | TextDelta | ReasoningDelta | ToolCallDelta | Completed
 
 # How long shutdown waits for budget settles once the usage events are written.
 SETTLE_DRAIN_SECONDS = 1.0
+
+
+PROVIDER_KEY_PREFIX = "SWITCHBOARD_PROVIDER_KEY_"
+
+
+def _env_name(provider_id: str) -> str:
+    """``deep-infra`` -> ``DEEP_INFRA``: how a provider id appears in a variable's name."""
+    return provider_id.replace("-", "_").upper()
 
 
 def new_generation_id() -> str:
@@ -173,8 +181,11 @@ class Relay:
         self._background: set[asyncio.Task[None]] = set()
         self._settles: set[asyncio.Task[None]] = set()
 
+    def _key_for(self, route: Route) -> Secret:
+        return self._keys.get(_env_name(route.provider_id).lower(), Secret(""))
+
     def _target(self, route: Route) -> Target:
-        key = self._keys.get(route.provider_id.replace("-", "_"), Secret(""))
+        key = self._key_for(route)
         return Target(
             route.provider_id,
             route.base_url,
@@ -229,10 +240,14 @@ class Relay:
         last_error: UpstreamError | None = None
         refused: NotFound | None = None
         tries = 0  # requests sent upstream so far
+        unconfigured: set[str] = set()  # providers skipped for want of a credential
         for route in routes:
             adapter = self._adapters.get(route.api_format)
             if adapter is None:
                 log.warning("no adapter for endpoint", extra={"endpoint": route.endpoint_id})
+                continue
+            if adapter.requires_credential(route.dialect) and not self._key_for(route):
+                unconfigured.add(route.provider_id)
                 continue
             unsupported = self._unsupported(request, route, adapter)
             if unsupported and request.provider.require_parameters:
@@ -291,6 +306,14 @@ class Relay:
             raise last_error
         if refused is not None:
             raise refused
+        if unconfigured:
+            names = sorted(unconfigured)
+            variables = ", ".join(f"{PROVIDER_KEY_PREFIX}{_env_name(p)}" for p in names)
+            raise FailedPrecondition(
+                f"no credential is configured for {', '.join(names)}: the router needs {variables}",
+                reason="PROVIDER_NOT_CONFIGURED",
+                metadata={"providers": ",".join(names)},
+            )
         raise Unavailable("no endpoint could serve the request", reason="NO_ENDPOINT_AVAILABLE")
 
     async def _relay(

@@ -196,6 +196,9 @@ class AnthropicMessagesAdapter:
     def parameters(self, dialect: str) -> frozenset[str]:
         return PARAMETERS
 
+    def requires_credential(self, dialect: str) -> bool:
+        return True
+
     async def stream(
         self, request: CompletionRequest, target: Target, *, timeout: float | None
     ) -> AsyncIterator[AdapterEvent]:

@@ -40,6 +40,10 @@ class Adapter(Protocol):
     # the relay unsets the others before calling, and reports them as ignored.
     def parameters(self, dialect: str) -> frozenset[str]: ...
 
+    # Whether the provider refuses requests without a credential: the relay does not send
+    # one to a provider the router has no key for.
+    def requires_credential(self, dialect: str) -> bool: ...
+
     def stream(
         self, request: CompletionRequest, target: Target, *, timeout: float | None
     ) -> AsyncIterator[AdapterEvent]:

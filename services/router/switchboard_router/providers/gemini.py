@@ -194,6 +194,9 @@ class GeminiAdapter:
     def parameters(self, dialect: str) -> frozenset[str]:
         return PARAMETERS
 
+    def requires_credential(self, dialect: str) -> bool:
+        return True
+
     async def stream(
         self, request: CompletionRequest, target: Target, *, timeout: float | None
     ) -> AsyncIterator[AdapterEvent]:

@@ -192,6 +192,9 @@ class OpenAIChatAdapter:
     def parameters(self, dialect: str) -> frozenset[str]:
         return dialect_for(dialect).parameters
 
+    def requires_credential(self, dialect: str) -> bool:
+        return dialect_for(dialect).key_required
+
     async def stream(
         self, request: CompletionRequest, target: Target, *, timeout: float | None
     ) -> AsyncIterator[AdapterEvent]:

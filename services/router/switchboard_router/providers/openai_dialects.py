@@ -48,6 +48,9 @@ class Dialect:
     # Ask for the final usage chunk with stream_options.include_usage.
     ask_stream_usage: bool = True
     auth: Literal["bearer", "none"] = "bearer"
+    # Hosted APIs refuse requests without a key, so the router does not try them without one;
+    # self-hosted servers may run without (the key is sent when one is configured).
+    key_required: bool = True
 
 
 DEFAULT = Dialect("default", ALL)
@@ -72,9 +75,14 @@ DIALECTS: dict[str, Dialect] = {
             required_tool_choice="any",
             ask_stream_usage=False,
         ),
-        Dialect("vllm", ALL | {"top_k"}),
+        # vLLM takes a key only when started with --api-key.
+        Dialect("vllm", ALL | {"top_k"}, key_required=False),
         # Ollama's OpenAI compatibility: no tool_choice or parallel_tool_calls; no key needed.
-        Dialect("ollama", ALL - {"tool_choice", "parallel_tool_calls"}, auth="none"),
+        Dialect(
+            "ollama", ALL - {"tool_choice", "parallel_tool_calls"}, auth="none", key_required=False
+        ),
+        # The offline demo upstream of `make run` (services/demo) checks no key.
+        Dialect("switchboard", ALL, key_required=False),
     )
 }
 
