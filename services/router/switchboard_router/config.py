@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from switchboard_core.budget import DEFAULT_PREFIX
 from switchboard_core.config import EnvReader, Secret, ServerConfig, read_redis_url
 
+# Provider credentials: SWITCHBOARD_PROVIDER_KEY_<PROVIDER ID, "-" written "_">.
+PROVIDER_KEY_PREFIX = "SWITCHBOARD_PROVIDER_KEY_"
+
 
 @dataclass(frozen=True)
 class RouterConfig:
@@ -37,7 +40,7 @@ class RouterConfig:
             key_cache_seconds=reader.float("SWITCHBOARD_KEY_CACHE_SECONDS", 30.0),
             catalog_wait_seconds=reader.float("SWITCHBOARD_CATALOG_WAIT_SECONDS", 10.0),
             max_request_seconds=reader.float("SWITCHBOARD_MAX_REQUEST_SECONDS", 600.0, min_value=1),
-            provider_keys=reader.prefixed("SWITCHBOARD_PROVIDER_KEY_"),
+            provider_keys=reader.prefixed(PROVIDER_KEY_PREFIX),
             budget_prefix=reader.str("SWITCHBOARD_BUDGET_PREFIX", DEFAULT_PREFIX),
             reservation_ceiling_tokens=reader.int(
                 "SWITCHBOARD_RESERVATION_CEILING_TOKENS", 4096, min_value=1

@@ -41,6 +41,7 @@ from switchboard_router.canonical import (
     UsageReport,
 )
 from switchboard_router.catalog_cache import Route
+from switchboard_router.config import PROVIDER_KEY_PREFIX
 from switchboard_router.providers.base import Adapter, Target, UpstreamError
 from switchboard_router.usage_estimate import estimate_prompt_tokens, estimate_tokens
 from switchboard_router.usage_sink import UsageSink
@@ -75,9 +76,6 @@ RelayEvent = Started | TextDelta | ReasoningDelta | ToolCallDelta | Completed
 
 # How long shutdown waits for budget settles once the usage events are written.
 SETTLE_DRAIN_SECONDS = 1.0
-
-
-PROVIDER_KEY_PREFIX = "SWITCHBOARD_PROVIDER_KEY_"
 
 
 def _env_name(provider_id: str) -> str:
