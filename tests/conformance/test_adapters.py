@@ -31,6 +31,7 @@ from switchboard_router.canonical import (
     Finish,
     FinishEvent,
     Message,
+    PromptUsage,
     ReasoningDelta,
     ResponseFormat,
     ResponseFormatKind,
@@ -132,6 +133,8 @@ class Provider:
     # Which usage details the provider's format can carry.
     reports_cache_write: bool
     reports_reasoning: bool
+    # Whether the prompt's counts come before the end (so a cut stream bills the real prompt).
+    reports_prompt_early: bool
 
 
 PROVIDERS = [
@@ -144,6 +147,7 @@ PROVIDERS = [
         openai_json_mode,
         reports_cache_write=True,
         reports_reasoning=True,
+        reports_prompt_early=False,  # usage only in the last chunk
     ),
     Provider(
         "anthropic",
@@ -154,6 +158,7 @@ PROVIDERS = [
         None,
         reports_cache_write=True,
         reports_reasoning=False,
+        reports_prompt_early=True,  # message_start
     ),
     Provider(
         "google",
@@ -164,6 +169,7 @@ PROVIDERS = [
         gemini_json_mode,
         reports_cache_write=False,
         reports_reasoning=True,
+        reports_prompt_early=True,  # the running usageMetadata, when chunks carry it
     ),
 ]
 
@@ -436,6 +442,8 @@ async def test_client_cancellation_closes_the_upstream_promptly(
         target = Target(provider.name, fake.base_url, "m", Secret("k"), dialect=provider.name)
         events = provider.adapter(session).stream(HELLO, target, timeout=10)
         first = await anext(events)
+        while isinstance(first, PromptUsage):  # Anthropic's message_start comes first
+            first = await anext(events)
         assert isinstance(first, TextDelta)
         loop = asyncio.get_running_loop()
         closed_at = loop.time()
@@ -461,3 +469,20 @@ async def test_openai_compatible_reasoning_is_relayed_apart_from_the_text(
     assert "".join(e.text for e in reasoning) == "The user wants a greeting."
     first_text = min(i for i, e in enumerate(outcome.events) if isinstance(e, TextDelta))
     assert all(isinstance(e, ReasoningDelta) for e in outcome.events[:first_text])
+
+
+async def test_a_cut_stream_still_knows_its_exact_prompt_where_the_provider_said_it(
+    provider: Provider, session: aiohttp.ClientSession
+) -> None:
+    usage = ScriptUsage(2000, 40, cached_tokens=1500, cache_write_tokens=300)
+    # odd: Gemini's chunks then carry the running usageMetadata, as real streams do.
+    script = Script(text=("a", "b", "c", "d"), usage=usage, cut_after=2, odd=True)
+    async with provider.serve(script) as fake:
+        outcome = await run(provider, session, fake)
+    assert outcome.error is not None  # cut midway
+    early = [e for e in outcome.events if isinstance(e, PromptUsage)]
+    if not provider.reports_prompt_early:
+        assert early == []
+        return
+    write = usage.cache_write_tokens if provider.reports_cache_write else 0
+    assert early == [PromptUsage(2000, cached_tokens=1500, cache_write_tokens=write)]

@@ -216,6 +216,9 @@ async def test_cancelling_a_stream_closes_the_provider_connection_and_meters_it(
     row = await ledger_entry(metering, start.start.generation_id)
     assert row.status == metering_pb2.GENERATION_STATUS_CANCELLED
     assert row.usage.completion_tokens > 0
+    # The prompt's count is Anthropic's own (message_start said 12), not an estimate of "hi";
+    # only the completion is estimated, and the row says so.
+    assert (row.usage.prompt_tokens, row.usage.estimated) == (12, True)
 
 
 async def test_a_provider_that_reports_no_usage_is_estimated_and_marked(

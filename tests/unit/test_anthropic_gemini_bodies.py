@@ -11,6 +11,7 @@ from switchboard_router.canonical import (
     FinishEvent,
     ImagePart,
     Message,
+    PromptUsage,
     ResponseFormat,
     ResponseFormatKind,
     Role,
@@ -178,7 +179,12 @@ def test_anthropic_stream_state_tool_indices_and_usage() -> None:
             ("message_stop", {"type": "message_stop"}),
         )
     )
-    assert out == [TextDelta("Hi"), ToolCallDelta(0, "tu_1", "f"), ToolCallDelta(0, arguments="{}")]
+    assert out == [
+        PromptUsage(100, cached_tokens=90),  # from message_start, before any text
+        TextDelta("Hi"),
+        ToolCallDelta(0, "tu_1", "f"),
+        ToolCallDelta(0, arguments="{}"),
+    ]
     assert state.stopped
     assert state.final() == [
         UsageReport(100, 12, cached_tokens=90),

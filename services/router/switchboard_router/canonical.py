@@ -267,7 +267,18 @@ class FinishEvent:
     native_reason: str = ""
 
 
-AdapterEvent = TextDelta | ReasoningDelta | ToolCallDelta | UsageReport | FinishEvent
+@dataclass(frozen=True, slots=True)
+class PromptUsage:
+    """The prompt's exact token counts, known before the completion ends (Anthropic's
+    ``message_start``, Gemini's running ``usageMetadata``): a stream cut short is then billed
+    for its real prompt, not an estimate of it."""
+
+    prompt_tokens: int
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+AdapterEvent = TextDelta | ReasoningDelta | ToolCallDelta | PromptUsage | UsageReport | FinishEvent
 
 
 def tool_name_for(messages: tuple[Message, ...], tool_call_id: str) -> str:

@@ -35,6 +35,7 @@ from switchboard_router.canonical import (
     CompletionRequest,
     Finish,
     FinishEvent,
+    PromptUsage,
     ReasoningDelta,
     TextDelta,
     ToolCallDelta,
@@ -112,13 +113,26 @@ class Generation:
     usage: UsageReport | None = None
     finish: FinishEvent | None = None
     hold: Hold | None = None  # the request's budget reservation, settled once
+    prompt: PromptUsage | None = None  # the prompt's exact counts, when sent early
 
     def final_usage(self) -> UsageReport:
+        """The provider's usage; else (no usage reported, or the stream cut short) the
+        prompt's exact counts when the provider sent them early, with an estimated
+        completion, marked estimated."""
         if self.usage is not None:
             return self.usage
+        completion = estimate_tokens(self.text_chars)
+        if self.prompt is not None:
+            return UsageReport(
+                prompt_tokens=self.prompt.prompt_tokens,
+                completion_tokens=completion,
+                cached_tokens=self.prompt.cached_tokens,
+                cache_write_tokens=self.prompt.cache_write_tokens,
+                estimated=True,
+            )
         return UsageReport(
             prompt_tokens=estimate_prompt_tokens(self.request),
-            completion_tokens=estimate_tokens(self.text_chars),
+            completion_tokens=completion,
             estimated=True,
         )
 
@@ -267,8 +281,12 @@ class Relay:
                 self._target(route),
                 timeout=max(0.001, deadline - time.monotonic()),
             )
+            prompt: PromptUsage | None = None
             try:
                 first = await anext(events)
+                while type(first) is PromptUsage:  # not output: the first token is yet to come
+                    prompt = first
+                    first = await anext(events)
             except UpstreamError as error:
                 metrics.UPSTREAM_ERRORS.labels(route.provider_id, error.reason).inc()
                 log.info(
@@ -292,6 +310,7 @@ class Relay:
                 streamed=streamed,
                 first_event_at=time.monotonic(),
                 hold=hold,
+                prompt=prompt,
             )
             metrics.TIME_TO_FIRST_TOKEN.labels(route.provider_id).observe(
                 generation.first_event_at - started
@@ -330,6 +349,8 @@ class Relay:
                     yield event
                 elif type(event) is UsageReport:
                     generation.usage = event
+                elif type(event) is PromptUsage:
+                    generation.prompt = event
                 elif type(event) is FinishEvent:
                     generation.finish = event
                 event = await anext(events, None)

@@ -24,6 +24,7 @@ from switchboard_router.canonical import (
     Finish,
     FinishEvent,
     Message,
+    PromptUsage,
     Role,
     TextDelta,
     TextPart,
@@ -288,6 +289,13 @@ class StreamState:
                     )
             elif kind == "message_start":
                 self._usage((data.get("message") or {}).get("usage") or {})
+                out.append(
+                    PromptUsage(
+                        self.input_tokens + self.cache_read + self.cache_write,
+                        cached_tokens=self.cache_read,
+                        cache_write_tokens=self.cache_write,
+                    )
+                )
             elif kind == "message_delta":
                 self.stop_reason = (data.get("delta") or {}).get("stop_reason") or self.stop_reason
                 self._usage(data.get("usage") or {})

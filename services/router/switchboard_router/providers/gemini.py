@@ -26,6 +26,7 @@ from switchboard_router.canonical import (
     Finish,
     FinishEvent,
     Message,
+    PromptUsage,
     ResponseFormatKind,
     Role,
     TextDelta,
@@ -233,6 +234,7 @@ class StreamState:
     blocked: bool = False
     calls: int = 0
     error: UpstreamError | None = None
+    prompt_reported: bool = False
 
     def feed(self, batch: list[SseEvent]) -> list[AdapterEvent]:
         out: list[AdapterEvent] = []
@@ -252,6 +254,15 @@ class StreamState:
                 self.error = error_from_body(500, sse.data.encode(), self.provider, None)
                 break
             self.usage = chunk.get("usageMetadata") or self.usage
+            if self.usage and not self.prompt_reported and "promptTokenCount" in self.usage:
+                self.prompt_reported = True
+                out.append(
+                    PromptUsage(
+                        int(self.usage.get("promptTokenCount") or 0)
+                        + int(self.usage.get("toolUsePromptTokenCount") or 0),
+                        cached_tokens=int(self.usage.get("cachedContentTokenCount") or 0),
+                    )
+                )
             block = (chunk.get("promptFeedback") or {}).get("blockReason")
             if block:
                 self.native_finish, self.blocked = str(block), True
