@@ -40,7 +40,7 @@ WINDOWS = (
 )
 LIMITS_EPILOG = (
     "Limits not named keep their current value. A limit of 0 blocks every request; routers "
-    "apply a change within their key cache time. `switchboard balance --key KEY_ID` shows them."
+    "apply a change on their next request. `switchboard balance --key KEY_ID` shows them."
 )
 
 

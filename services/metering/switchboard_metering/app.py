@@ -10,6 +10,7 @@ import redis.asyncio as redis
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard_core.budget import BudgetStore
 from switchboard_core.db import create_pool, migrate
+from switchboard_core.key_changes import channel_name, publish_key_change
 from switchboard_core.redis_client import create_redis
 from switchboard_core.server import GrpcServer, Registration
 from switchboard_metering.budgets import Budgets
@@ -69,7 +70,12 @@ async def create_app(config: MeteringConfig) -> GrpcServer:
     except BaseException:
         await close()
         raise
-    servicer = MeteringServicer(keys, ledger, budgets)
+    channel = channel_name(config.budget_prefix)
+
+    async def announce(subject: str) -> None:
+        await publish_key_change(client, channel, subject)
+
+    servicer = MeteringServicer(keys, ledger, budgets, announce)
     return GrpcServer(
         config=config.server,
         registrations=[

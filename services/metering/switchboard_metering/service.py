@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,11 +47,23 @@ def usage_range(
     return start, end
 
 
+async def _no_announcement(subject: str) -> None:
+    return None
+
+
 class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
-    def __init__(self, keys: KeyStore, ledger: Ledger, budgets: Budgets) -> None:
+    def __init__(
+        self,
+        keys: KeyStore,
+        ledger: Ledger,
+        budgets: Budgets,
+        announce: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self._keys = keys
         self._ledger = ledger
         self._budgets = budgets
+        # Tells routers a key changed, so that they drop their cached copy at once.
+        self._announce = announce or _no_announcement
 
     async def CreateApiKey(
         self, request: metering_pb2.CreateApiKeyRequest, context: Context
@@ -69,7 +82,9 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def RevokeApiKey(
         self, request: metering_pb2.RevokeApiKeyRequest, context: Context
     ) -> metering_pb2.RevokeApiKeyResponse:
-        return metering_pb2.RevokeApiKeyResponse(api_key=await self._keys.revoke(request.key_id))
+        key = await self._keys.revoke(request.key_id)
+        await self._announce(f"key:{key.id}")
+        return metering_pb2.RevokeApiKeyResponse(api_key=key)
 
     async def VerifyApiKey(
         self, request: metering_pb2.VerifyApiKeyRequest, context: Context
@@ -108,6 +123,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         self, request: metering_pb2.SetKeyLimitsRequest, context: Context
     ) -> metering_pb2.SetKeyLimitsResponse:
         key = await self._budgets.set_limits(request.key_id, request.limits)
+        await self._announce(f"key:{key.id}")
         return metering_pb2.SetKeyLimitsResponse(api_key=key)
 
     async def AddCredits(
@@ -116,6 +132,8 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         balance, duplicate = await self._budgets.add_credits(
             request.account_id, request.amount_usd, request.note, request.request_id
         )
+        if not duplicate:  # the account may have just become prepaid
+            await self._announce(f"account:{balance.account_id}")
         return metering_pb2.AddCreditsResponse(balance=balance, duplicate=duplicate)
 
     async def GetBalance(

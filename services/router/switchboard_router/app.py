@@ -7,6 +7,7 @@ import logging
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard_core.budget import BudgetStore
 from switchboard_core.channels import insecure_channel
+from switchboard_core.key_changes import KeyChangeListener, channel_name
 from switchboard_core.redis_client import create_redis
 from switchboard_core.server import GrpcServer, Registration
 from switchboard_router.admission import Admission
@@ -40,8 +41,11 @@ async def create_app(config: RouterConfig) -> GrpcServer:
         UsageSink(redis, config.usage_stream, metering_channel),
         admission,
     )
+    verifier = KeyVerifier(metering_channel, config.key_cache_seconds)
+    key_changes = KeyChangeListener(redis, channel_name(config.budget_prefix), verifier.invalidate)
+    key_changes.start()
     servicer = RouterServicer(
-        KeyVerifier(metering_channel, config.key_cache_seconds),
+        verifier,
         catalog,
         relay,
         admission,
@@ -51,6 +55,7 @@ async def create_app(config: RouterConfig) -> GrpcServer:
         log.warning("catalog not loaded yet; requests get UNAVAILABLE until it is")
 
     async def close() -> None:
+        await key_changes.stop()
         await relay.drain()
         await catalog.stop()
         await session.close()

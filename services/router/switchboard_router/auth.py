@@ -1,7 +1,8 @@
 """API-key authentication: metering verifies, the router caches the answer briefly.
 
 The cache is keyed by the secret's SHA-256 so no plaintext key is kept. Concurrent requests
-with the same uncached key share one VerifyApiKey call.
+with the same uncached key share one VerifyApiKey call. Metering announces key changes
+(:mod:`switchboard_core.key_changes`); :meth:`KeyVerifier.invalidate` then drops the cache.
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ class KeyVerifier:
         self._ttl = ttl_seconds
         self._cache: dict[bytes, tuple[float, Caller]] = {}
         self._pending: dict[bytes, asyncio.Task[Caller]] = {}
+        # Bumped by invalidate(): an answer fetched before a change is not cached after it.
+        self._generation = 0
+
+    def invalidate(self) -> None:
+        """Forget every cached key (a key or an account changed)."""
+        self._generation += 1
+        self._cache.clear()
+        self._pending.clear()
 
     async def verify(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Caller:
         secret = bearer_secret(metadata)
@@ -70,10 +79,15 @@ class KeyVerifier:
         if task is None:
             task = asyncio.create_task(self._fetch(secret, digest))
             self._pending[digest] = task
-            task.add_done_callback(lambda _t: self._pending.pop(digest, None))
+            task.add_done_callback(lambda done: self._forget_pending(digest, done))
         return await asyncio.shield(task)
 
+    def _forget_pending(self, digest: bytes, task: asyncio.Task[Caller]) -> None:
+        if self._pending.get(digest) is task:  # not a newer fetch started after invalidate()
+            del self._pending[digest]
+
     async def _fetch(self, secret: str, digest: bytes) -> Caller:
+        generation = self._generation
         try:
             reply = await self._stub.VerifyApiKey(
                 metering_pb2.VerifyApiKeyRequest(secret=secret), timeout=VERIFY_TIMEOUT_SECONDS
@@ -93,6 +107,8 @@ class KeyVerifier:
             account_id=reply.api_key.account_id,
             limits=_limits(reply.api_key),
         )
+        if generation != self._generation:
+            return caller  # answered before a change; serve it once, cache nothing
         if len(self._cache) >= MAX_CACHED_KEYS:
             self._cache.clear()
         self._cache[digest] = (time.monotonic() + self._ttl, caller)
