@@ -141,8 +141,6 @@ async def set_key_limits(
     for window in WINDOWS:
         amount = getattr(key.limits, window.limit_field)
         output.line(f"  {window.option + ':':<8} {f'{amount} USD' if amount else 'none'}")
-    if key.HasField("revoke_time"):
-        output.note(f"{key.id} is revoked: its limits apply to nothing")
     if key.account_prepaid:
         output.note(f"account {key.account_id} is prepaid: its credit bounds this key too")
     return 0

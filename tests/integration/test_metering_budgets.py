@@ -229,3 +229,18 @@ async def test_a_retried_grant_with_its_request_id_adds_credit_once(
     with pytest.raises(grpc.aio.AioRpcError) as long_id:
         await metering.stub.AddCredits(grant("1", "x" * 129))
     assert field_violations(long_id.value) == ["request_id"]
+
+
+async def test_a_revoked_keys_limits_cannot_change(metering: Metering) -> None:
+    created = await metering.stub.CreateApiKey(
+        metering_pb2.CreateApiKeyRequest(account_id="revoked-co")
+    )
+    await metering.stub.RevokeApiKey(metering_pb2.RevokeApiKeyRequest(key_id=created.api_key.id))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await metering.stub.SetKeyLimits(
+            metering_pb2.SetKeyLimitsRequest(
+                key_id=created.api_key.id, limits=metering_pb2.SpendLimits(total_usd="1")
+            )
+        )
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "revoked" in (refused.value.details() or "")

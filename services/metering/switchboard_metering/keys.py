@@ -16,7 +16,7 @@ from decimal import Decimal
 import asyncpg
 
 from switchboard.metering.v1 import metering_pb2
-from switchboard_core.errors import InvalidArgument, NotFound, Unauthenticated
+from switchboard_core.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from switchboard_core.money import MoneyFormatError, format_usd, parse_usd
 from switchboard_core.paging import decode_token, encode_token, page_size
 
@@ -195,11 +195,16 @@ class KeyStore:
         values = parse_limits(limits)
         row = await self._pool.fetchrow(
             f"""UPDATE api_keys SET limit_total = $2, limit_daily = $3, limit_monthly = $4
-                WHERE id = $1 RETURNING {_COLUMNS}""",
+                WHERE id = $1 AND revoked_at IS NULL RETURNING {_COLUMNS}""",
             key_id,
             *values,
         )
         if row is None:
+            if await self._pool.fetchval("SELECT true FROM api_keys WHERE id = $1", key_id):
+                raise FailedPrecondition(
+                    f"API key {key_id!r} is revoked: its limits can no longer change",
+                    reason="API_KEY_REVOKED",
+                )
             raise NotFound(f"API key {key_id!r} not found")
         log.info("api key limits set", extra={"key_id": key_id})
         return _to_proto(row)
