@@ -17,6 +17,8 @@ from collections.abc import Callable
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from switchboard_core.periodic import BackgroundTask
+
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 1.0
@@ -39,25 +41,16 @@ async def publish_key_change(client: redis.Redis, channel: str, subject: str) ->
         )
 
 
-class KeyChangeListener:
+class KeyChangeListener(BackgroundTask):
     """Calls ``on_change`` for every announced change, and after every reconnection."""
+
+    name = "key-change-listener"
 
     def __init__(self, client: redis.Redis, channel: str, on_change: Callable[[], None]) -> None:
         self._redis = client
         self._channel = channel
         self._on_change = on_change
-        self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="key-change-listener")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def _run(self) -> None:
         while True:

@@ -1,4 +1,4 @@
-"""A background job run every so often until stopped, surviving the errors it expects."""
+"""Background tasks a service starts and stops with itself; a job run every so often."""
 
 from __future__ import annotations
 
@@ -10,7 +10,27 @@ from collections.abc import Awaitable, Callable
 log = logging.getLogger(__name__)
 
 
-class Periodic:
+class BackgroundTask:
+    """A task running :meth:`_run` from :meth:`start` until :meth:`stop` cancels it."""
+
+    name = "background"
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Periodic(BackgroundTask):
     """Runs ``work`` every ``interval`` seconds (first after one interval) in a task.
 
     An exception of the ``expected`` kinds (storage unreachable, say) is logged and the job
@@ -28,19 +48,8 @@ class Periodic:
         self._work = work
         self.interval = interval
         self._expected = expected
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name=self.name)
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _loop(self) -> None:
+    async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
             try:
