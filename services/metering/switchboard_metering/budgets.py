@@ -29,21 +29,32 @@ from switchboard_metering.keys import KeyStore, validate_account_id
 
 log = logging.getLogger(__name__)
 
-_KEY_SPEND = """
-SELECT coalesce(sum(cost), 0) AS total,
-       coalesce(sum(cost) FILTER (WHERE bucket_start >= date_trunc('day', $2, 'UTC')), 0)
-           AS today,
-       coalesce(sum(cost) FILTER (WHERE bucket_start >= date_trunc('month', $2, 'UTC')), 0)
-           AS this_month
-FROM usage_rollups WHERE key_id = $1
+# A key's settled spend in all, today and this month (UTC), from the rollups ``r``; {now}
+# is the parameter holding the current time.
+_SPEND = """
+coalesce(sum(r.cost), 0) AS total,
+coalesce(sum(r.cost) FILTER (WHERE r.bucket_start >= date_trunc('day', {now}, 'UTC')), 0)
+    AS today,
+coalesce(sum(r.cost) FILTER (WHERE r.bucket_start >= date_trunc('month', {now}, 'UTC')), 0)
+    AS this_month
 """
-_ACCOUNT = """
-SELECT a.prepaid,
-       coalesce((SELECT sum(amount) FROM credit_grants g WHERE g.account_id = a.id), 0) AS credit,
-       coalesce((SELECT sum(r.cost) FROM usage_rollups r JOIN api_keys k ON k.id = r.key_id
-                 WHERE k.account_id = a.id), 0) AS spent
-FROM accounts a WHERE a.id = $1
+_KEY_SPEND = f"SELECT {_SPEND.format(now='$2')} FROM usage_rollups r WHERE r.key_id = $1"
+# Every key that has limits: the keys whose counters routers enforce.
+_LIMITED_KEYS_SPEND = f"""
+SELECT k.id, {_SPEND.format(now="$1")}
+FROM api_keys k LEFT JOIN usage_rollups r ON r.key_id = k.id
+WHERE k.revoked_at IS NULL
+  AND (k.limit_total IS NOT NULL OR k.limit_daily IS NOT NULL OR k.limit_monthly IS NOT NULL)
+GROUP BY k.id
 """
+# An account ``a``'s credit (all its grants) and spend (all its keys').
+_CREDIT_AND_SPEND = """
+coalesce((SELECT sum(amount) FROM credit_grants g WHERE g.account_id = a.id), 0) AS credit,
+coalesce((SELECT sum(r.cost) FROM usage_rollups r JOIN api_keys k ON k.id = r.key_id
+          WHERE k.account_id = a.id), 0) AS spent
+"""
+_ACCOUNT = f"SELECT a.prepaid, {_CREDIT_AND_SPEND} FROM accounts a WHERE a.id = $1"
+_PREPAID = f"SELECT a.id, {_CREDIT_AND_SPEND} FROM accounts a WHERE a.prepaid"
 _GRANT = """
 WITH account AS (
     INSERT INTO accounts (id, prepaid) VALUES ($1, true)
@@ -55,25 +66,6 @@ RETURNING id
 """
 _EARLIER_GRANT = "SELECT amount FROM credit_grants WHERE account_id = $1 AND request_id = $2"
 MAX_REQUEST_ID_LENGTH = 128
-_LIMITED_KEYS_SPEND = """
-SELECT k.id,
-       coalesce(sum(r.cost), 0) AS total,
-       coalesce(sum(r.cost) FILTER (WHERE r.bucket_start >= date_trunc('day', $1, 'UTC')), 0)
-           AS today,
-       coalesce(sum(r.cost) FILTER (WHERE r.bucket_start >= date_trunc('month', $1, 'UTC')), 0)
-           AS this_month
-FROM api_keys k LEFT JOIN usage_rollups r ON r.key_id = k.id
-WHERE k.revoked_at IS NULL
-  AND (k.limit_total IS NOT NULL OR k.limit_daily IS NOT NULL OR k.limit_monthly IS NOT NULL)
-GROUP BY k.id
-"""
-_PREPAID = """
-SELECT a.id,
-       coalesce((SELECT sum(amount) FROM credit_grants g WHERE g.account_id = a.id), 0) AS credit,
-       coalesce((SELECT sum(r.cost) FROM usage_rollups r JOIN api_keys k ON k.id = r.key_id
-                 WHERE k.account_id = a.id), 0) AS spent
-FROM accounts a WHERE a.prepaid
-"""
 LOADED_MARKER = "loaded"
 RESYNC_INTERVAL_SECONDS = 60.0
 
@@ -112,15 +104,15 @@ class Budgets:
 
     async def load_all(self) -> int:
         """Load every limited key and prepaid account into Redis; returns how many."""
-        keys = await self._pool.fetch(
-            """SELECT id FROM api_keys WHERE revoked_at IS NULL AND
-               (limit_total IS NOT NULL OR limit_daily IS NOT NULL OR limit_monthly IS NOT NULL)"""
-        )
-        accounts = await self._pool.fetch("SELECT id FROM accounts WHERE prepaid")
+        now = datetime.now(UTC)
+        keys = await self._pool.fetch(_LIMITED_KEYS_SPEND, now)
+        accounts = await self._pool.fetch(_PREPAID)
         for key in keys:
-            await self.load_key(key["id"])
+            await self._store.load_key(
+                key["id"], key["total"], key["today"], key["this_month"], now
+            )
         for account in accounts:
-            await self.load_account(account["id"])
+            await self._store.load_account(account["id"], account["credit"], account["spent"])
         await self._store.mark(LOADED_MARKER)
         log.info("budgets loaded into redis", extra={"keys": len(keys), "accounts": len(accounts)})
         return len(keys) + len(accounts)
