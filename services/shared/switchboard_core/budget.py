@@ -228,6 +228,22 @@ class BudgetExceeded(ResourceExhausted):
         self.window = window
 
 
+def _key_counters(total: Decimal, today: Decimal, this_month: Decimal, now: datetime) -> list[str]:
+    """A key's settled spend as the field, value pairs the load and raise scripts take."""
+    return [
+        "spent_total",
+        str(to_pico(total)),
+        day_field(now),
+        str(to_pico(today)),
+        month_field(now),
+        str(to_pico(this_month)),
+    ]
+
+
+def _account_counters(credit: Decimal, spent: Decimal) -> list[str]:
+    return ["credit", str(to_pico(credit)), "spent", str(to_pico(spent))]
+
+
 def _limit(value: Decimal | None) -> str:
     return "-1" if value is None else str(math.floor(value * PICO))
 
@@ -330,15 +346,7 @@ class BudgetStore:
         """
         written = await self._load(
             keys=[f"{self._prefix}key:{key_id}"],
-            args=[
-                "1" if replace else "0",
-                "spent_total",
-                to_pico(total),
-                day_field(now),
-                to_pico(today),
-                month_field(now),
-                to_pico(this_month),
-            ],
+            args=["1" if replace else "0", *_key_counters(total, today, this_month, now)],
         )
         return bool(int(written))
 
@@ -353,7 +361,7 @@ class BudgetStore:
         """Set an account's credit and settled spend; see :meth:`load_key` for ``replace``."""
         written = await self._load(
             keys=[f"{self._prefix}acct:{account_id}"],
-            args=["1" if replace else "0", "credit", to_pico(credit), "spent", to_pico(spent)],
+            args=["1" if replace else "0", *_account_counters(credit, spent)],
         )
         return bool(int(written))
 
@@ -372,17 +380,12 @@ class BudgetStore:
         counters were behind (a router's settle was lost, or a generation admitted before
         the key was limited finished after it was loaded). Past days' and months' counters
         are deleted."""
-        counters = [
-            ("spent_total", total),
-            (day_field(now), today),
-            (month_field(now), this_month),
-        ]
-        args = [v for field, amount in counters for v in (field, str(to_pico(amount)))]
+        args = _key_counters(total, today, this_month, now)
         return int(await self._raise(keys=[f"{self._prefix}key:{key_id}"], args=args))
 
     async def raise_account(self, account_id: str, credit: Decimal, spent: Decimal) -> int:
         """Raise a loaded account's credit and settled spend to at least Postgres's."""
-        args = ["credit", str(to_pico(credit)), "spent", str(to_pico(spent))]
+        args = _account_counters(credit, spent)
         return int(await self._raise(keys=[f"{self._prefix}acct:{account_id}"], args=args))
 
     async def is_loaded(self, key: str) -> bool:
