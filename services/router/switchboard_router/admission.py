@@ -99,16 +99,15 @@ class Admission:
     async def settle(self, reservation: Reservation, cost: Decimal) -> None:
         """Settle, retrying for about 12 s while Redis is unreachable (a settle counts once
         however often it runs). Runs in the background: the client is not kept waiting."""
-        for delay in self._settle_retry_delays:
+        for delay in (*self._settle_retry_delays, None):
             try:
                 await self._store.settle(reservation, cost)
                 return
             except (redis_errors.RedisError, OSError):
+                if delay is None:
+                    break
                 await asyncio.sleep(delay)
-        try:
-            await self._store.settle(reservation, cost)
-        except (redis_errors.RedisError, OSError):
-            metrics.BUDGET_SETTLE_FAILURES.inc()
-            # The reservation expires by itself; the spend is in the ledger, and metering's
-            # resync raises the Redis counters to it within a minute.
-            log.warning("reservation not settled", extra={"reservation": reservation.id})
+        metrics.BUDGET_SETTLE_FAILURES.inc()
+        # The reservation expires by itself; the spend is in the ledger, and metering's resync
+        # raises the Redis counters to it within a minute.
+        log.warning("reservation not settled", extra={"reservation": reservation.id})
