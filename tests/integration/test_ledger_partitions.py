@@ -24,13 +24,8 @@ NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def database(own_database_url: str) -> str:
-    return own_database_url
-
-
-@pytest.fixture
-async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database)
+async def pool(own_database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(own_database_url)
     yield pool
     await pool.close()
 

@@ -27,20 +27,15 @@ def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[
 
 
 @pytest.fixture
-def database(own_database_url: str) -> str:
-    return own_database_url
-
-
-@pytest.fixture
-async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database)
+async def pool(own_database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(own_database_url)
     await migrate(pool, "metering", MIGRATIONS)
     yield pool
     await pool.close()
 
 
 async def test_reconcile_finds_nothing_after_normal_writes_and_every_corruption(
-    pool: asyncpg.Pool, database: str
+    pool: asyncpg.Pool, own_database_url: str
 ) -> None:
     ledger = Ledger(pool)
     events = [
@@ -70,7 +65,7 @@ async def test_reconcile_finds_nothing_after_normal_writes_and_every_corruption(
     assert str(found[0]) == "ghost m p 2025-06-01T10 requests: ledger None != rollup 1"
 
     command = [sys.executable, "-m", "switchboard_metering", "reconcile"]
-    env = {"DATABASE_URL": database, "REDIS_URL": "redis://127.0.0.1:1", "PATH": "/usr/bin"}
+    env = {"DATABASE_URL": own_database_url, "REDIS_URL": "redis://127.0.0.1:1", "PATH": "/usr/bin"}
     checked = await asyncio.to_thread(run, command, env)
     assert checked.returncode == 1, checked.stderr
     assert f"{len(found)} differences found" in checked.stdout
