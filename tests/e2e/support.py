@@ -22,6 +22,19 @@ PROVIDER_KEYS = {
 }
 
 
+async def limited_key(
+    metering: metering_pb2_grpc.MeteringServiceAsyncStub,
+    account_id: str,
+    limits: metering_pb2.SpendLimits,
+) -> metering_pb2.CreateApiKeyResponse:
+    """A new key of ``account_id`` with ``limits``, set before its first request."""
+    key = await metering.CreateApiKey(metering_pb2.CreateApiKeyRequest(account_id=account_id))
+    await metering.SetKeyLimits(
+        metering_pb2.SetKeyLimitsRequest(key_id=key.api_key.id, limits=limits)
+    )
+    return key
+
+
 def auth(key: metering_pb2.CreateApiKeyResponse) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {key.secret}"),)
 

@@ -16,7 +16,7 @@ from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard_devstack.stack import Stack
-from tests.e2e.support import auth, ledger_entry
+from tests.e2e.support import auth, ledger_entry, limited_key
 
 pytestmark = [pytest.mark.e2e]
 
@@ -75,13 +75,8 @@ async def test_fifty_concurrent_requests_on_a_key_whose_limit_admits_ten(
     stack: Stack,
 ) -> None:
     counted_before = await admissions(stack)
-    key = await metering.CreateApiKey(metering_pb2.CreateApiKeyRequest(account_id="race"))
     limit = 10 * RESERVED + RESERVED / 2
-    await metering.SetKeyLimits(
-        metering_pb2.SetKeyLimitsRequest(
-            key_id=key.api_key.id, limits=metering_pb2.SpendLimits(total_usd=str(limit))
-        )
-    )
+    key = await limited_key(metering, "race", metering_pb2.SpendLimits(total_usd=str(limit)))
     results = await asyncio.gather(*(attempt(router, key) for _ in range(50)))
     ends = [r for r in results if isinstance(r, router_pb2.CompletionEnd)]
     refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
@@ -132,12 +127,7 @@ async def test_a_cancelled_stream_settles_its_reservation_to_what_it_spent(
     router: router_pb2_grpc.RouterServiceAsyncStub,
     metering: metering_pb2_grpc.MeteringServiceAsyncStub,
 ) -> None:
-    key = await metering.CreateApiKey(metering_pb2.CreateApiKeyRequest(account_id="capped"))
-    await metering.SetKeyLimits(
-        metering_pb2.SetKeyLimitsRequest(
-            key_id=key.api_key.id, limits=metering_pb2.SpendLimits(daily_usd="1")
-        )
-    )
+    key = await limited_key(metering, "capped", metering_pb2.SpendLimits(daily_usd="1"))
     call = router.StreamCompletion(REQUEST, metadata=auth(key))
     start = await call.read()
     assert isinstance(start, router_pb2.StreamCompletionResponse)

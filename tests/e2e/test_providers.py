@@ -24,7 +24,7 @@ from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard_core.money import Price
-from tests.e2e.support import PROVIDER_KEYS, auth, ledger_entry
+from tests.e2e.support import PROVIDER_KEYS, auth, ledger_entry, limited_key
 from tests.fakes import anthropic_server, gemini_server, openai_server
 from tests.fakes.script import FakeProvider, Script, ScriptToolCall, ScriptUsage
 
@@ -251,14 +251,7 @@ async def test_a_limited_key_without_max_tokens_is_sent_the_bound_it_reserved(
     unlimited = fake.requests[-1].body.get("generationConfig", {})
     assert "maxOutputTokens" not in unlimited  # nothing reserved, nothing imposed
 
-    limited = await metering.CreateApiKey(
-        metering_pb2.CreateApiKeyRequest(account_id="e2e-bounded", name="bounded")
-    )
-    await metering.SetKeyLimits(
-        metering_pb2.SetKeyLimitsRequest(
-            key_id=limited.api_key.id, limits=metering_pb2.SpendLimits(daily_usd="5")
-        )
-    )
+    limited = await limited_key(metering, "e2e-bounded", metering_pb2.SpendLimits(daily_usd="5"))
     await stream(router, limited, ask(GEMINI), fake)
     model = await catalog.GetModel(catalog_pb2.GetModelRequest(model_id=GEMINI))
     cap = model.model.endpoints[0].max_completion_tokens

@@ -23,7 +23,7 @@ from switchboard_core.redis_client import create_redis
 from switchboard_devstack.stack import Stack, wait_healthy
 from switchboard_devstack.storage import create_database
 from tests.e2e.restartable import RestartablePostgres, RestartableRedis
-from tests.e2e.support import GENERATIONS, Told, load, settled
+from tests.e2e.support import GENERATIONS, Told, limited_key, load, settled
 
 pytestmark = [pytest.mark.e2e]
 
@@ -62,18 +62,6 @@ async def when_told(told: Told, count: int, running: asyncio.Task[int]) -> None:
         await asyncio.sleep(0.02)
 
 
-async def limited_key(
-    metering: metering_pb2_grpc.MeteringServiceAsyncStub,
-) -> metering_pb2.CreateApiKeyResponse:
-    key = await metering.CreateApiKey(metering_pb2.CreateApiKeyRequest(account_id="limited"))
-    await metering.SetKeyLimits(
-        metering_pb2.SetKeyLimitsRequest(
-            key_id=key.api_key.id, limits=metering_pb2.SpendLimits(daily_usd="1000")
-        )
-    )
-    return key
-
-
 async def test_postgres_crash_and_redis_kill_lose_and_double_nothing(
     stack: Stack,
     storage: tuple[RestartablePostgres, RestartableRedis],
@@ -86,7 +74,7 @@ async def test_postgres_crash_and_redis_kill_lose_and_double_nothing(
 ) -> None:
     postgres, redis = storage
     told: Told = {}
-    limited = await limited_key(metering)
+    limited = await limited_key(metering, "limited", metering_pb2.SpendLimits(daily_usd="1000"))
     told_limited: Told = {}
     await load(router, api_key, 1, told)  # warms the key cache; counted like the rest
     await load(router, limited, 1, told_limited)
