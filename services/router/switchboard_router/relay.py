@@ -196,8 +196,8 @@ class Relay:
     def _key_for(self, route: Route) -> Secret:
         return self._keys.get(_env_name(route.provider_id).lower(), Secret(""))
 
-    def _target(self, route: Route) -> Target:
-        key = self._key_for(route)
+    @staticmethod
+    def _target(route: Route, key: Secret) -> Target:
         return Target(
             route.provider_id,
             route.base_url,
@@ -258,7 +258,8 @@ class Relay:
             if adapter is None:
                 log.warning("no adapter for endpoint", extra={"endpoint": route.endpoint_id})
                 continue
-            if adapter.requires_credential(route.dialect) and not self._key_for(route):
+            key = self._key_for(route)
+            if adapter.requires_credential(route.dialect) and not key:
                 unconfigured.add(route.provider_id)
                 continue
             unsupported = self._unsupported(request, route, adapter)
@@ -278,7 +279,7 @@ class Relay:
                 sent = self._admission.bounded(sent, route)
             events = adapter.stream(
                 sent,
-                self._target(route),
+                self._target(route, key),
                 timeout=max(0.001, deadline - time.monotonic()),
             )
             prompt: PromptUsage | None = None
