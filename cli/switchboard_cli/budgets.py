@@ -7,7 +7,6 @@ the CLI checks the format before sending and never turns amounts into floats.
 from __future__ import annotations
 
 import argparse
-import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -17,9 +16,7 @@ from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard_cli.connection import UNARY_TIMEOUT
 from switchboard_cli.errors import CliError
 from switchboard_cli.output import Output
-
-# What the metering service accepts (switchboard_core.money.parse_usd): no sign, no exponent.
-_USD = re.compile(r"[0-9]{1,12}(\.[0-9]{1,12})?")
+from switchboard_core.money import MoneyFormatError, parse_usd
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +90,13 @@ def register_limits(
 def usd(text: str) -> str:
     """A non-negative USD amount such as ``5`` or ``0.25``, as the metering service takes it."""
     amount = text.strip()
-    if not _USD.fullmatch(amount):
+    try:
+        parse_usd(amount)  # the metering service's own check
+    except MoneyFormatError:
         raise argparse.ArgumentTypeError(
             f"expected a non-negative amount in USD like 5 or 0.25 (no sign, no exponent,"
             f" at most 12 digits each side of the point), got {text!r}"
-        )
+        ) from None
     return amount
 
 
