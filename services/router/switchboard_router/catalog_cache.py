@@ -19,6 +19,7 @@ import grpc
 
 from switchboard.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from switchboard_core.money import Price
+from switchboard_core.periodic import BackgroundTask
 
 log = logging.getLogger(__name__)
 
@@ -90,30 +91,24 @@ class Snapshot:
         return cls(version=message.version, routes=routes, provider_ids=frozenset(providers))
 
 
-class CatalogCache:
+class CatalogCache(BackgroundTask):
+    """The router's copy of the catalog, kept fresh by a WatchCatalog stream (the task)."""
+
+    name = "catalog-watch"
+
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._stub = catalog_pb2_grpc.CatalogServiceStub(channel)
         self.snapshot = Snapshot.empty()
         self._loaded = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def loaded(self) -> bool:
         return self._loaded.is_set()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._watch_forever(), name="catalog-watch")
-
     async def wait_loaded(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._loaded.wait(), timeout)
         return self.loaded
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     def apply(self, message: catalog_pb2.WatchCatalogResponse) -> None:
         try:
@@ -128,7 +123,7 @@ class CatalogCache:
             extra={"version": snapshot.version, "models": len(snapshot.routes)},
         )
 
-    async def _watch_forever(self) -> None:
+    async def _run(self) -> None:
         delay = 0.2
         while True:
             try:
