@@ -40,7 +40,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     SWITCHBOARD_HOST=0.0.0.0
 RUN groupadd --system --gid 10001 switchboard \
- && useradd --system --uid 10001 --gid switchboard --home-dir /app --shell /usr/sbin/nologin switchboard
+ && useradd --system --uid 10001 --gid switchboard --home-dir /app --shell /usr/sbin/nologin switchboard \
+ && mkdir /certs && chown 10001:10001 /certs
+# /certs: where compose's one-shot `certs` service writes the development CA and certificates
+# (a named volume mounted there takes this directory's owner).
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /src/gen/python /app/gen/python
 WORKDIR /app

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import grpc
 
-from switchboard_cli.connection import Target, open_channel
+from switchboard_cli.connection import ConnectionSetupError, Credentials, Target, open_channel
 from switchboard_cli.errors import CliError, describe_rpc_error
 from switchboard_cli.output import Output
 from switchboard_cli.parser import build_parser
@@ -26,11 +26,17 @@ async def run(argv: Sequence[str] | None = None, env: Mapping[str, str] | None =
     except SystemExit as stop:  # --help, or a usage error argparse has already printed
         return stop.code if isinstance(stop.code, int) else 2
     output = Output(json=args.json)
+    if callable(args.service):  # a read of one's own data: the router, or an admin port
+        args.service = args.service(args)
     target = Target(args.service, getattr(args, args.service))
+    credentials = Credentials.from_args(args)
     handler: Handler = args.handler
     try:
-        async with open_channel(target) as channel:
+        async with open_channel(target, credentials) as channel:
             return await handler(args, channel, output)
+    except ConnectionSetupError as error:
+        output.fail(str(error))
+        return 2
     except grpc.aio.AioRpcError as error:
         output.fail(describe_rpc_error(error, target))
         return 1

@@ -45,7 +45,10 @@ def describe_rpc_error(error: grpc.aio.AioRpcError, target: Target) -> str:
     if extras:
         line += " [" + "; ".join(extras) + "]"
     if code is grpc.StatusCode.UNAUTHENTICATED:
-        line += " (check --api-key or SWITCHBOARD_API_KEY)"
+        if target.service == "router":
+            line += " (check --api-key or SWITCHBOARD_API_KEY)"
+        else:
+            line += " (check --admin-key or SWITCHBOARD_ADMIN_KEY)"
     return line
 
 

@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 
-from switchboard_cli import budgets, chat, generations, health, keys, models, usage
+from switchboard_cli import (
+    account,
+    audit,
+    budgets,
+    chat,
+    generations,
+    health,
+    keys,
+    models,
+    usage,
+)
 from switchboard_cli.connection import DEFAULT_ADDRESSES
 
 DESCRIPTION = "Switchboard: keys, models, chat, usage and budgets over gRPC."
@@ -20,7 +30,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_globals(common, env, with_defaults=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (keys, models, chat, usage, generations, budgets, health):
+    for module in (keys, account, models, chat, usage, generations, budgets, audit, health):
         module.register(commands, common)
     return parser
 
@@ -47,6 +57,28 @@ def _add_globals(
         "--api-key",
         default=default(env.get("SWITCHBOARD_API_KEY") or None),
         help="API key for chat (default: $SWITCHBOARD_API_KEY)",
+    )
+    parser.add_argument(
+        "--admin-key",
+        default=default(env.get("SWITCHBOARD_ADMIN_KEY") or ""),
+        help="operator key for admin commands (default: $SWITCHBOARD_ADMIN_KEY)",
+    )
+    for option, variable, what in [
+        ("--tls-ca", "SWITCHBOARD_TLS_CA", "CA certificate to trust"),
+        ("--tls-cert", "SWITCHBOARD_TLS_CERT", "client certificate (catalog and metering)"),
+        ("--tls-key", "SWITCHBOARD_TLS_KEY", "client certificate's key"),
+    ]:
+        parser.add_argument(
+            option,
+            metavar="PEM",
+            default=default(env.get(variable) or ""),
+            help=f"{what} (default: ${variable})",
+        )
+    parser.add_argument(
+        "--plaintext",
+        action="store_true",
+        default=default(env.get("SWITCHBOARD_INSECURE_PLAINTEXT", "").lower() in ("1", "true")),
+        help="no TLS (only for servers configured with SWITCHBOARD_INSECURE_PLAINTEXT)",
     )
     parser.add_argument(
         "--json", action="store_true", default=default(False), help="machine-readable output"

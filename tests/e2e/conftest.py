@@ -1,11 +1,15 @@
-"""The services as real processes: each e2e module gets its own stack (module scope)."""
+"""The services as real processes: each e2e module gets its own stack (module scope).
+
+They talk mutual TLS with the test process's certificates (``tests.secure``); the
+``metering`` and ``catalog`` stubs call as an operator with every scope, ``router`` as a
+client of the public port (requests carry their API key).
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from switchboard.catalog.v1 import catalog_pb2_grpc
@@ -13,6 +17,7 @@ from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2_grpc
 from switchboard_devstack.stack import Ports, Stack
 from tests.e2e.support import PROVIDER_KEYS
+from tests.secure import test_pki
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +28,13 @@ async def stack(
     redis_prefix: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
-    """The module's stack; a module may set ``STACK_ENV`` to override settings."""
+    """The module's stack; a module may set ``STACK_ENV`` to override settings, and
+    ``STACK_PLAINTEXT = True`` to run it without TLS (service keys instead)."""
     logs: Path = tmp_path_factory.mktemp("e2e-logs")
     running = Stack(
         database_url,
         redis_url,
+        test_pki(),
         ports=Ports.free(),
         log_dir=logs,
         extra_env={
@@ -39,8 +46,13 @@ async def stack(
             "SWITCHBOARD_DEMO_TOKEN_DELAY_SECONDS": "0.01",
             "SWITCHBOARD_SHUTDOWN_GRACE_SECONDS": "10",
             **{f"SWITCHBOARD_PROVIDER_KEY_{p.upper()}": k for p, k in PROVIDER_KEYS.items()},
+            # Tests point seeded providers at local fakes: allow 127.0.0.1 as an upstream and
+            # declare it as a host of each provider the router has a key for.
+            "SWITCHBOARD_UPSTREAM_ALLOWLIST": "127.0.0.1",
+            **{f"SWITCHBOARD_PROVIDER_HOSTS_{p.upper()}": "127.0.0.1" for p in PROVIDER_KEYS},
             **getattr(request.module, "STACK_ENV", {}),
         },
+        plaintext=getattr(request.module, "STACK_PLAINTEXT", False),
     )
     try:
         await running.start(timeout=60)
@@ -58,19 +70,19 @@ async def stack(
 
 @pytest.fixture(scope="module")
 async def metering(stack: Stack) -> AsyncIterator[metering_pb2_grpc.MeteringServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.metering}") as channel:
+    async with stack.channel("metering") as channel:
         yield metering_pb2_grpc.MeteringServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
 async def router(stack: Stack) -> AsyncIterator[router_pb2_grpc.RouterServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.router}") as channel:
+    async with stack.channel("router", bearer="") as channel:
         yield router_pb2_grpc.RouterServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
 async def catalog(stack: Stack) -> AsyncIterator[catalog_pb2_grpc.CatalogServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.catalog}") as channel:
+    async with stack.channel("catalog") as channel:
         yield catalog_pb2_grpc.CatalogServiceStub(channel)
 
 

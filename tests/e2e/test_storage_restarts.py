@@ -20,7 +20,7 @@ from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2_grpc
 from switchboard_core.budget import BudgetStore
 from switchboard_core.redis_client import create_redis
-from switchboard_devstack.stack import Stack, wait_healthy
+from switchboard_devstack.stack import Stack
 from switchboard_devstack.storage import create_database
 from tests.e2e.restartable import RestartablePostgres, RestartableRedis
 from tests.e2e.support import GENERATIONS, Told, limited_key, load, settled
@@ -96,7 +96,7 @@ async def test_postgres_crash_and_redis_kill_lose_and_double_nothing(
     assert len(told) + failures == GENERATIONS + 1
     assert len(told) > GENERATIONS // 2
     assert len(told_limited) + limited_failures == GENERATIONS // 4 + 1
-    await wait_healthy(f"127.0.0.1:{stack.ports.metering}", 30, stack.processes["metering"])
+    await stack.wait_healthy("metering", 30)
     for key, key_told in ((api_key, told), (limited, told_limited)):
         rows = await settled(database_url, key.api_key.id, key_told)
         missing = key_told.keys() - rows.keys()

@@ -1,4 +1,9 @@
-"""Helpers for the CLI tests: in-process fake servers on port 0 and captured output."""
+"""Helpers for the CLI tests: in-process fake servers on port 0 and captured output.
+
+The fakes serve TLS with the test process's certificates, and the CLI runs with the variables
+that trust them (``SWITCHBOARD_TLS_CA``, and the operator's client certificate), as a user
+who sourced ``.devstack/env`` would.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,8 @@ from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
 from switchboard_cli.__main__ import run
-
-NO_ENV: dict[str, str] = {}
+from switchboard_devstack.pki import OPERATOR
+from tests.secure import test_pki
 
 
 @asynccontextmanager
@@ -25,7 +30,8 @@ async def serving(
     """Serve ``servicer`` on 127.0.0.1:0 and yield its address."""
     server = grpc.aio.server()
     add(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    cert, key, _ = test_pki().read("metering")
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
     await server.start()
     try:
         yield f"127.0.0.1:{port}"
@@ -61,6 +67,38 @@ class FlushRecorder(io.StringIO):
         self.flushed.append(self.getvalue())
 
 
+def tls_env() -> dict[str, str]:
+    """The CLI's TLS variables for the test certificates."""
+    pki = test_pki()
+    return {
+        "SWITCHBOARD_TLS_CA": str(pki.ca),
+        "SWITCHBOARD_TLS_CERT": str(pki.cert(OPERATOR)),
+        "SWITCHBOARD_TLS_KEY": str(pki.key(OPERATOR)),
+    }
+
+
 async def cli(*argv: str, env: dict[str, str] | None = None) -> int:
-    """Run the CLI in this event loop with an empty environment unless one is given."""
-    return await run(list(argv), env=NO_ENV if env is None else env)
+    """Run the CLI in this event loop with only the TLS variables set, and ``env``."""
+    return await run(list(argv), env={**tls_env(), **(env or {})})
+
+
+class RouterCompletionsOnly:
+    """A fake router's answer to the account RPCs a completion test does not serve
+    (mix it in before ``RouterServiceServicer``)."""
+
+    async def _unimplemented(self, context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not served by this fake")
+
+    async def GetKey(self, request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await self._unimplemented(context)
+
+    async def GetGeneration(
+        self, request: object, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        await self._unimplemented(context)
+
+    async def QueryUsage(self, request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await self._unimplemented(context)
+
+    async def ListModels(self, request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await self._unimplemented(context)

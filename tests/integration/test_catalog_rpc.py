@@ -17,13 +17,18 @@ from switchboard.common.v1 import common_pb2
 from switchboard_catalog.config import packaged_seed_path
 from switchboard_catalog.seed import apply_seed, load_seed
 from switchboard_catalog.store import CatalogStore
-from switchboard_catalog.testing import RunningCatalog, running_catalog
+from switchboard_catalog.testing import RunningCatalog
 from switchboard_core.db import create_pool
+from switchboard_core.upstreams import UpstreamPolicy
+from tests.secure import secure_catalog
+
+# The seeded demo provider's host.
+DEMO_HOST = UpstreamPolicy(["127.0.0.1"])
 
 
 @pytest.fixture(scope="module")
 async def catalog(database_url: str) -> AsyncIterator[RunningCatalog]:
-    async with running_catalog(database_url, version_poll_seconds=60) as running:
+    async with secure_catalog(database_url, version_poll_seconds=60) as running:
         yield running
 
 
@@ -77,7 +82,9 @@ async def test_list_models_pages_walk_every_model_once(
             break
     assert seen == sorted(expected)
     assert pages == math.ceil(len(expected) / 4)
-    seeded = {model.id for model in load_seed(packaged_seed_path()).entries.models}
+    seeded = {
+        model.id for model in load_seed(packaged_seed_path(), policy=DEMO_HOST).entries.models
+    }
     assert seeded <= set(seen)
 
 
@@ -229,7 +236,7 @@ async def test_upserts_round_trip_and_bump_the_version_only_on_change(
 async def test_seeding_again_changes_nothing(catalog: RunningCatalog, database_url: str) -> None:
     pool = await create_pool(database_url, min_size=1, max_size=2)
     try:
-        seed = load_seed(packaged_seed_path())
+        seed = load_seed(packaged_seed_path(), policy=DEMO_HOST)
         assert await apply_seed(CatalogStore(pool), seed) is None
     finally:
         await pool.close()

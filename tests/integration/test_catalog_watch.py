@@ -12,8 +12,9 @@ import grpc
 import pytest
 
 from switchboard.catalog.v1 import catalog_pb2
-from switchboard_catalog.testing import RunningCatalog, running_catalog
+from switchboard_catalog.testing import RunningCatalog
 from switchboard_catalog.watch import LISTEN_APPLICATION_NAME
+from tests.secure import secure_catalog
 
 TIMEOUT = 5.0
 Stream = grpc.aio.UnaryStreamCall[catalog_pb2.WatchCatalogRequest, catalog_pb2.WatchCatalogResponse]
@@ -22,7 +23,9 @@ Stream = grpc.aio.UnaryStreamCall[catalog_pb2.WatchCatalogRequest, catalog_pb2.W
 @pytest.fixture(scope="module")
 async def catalog(database_url: str) -> AsyncIterator[RunningCatalog]:
     # A long poll: changes seen within the test timeouts came through LISTEN/NOTIFY.
-    async with running_catalog(database_url, version_poll_seconds=60) as running:
+    async with secure_catalog(
+        database_url, as_service="router", version_poll_seconds=60
+    ) as running:
         yield running
 
 
@@ -158,7 +161,9 @@ async def _current_version(database_url: str) -> int:
 
 
 async def test_version_poll_catches_changes_without_notify(database_url: str) -> None:
-    async with running_catalog(database_url, seed=False, version_poll_seconds=0.2) as catalog:
+    async with secure_catalog(
+        database_url, as_service="router", seed=False, version_poll_seconds=0.2
+    ) as catalog:
         stream = _watch(catalog)
         first = await _next(stream)
         model_id = f"sbtest/silent-{uuid.uuid4().hex[:10]}"
@@ -179,7 +184,9 @@ async def test_version_poll_catches_changes_without_notify(database_url: str) ->
 
 
 async def test_stop_ends_open_watch_streams_at_once(database_url: str) -> None:
-    async with running_catalog(database_url, seed=False, grace_seconds=30) as catalog:
+    async with secure_catalog(
+        database_url, as_service="router", seed=False, grace_seconds=30
+    ) as catalog:
         stream = _watch(catalog)
         await _next(stream)
         started = time.monotonic()

@@ -33,10 +33,20 @@ async def test_a_generation_reads_like_a_bill(
 ) -> None:
     event = usage_event(new_key_id(), when=WHEN, cost="0.00123", prompt=10, completion=5)
     event.attempt = 1
-    await metering.stub.RecordUsage(metering_pb2.RecordUsageRequest(events=[event]))
+    await metering.router.RecordUsage(metering_pb2.RecordUsageRequest(events=[event]))
     address = f"127.0.0.1:{metering.server.port}"
 
-    assert await cli("--metering", address, "generation", event.generation_id) == 0
+    assert (
+        await cli(
+            "--metering",
+            address,
+            "--admin-key",
+            metering.admin_key,
+            "generation",
+            event.generation_id,
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         f"generation:   {event.generation_id}",
@@ -50,7 +60,18 @@ async def test_a_generation_reads_like_a_bill(
         "timing:       1200 ms, first token after 150 ms, 4.8 tokens/s",
     ]
 
-    assert await cli("--metering", address, "--json", "generation", event.generation_id) == 0
+    assert (
+        await cli(
+            "--metering",
+            address,
+            "--admin-key",
+            metering.admin_key,
+            "--json",
+            "generation",
+            event.generation_id,
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["generation"]["cost_usd"] == "0.00123"
     assert data["tokens_per_second"] == pytest.approx(5 / 1.05)
@@ -60,7 +81,12 @@ async def test_an_unknown_generation_is_a_clear_error(
     metering: Metering, capsys: pytest.CaptureFixture[str]
 ) -> None:
     address = f"127.0.0.1:{metering.server.port}"
-    assert await cli("--metering", address, "generation", "gen-nope") == 1
+    assert (
+        await cli(
+            "--metering", address, "--admin-key", metering.admin_key, "generation", "gen-nope"
+        )
+        == 1
+    )
     assert capsys.readouterr().err == (
         "switchboard: error: NOT_FOUND: generation 'gen-nope' not found\n"
     )

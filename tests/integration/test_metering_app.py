@@ -1,7 +1,11 @@
 """The metering server as a whole, and the harness the other metering tests share.
 
 ``running_metering`` starts the real server in process (port 0) on the session's Postgres
-database and Redis, with a usage stream of its own under the session's key prefix.
+database and Redis, with a usage stream of its own under the session's key prefix, serving
+mutual TLS. ``stub`` calls it as an operator with every scope; ``router`` as the router service.
+It watches no catalog unless given ``catalog_addr``: usage costs then go unverified (accepted
+and counted, see switchboard_metering.cost_check), which is what lets these tests record events
+with made-up costs; tests/integration/test_ledger_prices.py runs it against a real catalog.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from switchboard_core.config import ServerConfig
 from switchboard_core.server import GrpcServer
 from switchboard_metering.app import SERVICE_NAME, create_app
 from switchboard_metering.config import MeteringConfig, OutboxSettings
+from tests.secure import admin_key, channel_as, operator_channel, tls_for
 
 
 @dataclass
@@ -36,6 +41,14 @@ class Metering:
     stub: metering_pb2_grpc.MeteringServiceAsyncStub
     config: MeteringConfig
     channel: grpc.aio.Channel
+    # Calls as the router service does (VerifyApiKey, RecordUsage).
+    router: metering_pb2_grpc.MeteringServiceAsyncStub
+    # The operator key (every scope) ``stub`` sends.
+    admin_key: str
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
 
     @property
     def outbox(self) -> OutboxSettings:
@@ -59,24 +72,34 @@ test_settings.__test__ = False  # type: ignore[attr-defined]
 
 @asynccontextmanager
 async def running_metering(
-    database_url: str, redis_url: str, outbox: OutboxSettings
+    database_url: str, redis_url: str, outbox: OutboxSettings, **overrides: Any
 ) -> AsyncIterator[Metering]:
+    """``overrides`` set other config fields (``catalog_addr``...)."""
     config = MeteringConfig(
-        server=ServerConfig(service="metering", shutdown_grace_seconds=0),
+        server=ServerConfig(service="metering", shutdown_grace_seconds=0, tls=tls_for("metering")),
         database_url=database_url,
         redis_url=redis_url,
         outbox=outbox,
         budget_prefix=outbox.stream + ":budget:",
         retention_days=0,  # tests record events dated years ago
+        max_event_age_days=3650,  # ... which the ledger accepts only when told to
+        **overrides,
     )
     server = await create_app(config)
     await server.start(with_metrics=False)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    address = f"127.0.0.1:{server.port}"
+    key = await admin_key(database_url)
+    channel = operator_channel(address, key)
+    as_router = channel_as(address, "router")
     try:
         stub = metering_pb2_grpc.MeteringServiceStub(channel)
-        yield Metering(server=server, stub=stub, config=config, channel=channel)
+        router = metering_pb2_grpc.MeteringServiceStub(as_router)
+        yield Metering(
+            server=server, stub=stub, config=config, channel=channel, router=router, admin_key=key
+        )
     finally:
         await channel.close(None)
+        await as_router.close(None)
         await server.stop(0)
 
 

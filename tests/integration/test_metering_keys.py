@@ -134,7 +134,7 @@ async def test_list_rejects_a_forged_page_token(metering: Metering, token: str) 
 
 async def test_verify_then_revoke(metering: Metering) -> None:
     created = await create(metering, new_account())
-    verified = await metering.stub.VerifyApiKey(
+    verified = await metering.router.VerifyApiKey(
         metering_pb2.VerifyApiKeyRequest(secret=created.secret)
     )
     assert verified.api_key == created.api_key
@@ -149,7 +149,7 @@ async def test_verify_then_revoke(metering: Metering) -> None:
     assert again.api_key.revoke_time == first.api_key.revoke_time
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await metering.stub.VerifyApiKey(metering_pb2.VerifyApiKeyRequest(secret=created.secret))
+        await metering.router.VerifyApiKey(metering_pb2.VerifyApiKeyRequest(secret=created.secret))
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -169,6 +169,6 @@ async def test_verify_fails_the_same_way_for_every_bad_secret(
     metering: Metering, secret: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await metering.stub.VerifyApiKey(metering_pb2.VerifyApiKeyRequest(secret=secret))
+        await metering.router.VerifyApiKey(metering_pb2.VerifyApiKeyRequest(secret=secret))
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert caught.value.details() == "invalid API key"

@@ -8,12 +8,17 @@ import pytest
 
 from switchboard_catalog.config import CatalogConfig, packaged_seed_path
 from switchboard_core.config import ConfigError
+from tests.secure import tls_env
 
 DSN = "postgresql://catalog:hunter2@db.example:5432/switchboard"
 
 
+def env(**values: str) -> dict[str, str]:
+    return {"DATABASE_URL": DSN, **tls_env("catalog"), **values}
+
+
 def test_defaults() -> None:
-    config = CatalogConfig.from_env({"DATABASE_URL": DSN})
+    config = CatalogConfig.from_env(env())
     assert config.server.service == "catalog"
     assert config.server.grpc_port == 50052
     assert config.server.metrics_port == 9092
@@ -21,14 +26,17 @@ def test_defaults() -> None:
     assert config.demo_base_url == "http://127.0.0.1:8088/v1"
 
 
+def test_the_price_history_reaches_as_far_back_as_the_ledger_accepts_events() -> None:
+    assert CatalogConfig.from_env(env()).price_history_days == 400
+    config = CatalogConfig.from_env(env(SWITCHBOARD_LEDGER_MAX_EVENT_AGE_DAYS="30"))
+    assert config.price_history_days == 30
+
+
 def test_seed_none_skips_seeding_and_a_path_is_used(tmp_path: Path) -> None:
-    assert (
-        CatalogConfig.from_env({"DATABASE_URL": DSN, "SWITCHBOARD_CATALOG_SEED": "none"}).seed_path
-        is None
-    )
+    assert CatalogConfig.from_env(env(SWITCHBOARD_CATALOG_SEED="none")).seed_path is None
     seed = tmp_path / "seed.json"
     seed.write_text("{}")
-    config = CatalogConfig.from_env({"DATABASE_URL": DSN, "SWITCHBOARD_CATALOG_SEED": str(seed)})
+    config = CatalogConfig.from_env(env(SWITCHBOARD_CATALOG_SEED=str(seed)))
     assert config.seed_path == seed
 
 
@@ -50,9 +58,12 @@ def test_every_bad_variable_is_reported_together() -> None:
         "SWITCHBOARD_LOG_LEVEL",
         "SWITCHBOARD_CATALOG_SEED",
         "SWITCHBOARD_DEMO_BASE_URL",
+        "SWITCHBOARD_TLS_CERT",
+        "SWITCHBOARD_TLS_KEY",
+        "SWITCHBOARD_TLS_CA",
     }
 
 
 def test_database_password_stays_out_of_repr() -> None:
-    config = CatalogConfig.from_env({"DATABASE_URL": DSN})
+    config = CatalogConfig.from_env(env())
     assert "hunter2" not in repr(config)

@@ -13,13 +13,20 @@ from google.rpc import error_details_pb2
 
 from switchboard.common.v1 import common_pb2
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
-from tests.fakes.cli_servers import FlushRecorder, abort, cli, rich_status, serving
+from tests.fakes.cli_servers import (
+    FlushRecorder,
+    RouterCompletionsOnly,
+    abort,
+    cli,
+    rich_status,
+    serving,
+)
 
 SECRET = "sk-sb-v1-TEST-secret-never-printed"
 Event = router_pb2.StreamCompletionResponse
 
 
-class FakeRouter(router_pb2_grpc.RouterServiceServicer):
+class FakeRouter(RouterCompletionsOnly, router_pb2_grpc.RouterServiceServicer):
     def __init__(self, deltas: list[str], *, fail: grpc.Status | None = None) -> None:
         self.deltas = deltas
         self.fail = fail

@@ -42,3 +42,12 @@ def test_page_tokens_round_trip_and_garbage_is_refused() -> None:
     with pytest.raises(InvalidArgument) as caught:
         decode_token("%%%")
     assert caught.value.violations[0][0] == "page_token"
+
+
+@pytest.mark.parametrize("key", ["\x00", "openai/gpt-4o\x00", "2024-01-01T00:00:00+00:00|\x00"])
+def test_a_page_token_holding_a_nul_character_is_refused(key: str) -> None:
+    """Postgres cannot compare with a NUL character: the query failed, and the List RPC
+    answered INTERNAL (found by tests/e2e/test_fuzz.py with page_token "AA==")."""
+    with pytest.raises(InvalidArgument) as caught:
+        decode_token(encode_token(key))
+    assert caught.value.violations[0][0] == "page_token"

@@ -8,12 +8,11 @@ import re
 import pytest
 
 from switchboard_core.errors import InvalidArgument
+from switchboard_core.key_format import hash_secret, shown_prefix
 from switchboard_metering.keys import (
-    hash_secret,
     is_well_formed,
     new_key_id,
     new_secret,
-    shown_prefix,
     validate_account_id,
     validate_name,
 )
@@ -65,3 +64,35 @@ def test_name_length() -> None:
     with pytest.raises(InvalidArgument) as caught:
         validate_name("n" * 129)
     assert [field for field, _ in caught.value.violations] == ["name"]
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "9999-12-31T23:59:59-05:00|key_x",  # past year 9999 once in UTC
+        "0001-01-01T00:00:00+05:00|key_x",  # before year 1 once in UTC
+        "2026-01-01T00:00:00|key_x",  # no offset
+        "2026-01-01T00:00:00+01:00|key_x",  # not how a token is written
+        "2026-01-01T00:00:00+00:00|",
+    ],
+)
+def test_a_page_token_that_no_response_gave_is_invalid(cursor: str) -> None:
+    from switchboard_core.paging import encode_token
+    from switchboard_metering.keys import decode_cursor
+
+    with pytest.raises(InvalidArgument) as refused:
+        decode_cursor(encode_token(cursor))
+    assert refused.value.violations[0][0] == "page_token"
+
+
+def test_a_usage_range_ending_in_year_one_needs_a_start() -> None:
+    from datetime import UTC, datetime
+
+    from switchboard.metering.v1 import metering_pb2
+    from switchboard_metering.service import usage_range
+
+    request = metering_pb2.QueryUsageRequest(key_id="key_x")
+    request.end_time.FromDatetime(datetime(1, 1, 2, tzinfo=UTC))
+    with pytest.raises(InvalidArgument) as refused:
+        usage_range(request, datetime.now(UTC))
+    assert refused.value.violations[0][0] == "end_time"

@@ -9,25 +9,35 @@ from switchboard_catalog.seed import apply_seed, load_seed
 from switchboard_catalog.service import SERVICE_NAME, CatalogService, add_to_server
 from switchboard_catalog.store import CatalogStore
 from switchboard_catalog.watch import CatalogBroadcaster
+from switchboard_core.audit_log import AuditLog, audit_registration, migrate_audit
+from switchboard_core.auth import Authenticator, CredentialVerifier
+from switchboard_core.channels import service_channel
 from switchboard_core.db import create_pool, migrate
+from switchboard_core.remote_credentials import MeteringCredentials
 from switchboard_core.server import GrpcServer, Registration
 
 log = logging.getLogger(__name__)
 
 
-async def create_app(config: CatalogConfig) -> GrpcServer:
-    """The catalog server, migrated and seeded, not yet started."""
+async def create_app(
+    config: CatalogConfig, credentials: CredentialVerifier | None = None
+) -> GrpcServer:
+    """The catalog server, migrated and seeded, not yet started. Operator keys are checked by
+    metering unless ``credentials`` says otherwise."""
     seed = None
     if config.seed_path is not None:
         # Read and validated before touching the database: a bad seed fails fast.
-        seed = load_seed(config.seed_path, demo_base_url=config.demo_base_url)
+        seed = load_seed(
+            config.seed_path, policy=config.upstream_policy, demo_base_url=config.demo_base_url
+        )
     pool = await create_pool(config.database_url)
-    store = CatalogStore(pool)
+    store = CatalogStore(pool, price_history_days=config.price_history_days)
     broadcaster = CatalogBroadcaster(
         store, config.database_url, poll_seconds=config.version_poll_seconds
     )
     try:
         await migrate(pool, SERVICE, "switchboard_catalog.migrations")
+        await migrate_audit(pool)
         if seed is not None:
             await apply_seed(store, seed)
         await broadcaster.start()
@@ -35,11 +45,25 @@ async def create_app(config: CatalogConfig) -> GrpcServer:
         await broadcaster.close()
         await pool.close()
         raise
-    servicer = CatalogService(store, broadcaster)
+    servicer = CatalogService(store, broadcaster, config.upstream_policy)
+    audit_log = AuditLog(pool, SERVICE)  # catalog writes, and ListAuditEvents
+    # Operator keys (admin calls) are checked by metering, which owns them.
+    metering = service_channel(config.metering_addr, config.server.tls)
+
+    async def close_metering() -> None:
+        await metering.close(None)
+
     return GrpcServer(
         config=config.server,
-        registrations=[Registration(add=add_to_server, servicer=servicer, full_name=SERVICE_NAME)],
+        registrations=[
+            Registration(add=add_to_server, servicer=servicer, full_name=SERVICE_NAME),
+            audit_registration(audit_log),
+        ],
+        audit=audit_log,
+        authenticator=Authenticator(
+            config.server.tls, credentials or MeteringCredentials(metering)
+        ),
         # Watch streams never end on their own: close them first so routers move at once.
         before_stop=[broadcaster.close],
-        on_stop=[broadcaster.close, pool.close],
+        on_stop=[broadcaster.close, pool.close, close_metering],
     )

@@ -1,15 +1,19 @@
-"""A real catalog server for tests: in process, on a free port, against a real Postgres.
+"""A real catalog server for tests: in process, on a free port, against a real Postgres,
+serving mutual TLS with ``tls``.
 
 Other services' tests can use it too (a router test that needs a catalog to watch)::
 
-    async with running_catalog(database_url) as catalog:
+    async with running_catalog(database_url, tls=..., credentials=..., connect=...) as catalog:
         await catalog.stub.GetModel(...)
+
+``credentials`` checks the operator keys of admin calls (production asks metering); ``connect``
+makes the client channel to the server's address (with the caller's certificate and key).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +24,11 @@ from switchboard_catalog.app import create_app
 from switchboard_catalog.config import CatalogConfig, packaged_seed_path
 from switchboard_catalog.service import CatalogService
 from switchboard_catalog.watch import CatalogBroadcaster
+from switchboard_core.auth import CredentialVerifier
 from switchboard_core.config import ServerConfig
 from switchboard_core.server import GrpcServer
+from switchboard_core.tls import TlsConfig
+from switchboard_core.upstreams import UpstreamPolicy
 
 
 @dataclass
@@ -42,11 +49,22 @@ class RunningCatalog:
 
 
 def config_for_tests(
-    database_url: str, *, seed: bool = True, grace_seconds: float = 1.0, **overrides: Any
+    database_url: str,
+    *,
+    tls: TlsConfig,
+    seed: bool = True,
+    grace_seconds: float = 1.0,
+    **overrides: Any,
 ) -> CatalogConfig:
-    """A config on 127.0.0.1 and free ports; ``overrides`` set other fields."""
+    """A config on 127.0.0.1 and free ports; ``overrides`` set other fields. The demo upstream
+    and the test fakes listen on 127.0.0.1, so it is allow-listed unless overridden."""
+    overrides.setdefault("upstream_policy", UpstreamPolicy(["127.0.0.1"]))
     server = ServerConfig(
-        service="catalog", grpc_port=0, metrics_port=0, shutdown_grace_seconds=grace_seconds
+        service="catalog",
+        grpc_port=0,
+        metrics_port=0,
+        shutdown_grace_seconds=grace_seconds,
+        tls=tls,
     )
     return CatalogConfig(
         server=server,
@@ -58,12 +76,21 @@ def config_for_tests(
 
 @contextlib.asynccontextmanager
 async def running_catalog(
-    database_url: str, *, seed: bool = True, grace_seconds: float = 1.0, **overrides: Any
+    database_url: str,
+    *,
+    tls: TlsConfig,
+    credentials: CredentialVerifier,
+    connect: Callable[[str], grpc.aio.Channel],
+    seed: bool = True,
+    grace_seconds: float = 1.0,
+    **overrides: Any,
 ) -> AsyncIterator[RunningCatalog]:
-    config = config_for_tests(database_url, seed=seed, grace_seconds=grace_seconds, **overrides)
-    server = await create_app(config)
+    config = config_for_tests(
+        database_url, tls=tls, seed=seed, grace_seconds=grace_seconds, **overrides
+    )
+    server = await create_app(config, credentials)
     port = await server.start(with_metrics=False)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = connect(f"127.0.0.1:{port}")
     try:
         yield RunningCatalog(server, channel, catalog_pb2_grpc.CatalogServiceStub(channel))
     finally:

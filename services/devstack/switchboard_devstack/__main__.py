@@ -1,29 +1,31 @@
 """``make run``: embedded Postgres and Redis (unless given), then every service.
 
-Prints an API key for the demo account and how to make a first request, then runs until
-Ctrl-C or SIGTERM, when it stops the services gracefully and the embedded servers last.
+The services talk mutual TLS with certificates from a development CA under ``.devstack/pki``.
+Prints an API key for the demo account, an operator key, and how to make a first request
+(``.devstack/env`` holds the variables the CLI needs), then runs until Ctrl-C or SIGTERM,
+when it stops the services gracefully and the embedded servers last.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
 
-import grpc
-
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard_core.config import ConfigError, EnvReader
+from switchboard_devstack.pki import OPERATOR, DevPki
 from switchboard_devstack.stack import Ports, Stack
 from switchboard_devstack.storage import postgres_url, redis_url
 
 STATE_DIR = Path(".devstack")
 
 
-async def demo_key(metering_port: int) -> tuple[str, str]:
+async def demo_key(stack: Stack) -> tuple[str, str]:
     """A fresh key for the demo account: (secret, key id)."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{metering_port}") as channel:
+    async with stack.channel("metering") as channel:
         stub = metering_pb2_grpc.MeteringServiceStub(channel)
         reply = await stub.CreateApiKey(
             metering_pb2.CreateApiKeyRequest(account_id="demo", name="make run")
@@ -31,9 +33,29 @@ async def demo_key(metering_port: int) -> tuple[str, str]:
         return reply.secret, reply.api_key.id
 
 
-def banner(ports: Ports, key: tuple[str, str], database: str, redis: str) -> str:
+def write_env(stack: Stack, key: tuple[str, str]) -> Path:
+    """``.devstack/env``: what the CLI needs, to ``source`` in another shell."""
+    pki, ports = stack.pki, stack.ports
+    values = {
+        "SWITCHBOARD_API_KEY": key[0],
+        "SWITCHBOARD_ADMIN_KEY": stack.admin_key,
+        "SWITCHBOARD_TLS_CA": pki.ca.resolve(),
+        "SWITCHBOARD_TLS_CERT": pki.cert(OPERATOR).resolve(),
+        "SWITCHBOARD_TLS_KEY": pki.key(OPERATOR).resolve(),
+        "SWITCHBOARD_ROUTER_ADDR": f"127.0.0.1:{ports.router}",
+        "SWITCHBOARD_CATALOG_ADDR": f"127.0.0.1:{ports.catalog}",
+        "SWITCHBOARD_METERING_ADDR": f"127.0.0.1:{ports.metering}",
+    }
+    path = STATE_DIR / "env"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds secrets
+    with os.fdopen(fd, "w") as out:
+        out.writelines(f"export {name}={value}\n" for name, value in values.items())
+    return path
+
+
+def banner(ports: Ports, key: tuple[str, str], database: str, redis: str, env: Path) -> str:
     return f"""
-Switchboard is running.
+Switchboard is running (mutual TLS between the services; CA in {STATE_DIR}/pki/).
   router    127.0.0.1:{ports.router}  (metrics http://127.0.0.1:{ports.router_metrics}/metrics)
   catalog   127.0.0.1:{ports.catalog}  metering 127.0.0.1:{ports.metering}
   demo      http://127.0.0.1:{ports.demo}/v1 (OpenAI-compatible, answers offline)
@@ -41,8 +63,9 @@ Switchboard is running.
   redis     {redis}
   logs      {STATE_DIR}/logs/
 
-A first request, in another shell:
-  export SWITCHBOARD_API_KEY={key[0]}
+A first request, in another shell ({env} sets the API key, an operator key with
+every scope as SWITCHBOARD_ADMIN_KEY, and the CLI's certificates):
+  source {env}
   .venv/bin/switchboard chat switchboard/demo "Hello, Switchboard"
   .venv/bin/switchboard models list
   .venv/bin/switchboard usage --key {key[1]}
@@ -63,12 +86,14 @@ async def run() -> int:
     print("starting storage ...", file=sys.stderr, flush=True)
     database, embedded_pg = postgres_url(database or None, STATE_DIR / "postgres")
     redis, embedded_redis = redis_url(redis or None, STATE_DIR / "redis")
-    stack = Stack(database, redis, log_dir=STATE_DIR / "logs")
+    pki = DevPki.ensure(STATE_DIR / "pki")
+    stack = Stack(database, redis, pki, log_dir=STATE_DIR / "logs")
     try:
         print("starting services ...", file=sys.stderr, flush=True)
         await stack.start()
-        key = await demo_key(stack.ports.metering)
-        print(banner(stack.ports, key, database, redis), flush=True)
+        key = await demo_key(stack)
+        env = write_env(stack, key)
+        print(banner(stack.ports, key, database, redis, env), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

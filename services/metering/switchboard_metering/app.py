@@ -8,18 +8,24 @@ import asyncpg
 import redis.asyncio as redis
 
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
+from switchboard_core.audit_log import AuditLog, audit_registration, migrate_audit
+from switchboard_core.auth import Authenticator
 from switchboard_core.budget import BudgetStore
 from switchboard_core.db import create_pool, migrate
 from switchboard_core.key_changes import channel_name, publish_key_change
 from switchboard_core.redis_client import create_redis
 from switchboard_core.server import GrpcServer, Registration
 from switchboard_metering.budgets import Budgets
+from switchboard_metering.catalog_prices import CatalogPrices
 from switchboard_metering.config import MeteringConfig
+from switchboard_metering.credentials import LocalCredentials
 from switchboard_metering.keys import KeyStore
 from switchboard_metering.ledger import Ledger
+from switchboard_metering.operators import OperatorKeyStore
 from switchboard_metering.outbox import OutboxConsumer
 from switchboard_metering.partitions import Partitions
 from switchboard_metering.service import MeteringServicer
+from switchboard_metering.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +37,7 @@ async def _open_database(url: str) -> asyncpg.Pool:
     pool = await create_pool(url)
     try:
         await migrate(pool, "metering", MIGRATIONS)
+        await migrate_audit(pool)
     except BaseException:
         await pool.close()
         raise
@@ -40,7 +47,7 @@ async def _open_database(url: str) -> asyncpg.Pool:
 async def create_app(config: MeteringConfig) -> GrpcServer:
     """The metering server, not yet serving; its outbox consumer is already running."""
     pool = await _open_database(config.database_url)
-    partitions = Partitions(pool, config.retention)
+    partitions = Partitions(pool, config.retention, config.event_window)
     try:
         await partitions.maintain()
     except BaseException:
@@ -48,16 +55,28 @@ async def create_app(config: MeteringConfig) -> GrpcServer:
         raise
     partitions.start()
     client: redis.Redis = create_redis(config.redis_url)
-    ledger = Ledger(pool, partitions)
+    prices = CatalogPrices.open(config)  # usage costs are checked against the catalog's
+    ledger = Ledger(pool, partitions, cost_check=prices.check if prices else None)
     consumer = OutboxConsumer(client, ledger, config.outbox)
-    consumer.start()
+    consumer.start(prices.ready() if prices else None)
 
     keys = KeyStore(pool)
     budgets = Budgets(pool, keys, BudgetStore(client, config.budget_prefix))
     budgets.start()
+    sweeper = Sweeper(
+        client,
+        config.budget_prefix,
+        config.outbox.stream,
+        interval_seconds=config.sweep_seconds,
+        heartbeat_ttl_seconds=config.heartbeat_ttl_seconds,
+    )
+    sweeper.start()  # routers that died: their generations recorded, reservations released
 
     async def close() -> None:
+        await sweeper.stop()
         await consumer.stop()
+        if prices is not None:
+            await prices.stop()
         await budgets.stop()
         await partitions.stop()
         await client.aclose()
@@ -75,15 +94,26 @@ async def create_app(config: MeteringConfig) -> GrpcServer:
     async def announce(subject: str) -> None:
         await publish_key_change(client, channel, subject)
 
-    servicer = MeteringServicer(keys, ledger, budgets, announce)
+    operators = OperatorKeyStore(pool)
+    audit_log = AuditLog(pool, "metering")  # admin changes, and ListAuditEvents
+    servicer = MeteringServicer(keys, ledger, budgets, operators, announce)
+    authenticator = Authenticator(
+        config.server.tls,
+        LocalCredentials(keys, operators),
+        # End users' keys arrive only forwarded by the router, for their own data.
+        tenant_forwarders=frozenset({"router"}),
+    )
     return GrpcServer(
         config=config.server,
+        authenticator=authenticator,
         registrations=[
             Registration(
                 add=metering_pb2_grpc.add_MeteringServiceServicer_to_server,
                 servicer=servicer,
                 full_name=SERVICE_NAME,
-            )
+            ),
+            audit_registration(audit_log),
         ],
+        audit=audit_log,
         on_stop=[close],
     )

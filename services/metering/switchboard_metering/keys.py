@@ -2,36 +2,51 @@
 
 A secret is ``sk-sb-v1-`` followed by ``secrets.token_urlsafe(32)``. It is returned once, by
 :meth:`KeyStore.create`; only its sha256 (hex) is stored. Secrets are never logged.
+
+A key may expire (``expires_at``; from then on :meth:`KeyStore.verify` answers
+``UNAUTHENTICATED`` with reason ``API_KEY_EXPIRED``) and may be limited to some models and
+providers (``allowed_models``, ``allowed_providers``; NULL means any). Metering stores and
+returns the allow-lists; routers enforce them (``switchboard_router.key_rules``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import secrets
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
 from switchboard.metering.v1 import metering_pb2
+from switchboard_core.auth import actor
+from switchboard_core.catalog_ids import MODEL_VARIANTS, model_id_problem, provider_id_problem
 from switchboard_core.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from switchboard_core.key_format import (
+    INFERENCE_PREFIX,
+    KeyKind,
+    hash_secret,
+    kind_of,
+    shown_prefix,
+)
+from switchboard_core.key_format import new_secret as _new_secret
 from switchboard_core.money import MoneyFormatError, format_usd, parse_usd
 from switchboard_core.paging import decode_token, encode_token, page_size
 
 log = logging.getLogger(__name__)
 
-SECRET_PREFIX = "sk-sb-v1-"
-SHOWN_PREFIX_LENGTH = 14
+SECRET_PREFIX = INFERENCE_PREFIX
 MAX_NAME_LENGTH = 128
-# token_urlsafe(32) is 43 characters of the URL-safe base64 alphabet.
-_SECRET = re.compile(r"sk-sb-v1-[A-Za-z0-9_-]{43}")
 _ACCOUNT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _INVALID_KEY = "invalid API key"
+# How many models, and providers, one key's allow-list may name.
+MAX_ALLOWED = 64
 
 _COLUMNS = """id, account_id, name, prefix, created_at, revoked_at,
-    limit_total, limit_daily, limit_monthly,
+    limit_total, limit_daily, limit_monthly, expires_at, allowed_models, allowed_providers,
     coalesce((SELECT prepaid FROM accounts a WHERE a.id = api_keys.account_id), false) AS prepaid"""
 LIMIT_FIELDS = (
     ("total_usd", "limit_total"),
@@ -41,23 +56,15 @@ LIMIT_FIELDS = (
 
 
 def new_secret() -> str:
-    return SECRET_PREFIX + secrets.token_urlsafe(32)
+    return _new_secret(KeyKind.INFERENCE)
 
 
 def new_key_id() -> str:
     return "key_" + secrets.token_hex(8)
 
 
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def shown_prefix(secret: str) -> str:
-    return secret[:SHOWN_PREFIX_LENGTH]
-
-
 def is_well_formed(secret: str) -> bool:
-    return bool(_SECRET.fullmatch(secret))
+    return kind_of(secret) is KeyKind.INFERENCE
 
 
 def validate_account_id(account_id: str) -> None:
@@ -68,6 +75,60 @@ def validate_account_id(account_id: str) -> None:
 def validate_name(name: str) -> None:
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidArgument({"name": f"at most {MAX_NAME_LENGTH} characters"})
+
+
+def key_not_found(key_id: str) -> NotFound:
+    """The answer for a key that does not exist, and for one a tenant may not see: the two
+    must not be told apart."""
+    return NotFound(f"API key {key_id!r} not found")
+
+
+def account_not_found(account_id: str) -> NotFound:
+    return NotFound(f"account {account_id!r} not found")
+
+
+def _allow_list(
+    field: str, values: Sequence[str], check: Callable[[str], str | None]
+) -> tuple[list[str] | None, list[tuple[str, str]]]:
+    """The allow-list to store (None: any) and its problems, each naming its index."""
+    problems: list[tuple[str, str]] = []
+    if len(values) > MAX_ALLOWED:
+        return None, [(field, f"at most {MAX_ALLOWED} entries")]
+    seen: set[str] = set()
+    for index, value in enumerate(values):
+        problem = check(value)
+        if problem is None and value in seen:
+            problem = "listed twice"
+        if problem is not None:
+            problems.append((f"{field}[{index}]", problem))
+        seen.add(value)
+    return (list(values) or None), problems
+
+
+def _allowed_model_problem(model_id: str) -> str | None:
+    problem = model_id_problem(model_id)
+    if problem is None and model_id.rpartition(":")[2] in MODEL_VARIANTS:
+        return "a model id without a ':floor' or ':nitro' variant (its variants are allowed)"
+    return problem
+
+
+def check_key_rules(
+    expires_at: datetime | None,
+    allowed_models: Sequence[str],
+    allowed_providers: Sequence[str],
+    now: datetime | None = None,
+) -> tuple[list[str] | None, list[str] | None]:
+    """The allow-lists to store (None: any); INVALID_ARGUMENT naming every bad field."""
+    problems: list[tuple[str, str]] = []
+    if expires_at is not None and expires_at <= (now or datetime.now(UTC)):
+        problems.append(("expire_time", "must be in the future"))
+    models, bad = _allow_list("allowed_models", allowed_models, _allowed_model_problem)
+    problems += bad
+    providers, bad = _allow_list("allowed_providers", allowed_providers, provider_id_problem)
+    problems += bad
+    if problems:
+        raise InvalidArgument(problems)
+    return models, providers
 
 
 def _to_proto(row: asyncpg.Record) -> metering_pb2.ApiKey:
@@ -81,6 +142,10 @@ def _to_proto(row: asyncpg.Record) -> metering_pb2.ApiKey:
         if row[column] is not None:
             setattr(key.limits, field, format_usd(row[column]))
     key.account_prepaid = row["prepaid"]
+    if row["expires_at"] is not None:
+        key.expire_time.FromDatetime(row["expires_at"])
+    key.allowed_models.extend(row["allowed_models"] or ())
+    key.allowed_providers.extend(row["allowed_providers"] or ())
     return key
 
 
@@ -99,22 +164,48 @@ def parse_limits(limits: metering_pb2.SpendLimits) -> list[Decimal | None]:
     return values
 
 
-def _encode_cursor(row: asyncpg.Record) -> str:
+def encode_cursor(row: asyncpg.Record) -> str:
     return encode_token(f"{row['created_at'].isoformat()}|{row['id']}")
 
 
-def _decode_cursor(token: str) -> tuple[datetime, str] | None:
+def decode_cursor(token: str) -> tuple[datetime, str] | None:
     if not token:
         return None
     # decode_token skips characters outside the base64 alphabet, so garbage can decode to "".
     created, sep, key_id = decode_token(token).partition("|")
     try:
-        when = datetime.fromisoformat(created)
-    except ValueError:
+        when: datetime | None = datetime.fromisoformat(created).astimezone(UTC)
+    except (ValueError, OverflowError):  # also a time Postgres cannot hold, once in UTC
         when = None
-    if not sep or not key_id or when is None or when.tzinfo is None:
+    if not sep or not key_id or when is None or not created.endswith("+00:00"):
         raise InvalidArgument({"page_token": "not a token from a previous response"})
     return when, key_id
+
+
+async def newest_first_page(
+    pool: asyncpg.Pool,
+    select: str,
+    condition: str,
+    args: Sequence[Any],
+    requested_size: int,
+    page_token: str,
+) -> tuple[list[asyncpg.Record], str]:
+    """One page of a table's rows, newest first by ``(created_at, id)``, and the next page's
+    token (:func:`encode_cursor`). ``select`` is ``SELECT <columns> FROM <table>``;
+    ``condition`` (may be empty) filters on the parameters ``$1..$n`` given in ``args``."""
+    size = page_size(requested_size)
+    cursor = decode_cursor(page_token)
+    params: list[Any] = [*args, size + 1]
+    conditions = [condition] if condition else []
+    if cursor is not None:
+        conditions.append(f"(created_at, id) < (${len(params) + 1}, ${len(params) + 2})")
+        params += cursor
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    rows = await pool.fetch(
+        f"{select}{where} ORDER BY created_at DESC, id DESC LIMIT ${len(args) + 1}", *params
+    )
+    page = list(rows[:size])
+    return page, encode_cursor(page[-1]) if len(rows) > size else ""
 
 
 class KeyStore:
@@ -123,27 +214,43 @@ class KeyStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def create(self, account_id: str, name: str) -> tuple[metering_pb2.ApiKey, str]:
+    async def create(
+        self,
+        account_id: str,
+        name: str,
+        *,
+        expires_at: datetime | None = None,
+        allowed_models: Sequence[str] = (),
+        allowed_providers: Sequence[str] = (),
+    ) -> tuple[metering_pb2.ApiKey, str]:
         """Create a key (and its account when missing); returns the key and its secret."""
         validate_account_id(account_id)
         validate_name(name)
+        models, providers = check_key_rules(expires_at, allowed_models, allowed_providers)
         secret = new_secret()
         # One statement: the account insert is visible to the key's foreign key check,
         # which runs at the end of the statement.
         row = await self._pool.fetchrow(
             f"""WITH account AS (
                     INSERT INTO accounts (id) VALUES ($2) ON CONFLICT (id) DO NOTHING)
-                INSERT INTO api_keys (id, account_id, name, secret_sha256, prefix)
-                VALUES ($1, $2, $3, $4, $5)
+                INSERT INTO api_keys (id, account_id, name, secret_sha256, prefix,
+                                      expires_at, allowed_models, allowed_providers)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                 RETURNING {_COLUMNS}""",
             new_key_id(),
             account_id,
             name,
             hash_secret(secret),
             shown_prefix(secret),
+            expires_at,
+            models,
+            providers,
         )
         assert row is not None
-        log.info("api key created", extra={"key_id": row["id"], "account_id": account_id})
+        log.info(
+            "api key created",
+            extra={"key_id": row["id"], "account_id": account_id, "actor": actor()},
+        )
         return _to_proto(row), secret
 
     async def list_page(
@@ -151,27 +258,15 @@ class KeyStore:
     ) -> tuple[list[metering_pb2.ApiKey], str]:
         """One page of an account's keys, newest first, and the next page's token."""
         validate_account_id(account_id)
-        size = page_size(requested_size)
-        cursor = _decode_cursor(page_token)
-        if cursor is None:
-            rows = await self._pool.fetch(
-                f"""SELECT {_COLUMNS} FROM api_keys WHERE account_id = $1
-                    ORDER BY created_at DESC, id DESC LIMIT $2""",
-                account_id,
-                size + 1,
-            )
-        else:
-            rows = await self._pool.fetch(
-                f"""SELECT {_COLUMNS} FROM api_keys
-                    WHERE account_id = $1 AND (created_at, id) < ($3, $4)
-                    ORDER BY created_at DESC, id DESC LIMIT $2""",
-                account_id,
-                size + 1,
-                *cursor,
-            )
-        page = rows[:size]
-        next_token = _encode_cursor(page[-1]) if len(rows) > size else ""
-        return [_to_proto(row) for row in page], next_token
+        rows, next_token = await newest_first_page(
+            self._pool,
+            f"SELECT {_COLUMNS} FROM api_keys",
+            "account_id = $1",
+            [account_id],
+            requested_size,
+            page_token,
+        )
+        return [_to_proto(row) for row in rows], next_token
 
     async def revoke(self, key_id: str) -> metering_pb2.ApiKey:
         """Revoke a key. Revoking again is harmless and keeps the first revoke time."""
@@ -183,8 +278,8 @@ class KeyStore:
             key_id,
         )
         if row is None:
-            raise NotFound(f"API key {key_id!r} not found")
-        log.info("api key revoked", extra={"key_id": key_id})
+            raise key_not_found(key_id)
+        log.info("api key revoked", extra={"key_id": key_id, "actor": actor()})
         return _to_proto(row)
 
     async def set_limits(
@@ -205,25 +300,53 @@ class KeyStore:
                     f"API key {key_id!r} is revoked: its limits can no longer change",
                     reason="API_KEY_REVOKED",
                 )
-            raise NotFound(f"API key {key_id!r} not found")
-        log.info("api key limits set", extra={"key_id": key_id})
+            raise key_not_found(key_id)
+        log.info(
+            "api key limits set",
+            extra={
+                "key_id": key_id,
+                "actor": actor(),
+                # In USD; "" for no limit.
+                **{
+                    f"limit_{f}": format_usd(v) if v is not None else ""
+                    for (f, _), v in zip(LIMIT_FIELDS, values, strict=True)
+                },
+            },
+        )
         return _to_proto(row)
 
     async def get(self, key_id: str) -> metering_pb2.ApiKey:
+        if not key_id:
+            raise InvalidArgument({"key_id": "required"})
         row = await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1", key_id)
         if row is None:
-            raise NotFound(f"API key {key_id!r} not found")
+            raise key_not_found(key_id)
         return _to_proto(row)
 
+    async def account_of(self, key_id: str) -> str | None:
+        """The account of key ``key_id`` (revoked or not); None when there is no such key."""
+        account: str | None = await self._pool.fetchval(
+            "SELECT account_id FROM api_keys WHERE id = $1", key_id
+        )
+        return account
+
     async def verify(self, secret: str) -> metering_pb2.ApiKey:
-        """The active key with this secret; UNAUTHENTICATED otherwise, without saying why."""
+        """The active key with this secret; UNAUTHENTICATED otherwise. Only an expired key
+        is told why (``API_KEY_EXPIRED``): whoever holds its secret is the one who has to
+        get a new key, and an unknown or revoked secret learns nothing."""
         if not is_well_formed(secret):
             raise Unauthenticated(_INVALID_KEY)
         row = await self._pool.fetchrow(
-            f"""SELECT {_COLUMNS} FROM api_keys
+            f"""SELECT {_COLUMNS}, expires_at <= now() AS expired FROM api_keys
                 WHERE secret_sha256 = $1 AND revoked_at IS NULL""",
             hash_secret(secret),
         )
         if row is None:
             raise Unauthenticated(_INVALID_KEY)
+        if row["expired"]:
+            raise Unauthenticated(
+                f"API key {row['id']} expired at {row['expires_at'].isoformat()}",
+                reason="API_KEY_EXPIRED",
+                metadata={"key_id": row["id"]},
+            )
         return _to_proto(row)

@@ -10,10 +10,13 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
+from switchboard_core.auth import OperatorPrincipal, current_principal
 from switchboard_core.errors import InvalidArgument
 from switchboard_metering.budgets import Budgets
 from switchboard_metering.keys import KeyStore
 from switchboard_metering.ledger import Ledger
+from switchboard_metering.operators import OperatorKeyStore
+from switchboard_metering.tenant_scope import TenantScope
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -40,6 +43,8 @@ def usage_range(
     end = _time(request.end_time, "end_time") if request.HasField("end_time") else now
     if request.HasField("start_time"):
         start = _time(request.start_time, "start_time")
+    elif end - datetime.min.replace(tzinfo=UTC) < DEFAULT_USAGE_WINDOW:
+        raise InvalidArgument({"end_time": "too early: give a start_time"})
     else:
         start = end - DEFAULT_USAGE_WINDOW
     if start >= end:
@@ -57,19 +62,38 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         keys: KeyStore,
         ledger: Ledger,
         budgets: Budgets,
+        operators: OperatorKeyStore,
         announce: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._keys = keys
         self._ledger = ledger
         self._budgets = budgets
+        self._operators = operators
+        # An API key the router forwards reads only its own account (operators: anything).
+        self._scope = TenantScope(keys)
         # Tells routers a key changed, so that they drop their cached copy at once.
         self._announce = announce or _no_announcement
 
     async def CreateApiKey(
         self, request: metering_pb2.CreateApiKeyRequest, context: Context
     ) -> metering_pb2.CreateApiKeyResponse:
-        key, secret = await self._keys.create(request.account_id, request.name)
+        expires_at = (
+            _time(request.expire_time, "expire_time") if request.HasField("expire_time") else None
+        )
+        key, secret = await self._keys.create(
+            request.account_id,
+            request.name,
+            expires_at=expires_at,
+            allowed_models=request.allowed_models,
+            allowed_providers=request.allowed_providers,
+        )
         return metering_pb2.CreateApiKeyResponse(api_key=key, secret=secret)
+
+    async def GetApiKey(
+        self, request: metering_pb2.GetApiKeyRequest, context: Context
+    ) -> metering_pb2.GetApiKeyResponse:
+        await self._scope.key(request.key_id)
+        return metering_pb2.GetApiKeyResponse(api_key=await self._keys.get(request.key_id))
 
     async def ListApiKeys(
         self, request: metering_pb2.ListApiKeysRequest, context: Context
@@ -104,7 +128,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def GetGeneration(
         self, request: metering_pb2.GetGenerationRequest, context: Context
     ) -> metering_pb2.GetGenerationResponse:
-        return await self._ledger.get_generation(request.generation_id)
+        return await self._scope.generation(request.generation_id, self._ledger.get_generation)
 
     async def QueryUsage(
         self, request: metering_pb2.QueryUsageRequest, context: Context
@@ -115,6 +139,8 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         if bucket is None:
             raise InvalidArgument({"bucket": "TIME_BUCKET_HOUR or TIME_BUCKET_DAY"})
         start, end = usage_range(request, datetime.now(UTC))
+        self._scope.account(request.account_id)
+        await self._scope.key(request.key_id)
         return await self._ledger.query_usage(
             request.key_id, start, end, bucket, account_id=request.account_id
         )
@@ -139,4 +165,40 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def GetBalance(
         self, request: metering_pb2.GetBalanceRequest, context: Context
     ) -> metering_pb2.GetBalanceResponse:
+        self._scope.account(request.account_id)
+        await self._scope.key(request.key_id)
         return await self._budgets.balance(request)
+
+    async def CreateOperatorKey(
+        self, request: metering_pb2.CreateOperatorKeyRequest, context: Context
+    ) -> metering_pb2.CreateOperatorKeyResponse:
+        granter = current_principal()
+        expires_at = (
+            _time(request.expire_time, "expire_time") if request.HasField("expire_time") else None
+        )
+        key, secret = await self._operators.create(
+            request.name,
+            list(request.scopes),
+            expires_at=expires_at,
+            granter=granter if isinstance(granter, OperatorPrincipal) else None,
+        )
+        return metering_pb2.CreateOperatorKeyResponse(operator_key=key, secret=secret)
+
+    async def ListOperatorKeys(
+        self, request: metering_pb2.ListOperatorKeysRequest, context: Context
+    ) -> metering_pb2.ListOperatorKeysResponse:
+        keys, next_token = await self._operators.list_page(request.page_size, request.page_token)
+        return metering_pb2.ListOperatorKeysResponse(operator_keys=keys, next_page_token=next_token)
+
+    async def RevokeOperatorKey(
+        self, request: metering_pb2.RevokeOperatorKeyRequest, context: Context
+    ) -> metering_pb2.RevokeOperatorKeyResponse:
+        key = await self._operators.revoke(request.key_id)
+        await self._announce(f"operator:{key.id}")
+        return metering_pb2.RevokeOperatorKeyResponse(operator_key=key)
+
+    async def VerifyOperatorKey(
+        self, request: metering_pb2.VerifyOperatorKeyRequest, context: Context
+    ) -> metering_pb2.VerifyOperatorKeyResponse:
+        key = await self._operators.verify(request.secret)
+        return metering_pb2.VerifyOperatorKeyResponse(operator_key=key)

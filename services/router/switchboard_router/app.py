@@ -5,15 +5,21 @@ from __future__ import annotations
 import logging
 
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
+from switchboard_core.auth import Authenticator
 from switchboard_core.budget import BudgetStore
-from switchboard_core.channels import insecure_channel
+from switchboard_core.channels import service_channel
 from switchboard_core.key_changes import KeyChangeListener, channel_name
+from switchboard_core.liveness import Liveness, new_router_id
 from switchboard_core.redis_client import create_redis
+from switchboard_core.remote_credentials import MeteringCredentials
 from switchboard_core.server import GrpcServer, Registration
+from switchboard_router.account import AccountReads
 from switchboard_router.admission import Admission
-from switchboard_router.auth import KeyVerifier
+from switchboard_router.auth import KeyVerifier, RouterCredentials
 from switchboard_router.catalog_cache import CatalogCache
 from switchboard_router.config import RouterConfig
+from switchboard_router.inflight import InFlight
+from switchboard_router.providers.credentials import ProviderCredentials
 from switchboard_router.providers.http import create_session
 from switchboard_router.providers.registry import build_adapters
 from switchboard_router.relay import Relay
@@ -24,32 +30,46 @@ log = logging.getLogger(__name__)
 
 
 async def create_app(config: RouterConfig) -> GrpcServer:
-    catalog_channel = insecure_channel(config.catalog_addr)
-    metering_channel = insecure_channel(config.metering_addr)
+    catalog_channel = service_channel(config.catalog_addr, config.internal_tls)
+    metering_channel = service_channel(config.metering_addr, config.internal_tls)
     redis = create_redis(config.redis_url)
-    session = create_session()
+    session = create_session(config.upstream_policy)
     catalog = CatalogCache(catalog_channel)
     catalog.start()
+    inflight = InFlight(  # this router's heartbeat and generations, for metering's sweep
+        Liveness(redis, config.budget_prefix),
+        new_router_id(),
+        config.heartbeat_seconds,
+        config.heartbeat_ttl_seconds,
+    )
     admission = Admission(
         BudgetStore(redis, config.budget_prefix),
         config.reservation_ceiling_tokens,
-        ttl_seconds=config.max_request_seconds + 60,
+        ttl_seconds=config.max_request_seconds + 60,  # the fallback when nothing sweeps
+        holder=inflight.router_id,
     )
     relay = Relay(
         build_adapters(session),
-        config.provider_keys,
-        UsageSink(redis, config.usage_stream, metering_channel),
+        ProviderCredentials(config.provider_keys, config.provider_hosts),
+        UsageSink(redis, config.usage_stream, metering_channel, inflight),
         admission,
+        inflight,
     )
-    verifier = KeyVerifier(metering_channel, config.key_cache_seconds)
-    key_changes = KeyChangeListener(redis, channel_name(config.budget_prefix), verifier.invalidate)
+    credentials = RouterCredentials(
+        KeyVerifier(metering_channel, config.key_cache_seconds),
+        MeteringCredentials(metering_channel, ttl_seconds=config.key_cache_seconds),
+    )
+    key_changes = KeyChangeListener(
+        redis, channel_name(config.budget_prefix), credentials.invalidate
+    )
     key_changes.start()
+    inflight.start()
     servicer = RouterServicer(
-        verifier,
         catalog,
         relay,
         admission,
         config.max_request_seconds,
+        AccountReads(metering_channel, catalog),
     )
     if not await catalog.wait_loaded(config.catalog_wait_seconds):
         log.warning("catalog not loaded yet; requests get UNAVAILABLE until it is")
@@ -57,6 +77,7 @@ async def create_app(config: RouterConfig) -> GrpcServer:
     async def close() -> None:
         await key_changes.stop()
         await relay.drain()
+        await inflight.stop()  # only once drained: what is left gets swept
         await catalog.stop()
         await session.close()
         await redis.aclose()
@@ -66,6 +87,7 @@ async def create_app(config: RouterConfig) -> GrpcServer:
     name = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
     return GrpcServer(
         config=config.server,
+        authenticator=Authenticator(config.server.tls, credentials, direct_tenants=True),
         registrations=[
             Registration(router_pb2_grpc.add_RouterServiceServicer_to_server, servicer, name)
         ],

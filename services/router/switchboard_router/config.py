@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from switchboard_core.budget import DEFAULT_PREFIX
 from switchboard_core.config import EnvReader, Secret, ServerConfig, read_redis_url
+from switchboard_core.liveness import (
+    DEFAULT_HEARTBEAT_SECONDS,
+    DEFAULT_HEARTBEAT_TTL_SECONDS,
+    read_heartbeat,
+)
+from switchboard_core.tls import TlsConfig
+from switchboard_core.upstreams import UpstreamPolicy, parse_host_entry, read_upstream_policy
+from switchboard_core.usage_outbox import DEFAULT_USAGE_STREAM
 
 # Provider credentials: SWITCHBOARD_PROVIDER_KEY_<PROVIDER ID, "-" written "_">.
 PROVIDER_KEY_PREFIX = "SWITCHBOARD_PROVIDER_KEY_"
+# The hosts a provider's credential may be sent to, replacing the built-in ones
+# (providers/credentials.py): SWITCHBOARD_PROVIDER_HOSTS_<PROVIDER ID>=host1,host2.
+PROVIDER_HOSTS_PREFIX = "SWITCHBOARD_PROVIDER_HOSTS_"
 
 
 @dataclass(frozen=True)
@@ -18,33 +29,61 @@ class RouterConfig:
     redis_url: str
     catalog_addr: str
     metering_addr: str
-    usage_stream: str = "switchboard:usage"
+    usage_stream: str = DEFAULT_USAGE_STREAM
     key_cache_seconds: float = 30.0
     catalog_wait_seconds: float = 10.0
     max_request_seconds: float = 600.0
     provider_keys: Mapping[str, Secret] = field(default_factory=dict, repr=False)
+    # Provider (lower-cased, "-" written "_") -> declared hosts, from PROVIDER_HOSTS_PREFIX.
+    provider_hosts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Where requests may go (SWITCHBOARD_UPSTREAM_ALLOWLIST; switchboard_core.upstreams).
+    upstream_policy: UpstreamPolicy = field(default_factory=UpstreamPolicy)
     budget_prefix: str = DEFAULT_PREFIX
     # Completion tokens reserved when a request sets no max_tokens (and the endpoint's cap
     # is higher or unknown).
     reservation_ceiling_tokens: int = 4096
+    # The router's heartbeat (switchboard_core.liveness): rewritten every heartbeat_seconds,
+    # it expires heartbeat_ttl_seconds after the last one; metering then sweeps the router.
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
+    heartbeat_ttl_seconds: float = DEFAULT_HEARTBEAT_TTL_SECONDS
+    # How the router calls catalog and metering (its own certificate); ``server.tls`` is how
+    # it serves its public port.
+    internal_tls: TlsConfig = field(default_factory=TlsConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RouterConfig:
         reader = EnvReader(env)
+        server = ServerConfig.read(reader, "router", 50051, 9091)
+        heartbeat_seconds, heartbeat_ttl_seconds = read_heartbeat(reader)
         config = cls(
-            server=ServerConfig.read(reader, "router", 50051, 9091),
+            server=replace(server, tls=server.tls.for_public_port(reader)),
+            internal_tls=server.tls,
             redis_url=read_redis_url(reader),
             catalog_addr=reader.address("SWITCHBOARD_CATALOG_ADDR", "127.0.0.1:50052"),
             metering_addr=reader.address("SWITCHBOARD_METERING_ADDR", "127.0.0.1:50053"),
-            usage_stream=reader.str("SWITCHBOARD_USAGE_STREAM", "switchboard:usage"),
+            usage_stream=reader.str("SWITCHBOARD_USAGE_STREAM", DEFAULT_USAGE_STREAM),
             key_cache_seconds=reader.float("SWITCHBOARD_KEY_CACHE_SECONDS", 30.0),
             catalog_wait_seconds=reader.float("SWITCHBOARD_CATALOG_WAIT_SECONDS", 10.0),
             max_request_seconds=reader.float("SWITCHBOARD_MAX_REQUEST_SECONDS", 600.0, min_value=1),
             provider_keys=reader.prefixed(PROVIDER_KEY_PREFIX),
+            provider_hosts=_read_provider_hosts(reader),
+            upstream_policy=read_upstream_policy(reader),
             budget_prefix=reader.str("SWITCHBOARD_BUDGET_PREFIX", DEFAULT_PREFIX),
             reservation_ceiling_tokens=reader.int(
                 "SWITCHBOARD_RESERVATION_CEILING_TOKENS", 4096, min_value=1
             ),
+            heartbeat_seconds=heartbeat_seconds,
+            heartbeat_ttl_seconds=heartbeat_ttl_seconds,
         )
         reader.finish()
         return config
+
+
+def _read_provider_hosts(reader: EnvReader) -> dict[str, tuple[str, ...]]:
+    hosts: dict[str, tuple[str, ...]] = {}
+    for provider, entries in reader.prefixed_csv(PROVIDER_HOSTS_PREFIX).items():
+        try:
+            hosts[provider] = tuple(parse_host_entry(entry) for entry in entries)
+        except ValueError as error:
+            reader.problems.append(f"{PROVIDER_HOSTS_PREFIX}{provider.upper()}: {error}")
+    return hosts

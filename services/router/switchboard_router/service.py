@@ -9,12 +9,14 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from switchboard.common.v1 import common_pb2
-from switchboard.router.v1 import router_pb2, router_pb2_grpc
+from switchboard.router.v1 import account_pb2, router_pb2, router_pb2_grpc
+from switchboard_core.auth import current_principal
 from switchboard_core.budget import Reservation
 from switchboard_core.errors import Unavailable
 from switchboard_core.money import format_usd
+from switchboard_router.account import AccountReads
 from switchboard_router.admission import Admission
-from switchboard_router.auth import Caller, KeyVerifier
+from switchboard_router.auth import Caller, caller_of
 from switchboard_router.canonical import (
     CompletionRequest,
     ReasoningDelta,
@@ -23,9 +25,10 @@ from switchboard_router.canonical import (
     UsageReport,
 )
 from switchboard_router.catalog_cache import CatalogCache, Route
+from switchboard_router.context_window import within_context
+from switchboard_router.key_rules import allowed_plan
 from switchboard_router.relay import Completed, Relay, Started
 from switchboard_router.requests import AnyCompletionRequest, parse_request
-from switchboard_router.routing import plan
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -50,13 +53,13 @@ def _usage(usage: UsageReport) -> common_pb2.Usage:
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(
         self,
-        verifier: KeyVerifier,
         catalog: CatalogCache,
         relay: Relay,
         admission: Admission,
         max_request_seconds: float,
+        account: AccountReads,
     ) -> None:
-        self._verifier = verifier
+        self._account = account  # the caller's own key, generations, usage; the model list
         self._catalog = catalog
         self._relay = relay
         self._admission = admission
@@ -65,7 +68,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def _prepare(
         self, request: AnyCompletionRequest, context: Context
     ) -> tuple[Caller, CompletionRequest, list[Route], float, Reservation | None]:
-        caller = await self._verifier.verify(context.invocation_metadata())  # type: ignore[arg-type]
+        caller = caller_of(current_principal())  # authenticated by the server's interceptor
         parsed = parse_request(request)
         if not self._catalog.loaded:
             raise Unavailable(
@@ -73,7 +76,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 reason="CATALOG_NOT_READY",
                 retry_after_seconds=1.0,
             )
-        routes = plan(parsed, self._catalog.snapshot)
+        # The key's allow-lists first: nothing is planned, reserved or sent that it may not use.
+        routes = within_context(parsed, allowed_plan(caller.rules, parsed, self._catalog.snapshot))
         remaining = context.time_remaining()
         timeout = self._max_seconds if remaining is None else min(self._max_seconds, remaining)
         reservation = await self._admission.admit(caller, parsed, routes)
@@ -160,3 +164,23 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         reply.reasoning = "".join(reasoning)
         reply.tool_calls.extend(calls[i] for i in sorted(calls))
         return reply
+
+    async def GetKey(
+        self, request: account_pb2.GetKeyRequest, context: Context
+    ) -> account_pb2.GetKeyResponse:
+        return await self._account.get_key(request, context)
+
+    async def GetGeneration(
+        self, request: account_pb2.GetGenerationRequest, context: Context
+    ) -> account_pb2.GetGenerationResponse:
+        return await self._account.get_generation(request, context)
+
+    async def QueryUsage(
+        self, request: account_pb2.QueryUsageRequest, context: Context
+    ) -> account_pb2.QueryUsageResponse:
+        return await self._account.query_usage(request, context)
+
+    async def ListModels(
+        self, request: account_pb2.ListModelsRequest, context: Context
+    ) -> account_pb2.ListModelsResponse:
+        return await self._account.list_models(request, context)

@@ -11,7 +11,11 @@ import builtins
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from switchboard_core.tls import TlsConfig
 
 
 class ConfigError(Exception):
@@ -68,6 +72,15 @@ class EnvReader:
 
     def secret(self, name: builtins.str, default: builtins.str = "") -> Secret:
         return Secret(self.env.get(name, default))
+
+    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
+        raw = (self._raw(name, "true" if default else "false") or "").lower()
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        self.problems.append(f"{name}: expected true or false, got {raw!r}")
+        return default
 
     def int(
         self,
@@ -130,9 +143,32 @@ class EnvReader:
             if key.startswith(prefix) and value
         }
 
+    def csv(self, name: builtins.str) -> tuple[builtins.str, ...]:
+        """A comma-separated list (empty when unset); blank items are dropped."""
+        return _split_csv(self.env.get(name, ""))
+
+    def prefixed_csv(self, prefix: builtins.str) -> dict[builtins.str, tuple[builtins.str, ...]]:
+        """Every variable starting with ``prefix`` as a comma-separated list, keyed by the
+        rest lower-cased."""
+        return {
+            key[len(prefix) :].lower(): _split_csv(value)
+            for key, value in self.env.items()
+            if key.startswith(prefix) and value
+        }
+
     def finish(self) -> None:
         if self.problems:
             raise ConfigError(self.problems)
+
+
+def _split_csv(raw: str) -> tuple[str, ...]:
+    return tuple(item for item in (part.strip() for part in raw.split(",")) if item)
+
+
+def _no_tls() -> TlsConfig:
+    from switchboard_core.tls import TlsConfig
+
+    return TlsConfig()
 
 
 @dataclass(frozen=True)
@@ -146,11 +182,15 @@ class ServerConfig:
     log_level: str = "INFO"
     shutdown_grace_seconds: float = 10.0
     extra: Mapping[str, str] = field(default_factory=dict)
+    # How the service serves (and, for catalog and metering, calls): see switchboard_core.tls.
+    tls: TlsConfig = field(default_factory=_no_tls)
 
     @classmethod
     def read(
         cls, reader: EnvReader, service: str, default_grpc_port: int, default_metrics_port: int
     ) -> ServerConfig:
+        from switchboard_core.tls import TlsConfig
+
         level = reader.str("SWITCHBOARD_LOG_LEVEL", "INFO").upper()
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             reader.problems.append("SWITCHBOARD_LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR")
@@ -163,6 +203,7 @@ class ServerConfig:
             ),
             log_level=level,
             shutdown_grace_seconds=reader.float("SWITCHBOARD_SHUTDOWN_GRACE_SECONDS", 10.0),
+            tls=TlsConfig.read(reader),
         )
 
 

@@ -16,6 +16,19 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 DOMAIN = "switchboard.dev"
+# Error details travel in trailing metadata, which gRPC clients cap (8 KiB by default): a
+# bigger status reaches the client as RESOURCE_EXHAUSTED instead of the real error. These
+# bounds keep every status well under it, however much a caller got wrong.
+MAX_MESSAGE_CHARS = 1024
+MAX_METADATA_VALUE_CHARS = 256
+MAX_FIELD_VIOLATIONS = 20
+MAX_FIELD_CHARS = 160
+MAX_DESCRIPTION_CHARS = 240
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, marked when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class SwitchboardError(Exception):
@@ -32,11 +45,12 @@ class SwitchboardError(Exception):
         metadata: Mapping[str, str] | None = None,
         retry_after_seconds: float | None = None,
     ) -> None:
+        message = clip(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
         if reason is not None:
             self.reason = reason
-        self.metadata = dict(metadata or {})
+        self.metadata = {k: clip(v, MAX_METADATA_VALUE_CHARS) for k, v in (metadata or {}).items()}
         self.retry_after_seconds = retry_after_seconds
 
     def details(self) -> list[any_pb2.Any]:
@@ -71,15 +85,26 @@ class InvalidArgument(SwitchboardError):
 
     def __init__(self, violations: Mapping[str, str] | list[tuple[str, str]]) -> None:
         items = list(violations.items()) if isinstance(violations, Mapping) else list(violations)
-        self.violations = items
-        text = "; ".join(f"{field_}: {why}" for field_, why in items)
-        super().__init__(f"invalid request: {text}")
+        # The first MAX_FIELD_VIOLATIONS, each clipped; the rest are counted.
+        self.violations = [
+            (clip(f, MAX_FIELD_CHARS), clip(d, MAX_DESCRIPTION_CHARS))
+            for f, d in items[:MAX_FIELD_VIOLATIONS]
+        ]
+        self.omitted = len(items) - len(self.violations)
+        text = "; ".join(f"{field_}: {why}" for field_, why in self.violations[:5])
+        more = len(items) - min(5, len(self.violations))
+        if more > 0:
+            text += f" (and {more} more {'problem' if more == 1 else 'problems'})"
+        super().__init__(f"invalid request: {text}", metadata={"violations": str(len(items))})
 
     def details(self) -> list[any_pb2.Any]:
+        shown = list(self.violations)
+        if self.omitted:
+            shown.append(("", f"{self.omitted} more problems not listed"))
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                for f, d in self.violations
+                for f, d in shown
             ]
         )
         return [*super().details(), _pack(bad)]
@@ -149,6 +174,20 @@ _CODE_NUMBERS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.DATA_LOSS: code_pb2.DATA_LOSS,
     grpc.StatusCode.UNAUTHENTICATED: code_pb2.UNAUTHENTICATED,
 }
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a failed call to a Switchboard service ("" when none)."""
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except ValueError:
+        return ""
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError) -> SwitchboardError:

@@ -22,9 +22,18 @@ def encode_token(last_key: str) -> str:
 
 
 def decode_token(token: str) -> str:
+    """The key a token holds. One that holds a NUL character was never made by
+    :func:`encode_token` (no key has one, and Postgres could not compare with it)."""
     if not token:
         return ""
     try:
-        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
+        key = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidArgument({"page_token": "not a token from a previous response"}) from None
+        raise _bad_token() from None
+    if "\x00" in key:
+        raise _bad_token()
+    return key
+
+
+def _bad_token() -> InvalidArgument:
+    return InvalidArgument({"page_token": "not a token from a previous response"})

@@ -1,9 +1,15 @@
 """Server bootstrap shared by every service.
 
 A :class:`GrpcServer` owns one ``grpc.aio`` server with the standard health service,
-server reflection, the error interceptor and a Prometheus endpoint. ``run_until_signal``
+server reflection, the interceptor (authorization, request checks, errors) and a Prometheus
+endpoint. It serves TLS as :mod:`switchboard_core.tls` describes, and plaintext only when
+configured so, with a warning at start. ``run_until_signal``
 serves until SIGTERM/SIGINT, then marks the service NOT_SERVING, lets in-flight RPCs
 (streams included) finish within the grace period and runs the service's own cleanup.
+
+A server whose registrations include audited RPCs (admin writes,
+:class:`~switchboard_core.rpc_owners.Audit`) needs an ``audit`` sink: without one it refuses
+to start, so an admin change is never made unrecorded.
 """
 
 from __future__ import annotations
@@ -20,9 +26,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from switchboard_core.audit import Auditor, AuditSink
+from switchboard_core.auth import Authenticator
 from switchboard_core.config import ServerConfig
-from switchboard_core.interceptors import ErrorInterceptor
+from switchboard_core.health import HealthServicer
+from switchboard_core.interceptors import ServerInterceptor
 from switchboard_core.metrics import serve_metrics
+from switchboard_core.rpc_owners import audited_rpcs
+from switchboard_core.tls import describe
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +60,31 @@ class Registration:
 class GrpcServer:
     config: ServerConfig
     registrations: Sequence[Registration]
+    # Checks every call against the RPC owner table (switchboard_core.rpc_owners).
+    authenticator: Authenticator
     # Run when stopping begins, before the grace period: end streams that never finish on
     # their own (catalog watches) so stopping does not wait out the whole grace.
     before_stop: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # Run after the server has stopped: close pools and clients.
     on_stop: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Where the admin changes made through this server are recorded (switchboard_core.audit).
+    audit: AuditSink | None = None
     port: int = 0
     metrics_port: int = 0
     _server: grpc.aio.Server | None = None
-    _health: Any = None  # grpc_health.v1.health.aio.HealthServicer
+    _health: HealthServicer | None = None
+    _auditor: Auditor | None = None
 
     async def start(self, *, with_metrics: bool = True) -> int:
-        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
-        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        audited = [path for r in self.registrations for path in audited_rpcs(r.full_name)]
+        if audited and self.audit is None:
+            raise RuntimeError(f"audited RPCs served without an audit sink: {audited}")
+        self._auditor = Auditor(self.audit) if self.audit is not None else None
+        server = grpc.aio.server(
+            interceptors=[ServerInterceptor(self.authenticator, auditor=self._auditor)],
+            options=SERVER_OPTIONS,
+        )
+        self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         for registration in self.registrations:
             registration.add(registration.servicer, server)
@@ -69,7 +92,16 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [*names, reflection.SERVICE_NAME, health.SERVICE_NAME], server
         )
-        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.grpc_port}")
+        address = f"{self.config.host}:{self.config.grpc_port}"
+        credentials = self.config.tls.server_credentials()
+        if credentials is None:
+            log.warning(
+                "serving PLAINTEXT: no transport security; callers are not authenticated by"
+                " certificate (set SWITCHBOARD_TLS_CERT, _KEY and _CA to serve TLS)"
+            )
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, credentials)
         await server.start()
         self._server = server
         for name in ["", *names]:
@@ -78,7 +110,11 @@ class GrpcServer:
             self.metrics_port = serve_metrics(self.config.host, self.config.metrics_port)
         log.info(
             "serving",
-            extra={"grpc_port": self.port, "metrics_port": self.metrics_port},
+            extra={
+                "grpc_port": self.port,
+                "metrics_port": self.metrics_port,
+                **describe(self.config.tls),
+            },
         )
         return self.port
 
@@ -93,6 +129,8 @@ class GrpcServer:
             log.info("stopping", extra={"grace_seconds": grace})
             await self._server.stop(grace)
             self._server = None
+        if self._auditor is not None:  # audit writes of cancelled calls, before pools close
+            await self._auditor.flush()
         cleanups, self.on_stop = list(self.on_stop), []
         for cleanup in cleanups:
             with contextlib.suppress(Exception):
