@@ -25,6 +25,8 @@ from switchboard.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
+from switchboard_core.upstreams import UpstreamPolicy
+from switchboard_devstack.pki import DevPki
 from switchboard_devstack.stack import Ports, Stack
 from switchboard_devstack.storage import create_database, drop_database, find_postgres, find_redis
 from switchboard_router.providers.http import create_session
@@ -43,7 +45,7 @@ def row(name: str, values: list[float]) -> str:
 async def direct(fake: FakeProvider, runs: int) -> list[float]:
     loop = asyncio.get_running_loop()
     out = []
-    async with create_session() as session:
+    async with create_session(UpstreamPolicy(["127.0.0.1"])) as session:  # a local server
         for _ in range(runs):
             fake.disconnected.clear()
             response = await session.post(
@@ -92,6 +94,7 @@ async def run(runs: int) -> int:
     stack = Stack(
         database,
         redis,
+        DevPki.ensure(state / "pki"),
         ports=Ports.free(),
         log_dir=state / "logs",
         extra_env={
@@ -105,9 +108,9 @@ async def run(runs: int) -> int:
         await stack.start()
         async with (
             openai_server.serve(SLOW) as fake,
-            grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.catalog}") as catalog_channel,
-            grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.metering}") as metering_channel,
-            grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.router}") as router_channel,
+            stack.channel("catalog") as catalog_channel,
+            stack.channel("metering") as metering_channel,
+            stack.channel("router", bearer="") as router_channel,
         ):
             catalog = catalog_pb2_grpc.CatalogServiceStub(catalog_channel)
             metering = metering_pb2_grpc.MeteringServiceStub(metering_channel)

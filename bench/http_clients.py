@@ -23,6 +23,7 @@ import httpx
 import orjson
 from aiohttp import web
 
+from switchboard_core.upstreams import UpstreamPolicy
 from switchboard_router.providers.http import create_session
 
 Reader = Callable[[], Awaitable[tuple[float, float]]]
@@ -63,7 +64,7 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def aiohttp_reader(url: str) -> AsyncIterator[Reader]:
-    async with create_session() as session:
+    async with create_session(UpstreamPolicy(["127.0.0.1"])) as session:  # a local server
 
         async def one() -> tuple[float, float]:
             start = time.perf_counter()

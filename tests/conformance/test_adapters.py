@@ -25,6 +25,7 @@ from google import genai
 from google.genai import types as genai_types
 
 from switchboard_core.config import Secret
+from switchboard_core.upstreams import UpstreamPolicy
 from switchboard_router.canonical import (
     AdapterEvent,
     CompletionRequest,
@@ -181,7 +182,7 @@ def provider(request: pytest.FixtureRequest) -> Provider:
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with create_session() as http:
+    async with create_session(UpstreamPolicy(["127.0.0.1"])) as http:  # a local server
         yield http
 
 

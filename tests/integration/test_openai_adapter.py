@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from switchboard_core.config import Secret
+from switchboard_core.upstreams import UpstreamPolicy
 from switchboard_demo.upstream import DemoSettings, reply_words, start
 from switchboard_router.canonical import (
     AdapterEvent,
@@ -50,7 +51,7 @@ async def demo_url() -> AsyncIterator[str]:
 
 @pytest.fixture
 async def adapter() -> AsyncIterator[OpenAIChatAdapter]:
-    session = create_session()
+    session = create_session(UpstreamPolicy(["127.0.0.1"]))  # local servers only
     yield OpenAIChatAdapter(session)
     await session.close()
 

@@ -12,8 +12,9 @@ import pytest
 from switchboard.catalog.v1 import catalog_pb2
 from switchboard_catalog.config import packaged_seed_path
 from switchboard_catalog.seed import SeedError, load_seed, parse_seed
-from switchboard_catalog.validate import MODEL_ID, MODEL_ID_MAX, PROVIDER_ID
+from switchboard_core.catalog_ids import MODEL_ID, MODEL_ID_MAX, PROVIDER_ID
 from switchboard_core.money import parse_usd
+from switchboard_core.upstreams import UpstreamPolicy
 
 PRICE_FIELDS = (
     "prompt_usd_per_mtok",
@@ -21,6 +22,8 @@ PRICE_FIELDS = (
     "cached_prompt_usd_per_mtok",
     "cache_write_usd_per_mtok",
 )
+# The demo upstream's host, which the seed's demo provider points at.
+POLICY = UpstreamPolicy(["127.0.0.1"])
 
 
 def _raw() -> dict[str, Any]:
@@ -33,7 +36,7 @@ def _endpoints(provider_id: str) -> dict[str, dict[str, Any]]:
 
 
 def test_packaged_seed_loads() -> None:
-    seed = load_seed(packaged_seed_path())
+    seed = load_seed(packaged_seed_path(), policy=POLICY)
     assert seed.as_of
     assert len(seed.entries.providers) >= 10
     assert len(seed.entries.models) >= 20
@@ -121,7 +124,7 @@ def test_open_models_are_served_by_several_hosts() -> None:
 
 
 def test_demo_entries() -> None:
-    seed = load_seed(packaged_seed_path(), demo_base_url="http://127.0.0.1:9999/v1")
+    seed = load_seed(packaged_seed_path(), policy=POLICY, demo_base_url="http://127.0.0.1:9999/v1")
     provider = next(p for p in seed.entries.providers if p.id == "switchboard")
     assert provider.display_name == "Switchboard demo"
     assert provider.api_format == catalog_pb2.API_FORMAT_OPENAI_CHAT
@@ -145,7 +148,7 @@ def _broken(change: Any) -> str:
     raw = copy.deepcopy(_raw())
     change(raw)
     with pytest.raises(SeedError) as caught:
-        parse_seed(json.dumps(raw), source="test.json")
+        parse_seed(json.dumps(raw), source="test.json", policy=POLICY)
     return str(caught.value)
 
 

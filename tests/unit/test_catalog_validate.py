@@ -52,6 +52,25 @@ def test_model_ids() -> None:
     assert validate.model_id_problem("a/" + "b" * 127) is not None
 
 
+def test_a_trailing_newline_is_no_part_of_an_id_or_name() -> None:
+    """The patterns end in ``$``, which also matches before a final newline: ``match`` let
+    ``"acme\\n"`` through as a provider id (and into the catalog the routers load)."""
+    assert validate.provider_id_problem("acme\n") is not None
+    assert validate.model_id_problem("acme/widget-1\n") is not None
+    endpoint = _endpoint(quantization="fp8\n")
+    endpoint.supported_parameters.append("temperature\n")
+    fields = dict(validate.endpoint_violations(endpoint, "endpoint"))
+    assert set(fields) == {"endpoint.quantization", "endpoint.supported_parameters[0]"}
+    model = catalog_pb2.Model(
+        id="acme/widget-1",
+        display_name="Widget",
+        context_length=8192,
+        input_modalities=["text\n"],
+        output_modalities=["text"],
+    )
+    assert dict(validate.model_violations(model, "model")).keys() == {"model.input_modalities[0]"}
+
+
 def test_provider_violations() -> None:
     provider = catalog_pb2.Provider(id="-bad", base_url="https://x.example/v1?key=1")
     fields = dict(validate.provider_violations(provider, "provider"))
@@ -70,3 +89,29 @@ def test_enum_round_trips() -> None:
     assert convert.api_format_from_db("from_the_future") == catalog_pb2.API_FORMAT_UNSPECIFIED
     assert convert.status_to_db(catalog_pb2.ENDPOINT_STATUS_UNSPECIFIED) == "active"
     assert convert.status_from_db("disabled") == catalog_pb2.ENDPOINT_STATUS_DISABLED
+
+
+def test_a_price_dearer_than_the_ledger_accepts_is_refused() -> None:
+    from switchboard.common.v1 import common_pb2
+    from switchboard_catalog.validate import MAX_USD_PER_MTOK, pricing_violations
+
+    fine = common_pb2.Pricing(prompt_usd_per_mtok="600", completion_usd_per_mtok="600")
+    assert pricing_violations(fine, "pricing") == []
+    dear = common_pb2.Pricing(
+        prompt_usd_per_mtok=str(MAX_USD_PER_MTOK + 1), completion_usd_per_mtok="1"
+    )
+    assert [field for field, _ in pricing_violations(dear, "pricing")] == [
+        "pricing.prompt_usd_per_mtok"
+    ]
+
+
+def test_a_price_with_more_than_six_decimal_places_is_refused() -> None:
+    """A whole number of pico-dollars a token: every cost is then exact at 12 places, which
+    is what the ledger and budgets count in."""
+    from switchboard.common.v1 import common_pb2
+    from switchboard_catalog.validate import pricing_violations
+
+    fine = common_pb2.Pricing(prompt_usd_per_mtok="0.075", completion_usd_per_mtok="0.1500000")
+    assert pricing_violations(fine, "p") == []
+    fine_grained = common_pb2.Pricing(prompt_usd_per_mtok="0.1234567", completion_usd_per_mtok="1")
+    assert [f for f, _ in pricing_violations(fine_grained, "p")] == ["p.prompt_usd_per_mtok"]

@@ -8,11 +8,14 @@ from importlib import resources
 from pathlib import Path
 
 from switchboard_core.config import EnvReader, ServerConfig, read_database_url
+from switchboard_core.upstreams import UpstreamPolicy, read_upstream_policy
+from switchboard_core.usage_bounds import DEFAULT_MAX_EVENT_AGE_DAYS
 
 SERVICE = "catalog"
 DEFAULT_GRPC_PORT = 50052
 DEFAULT_METRICS_PORT = 9092
 DEFAULT_DEMO_BASE_URL = "http://127.0.0.1:8088/v1"
+DEFAULT_METERING_ADDR = "127.0.0.1:50053"
 SEED_NONE = "none"
 
 
@@ -31,6 +34,14 @@ class CatalogConfig:
     demo_base_url: str = DEFAULT_DEMO_BASE_URL
     # How often the version is polled in case a notification was missed.
     version_poll_seconds: float = 5.0
+    # Metering checks the operator keys of admin calls.
+    metering_addr: str = DEFAULT_METERING_ADDR
+    # Where providers' base URLs may point (SWITCHBOARD_UPSTREAM_ALLOWLIST, default empty:
+    # public https hosts only). The demo upstream's host must be on it for the seed to load.
+    upstream_policy: UpstreamPolicy = field(default_factory=UpstreamPolicy)
+    # How far back the price history sent to metering reaches: the ledger's oldest accepted
+    # event (SWITCHBOARD_LEDGER_MAX_EVENT_AGE_DAYS, read by metering too).
+    price_history_days: int = DEFAULT_MAX_EVENT_AGE_DAYS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> CatalogConfig:
@@ -41,12 +52,23 @@ class CatalogConfig:
         demo_base_url = reader.url(
             "SWITCHBOARD_DEMO_BASE_URL", ("http", "https"), DEFAULT_DEMO_BASE_URL
         )
+        upstream_policy = read_upstream_policy(reader)
+        metering_addr = reader.address("SWITCHBOARD_METERING_ADDR", DEFAULT_METERING_ADDR)
+        price_history_days = reader.int(
+            "SWITCHBOARD_LEDGER_MAX_EVENT_AGE_DAYS",
+            DEFAULT_MAX_EVENT_AGE_DAYS,
+            min_value=1,
+            max_value=36_500,
+        )
         reader.finish()
         return cls(
             server=server,
             database_url=database_url,
             seed_path=seed_path,
             demo_base_url=demo_base_url,
+            upstream_policy=upstream_policy,
+            metering_addr=metering_addr,
+            price_history_days=price_history_days,
         )
 
 

@@ -7,7 +7,10 @@ Format (``data/seed.json``)::
 
 Entries use the proto JSON mapping of ``switchboard.catalog.v1`` (unknown keys are errors);
 prices are decimal strings, never JSON numbers. An endpoint's ``id`` may be left out. The
-demo provider's base URL comes from configuration (``SWITCHBOARD_DEMO_BASE_URL``).
+demo provider's base URL comes from configuration (``SWITCHBOARD_DEMO_BASE_URL``). Every
+provider's base URL, the demo's included, must pass the upstream address policy
+(``switchboard_core.upstreams``): the demo upstream's host (127.0.0.1 by default) loads only
+when it is on ``SWITCHBOARD_UPSTREAM_ALLOWLIST``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from google.protobuf.message import Message
 from switchboard.catalog.v1 import catalog_pb2
 from switchboard_catalog import validate
 from switchboard_catalog.store import CatalogStore, Entries
+from switchboard_core.upstreams import UpstreamPolicy
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +51,19 @@ class Seed:
     entries: Entries
 
 
-def load_seed(path: Path, *, demo_base_url: str | None = None) -> Seed:
+def load_seed(path: Path, *, policy: UpstreamPolicy, demo_base_url: str | None = None) -> Seed:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise SeedError(f"seed file {path}: cannot read it: {error}") from error
-    return parse_seed(text, source=str(path), demo_base_url=demo_base_url)
+    return parse_seed(text, source=str(path), policy=policy, demo_base_url=demo_base_url)
 
 
-def parse_seed(text: str, *, source: str, demo_base_url: str | None = None) -> Seed:
+def parse_seed(
+    text: str, *, source: str, policy: UpstreamPolicy, demo_base_url: str | None = None
+) -> Seed:
+    """The seed in ``text``; :class:`SeedError` lists every problem, base URLs the upstream
+    address ``policy`` refuses included."""
     try:
         data = json.loads(text, parse_float=Decimal)
     except json.JSONDecodeError as error:
@@ -69,7 +77,18 @@ def parse_seed(text: str, *, source: str, demo_base_url: str | None = None) -> S
         f"{path}: a JSON number; write prices and amounts as strings"
         for path in _float_paths(data, "")
     ]
-    providers, more = _parse_list(data, "providers", catalog_pb2.Provider, _check_provider)
+
+    def check_provider(provider: catalog_pb2.Provider, prefix: str) -> validate.Violations:
+        if not demo_base_url or provider.id != DEMO_PROVIDER_ID:
+            return validate.provider_violations(provider, prefix, policy=policy)
+        provider.base_url = demo_base_url  # checked like any other base URL
+        url_path = f"{prefix}.base_url"
+        return [
+            (path, f"{why} (from SWITCHBOARD_DEMO_BASE_URL)" if path == url_path else why)
+            for path, why in validate.provider_violations(provider, prefix, policy=policy)
+        ]
+
+    providers, more = _parse_list(data, "providers", catalog_pb2.Provider, check_provider)
     problems += more
     models, more = _parse_list(data, "models", catalog_pb2.Model, _check_model)
     problems += more
@@ -78,10 +97,6 @@ def parse_seed(text: str, *, source: str, demo_base_url: str | None = None) -> S
     problems += _reference_problems(providers, models, endpoints)
     if problems:
         raise SeedError(f"seed file {source}:\n  " + "\n  ".join(problems))
-    if demo_base_url:
-        for provider in providers:
-            if provider.id == DEMO_PROVIDER_ID:
-                provider.base_url = demo_base_url
     entries = Entries(
         providers=providers,
         models=models,
@@ -154,10 +169,6 @@ def _parse_list(
         problems += [f"{where}: {field}: {why}" for field, why in violations]
         parsed.append(message)
     return parsed, problems
-
-
-def _check_provider(provider: catalog_pb2.Provider, prefix: str) -> validate.Violations:
-    return validate.provider_violations(provider, prefix)
 
 
 def _check_model(model: catalog_pb2.Model, prefix: str) -> validate.Violations:

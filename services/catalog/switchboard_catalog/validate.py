@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from decimal import Decimal
 from urllib.parse import urlsplit
 
 from switchboard.catalog.v1 import catalog_pb2
 from switchboard.common.v1 import common_pb2
+from switchboard_core.catalog_ids import model_id_problem as model_id_problem
+from switchboard_core.catalog_ids import provider_id_problem as provider_id_problem
 from switchboard_core.money import MoneyFormatError, parse_usd
+from switchboard_core.upstreams import STRICT, UpstreamPolicy
+from switchboard_core.usage_bounds import MAX_USD_PER_TOKEN
 
 Violations = list[tuple[str, str]]
 
-PROVIDER_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
-MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:-]*$")
-MODEL_ID_MAX = 128
 _MODALITY = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _PARAMETER = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _QUANTIZATION = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
@@ -27,6 +29,11 @@ _DESCRIPTION_MAX = 4000
 _URL_MAX = 2048
 _UPSTREAM_MODEL_MAX = 256
 _CONTEXT_MAX = 100_000_000
+# Prices in USD per million tokens have at most 6 decimal places: a whole number of
+# pico-dollars (1e-12 USD) a token, as budgets count in Redis and costs are written exactly.
+PRICE_QUANTUM = Decimal("0.000001")
+# The dearest price a token may have: the ledger's bound (switchboard_core.usage_bounds).
+MAX_USD_PER_MTOK = MAX_USD_PER_TOKEN * 1_000_000
 
 
 def endpoint_id(provider_id: str, model_id: str) -> str:
@@ -43,25 +50,11 @@ def normalized_endpoint(endpoint: catalog_pb2.Endpoint) -> catalog_pb2.Endpoint:
     return out
 
 
-def provider_id_problem(value: str) -> str | None:
-    if not value:
-        return "required"
-    if not PROVIDER_ID.match(value):
-        return "must match ^[a-z0-9][a-z0-9-]{0,63}$ (e.g. 'openai')"
-    return None
-
-
-def model_id_problem(value: str) -> str | None:
-    if not value:
-        return "required"
-    if len(value) > MODEL_ID_MAX:
-        return f"at most {MODEL_ID_MAX} characters"
-    if not MODEL_ID.match(value):
-        return "must look like '<author>/<slug>' (e.g. 'openai/gpt-4o-mini')"
-    return None
-
-
-def provider_violations(provider: catalog_pb2.Provider, prefix: str) -> Violations:
+def provider_violations(
+    provider: catalog_pb2.Provider, prefix: str, *, policy: UpstreamPolicy = STRICT
+) -> Violations:
+    """``base_url`` must pass the upstream address ``policy`` (the catalog's allow-list), so
+    a catalog write cannot point a provider, and its credential, at an internal address."""
     out: Violations = []
     _check(out, f"{prefix}.id", provider_id_problem(provider.id))
     _check(out, f"{prefix}.display_name", _name_problem(provider.display_name))
@@ -69,7 +62,7 @@ def provider_violations(provider: catalog_pb2.Provider, prefix: str) -> Violatio
         provider.api_format == catalog_pb2.API_FORMAT_UNSPECIFIED
     ):
         out.append((f"{prefix}.api_format", "must be a known ApiFormat, not UNSPECIFIED"))
-    _check(out, f"{prefix}.base_url", _url_problem(provider.base_url))
+    _check(out, f"{prefix}.base_url", _url_problem(provider.base_url, policy))
     if provider.dialect and provider_id_problem(provider.dialect):
         out.append((f"{prefix}.dialect", "must be empty or a slug like 'vllm'"))
     return out
@@ -118,7 +111,7 @@ def endpoint_violations(endpoint: catalog_pb2.Endpoint, prefix: str) -> Violatio
             "a parameter name",
         )
     )
-    if endpoint.quantization and not _QUANTIZATION.match(endpoint.quantization):
+    if endpoint.quantization and not _QUANTIZATION.fullmatch(endpoint.quantization):
         out.append((f"{prefix}.quantization", "lower case, e.g. 'fp8' or 'bf16', or empty"))
     if endpoint.status not in catalog_pb2.EndpointStatus.values():
         out.append((f"{prefix}.status", "must be a known EndpointStatus"))
@@ -139,9 +132,26 @@ def pricing_violations(pricing: common_pb2.Pricing, prefix: str) -> Violations:
                 out.append((f"{prefix}.{name}", "required, a decimal string such as '0.15'"))
             continue
         try:
-            parse_usd(text)
+            price = parse_usd(text)
         except MoneyFormatError as error:
             out.append((f"{prefix}.{name}", str(error)))
+            continue
+        if price != price.quantize(PRICE_QUANTUM):
+            out.append(
+                (
+                    f"{prefix}.{name}",
+                    "at most 6 decimal places: a price is a whole number of pico-dollars a"
+                    " token, so every cost is exact to 12 decimal places",
+                )
+            )
+        elif price > MAX_USD_PER_MTOK:
+            out.append(
+                (
+                    f"{prefix}.{name}",
+                    f"at most {MAX_USD_PER_MTOK} USD per million tokens (the ledger refuses"
+                    " generations dearer than that per token)",
+                )
+            )
     return out
 
 
@@ -158,17 +168,15 @@ def _name_problem(value: str) -> str | None:
     return None
 
 
-def _url_problem(value: str) -> str | None:
+def _url_problem(value: str, policy: UpstreamPolicy) -> str | None:
     if not value:
         return "required"
     if len(value) > _URL_MAX:
         return f"at most {_URL_MAX} characters"
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return "not a valid URL"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "must be an http or https URL with a host"
+    problem = policy.base_url_problem(value)
+    if problem is not None:
+        return problem
+    parts = urlsplit(value)
     if parts.query or parts.fragment:
         return "must not have a query or fragment"
     return None
@@ -188,7 +196,7 @@ def _list_violations(
     out: Violations = []
     seen: set[str] = set()
     for index, value in enumerate(values):
-        if not pattern.match(value):
+        if not pattern.fullmatch(value):
             out.append((f"{path}[{index}]", f"not {what}: must match {pattern.pattern}"))
         elif value in seen:
             out.append((f"{path}[{index}]", f"duplicate {value!r}"))

@@ -3,10 +3,28 @@ adapters open a provider's SSE stream with it.
 
 aiohttp was chosen by measurement (``make bench-http``): 2.5 to 6 times less CPU per streamed
 completion than httpx, with flat tail latency under concurrency (docs/BENCHMARKS.md).
+
+Where the session may connect is the upstream address policy's call
+(``switchboard_core.upstreams``), checked at connect time because the catalog's write-time
+check cannot see what a name resolves to later:
+
+- before each request, :class:`AddressPolicyMiddleware` checks the URL's scheme and host (IP
+  literals included: aiohttp hands those straight to the socket without the resolver);
+- :class:`PolicyResolver` drops every resolved address the policy refuses, and refuses the
+  host when none is left (DNS rebinding). The connector caches what it returns
+  (``ttl_dns_cache``), so the check costs nothing per request;
+- redirects are never followed (``allow_redirects=False``): a 3xx answer is an
+  :class:`UpstreamRedirectRefused`, and the body is never sent anywhere else;
+- the session ignores proxy variables (``trust_env`` stays off).
+
+A refusal becomes :class:`UpstreamAddressRefused` (``UNAVAILABLE``), so the relay moves on to
+the next endpoint. Logs name the host and addresses, never keys or prompts.
 """
 
 from __future__ import annotations
 
+import logging
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,7 +32,9 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.abc import AbstractResolver, ResolveResult
 
+from switchboard_core.upstreams import UpstreamPolicy
 from switchboard_router.providers.base import (
     UpstreamError,
     UpstreamTimeout,
@@ -23,6 +43,8 @@ from switchboard_router.providers.base import (
 )
 from switchboard_router.providers.sse import SseEvent, iter_sse_batches
 
+log = logging.getLogger(__name__)
+
 # Longest silence tolerated between two bytes of a stream.
 READ_IDLE_SECONDS = 120.0
 
@@ -30,19 +52,94 @@ READ_IDLE_SECONDS = 120.0
 ErrorFromBody = Callable[[int, bytes, str, float | None], UpstreamError]
 
 
-def create_session() -> aiohttp.ClientSession:
+class UpstreamAddressRefused(UpstreamUnavailable):
+    """The upstream address policy refused the endpoint's host or every address it has."""
+
+    reason = "UPSTREAM_ADDRESS_REFUSED"
+
+
+class UpstreamRedirectRefused(UpstreamUnavailable):
+    """The provider answered with a redirect, which the router never follows."""
+
+    reason = "UPSTREAM_REDIRECT_REFUSED"
+
+
+class AddressRefused(aiohttp.ClientConnectionError):
+    """Raised inside the session when the policy refuses a host or its addresses; the
+    message says why (no secrets: hosts and addresses only)."""
+
+
+class PolicyResolver(AbstractResolver):
+    """Resolves with ``inner`` (the system resolver by default), keeping only the addresses
+    the policy allows for the host; refuses the host when none is left."""
+
+    def __init__(self, policy: UpstreamPolicy, inner: AbstractResolver | None = None) -> None:
+        self._policy = policy
+        # The system resolver (getaddrinfo in a thread), which has nothing to close.
+        self._inner = inner if inner is not None else aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        allowed: list[ResolveResult] = []
+        refused: list[str] = []
+        for result in found:
+            if self._policy.address_allowed(host, result["host"]):
+                allowed.append(result)
+            else:
+                refused.append(result["host"])
+        if not refused:
+            return found
+        log.warning(
+            "upstream addresses refused",
+            extra={"host": host, "addresses": ",".join(sorted(set(refused)))},
+        )
+        if not allowed:
+            raise AddressRefused(
+                self._policy.address_problem(host, refused[0]) or f"{host} has no allowed address"
+            )
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class AddressPolicyMiddleware:
+    """Refuses a request whose URL the policy refuses, before any connection is made."""
+
+    def __init__(self, policy: UpstreamPolicy) -> None:
+        self._policy = policy
+
+    async def __call__(
+        self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        problem = self._policy.host_problem(request.url.scheme, request.url.raw_host or "")
+        if problem is not None:
+            log.warning("upstream host refused", extra={"host": request.url.raw_host})
+            raise AddressRefused(problem)
+        return await handler(request)
+
+
+def create_session(
+    policy: UpstreamPolicy, *, resolver: AbstractResolver | None = None
+) -> aiohttp.ClientSession:
+    """The shared session; it connects only where ``policy`` allows. ``resolver`` replaces
+    the system resolver under the policy's filter (tests)."""
     connector = aiohttp.TCPConnector(
         limit=0,  # no global cap: per-request deadlines bound the work
         limit_per_host=0,
         keepalive_timeout=60,
         ttl_dns_cache=300,
         enable_cleanup_closed=True,
+        resolver=PolicyResolver(policy, resolver),
     )
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10),
         raise_for_status=False,
         auto_decompress=True,
+        middlewares=(AddressPolicyMiddleware(policy),),
     )
 
 
@@ -76,7 +173,8 @@ async def open_sse(
     """POST ``body`` and yield the stream; any status but 200 raises the provider's error.
 
     Timeouts become ``DEADLINE_EXCEEDED`` and connection trouble ``UNAVAILABLE``, whether they
-    happen before the response or while it streams.
+    happen before the response or while it streams. A redirect is not followed (nothing is
+    re-sent) and an address the policy refuses is not connected to: both ``UNAVAILABLE``.
     """
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream", **headers}
     try:
@@ -85,15 +183,28 @@ async def open_sse(
             data=orjson.dumps(body),
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=timeout, sock_read=READ_IDLE_SECONDS),
+            allow_redirects=False,
         )
     except TimeoutError:
         raise UpstreamTimeout(f"{provider} did not answer in time", provider_id=provider) from None
+    except AddressRefused as error:
+        raise UpstreamAddressRefused(
+            f"the router refused to connect to {provider}: {error}", provider_id=provider
+        ) from None
     except aiohttp.ClientError as error:
         raise UpstreamUnavailable(
             f"could not reach {provider}: {type(error).__name__}", provider_id=provider
         ) from None
     stream = SseStream(response)
     try:
+        if 300 <= response.status < 400:
+            raise UpstreamRedirectRefused(
+                f"{provider} answered HTTP {response.status}, a redirect: the router never"
+                " follows redirects (nothing was re-sent); point the provider's base_url at"
+                " the final address",
+                provider_id=provider,
+                status=response.status,
+            )
         if response.status != 200:
             retry = parse_retry_after(response.headers.get("retry-after"))
             raise error_from_body(response.status, await response.read(), provider, retry)
