@@ -67,6 +67,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ from switchboard.metering.v1 import metering_pb2
 from switchboard_core.db import create_pool, migrate
 from switchboard_core.money import ZERO, format_usd, parse_usd
 from switchboard_core.redis_client import create_redis
+from switchboard_core.usage_outbox import EVENT_FIELD as FIELD
 from switchboard_devstack.storage import (
     create_database,
     drop_database,
@@ -95,7 +97,7 @@ from switchboard_metering.config import OutboxSettings
 from switchboard_metering.ledger import Batch, Ledger, WriteResult
 from switchboard_metering.outbox import OutboxConsumer, parse_entry
 from switchboard_router.relay import new_generation_id
-from switchboard_router.usage_sink import FIELD, UsageSink
+from switchboard_router.usage_sink import UsageSink
 
 KEYS = 100
 SPREAD_NS = 5 * 10**9  # create_time spread over the last 5 seconds
@@ -250,10 +252,16 @@ class TimedLedger(Ledger):
         self.write_seconds = 0.0
         self.batches = 0
 
-    def prepare(self, events: Sequence[metering_pb2.UsageEvent], *, checked: bool = False) -> Batch:
+    def prepare(
+        self,
+        events: Sequence[metering_pb2.UsageEvent],
+        *,
+        checked: bool = False,
+        checked_at: datetime | None = None,
+    ) -> Batch:
         started = time.perf_counter()
         try:
-            return super().prepare(events, checked=checked)
+            return super().prepare(events, checked=checked, checked_at=checked_at)
         finally:
             self.prepare_seconds += time.perf_counter() - started
 

@@ -15,6 +15,7 @@ import pytest
 
 from switchboard_core.db import create_pool, migrate
 from switchboard_metering.app import MIGRATIONS
+from switchboard_metering.event_rules import EventWindow
 from switchboard_metering.ledger import Ledger
 from switchboard_metering.partitions import Partitions
 from switchboard_metering.reconcile import duplicates, reconcile
@@ -28,6 +29,11 @@ async def pool(own_database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(own_database_url)
     yield pool
     await pool.close()
+
+
+def at(pool: asyncpg.Pool, now: datetime, retention: timedelta | None = None) -> Partitions:
+    """Partitions (and so a ledger) whose clock says ``now``: the events are in its window."""
+    return Partitions(pool, retention, EventWindow(clock=lambda: now))
 
 
 async def partitions_of(pool: asyncpg.Pool) -> list[str]:
@@ -91,7 +97,7 @@ async def test_retention_drops_whole_months_and_replays_of_them_change_nothing(
     pool: asyncpg.Pool,
 ) -> None:
     await migrate(pool, "metering", MIGRATIONS)
-    partitions = Partitions(pool, retention=timedelta(days=60))
+    partitions = at(pool, NOW, retention=timedelta(days=60))
     ledger = Ledger(pool, partitions)
     key = new_key_id()
     dates = [
@@ -128,9 +134,9 @@ async def test_a_write_creates_its_partition_even_after_someone_dropped_it(
     pool: asyncpg.Pool,
 ) -> None:
     await migrate(pool, "metering", MIGRATIONS)
-    ledger = Ledger(pool)
-    key = new_key_id()
     far = datetime(2031, 1, 5, tzinfo=UTC)
+    ledger = Ledger(pool, at(pool, far))
+    key = new_key_id()
     assert (await ledger.record([usage_event(key, when=far)], source="rpc")).recorded == 1
     await pool.execute("DROP TABLE generations_2031_01")  # the ledger still believes in it
 
@@ -142,9 +148,9 @@ async def test_a_write_creates_its_partition_even_after_someone_dropped_it(
 
 async def test_concurrent_writers_create_the_same_partition_once(pool: asyncpg.Pool) -> None:
     await migrate(pool, "metering", MIGRATIONS)
-    ledgers = [Ledger(pool, Partitions(pool)) for _ in range(4)]
-    key = new_key_id()
     when = datetime(2032, 2, 2, tzinfo=UTC)
+    ledgers = [Ledger(pool, at(pool, when)) for _ in range(4)]
+    key = new_key_id()
     results = await asyncio.gather(
         *(ledger.record([usage_event(key, when=when)], source="rpc") for ledger in ledgers)
     )
@@ -156,7 +162,7 @@ async def test_attempts_are_separate_rows_and_a_redated_copy_is_reported(
     pool: asyncpg.Pool,
 ) -> None:
     await migrate(pool, "metering", MIGRATIONS)
-    ledger = Ledger(pool)
+    ledger = Ledger(pool, at(pool, NOW))
     key = new_key_id()
     first = usage_event(key, when=NOW)
     fallback = usage_event(key, first.generation_id, when=NOW)

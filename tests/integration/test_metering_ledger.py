@@ -31,7 +31,7 @@ async def metering(database_url: str, redis_url: str, redis_prefix: str) -> Asyn
 
 
 async def record(metering: Metering, *events: metering_pb2.UsageEvent) -> tuple[int, int]:
-    reply = await metering.stub.RecordUsage(metering_pb2.RecordUsageRequest(events=events))
+    reply = await metering.router.RecordUsage(metering_pb2.RecordUsageRequest(events=events))
     return reply.recorded_count, reply.duplicate_count
 
 
@@ -72,14 +72,15 @@ async def test_duplicates_inside_one_batch_count_once(metering: Metering) -> Non
 
 async def test_costs_sum_exactly(metering: Metering) -> None:
     key = new_key_id()
-    costs = ["0.000000123"] * 700 + ["0.000000000001", "123456789012.123456789012", "0.1", "0.2"]
-    events = [usage_event(key, cost=cost) for cost in costs]
+    # The largest a generation may cost ($10,000), with twelve decimals.
+    costs = ["0.000000123"] * 700 + ["0.000000000001", "9999.123456789012", "0.1", "0.2"]
+    events = [usage_event(key, cost=cost, prompt=100_000) for cost in costs]
     assert await record(metering, *events[:500]) == (500, 0)
     assert await record(metering, *events[500:]) == (len(costs) - 500, 0)
     usage = await query(metering, key)
     expected = sum((Decimal(c) for c in costs), Decimal(0))
     assert Decimal(usage.total_cost_usd) == expected
-    assert usage.total_cost_usd == format_usd(expected) == "123456789012.423542889013"
+    assert usage.total_cost_usd == format_usd(expected) == "9999.423542889013"
 
 
 async def test_a_bad_event_is_named_and_nothing_is_written(metering: Metering) -> None:
@@ -90,15 +91,29 @@ async def test_a_bad_event_is_named_and_nothing_is_written(metering: Metering) -
     negative.usage.prompt_tokens = -1
     no_id = usage_event(key, generation_id="")
     no_id.generation_id = ""
+    # Poisoned (tests/integration/test_ledger_poisoning.py has every case).
+    overflowing = usage_event(key)
+    overflowing.usage.prompt_tokens = 2**63 - 10
+    escape = usage_event(key)
+    escape.model_id = "demo/\x1b[31mecho"
+    far = usage_event(key, when=datetime(9999, 12, 31, tzinfo=UTC))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await record(metering, good, bad_cost, negative, no_id)
+        await record(metering, good, bad_cost, negative, no_id, overflowing, escape, far)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(caught.value) == [
         "events[1].cost_usd",
         "events[2].usage.prompt_tokens",
         "events[3].generation_id",
+        "events[4].usage.prompt_tokens",
+        "events[5].model_id",
+        "events[6].create_time",
     ]
     assert (await query(metering, key)).total_requests == 0
+    with pytest.raises(grpc.aio.AioRpcError) as lookup:
+        await metering.stub.GetGeneration(
+            metering_pb2.GetGenerationRequest(generation_id="gen-\x00")
+        )
+    assert lookup.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_get_generation_round_trips(metering: Metering) -> None:
@@ -125,7 +140,7 @@ async def test_query_by_hour_and_day(metering: Metering) -> None:
         usage_event(key, when=T0 + timedelta(minutes=40), model="m/a", cost="0.3"),
         usage_event(key, when=T0 + timedelta(hours=1), model="m/a", cost="0.4"),  # 23:15
         usage_event(key, when=T0 + timedelta(hours=2), model="m/a", cost="0.5"),  # next day
-        usage_event(key, when=T0 + timedelta(days=5), model="m/a", cost="9"),  # out of range
+        usage_event(key, when=T0 + timedelta(days=5), model="m/a", cost="1"),  # out of range
     )
     start, end = datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 3, tzinfo=UTC)
     hours = await query(metering, key, metering_pb2.TIME_BUCKET_HOUR, start, end)
@@ -157,7 +172,6 @@ async def test_query_defaults_to_the_last_30_days_by_day(metering: Metering) -> 
         metering,
         usage_event(key, when=now - timedelta(days=2)),
         usage_event(key, when=now - timedelta(days=40)),
-        usage_event(key, when=now + timedelta(hours=2)),
     )
     usage = await query(metering, key)
     assert usage.total_requests == 1
@@ -206,7 +220,7 @@ async def test_usage_of_an_account_sums_its_keys_only(metering: Metering) -> Non
         usage_event(first, when=T0, cost="0.5", model="m/a"),
         usage_event(second, when=T0, cost="0.25", model="m/a"),
         usage_event(second, when=T0, cost="1", model="m/b"),
-        usage_event(elsewhere, when=T0, cost="7"),
+        usage_event(elsewhere, when=T0, cost="7", prompt=100),
     )
     request = metering_pb2.QueryUsageRequest(account_id="usage-co")
     request.start_time.FromDatetime(T0 - timedelta(days=1))

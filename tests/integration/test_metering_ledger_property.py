@@ -23,7 +23,9 @@ from switchboard.metering.v1 import metering_pb2
 from switchboard_core.db import create_pool, migrate
 from switchboard_core.money import format_usd
 from switchboard_metering.app import MIGRATIONS
+from switchboard_metering.event_rules import EventWindow
 from switchboard_metering.ledger import Ledger
+from switchboard_metering.partitions import Partitions
 from tests.integration.test_metering_app import new_key_id, usage_event
 
 # Two hours before a month ends: events land in two monthly partitions.
@@ -44,8 +46,10 @@ event_specs = st.lists(
         st.sampled_from(["m/a", "m/b"]),
         st.sampled_from(["p1", "p2"]),
         st.integers(min_value=0, max_value=150),  # minutes after T0: three hour buckets
-        st.decimals(min_value=0, max_value=5, places=12).map(format_usd),
-        st.integers(min_value=0, max_value=10_000),
+        # At most $0.10 a token (usage_bounds), and every event has 5 completion tokens.
+        st.decimals(min_value=0, max_value="0.5", places=12).map(format_usd),
+        # Prompt tokens; usage_event adds a cache-write token, which the prompt must include.
+        st.integers(min_value=1, max_value=10_000),
     ),
     min_size=1,
     max_size=12,
@@ -102,7 +106,9 @@ async def test_rollups_equal_the_set_of_events(
     ]
     for index, event in enumerate(events):
         event.attempt = index % 2
-    ledger = Ledger(pool)
+    # The ledger's clock just after the events, so that they are inside its window.
+    later = T0 + timedelta(hours=3)
+    ledger = Ledger(pool, Partitions(pool, window=EventWindow(clock=lambda: later)))
     calls = [ledger.record([events[i] for i in batch], source="rpc") for batch in batches]
     if concurrent:
         results = await asyncio.gather(*calls)

@@ -15,7 +15,9 @@ import pytest
 
 from switchboard_core.db import create_pool, migrate
 from switchboard_metering.app import MIGRATIONS
+from switchboard_metering.event_rules import EventWindow
 from switchboard_metering.ledger import Ledger
+from switchboard_metering.partitions import Partitions
 from switchboard_metering.reconcile import reconcile
 from tests.integration.test_metering_app import usage_event
 
@@ -37,7 +39,10 @@ async def pool(own_database_url: str) -> AsyncIterator[asyncpg.Pool]:
 async def test_reconcile_finds_nothing_after_normal_writes_and_every_corruption(
     pool: asyncpg.Pool, own_database_url: str
 ) -> None:
-    ledger = Ledger(pool)
+    # The ledger's clock on the day of the events, so that they are inside its window.
+    ledger = Ledger(
+        pool, Partitions(pool, window=EventWindow(clock=lambda: T0 + timedelta(days=1)))
+    )
     events = [
         usage_event(key, when=T0 + timedelta(minutes=40 * i), cost=f"0.00{i + 1}", prompt=i + 1)
         for i in range(6)

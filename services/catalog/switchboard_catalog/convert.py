@@ -64,18 +64,23 @@ def provider_from_row(row: Row) -> catalog_pb2.Provider:
     )
 
 
+def pricing_from_row(row: Row) -> common_pb2.Pricing:
+    """The four price columns (of ``endpoints`` or ``endpoint_prices``)."""
+    return common_pb2.Pricing(
+        prompt_usd_per_mtok=format_usd(row["prompt_price"]),
+        completion_usd_per_mtok=format_usd(row["completion_price"]),
+        cached_prompt_usd_per_mtok=price_from_db(row["cached_prompt_price"]),
+        cache_write_usd_per_mtok=price_from_db(row["cache_write_price"]),
+    )
+
+
 def endpoint_from_row(row: Row) -> catalog_pb2.Endpoint:
     return catalog_pb2.Endpoint(
         id=row["id"],
         model_id=row["model_id"],
         provider_id=row["provider_id"],
         upstream_model=row["upstream_model"],
-        pricing=common_pb2.Pricing(
-            prompt_usd_per_mtok=format_usd(row["prompt_price"]),
-            completion_usd_per_mtok=format_usd(row["completion_price"]),
-            cached_prompt_usd_per_mtok=price_from_db(row["cached_prompt_price"]),
-            cache_write_usd_per_mtok=price_from_db(row["cache_write_price"]),
-        ),
+        pricing=pricing_from_row(row),
         context_length=row["context_length"],
         max_completion_tokens=row["max_completion_tokens"],
         supported_parameters=row["supported_parameters"],
@@ -107,3 +112,14 @@ def models_from_rows(
     for row in endpoint_rows:
         by_model.setdefault(row["model_id"], []).append(endpoint_from_row(row))
     return [model_from_row(row, by_model.get(row["id"], ())) for row in model_rows]
+
+
+def price_history_from_rows(rows: Iterable[Row]) -> list[catalog_pb2.EndpointPriceHistory]:
+    """``endpoint_prices`` rows, ordered by endpoint then time, grouped by endpoint."""
+    histories: list[catalog_pb2.EndpointPriceHistory] = []
+    for row in rows:
+        if not histories or histories[-1].endpoint_id != row["endpoint_id"]:
+            histories.append(catalog_pb2.EndpointPriceHistory(endpoint_id=row["endpoint_id"]))
+        change = histories[-1].changes.add(pricing=pricing_from_row(row))
+        change.effective_time.FromDatetime(row["effective_at"])
+    return histories

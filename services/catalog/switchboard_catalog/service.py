@@ -21,6 +21,7 @@ from switchboard_catalog.store import CatalogStore
 from switchboard_catalog.watch import CatalogBroadcaster
 from switchboard_core import paging
 from switchboard_core.errors import InvalidArgument, NotFound
+from switchboard_core.upstreams import UpstreamPolicy
 
 SERVICE_NAME = "switchboard.catalog.v1.CatalogService"
 
@@ -28,9 +29,13 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class CatalogService(catalog_pb2_grpc.CatalogServiceServicer):
-    def __init__(self, store: CatalogStore, broadcaster: CatalogBroadcaster) -> None:
+    def __init__(
+        self, store: CatalogStore, broadcaster: CatalogBroadcaster, upstream_policy: UpstreamPolicy
+    ) -> None:
         self._store = store
         self.broadcaster = broadcaster
+        # Where provider base URLs may point (switchboard_core.upstreams).
+        self._upstream_policy = upstream_policy
 
     async def ListModels(
         self, request: catalog_pb2.ListModelsRequest, context: Context
@@ -83,7 +88,7 @@ class CatalogService(catalog_pb2_grpc.CatalogServiceServicer):
         updates = self.broadcaster.watch(request.known_version)
         async with contextlib.aclosing(updates):
             async for snapshot in updates:
-                yield snapshot.payload
+                yield snapshot.payload_for(include_price_history=request.include_price_history)
 
     async def ListProviders(
         self, request: catalog_pb2.ListProvidersRequest, context: Context
@@ -95,7 +100,9 @@ class CatalogService(catalog_pb2_grpc.CatalogServiceServicer):
     ) -> catalog_pb2.UpsertProviderResponse:
         if not request.HasField("provider"):
             raise InvalidArgument({"provider": "required"})
-        violations = validate.provider_violations(request.provider, "provider")
+        violations = validate.provider_violations(
+            request.provider, "provider", policy=self._upstream_policy
+        )
         if violations:
             raise InvalidArgument(violations)
         stored = await self._store.upsert_provider(request.provider)

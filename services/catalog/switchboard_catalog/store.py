@@ -4,6 +4,10 @@ Every write runs in one transaction that, when it changed anything, bumps the si
 catalog version last and calls ``pg_notify('switchboard_catalog', <version>)``. The version
 row's lock is held until commit, so versions commit in order and a snapshot read in one
 REPEATABLE READ transaction always matches the version it reports.
+
+Endpoint prices also have a history (``endpoint_prices``, appended by a trigger in the
+transaction that changes a price: migration 0003). The snapshot carries the part of it the
+ledger may need (:data:`PRICE_HISTORY_MARGIN_DAYS`, :data:`MAX_PRICE_CHANGES`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import asyncpg
 
 from switchboard.catalog.v1 import catalog_pb2
 from switchboard_catalog import convert
+from switchboard_core.auth import actor
 from switchboard_core.errors import FailedPrecondition
+from switchboard_core.usage_bounds import DEFAULT_MAX_EVENT_AGE_DAYS
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,31 @@ WHERE (e.upstream_model, e.prompt_price, e.completion_price, e.cached_prompt_pri
        EXCLUDED.supported_parameters, EXCLUDED.quantization, EXCLUDED.status)
 RETURNING id"""
 
+# The price history a snapshot carries: the changes of the last ``$1`` days (the ledger's
+# oldest accepted event, plus PRICE_HISTORY_MARGIN for the cost check's lag allowance) and,
+# per endpoint, the price in effect when they begin; at most the ``$2`` newest rows of each.
+_SELECT_PRICE_HISTORY = """
+WITH since AS (SELECT now() - make_interval(days => $1) AS t),
+kept AS (
+    SELECT h.*, row_number() OVER (
+        PARTITION BY endpoint_id ORDER BY effective_at DESC, id DESC) AS newest
+    FROM endpoint_prices h
+    WHERE effective_at >= (SELECT t FROM since)
+       OR id IN (SELECT DISTINCT ON (endpoint_id) id FROM endpoint_prices
+                 WHERE effective_at < (SELECT t FROM since)
+                 ORDER BY endpoint_id, effective_at DESC, id DESC)
+)
+SELECT endpoint_id, effective_at, prompt_price, completion_price, cached_prompt_price,
+       cache_write_price
+FROM kept WHERE newest <= $2
+ORDER BY endpoint_id, effective_at, id"""
+# Days of price history beyond the ledger's window: covers the cost check's lag allowance
+# for an event at the window's very edge.
+PRICE_HISTORY_MARGIN_DAYS = 1
+# Per endpoint; beyond it the oldest changes are left out (an endpoint repriced that often,
+# hourly say, would otherwise make every metering snapshot megabytes).
+MAX_PRICE_CHANGES = 1000
+
 _BUMP_VERSION = """
 UPDATE catalog_version SET version = version + 1, updated_at = now()
 WHERE singleton RETURNING version"""
@@ -93,8 +124,15 @@ class Entries:
 
 
 class CatalogStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    """``price_history_days``: how far back the snapshot's price history reaches (the
+    ledger's ``SWITCHBOARD_LEDGER_MAX_EVENT_AGE_DAYS``; :data:`PRICE_HISTORY_MARGIN_DAYS`
+    more are added)."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, *, price_history_days: int = DEFAULT_MAX_EVENT_AGE_DAYS
+    ) -> None:
         self._pool = pool
+        self._history_days = price_history_days + PRICE_HISTORY_MARGIN_DAYS
 
     async def version(self) -> int:
         value = await self._pool.fetchval("SELECT version FROM catalog_version")
@@ -126,16 +164,18 @@ class CatalogStore:
         return [convert.provider_from_row(row) for row in rows]
 
     async def snapshot(self) -> catalog_pb2.WatchCatalogResponse:
-        """The whole catalog and its version, read consistently."""
+        """The whole catalog, its version and the price history, read consistently."""
         async with self._pool.acquire() as conn, _read_only(conn):
             version = await conn.fetchval("SELECT version FROM catalog_version")
             providers = await conn.fetch(f"{_SELECT_PROVIDERS} ORDER BY id")
             models = await conn.fetch(f"SELECT {_MODEL_COLUMNS} FROM models ORDER BY id")
             endpoints = await conn.fetch(f"{_SELECT_ENDPOINTS} ORDER BY model_id, id")
+            prices = await conn.fetch(_SELECT_PRICE_HISTORY, self._history_days, MAX_PRICE_CHANGES)
         return catalog_pb2.WatchCatalogResponse(
             version=version,
             providers=[convert.provider_from_row(row) for row in providers],
             models=convert.models_from_rows(models, endpoints),
+            price_history=convert.price_history_from_rows(prices),
         )
 
     async def upsert_provider(self, provider: catalog_pb2.Provider) -> catalog_pb2.Provider:
@@ -186,7 +226,7 @@ class CatalogStore:
             # Last, so that the version row is locked only briefly and always after the rows.
             version = int(await conn.fetchval(_BUMP_VERSION))
             await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(version))
-        log.info("catalog changed", extra={"catalog_version": version})
+        log.info("catalog changed", extra={"catalog_version": version, "actor": actor()})
         return version
 
 

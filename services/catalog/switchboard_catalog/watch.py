@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import asyncpg
 from prometheus_client import Counter, Gauge
 
+from switchboard.catalog.v1 import catalog_pb2
 from switchboard_catalog.store import NOTIFY_CHANNEL, CatalogStore
 from switchboard_core.errors import Unavailable
 
@@ -41,8 +42,26 @@ _FIRST_RECONNECT_SECONDS = 0.1
 @dataclass(frozen=True)
 class Snapshot:
     version: int
-    # A serialized ``WatchCatalogResponse``, shared by every watcher.
+    # A serialized ``WatchCatalogResponse`` without the price history, shared by every
+    # watcher that did not ask for it (the routers).
     payload: bytes
+    # The same with ``price_history`` (metering), shared likewise.
+    with_history: bytes = b""
+
+    @classmethod
+    def of(cls, response: catalog_pb2.WatchCatalogResponse) -> Snapshot:
+        """Both payloads of ``response``, each serialized once. Serialized messages
+        concatenated parse as one message with the fields of both (the protobuf encoding
+        merges them), so the second is the first plus the history alone."""
+        history = catalog_pb2.WatchCatalogResponse(price_history=response.price_history)
+        base = catalog_pb2.WatchCatalogResponse()
+        base.CopyFrom(response)
+        base.ClearField("price_history")
+        payload = base.SerializeToString()
+        return cls(response.version, payload, payload + history.SerializeToString())
+
+    def payload_for(self, *, include_price_history: bool) -> bytes:
+        return self.with_history if include_price_history else self.payload
 
 
 class CatalogBroadcaster:
@@ -105,8 +124,7 @@ class CatalogBroadcaster:
             current = self._current
             if current is not None and await self._store.version() == current.version:
                 return
-            response = await self._store.snapshot()
-            snapshot = Snapshot(response.version, response.SerializeToString())
+            snapshot = Snapshot.of(await self._store.snapshot())
             SNAPSHOTS.inc()
             self.snapshots_built += 1
         async with self._changed:

@@ -16,14 +16,31 @@ from switchboard_core.config import (
     read_database_url,
     read_redis_url,
 )
+from switchboard_core.liveness import (
+    DEFAULT_HEARTBEAT_TTL_SECONDS,
+    DEFAULT_SWEEP_SECONDS,
+    read_heartbeat_ttl,
+)
+from switchboard_core.usage_bounds import DEFAULT_MAX_EVENT_AGE_DAYS
+from switchboard_core.usage_outbox import DEFAULT_USAGE_STREAM
+from switchboard_metering.cost_check import (
+    DEFAULT_PRICE_LAG_SECONDS,
+    DEFAULT_PRICE_SETTLE_SECONDS,
+)
+from switchboard_metering.event_rules import (
+    DEFAULT_MAX_CLOCK_SKEW_SECONDS,
+    EventWindow,
+)
 
 SERVICE = "metering"
 DEFAULT_GRPC_PORT = 50053
 DEFAULT_METRICS_PORT = 9093
-DEFAULT_USAGE_STREAM = "switchboard:usage"
 DEFAULT_USAGE_GROUP = "metering"
 # Thirteen months: a year of invoices plus the month being billed.
 DEFAULT_RETENTION_DAYS = 400
+DEFAULT_CATALOG_ADDR = "127.0.0.1:50052"
+# The routers' own default for SWITCHBOARD_MAX_REQUEST_SECONDS.
+DEFAULT_MAX_REQUEST_SECONDS = 600.0
 
 
 def unique_consumer_name() -> str:
@@ -61,10 +78,43 @@ class MeteringConfig:
     budget_prefix: str = DEFAULT_PREFIX
     # Ledger rows are kept at least this many days (whole months are dropped); 0: forever.
     retention_days: int = DEFAULT_RETENTION_DAYS
+    # Usage events dated more than this many days ago are refused (whatever the retention).
+    max_event_age_days: int = DEFAULT_MAX_EVENT_AGE_DAYS
+    # ... and so are those dated more than this many seconds ahead of metering's clock.
+    max_clock_skew_seconds: int = DEFAULT_MAX_CLOCK_SKEW_SECONDS
+    # Routers whose heartbeat expired are swept this often (switchboard_core.liveness); the
+    # routers' heartbeat TTL is also how long Redis must have been up before a sweep.
+    sweep_seconds: float = DEFAULT_SWEEP_SECONDS
+    heartbeat_ttl_seconds: float = DEFAULT_HEARTBEAT_TTL_SECONDS
+    # The catalog, watched for the prices every usage cost is checked against
+    # (switchboard_metering.cost_check). Empty: not watched, costs go unverified (counted).
+    catalog_addr: str = ""
+    # How long the outbox waits at start for the first view of those prices.
+    catalog_wait_seconds: float = 10.0
+    # A router may charge a price this long after the catalog changed it: the routers'
+    # longest request (their SWITCHBOARD_MAX_REQUEST_SECONDS), plus how long a router may
+    # run on a catalog snapshot that lags (SWITCHBOARD_LEDGER_PRICE_LAG_SECONDS).
+    max_request_seconds: float = DEFAULT_MAX_REQUEST_SECONDS
+    price_lag_seconds: int = DEFAULT_PRICE_LAG_SECONDS
+    # How long a catalog change may take to reach metering while it watches the catalog.
+    price_settle_seconds: float = DEFAULT_PRICE_SETTLE_SECONDS
+
+    @property
+    def price_lag(self) -> float:
+        """Seconds before an event's create_time whose prices its cost may be."""
+        return self.max_request_seconds + self.price_lag_seconds
 
     @property
     def retention(self) -> timedelta | None:
         return timedelta(days=self.retention_days) if self.retention_days else None
+
+    @property
+    def event_window(self) -> EventWindow:
+        """The ``create_time`` window of the usage events the ledger accepts."""
+        return EventWindow(
+            max_age=timedelta(days=self.max_event_age_days),
+            max_skew=timedelta(seconds=self.max_clock_skew_seconds),
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> MeteringConfig:
@@ -80,6 +130,32 @@ class MeteringConfig:
         retention_days = reader.int(
             "SWITCHBOARD_LEDGER_RETENTION_DAYS", DEFAULT_RETENTION_DAYS, max_value=36_500
         )
+        max_event_age_days = reader.int(
+            "SWITCHBOARD_LEDGER_MAX_EVENT_AGE_DAYS",
+            DEFAULT_MAX_EVENT_AGE_DAYS,
+            min_value=1,
+            max_value=36_500,
+        )
+        max_clock_skew_seconds = reader.int(
+            "SWITCHBOARD_LEDGER_MAX_CLOCK_SKEW_SECONDS",
+            DEFAULT_MAX_CLOCK_SKEW_SECONDS,
+            max_value=86_400,
+        )
+        sweep_seconds = reader.float(
+            "SWITCHBOARD_ROUTER_SWEEP_SECONDS", DEFAULT_SWEEP_SECONDS, min_value=0.05
+        )
+        heartbeat_ttl_seconds = read_heartbeat_ttl(reader)
+        catalog_addr = reader.address("SWITCHBOARD_CATALOG_ADDR", DEFAULT_CATALOG_ADDR)
+        catalog_wait_seconds = reader.float("SWITCHBOARD_CATALOG_WAIT_SECONDS", 10.0)
+        max_request_seconds = reader.float(
+            "SWITCHBOARD_MAX_REQUEST_SECONDS", DEFAULT_MAX_REQUEST_SECONDS, min_value=1
+        )
+        price_lag_seconds = reader.int(
+            "SWITCHBOARD_LEDGER_PRICE_LAG_SECONDS", DEFAULT_PRICE_LAG_SECONDS, max_value=86_400 * 31
+        )
+        price_settle_seconds = reader.float(
+            "SWITCHBOARD_LEDGER_PRICE_SETTLE_SECONDS", DEFAULT_PRICE_SETTLE_SECONDS, min_value=0.1
+        )
         reader.finish()
         return cls(
             server=server,
@@ -88,4 +164,13 @@ class MeteringConfig:
             outbox=outbox,
             budget_prefix=budget_prefix,
             retention_days=retention_days,
+            max_event_age_days=max_event_age_days,
+            max_clock_skew_seconds=max_clock_skew_seconds,
+            sweep_seconds=sweep_seconds,
+            heartbeat_ttl_seconds=heartbeat_ttl_seconds,
+            catalog_addr=catalog_addr,
+            catalog_wait_seconds=catalog_wait_seconds,
+            max_request_seconds=max_request_seconds,
+            price_lag_seconds=price_lag_seconds,
+            price_settle_seconds=price_settle_seconds,
         )

@@ -10,11 +10,18 @@ month of ``created_at`` (:mod:`switchboard_metering.partitions`), and Postgres k
 partitioned table by its partition column too. Events must therefore carry ``create_time``,
 which the router fixes once per generation, so that a replay lands on the same key. Events
 dated before the retention horizon are ignored (counted as expired).
+
+Nothing reaches Postgres unchecked: :mod:`switchboard_metering.event_rules` bounds every
+field first (token counts, cost, attempt, durations, text, enums, and ``create_time`` inside
+the accepted window), so a forged or garbled event is refused by name instead of failing the
+batch, overflowing the rollups or creating partitions for far-off months; with a cost check
+(:mod:`switchboard_metering.cost_check`), a cost that is not its endpoint's price is too.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,8 +33,18 @@ from prometheus_client import Counter
 
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2
-from switchboard_core.errors import InvalidArgument, NotFound
-from switchboard_core.money import ZERO, MoneyFormatError, format_usd, parse_usd
+from switchboard_core.errors import InvalidArgument, NotFound, Unavailable
+from switchboard_core.money import ZERO, format_usd, parse_usd
+from switchboard_core.usage_bounds import text_problem
+from switchboard_metering.event_rules import (
+    MAX_REPORTED_VIOLATIONS,
+    TOKEN_FIELDS,
+    CostCheck,
+    EventRules,
+    Problem,
+    check_event,
+    validate_events,
+)
 from switchboard_metering.partitions import Partitions
 
 log = logging.getLogger(__name__)
@@ -52,15 +69,15 @@ for _source in ("outbox", "rpc"):  # export zeros before the first event
     EVENTS_DUPLICATE.labels(_source)
     EVENTS_EXPIRED.labels(_source)
 
-TOKEN_FIELDS = (
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "reasoning_tokens",
-    "cache_write_tokens",
-)
-MAX_REPORTED_VIOLATIONS = 20
-
+__all__ = [  # validation lives in event_rules; these names stay importable from here
+    "MAX_REPORTED_VIOLATIONS",
+    "TOKEN_FIELDS",
+    "Batch",
+    "Ledger",
+    "WriteResult",
+    "check_event",
+    "validate_events",
+]
 # The columns of ``generations`` written from an event, and their Postgres array types.
 _COLUMNS: tuple[tuple[str, str], ...] = (
     ("generation_id", "text"),
@@ -85,11 +102,21 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
 _NAMES = ", ".join(name for name, _ in _COLUMNS)
 _CREATED_AT = [name for name, _ in _COLUMNS].index("created_at")
 _ARRAYS = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_COLUMNS, start=1))
+# Rollup token columns are bigint (at most 9.22e18). Every event is at most
+# MAX_PROMPT_TOKENS (2e7) a count (switchboard_core.usage_bounds), so one (key, model,
+# provider, hour) cell overflows only after 4.6e11 events in that hour, 1.28e8 a second: the
+# per-event bound is the guarantee. Should Postgres refuse a row anyway, the outbox writes its
+# batch event by event and dead-letters only the refused one.
 _SUMS = ", ".join(f"sum({name})" for name in (*TOKEN_FIELDS, "cost"))
 _ADD = ", ".join(
     f"{name} = usage_rollups.{name} + EXCLUDED.{name}"
     for name in ("requests", *TOKEN_FIELDS, "cost")
 )
+
+# How many times RecordUsage checks an unsettled event again (each after the cost check's
+# wait) before answering UNAVAILABLE: the check settles it within one wait unless its view
+# keeps changing.
+_MAX_SETTLE_ROUNDS = 5
 
 _KEY = "generation_id, attempt, created_at"
 # Duplicates inside the batch are dropped first (the first occurrence wins), and events
@@ -148,47 +175,13 @@ class WriteResult:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Events ready for :meth:`Ledger.write`: one array per column, and their months."""
+    """Events ready for :meth:`Ledger.write`: one array per column, their months, and the
+    instant they were checked at (partitions are ensured for the same window)."""
 
     size: int
     columns: list[list[Any]]
     months: set[datetime]
-
-
-def check_event(event: metering_pb2.UsageEvent, path: str) -> list[tuple[str, str]]:
-    """Problems with one event, each naming its field as ``<path>.<field>``."""
-    problems: list[tuple[str, str]] = []
-    if not event.generation_id:
-        problems.append((f"{path}.generation_id", "required"))
-    if not event.key_id:
-        problems.append((f"{path}.key_id", "required"))
-    for name in TOKEN_FIELDS:
-        if getattr(event.usage, name) < 0:
-            problems.append((f"{path}.usage.{name}", "must not be negative"))
-    for name in ("latency_ms", "time_to_first_token_ms"):
-        if getattr(event, name) < 0:
-            problems.append((f"{path}.{name}", "must not be negative"))
-    try:
-        parse_usd(event.cost_usd)
-    except MoneyFormatError:
-        problems.append((f"{path}.cost_usd", "expected a non-negative decimal string like '0.15'"))
-    if not event.HasField("create_time"):
-        problems.append((f"{path}.create_time", "required: it is part of the ledger's key"))
-    else:
-        try:
-            event.create_time.ToDatetime(tzinfo=UTC)
-        except (ValueError, OverflowError):
-            problems.append((f"{path}.create_time", "not a valid timestamp"))
-    return problems
-
-
-def validate_events(events: Sequence[metering_pb2.UsageEvent], path: str = "events") -> None:
-    """Raise one ``InvalidArgument`` naming every bad field (``events[3].cost_usd``)."""
-    problems: list[tuple[str, str]] = []
-    for index, event in enumerate(events):
-        problems.extend(check_event(event, f"{path}[{index}]"))
-    if problems:
-        raise InvalidArgument(problems[:MAX_REPORTED_VIOLATIONS])
+    checked_at: datetime | None = None
 
 
 def _row(event: metering_pb2.UsageEvent) -> tuple[Any, ...]:
@@ -255,36 +248,84 @@ def _usage_row(row: asyncpg.Record) -> metering_pb2.UsageRow:
 class Ledger:
     """Generations and usage rollups in Postgres."""
 
-    def __init__(self, pool: asyncpg.Pool, partitions: Partitions | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        partitions: Partitions | None = None,
+        *,
+        cost_check: CostCheck | None = None,
+    ) -> None:
         self._pool = pool
         self.partitions = partitions or Partitions(pool)
+        # One window for validation and partitions: nothing outside it is written or created.
+        self.rules = EventRules(self.partitions.window, cost_check)
 
     async def record(
-        self, events: Sequence[metering_pb2.UsageEvent], *, source: str, checked: bool = False
+        self,
+        events: Sequence[metering_pb2.UsageEvent],
+        *,
+        source: str,
+        checked: bool = False,
+        checked_at: datetime | None = None,
     ) -> WriteResult:
         """Write a batch exactly once per (generation, attempt); ``source`` labels metrics.
 
         Raises ``InvalidArgument`` (naming ``events[i].<field>``) before writing anything
         when an event is invalid; ``checked`` says the caller already ran :func:`check_event`
-        on every event (the outbox does, to dead-letter bad entries one by one).
-        """
-        return await self.write(self.prepare(events, checked=checked), source=source)
+        with :attr:`rules` on every event (the outbox does, to dead-letter bad entries one by
+        one), at ``checked_at`` when given.
 
-    def prepare(self, events: Sequence[metering_pb2.UsageEvent], *, checked: bool = False) -> Batch:
+        An event whose cost the cost check cannot settle yet (a price change on its way to
+        metering) is waited for, at most the check's settle time; ``Unavailable`` (retry)
+        if it is still unsettled then.
+        """
+        now = self.rules.window.clock() if checked_at is None else checked_at
+        if not checked:
+            await self._validate(events, now)
+        batch = self.prepare(events, checked=True, checked_at=now)
+        return await self.write(batch, source=source)
+
+    async def _validate(self, events: Sequence[metering_pb2.UsageEvent], now: datetime) -> None:
+        check = self.rules.cost_check
+        if check is None:
+            validate_events(events, rules=self.rules, now=now)
+            return
+        arrival = time.time()
+        for _ in range(_MAX_SETTLE_ROUNDS):
+            unsettled: list[Problem] = []
+            validate_events(events, rules=self.rules, now=now, arrival=arrival, unsettled=unsettled)
+            if not unsettled:
+                return
+            await check.wait_settled(arrival)
+        raise Unavailable(
+            "the cost of a usage event cannot be checked yet (a price change is on its way"
+            " to metering); retry",
+            reason="USAGE_COST_UNSETTLED",
+            retry_after_seconds=1.0,
+        )
+
+    def prepare(
+        self,
+        events: Sequence[metering_pb2.UsageEvent],
+        *,
+        checked: bool = False,
+        checked_at: datetime | None = None,
+    ) -> Batch:
         """The Python half of :meth:`record` (validation and the statement's arrays), so that
         a caller can prepare one batch while the previous one is being written."""
+        now = self.rules.window.clock() if checked_at is None else checked_at
         if not checked:
-            validate_events(events)
+            validate_events(events, rules=self.rules, now=now)
         rows = [_row(e) for e in events]
         columns = [list(column) for column in zip(*rows, strict=True)]
-        return Batch(len(events), columns, {row[_CREATED_AT] for row in rows})
+        return Batch(len(events), columns, {row[_CREATED_AT] for row in rows}, now)
 
     async def write(self, batch: Batch, *, source: str) -> WriteResult:
         """The database half of :meth:`record`."""
         if not batch.size:
             return WriteResult(recorded=0, duplicates=0)
         columns, months = batch.columns, batch.months
-        await self.partitions.ensure(months)
+        await self.partitions.ensure(months, now=batch.checked_at)
         try:
             written = await self._pool.fetchrow(_RECORD_SQL, *columns)
         except asyncpg.CheckViolationError as error:
@@ -292,7 +333,7 @@ class Ledger:
                 raise
             # Another process dropped or never created a partition we believed in.
             self.partitions.forget()
-            await self.partitions.ensure(months)
+            await self.partitions.ensure(months, now=batch.checked_at)
             written = await self._pool.fetchrow(_RECORD_SQL, *columns)
         assert written is not None
         recorded, expired = int(written["recorded"]), int(written["expired"])
@@ -310,8 +351,9 @@ class Ledger:
 
     async def get_generation(self, generation_id: str) -> metering_pb2.GetGenerationResponse:
         """The generation's ledger row (its last attempt, when several spent tokens)."""
-        if not generation_id:
-            raise InvalidArgument({"generation_id": "required"})
+        problem = text_problem(generation_id) if generation_id else "required"
+        if problem is not None:  # a NUL would reach Postgres, which cannot store one
+            raise InvalidArgument({"generation_id": problem})
         row = await self._pool.fetchrow(
             f"SELECT {_NAMES}, tokens_per_second FROM generations WHERE generation_id = $1"
             " ORDER BY attempt DESC LIMIT 1",
@@ -335,6 +377,10 @@ class Ledger:
         """Rollups of one key (or of all the keys of ``account_id``, when given) in
         ``[start, end)`` by ``bucket`` ("hour" or "day"), model and provider. A row counts
         the hourly buckets that start inside the range."""
+        name, owner = ("account_id", account_id) if account_id else ("key_id", key_id)
+        problem = text_problem(owner)
+        if problem is not None:
+            raise InvalidArgument({name: problem})
         if account_id:
             rows = await self._pool.fetch(_QUERY_ACCOUNT_SQL, account_id, start, end, bucket)
         else:

@@ -3,9 +3,15 @@
 Each entry's field ``e`` is a serialized ``UsageEvent``. A batch is written to the ledger in
 one transaction and only then acknowledged (``XACK``) and deleted (``XDEL``), so an event is
 never acknowledged unwritten; the ledger's idempotency makes redelivery harmless. Entries that
-cannot be parsed or validated go to ``<stream>:dead``. Entries left pending by a consumer that
-died are claimed with ``XAUTOCLAIM`` once idle long enough. When Postgres or Redis is down the
-consumer logs, backs off and retries; it never exits until :meth:`OutboxConsumer.stop`.
+cannot be parsed, fail the ledger's checks (:mod:`switchboard_metering.event_rules`) or that
+Postgres refuses go to ``<stream>:dead`` one by one, counted by a bounded reason and logged as
+errors (entry id and field names, never the payload): the events around them are written.
+Entries left pending by a consumer that died are claimed with ``XAUTOCLAIM`` once idle long
+enough. An entry whose cost the price check cannot settle yet (a price change may still be on
+its way to metering: :mod:`switchboard_metering.cost_check`) is left pending, counted, and
+checked again when it is claimed that way; the events around it are written. When Postgres
+or Redis is down the consumer logs, backs off and retries; it never exits
+until :meth:`OutboxConsumer.stop`.
 
 While the stream has more, the next batch is read and prepared (parsed, checked, turned into
 the ledger's arrays) while Postgres writes the current one; writes stay one at a time.
@@ -18,18 +24,31 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import redis.asyncio as redis
-from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Gauge, Histogram
 from redis import exceptions as redis_errors
 
-from switchboard.metering.v1 import metering_pb2
+from switchboard_core.usage_outbox import EVENT_FIELD
 from switchboard_metering.config import OutboxSettings
-from switchboard_metering.ledger import Batch, Ledger, check_event
+from switchboard_metering.ledger import Batch, Ledger
+from switchboard_metering.outbox_entries import (
+    MALFORMED,
+    REFUSED,
+    Dead,
+    Deferred,
+    Entry,
+    Good,
+    read_entry,
+    stream_entries,
+)
+from switchboard_metering.outbox_entries import (
+    parse_entry as parse_entry,  # re-exported: tests and the benchmark read entries here
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +63,18 @@ OUTBOX_LAG = Gauge(
 )
 DEAD_LETTERED = Counter(
     "switchboard_usage_events_dead_lettered_total",
-    "Outbox entries moved to the dead-letter stream because they were malformed.",
+    "Outbox entries moved to the dead-letter stream, by reason: malformed (not a UsageEvent),"
+    " invalid (failed the ledger's checks; field: the first bad one) or refused (by Postgres).",
+    ["reason", "field"],
+)
+for _reason in (MALFORMED, REFUSED):  # export zeros before the first dead letter
+    DEAD_LETTERED.labels(_reason, "")
+DEFERRED = Counter(
+    "switchboard_usage_events_deferred_total",
+    "Outbox entries left pending to be checked again: their cost matched no price metering"
+    " knew yet while a price change could still be on its way (field: cost_usd or"
+    " endpoint_id). Each check that defers one counts.",
+    ["field"],
 )
 
 # Worth retrying as they are: the database or Redis is unreachable, restarting or busy.
@@ -67,12 +97,6 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.IntegrityConstraintViolationError,
 )
 
-EVENT_FIELD = b"e"
-# (entry id, fields); fields is None for an entry deleted while pending.
-Entry = tuple[bytes, dict[bytes, bytes] | None]
-# (entry id, serialized event, event) of an entry that parsed and checked.
-Good = tuple[bytes, bytes, metering_pb2.UsageEvent]
-
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
@@ -80,9 +104,10 @@ class Prepared:
 
     prepare_seconds: float  # parsing and checking it took
     gone: list[bytes]  # deleted while pending: only to acknowledge
-    dead: list[tuple[bytes, bytes, str]]  # malformed: to the dead-letter stream
+    dead: list[Dead]  # malformed or invalid: to the dead-letter stream
     good: list[Good]
     batch: Batch
+    deferred: tuple[Deferred, ...] = ()  # left pending: neither written nor acknowledged
 
 
 class Backoff:
@@ -102,28 +127,6 @@ class Backoff:
         self.attempt = 0
 
 
-def parse_entry(fields: dict[bytes, bytes]) -> tuple[metering_pb2.UsageEvent | None, str]:
-    """The entry's event, or None and why (field names only, never payload contents)."""
-    raw = fields.get(EVENT_FIELD)
-    if raw is None:
-        return None, "missing field e"
-    event = metering_pb2.UsageEvent()
-    try:
-        event.ParseFromString(raw)
-    except DecodeError:
-        return None, "not a serialized UsageEvent"
-    problems = check_event(event, "event")
-    if problems:
-        return None, "invalid " + ", ".join(field for field, _ in problems)
-    return event, ""
-
-
-def _entries(response: Any) -> list[Entry]:
-    """Entries of an XREADGROUP reply (RESP2 list or RESP3 dict) for our one stream."""
-    streams = response.values() if isinstance(response, dict) else (s for _, s in response or ())
-    return [(entry_id, fields) for items in streams for entry_id, fields in items]
-
-
 class OutboxConsumer:
     """One consumer of the usage outbox consumer group, run as a background task."""
 
@@ -133,13 +136,17 @@ class OutboxConsumer:
         self.settings = settings
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        # Re-read our own pending entries (id 0) before new ones: set at start and after
-        # any failure, so entries read but not acknowledged are retried, not forgotten.
+        # Re-read our own pending entries (from id 0, a page at a time) before new ones: set
+        # at start and after any failure, so entries read but not acknowledged are retried,
+        # not forgotten. Deferred entries stay pending: the pages move past them.
         self._own_pending = True
+        self._pending_after: bytes = b"0"
         self._next_claim = 0.0
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="usage-outbox-consumer")
+    def start(self, ready: Awaitable[object] | None = None) -> None:
+        """Start consuming, once ``ready`` is done when given (metering's first view of the
+        catalog's prices, itself bounded: see ``app.py``); :meth:`stop` does not wait for it."""
+        self._task = asyncio.create_task(self._run(ready), name="usage-outbox-consumer")
         log.info(
             "usage outbox consumer started",
             extra={"stream": self.settings.stream, "consumer": self.settings.consumer},
@@ -159,7 +166,12 @@ class OutboxConsumer:
         await self._forget_consumer()
         log.info("usage outbox consumer stopped", extra={"consumer": self.settings.consumer})
 
-    async def _run(self) -> None:
+    async def _run(self, ready: Awaitable[object] | None = None) -> None:
+        if ready is not None:
+            first = {asyncio.ensure_future(ready), asyncio.ensure_future(self._stopping.wait())}
+            _, waiting = await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+            for task in waiting:
+                task.cancel()
         backoff = Backoff(self.settings.max_backoff_seconds)
         group_ready = False
         while not self._stopping.is_set():
@@ -180,7 +192,7 @@ class OutboxConsumer:
                 await self._pause(backoff, error, "unexpected error")
 
     async def _pause(self, backoff: Backoff, error: BaseException, what: str) -> None:
-        self._own_pending = True
+        self._own_pending, self._pending_after = True, b"0"
         delay = backoff.next_delay()
         log.warning(
             f"usage outbox: {what}; retrying",
@@ -201,11 +213,12 @@ class OutboxConsumer:
 
     async def _step(self) -> None:
         if self._own_pending:
-            entries = await self._read("0")
+            entries = await self._read(self._pending_after)
             if entries:
+                self._pending_after = entries[-1][0]
                 await self._handle(entries)
                 return
-            self._own_pending = False
+            self._own_pending, self._pending_after = False, b"0"
         now = time.monotonic()
         if now >= self._next_claim:
             await self._claim_abandoned()
@@ -231,7 +244,7 @@ class OutboxConsumer:
             finally:
                 await commit
 
-    async def _read(self, from_id: str, *, block: bool = False) -> list[Entry]:
+    async def _read(self, from_id: str | bytes, *, block: bool = False) -> list[Entry]:
         response = await self._redis.xreadgroup(
             self.settings.group,
             self.settings.consumer,
@@ -239,7 +252,7 @@ class OutboxConsumer:
             count=self.settings.batch_size,
             block=self.settings.block_ms if block else None,
         )
-        return _entries(response)
+        return stream_entries(response)
 
     async def _claim_abandoned(self) -> None:
         """Take over entries that other (presumably dead) consumers left pending."""
@@ -267,21 +280,25 @@ class OutboxConsumer:
     def _prepare(self, entries: list[Entry]) -> Prepared:
         """Parse and check a batch, and build the ledger's arrays (no I/O)."""
         started = time.perf_counter()
+        rules, now = self._ledger.rules, self._ledger.rules.window.clock()
         good: list[Good] = []
-        dead: list[tuple[bytes, bytes, str]] = []
+        dead: list[Dead] = []
         gone: list[bytes] = []
+        deferred: list[Deferred] = []
         for entry_id, fields in entries:
             if fields is None:
                 gone.append(entry_id)
                 continue
-            event, reason = parse_entry(fields)
-            raw = fields.get(EVENT_FIELD, b"")
-            if event is None:
-                dead.append((entry_id, raw, reason))
+            parsed = read_entry(entry_id, fields, rules, now)
+            if isinstance(parsed, Dead):
+                dead.append(parsed)
+            elif isinstance(parsed, Deferred):
+                deferred.append(parsed)
             else:
-                good.append((entry_id, raw, event))
-        batch = self._ledger.prepare([event for _, _, event in good], checked=True)
-        return Prepared(time.perf_counter() - started, gone, dead, good, batch)
+                good.append((entry_id, fields[EVENT_FIELD], parsed))
+        batch = self._ledger.prepare([event for _, _, event in good], checked=True, checked_at=now)
+        spent = time.perf_counter() - started
+        return Prepared(spent, gone, dead, good, batch, tuple(deferred))
 
     async def _commit(self, prepared: Prepared) -> None:
         started = time.perf_counter()
@@ -289,6 +306,13 @@ class OutboxConsumer:
             await self._dead_letter(prepared.dead)
         written = await self._write(prepared.good, prepared.batch)
         await self._ack([*prepared.gone, *written])
+        if prepared.deferred:
+            for deferred in prepared.deferred:
+                DEFERRED.labels(deferred.field).inc()
+            log.warning(
+                "usage outbox: entries left pending until their cost can be checked",
+                extra={"entries": len(prepared.deferred), "field": prepared.deferred[0].field},
+            )
         # Its own work only: a batch read ahead does not count the wait for the one before.
         BATCH_SECONDS.observe(prepared.prepare_seconds + time.perf_counter() - started)
 
@@ -307,28 +331,33 @@ class OutboxConsumer:
         written: list[bytes] = []
         for entry_id, raw, event in good:
             try:
-                await self._ledger.record([event], source="outbox", checked=True)
+                await self._ledger.record(
+                    [event], source="outbox", checked=True, checked_at=batch.checked_at
+                )
                 written.append(entry_id)
             except DATA_ERRORS as error:
                 sqlstate = getattr(error, "sqlstate", "?")
-                await self._dead_letter([(entry_id, raw, f"refused by Postgres ({sqlstate})")])
+                why = f"refused by Postgres ({sqlstate})"
+                await self._dead_letter([Dead(entry_id, raw, why, REFUSED)])
         return written
 
-    async def _dead_letter(self, dead: list[tuple[bytes, bytes, str]]) -> None:
-        ids = [entry_id for entry_id, _, _ in dead]
+    async def _dead_letter(self, dead: list[Dead]) -> None:
+        ids = [d.entry_id for d in dead]
         async with self._redis.pipeline(transaction=True) as pipe:
-            for entry_id, raw, reason in dead:
+            for d in dead:
                 pipe.xadd(
-                    self.settings.dead_letter_stream, {"e": raw, "id": entry_id, "reason": reason}
+                    self.settings.dead_letter_stream,
+                    {"e": d.raw, "id": d.entry_id, "reason": d.why},
                 )
             pipe.xack(self.settings.stream, self.settings.group, *ids)
             pipe.xdel(self.settings.stream, *ids)
             await pipe.execute()
-        DEAD_LETTERED.inc(len(dead))
-        for entry_id, _, reason in dead:
-            log.warning(
+        for d in dead:
+            DEAD_LETTERED.labels(d.reason, d.field).inc()
+            # An error: the router told its client a cost this entry will not add to the ledger.
+            log.error(
                 "usage outbox: entry moved to the dead-letter stream",
-                extra={"entry_id": entry_id.decode(), "reason": reason},
+                extra={"entry_id": d.entry_id.decode(), "reason": d.reason, "why": d.why},
             )
 
     async def _ack(self, ids: list[bytes]) -> None:

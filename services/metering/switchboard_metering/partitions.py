@@ -9,6 +9,13 @@ whole month ended before ``now - retention`` are dropped, and ``ledger_retention
 retained_from`` moves to the first kept month in the same transaction. The ledger ignores
 events dated before ``retained_from`` (they were counted when first written; their rows are
 gone). Rollups are never dropped, so usage queries, spend and budgets keep every month.
+
+:meth:`Partitions.ensure` creates partitions only for the months of the accepted window
+(:class:`~switchboard_metering.event_rules.EventWindow`, from the maximum event age before now
+to the clock-skew allowance after it) and from ``retained_from`` on: an event dated 1970 or
+9999 is refused before it gets here, and were one to slip through it would find no partition
+rather than create one. So the partitions that writes can create are bounded by the window
+(14 months by default), whatever events arrive.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from switchboard_core.periodic import Periodic
+from switchboard_metering.event_rules import EventWindow
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +69,15 @@ class Maintenance:
 class Partitions:
     """Creates and drops the ledger's monthly partitions; one per metering process."""
 
-    def __init__(self, pool: asyncpg.Pool, retention: timedelta | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        retention: timedelta | None = None,
+        window: EventWindow | None = None,
+    ) -> None:
         self._pool = pool
         self.retention = retention
+        self.window = window or EventWindow()
         self._known: set[datetime] = set()
         self._maintenance = Periodic(
             "ledger-partitions",
@@ -72,9 +86,20 @@ class Partitions:
             (OSError, asyncpg.PostgresError, asyncpg.InterfaceError),
         )
 
-    async def ensure(self, months: Iterable[datetime]) -> None:
-        """Create the partitions of ``months`` (any instant in each) that may be missing."""
-        missing = sorted({month_start(m) for m in months} - self._known)
+    async def ensure(self, months: Iterable[datetime], *, now: datetime | None = None) -> None:
+        """Create the partitions of ``months`` (any instant in each) that may be missing,
+        among those the window around ``now`` (else the window's clock) overlaps; others
+        are left without a partition (their events were refused already)."""
+        oldest, newest = self.window.bounds(now)
+        first, last = month_start(oldest), month_start(newest)
+        wanted = {month_start(m) for m in months}
+        outside = {m for m in wanted if not first <= m <= last}
+        if outside:
+            log.error(
+                "ledger partitions outside the accepted window not created",
+                extra={"months": sorted(f"{m:%Y-%m}" for m in outside)},
+            )
+        missing = sorted(wanted - outside - self._known)
         if not missing:
             return
         # Months before the retention horizon stay without a partition: the ledger ignores

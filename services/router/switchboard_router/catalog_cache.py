@@ -2,24 +2,22 @@
 
 No catalog RPC is made on the request path: lookups read an immutable snapshot that a
 background task swaps in whenever the catalog sends a new version. When the stream breaks the
-task reconnects with capped backoff and the last snapshot keeps serving.
+task reconnects with capped backoff and the last snapshot keeps serving (the watch loop is
+:class:`switchboard_core.catalog_watch.CatalogWatch`, shared with metering).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
 import grpc
 
-from switchboard.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from switchboard.catalog.v1 import catalog_pb2
+from switchboard_core.catalog_watch import CatalogWatch
 from switchboard_core.money import Price
-from switchboard_core.periodic import BackgroundTask
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +49,9 @@ class Snapshot:
     version: int
     routes: Mapping[str, tuple[Route, ...]]  # model id -> active endpoints
     provider_ids: frozenset[str]
+    # The catalog's models as it sent them, ordered by id: the public model list
+    # (switchboard_router.account) is served from here. Never modified.
+    models: tuple[catalog_pb2.Model, ...] = ()
 
     @classmethod
     def empty(cls) -> Snapshot:
@@ -88,27 +89,24 @@ class Snapshot:
                     )
                 )
             routes[model.id] = tuple(found)
-        return cls(version=message.version, routes=routes, provider_ids=frozenset(providers))
+        return cls(
+            version=message.version,
+            routes=routes,
+            provider_ids=frozenset(providers),
+            models=tuple(sorted(message.models, key=lambda model: model.id)),
+        )
 
 
-class CatalogCache(BackgroundTask):
+class CatalogCache(CatalogWatch):
     """The router's copy of the catalog, kept fresh by a WatchCatalog stream (the task)."""
 
-    name = "catalog-watch"
-
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+        super().__init__(channel)
         self.snapshot = Snapshot.empty()
-        self._loaded = asyncio.Event()
 
-    @property
-    def loaded(self) -> bool:
-        return self._loaded.is_set()
-
-    async def wait_loaded(self, timeout: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._loaded.wait(), timeout)
-        return self.loaded
+    def known_version(self) -> int:
+        """The version held: a reconnect sends no snapshot unless the catalog changed."""
+        return self.snapshot.version
 
     def apply(self, message: catalog_pb2.WatchCatalogResponse) -> None:
         try:
@@ -117,21 +115,8 @@ class CatalogCache(BackgroundTask):
             log.exception("catalog snapshot rejected", extra={"version": message.version})
             return
         self.snapshot = snapshot
-        self._loaded.set()
+        self._mark_loaded()
         log.info(
             "catalog snapshot loaded",
             extra={"version": snapshot.version, "models": len(snapshot.routes)},
         )
-
-    async def _run(self) -> None:
-        delay = 0.2
-        while True:
-            try:
-                request = catalog_pb2.WatchCatalogRequest(known_version=self.snapshot.version)
-                async for message in self._stub.WatchCatalog(request):
-                    self.apply(message)
-                    delay = 0.2
-            except grpc.aio.AioRpcError as error:
-                log.warning("catalog watch broke", extra={"grpc_code": error.code().name})
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 5.0)

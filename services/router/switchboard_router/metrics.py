@@ -45,3 +45,10 @@ BUDGET_SETTLE_FAILURES = Counter(
 )
 for _result in ("admitted", "total", "daily", "monthly", "credit", "unavailable"):
     BUDGET_ADMISSIONS.labels(_result)  # export zeros before the first request
+USAGE_REPORTS_DISTRUSTED = Counter(
+    "switchboard_router_usage_reports_distrusted_total",
+    "Provider usage reports not taken as sent (usage_sanity.py), by provider and reason:"
+    " negative, over_bound or exceeds_stream (replaced by the relay's estimate) or"
+    " inconsistent_parts (parts clamped).",
+    ["provider", "reason"],
+)
