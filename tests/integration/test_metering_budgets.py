@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as redis
 
 from switchboard.metering.v1 import metering_pb2
-from switchboard_core.budget import BudgetStore, Limits
+from switchboard_core.budget import MAX_BUDGET_USD, BudgetExceeded, BudgetStore, Limits
 from switchboard_metering.budgets import Budgets
 from switchboard_metering.keys import KeyStore
 from tests.integration.test_metering_app import (
@@ -42,7 +42,7 @@ async def test_limits_credit_and_balance(metering: Metering, redis_client: redis
     )
     key = created.api_key
     assert not key.HasField("limits") and not key.account_prepaid
-    await metering.stub.RecordUsage(
+    await metering.router.RecordUsage(
         metering_pb2.RecordUsageRequest(events=[usage_event(key.id, cost="0.40")])
     )
     limited = await metering.stub.SetKeyLimits(
@@ -61,7 +61,7 @@ async def test_limits_credit_and_balance(metering: Metering, redis_client: redis
     assert granted.balance.prepaid
     assert (granted.balance.credit_usd, granted.balance.spent_usd) == ("2", "0.4")
     assert granted.balance.available_usd == "1.6"
-    verified = await metering.stub.VerifyApiKey(
+    verified = await metering.router.VerifyApiKey(
         metering_pb2.VerifyApiKeyRequest(secret=created.secret)
     )
     assert verified.api_key.account_prepaid and verified.api_key.limits.total_usd == "1.5"
@@ -146,7 +146,7 @@ async def test_changing_limits_or_adding_credit_keeps_spend_the_ledger_has_not_s
 
     # Clearing every limit stops enforcement; limits set again later load the ledger afresh.
     await metering.stub.SetKeyLimits(metering_pb2.SetKeyLimitsRequest(key_id=key.id))
-    await metering.stub.RecordUsage(
+    await metering.router.RecordUsage(
         metering_pb2.RecordUsageRequest(events=[usage_event(key.id, cost="0.70")])
     )
     await metering.stub.SetKeyLimits(
@@ -174,7 +174,7 @@ async def test_resync_raises_counters_behind_the_ledger_and_never_lowers_them(
     )
     budgets = store(metering, redis_client)
     # A generation reaches the ledger but its router's settle never reached Redis.
-    await metering.stub.RecordUsage(
+    await metering.router.RecordUsage(
         metering_pb2.RecordUsageRequest(events=[usage_event(key.id, cost="0.70")])
     )
     assert (await budgets.key_spend(key.id)).total == Decimal(0)
@@ -229,6 +229,55 @@ async def test_a_retried_grant_with_its_request_id_adds_credit_once(
     with pytest.raises(grpc.aio.AioRpcError) as long_id:
         await metering.stub.AddCredits(grant("1", "x" * 129))
     assert field_violations(long_id.value) == ["request_id"]
+
+
+async def test_credit_and_limits_stay_within_what_the_redis_counters_hold(
+    metering: Metering, redis_client: redis.Redis
+) -> None:
+    """Two grants of $999,999,999,999.99 (the most a money string may say) were committed to
+    Postgres, and the second overflowed the account's 64-bit pico-dollar counter in Redis:
+    INTERNAL, with the ledger and the counters apart (found by tests/e2e/test_fuzz.py). A key
+    limited to as much let a $214M worst case (max_tokens 2**31-1 at $100 a thousand tokens)
+    overflow its reserved counter. Credit in all and limits are at most MAX_BUDGET_USD."""
+
+    def grant(amount: str) -> metering_pb2.AddCreditsRequest:
+        return metering_pb2.AddCreditsRequest(account_id="whale-co", amount_usd=amount)
+
+    with pytest.raises(grpc.aio.AioRpcError) as huge:
+        await metering.stub.AddCredits(grant("999999999999.999999999999"))
+    assert field_violations(huge.value) == ["amount_usd"]
+    await metering.stub.AddCredits(grant(str(MAX_BUDGET_USD - 1)))
+    replies = await asyncio.gather(
+        *(metering.stub.AddCredits(grant("0.75")) for _ in range(3)), return_exceptions=True
+    )
+    refused = [r for r in replies if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(refused) == 2 and all(
+        r.code() == grpc.StatusCode.FAILED_PRECONDITION for r in refused
+    )
+    balance = await metering.stub.GetBalance(metering_pb2.GetBalanceRequest(account_id="whale-co"))
+    assert Decimal(balance.account.credit_usd) == MAX_BUDGET_USD - Decimal("0.25")
+    counters = store(metering, redis_client)
+    assert (await counters.account_balance("whale-co")).credit == MAX_BUDGET_USD - Decimal("0.25")
+
+    key = await metering.stub.CreateApiKey(metering_pb2.CreateApiKeyRequest(account_id="whale"))
+    limits = metering_pb2.SpendLimits(total_usd="999999999999", daily_usd=str(MAX_BUDGET_USD))
+    with pytest.raises(grpc.aio.AioRpcError) as too_high:
+        await metering.stub.SetKeyLimits(
+            metering_pb2.SetKeyLimitsRequest(key_id=key.api_key.id, limits=limits)
+        )
+    assert field_violations(too_high.value) == ["limits.total_usd"]
+    limits.total_usd = str(MAX_BUDGET_USD)
+    await metering.stub.SetKeyLimits(
+        metering_pb2.SetKeyLimitsRequest(key_id=key.api_key.id, limits=limits)
+    )
+    with pytest.raises(BudgetExceeded):
+        await counters.reserve(
+            key.api_key.id,
+            "whale",
+            Decimal("214748364.7"),
+            Limits(total=MAX_BUDGET_USD, daily=MAX_BUDGET_USD),
+            ttl_seconds=60,
+        )
 
 
 async def test_a_revoked_keys_limits_cannot_change(metering: Metering) -> None:

@@ -21,11 +21,18 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from switchboard.metering.v1 import metering_pb2
-from switchboard_core.budget import BudgetStore
-from switchboard_core.errors import AlreadyExists, InvalidArgument, NotFound
+from switchboard_core.auth import actor
+from switchboard_core.budget import MAX_BUDGET_USD, BudgetStore
+from switchboard_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from switchboard_core.money import ZERO, MoneyFormatError, format_usd, parse_usd
 from switchboard_core.periodic import Periodic
-from switchboard_metering.keys import KeyStore, validate_account_id
+from switchboard_metering.keys import (
+    LIMIT_FIELDS,
+    KeyStore,
+    account_not_found,
+    parse_limits,
+    validate_account_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,7 @@ ON CONFLICT (account_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
 RETURNING id
 """
 _EARLIER_GRANT = "SELECT amount FROM credit_grants WHERE account_id = $1 AND request_id = $2"
+_CREDIT = "SELECT sum(amount) FROM credit_grants WHERE account_id = $1"
 MAX_REQUEST_ID_LENGTH = 128
 LOADED_MARKER = "loaded"
 RESYNC_INTERVAL_SECONDS = 60.0
@@ -151,6 +159,14 @@ class Budgets:
     async def set_limits(
         self, key_id: str, limits: metering_pb2.SpendLimits
     ) -> metering_pb2.ApiKey:
+        values = parse_limits(limits)
+        too_high = [
+            (f"limits.{name}", f"at most {MAX_BUDGET_USD} (what the budget counters hold)")
+            for (name, _), value in zip(LIMIT_FIELDS, values, strict=True)
+            if value is not None and value > MAX_BUDGET_USD
+        ]
+        if too_high:
+            raise InvalidArgument(too_high)
         key = await self._keys.set_limits(key_id, limits)
         if key.HasField("limits"):
             # A key enforced already keeps its Redis counters: they are ahead of the ledger.
@@ -171,6 +187,8 @@ class Budgets:
             amount = parse_usd(amount_usd)
             if amount <= ZERO:
                 problems["amount_usd"] = "must be positive"
+            elif amount > MAX_BUDGET_USD:
+                problems["amount_usd"] = f"at most {MAX_BUDGET_USD} (an account's credit in all)"
         except MoneyFormatError as error:
             problems["amount_usd"] = str(error)
         if len(note) > 256:
@@ -180,9 +198,18 @@ class Budgets:
         if problems:
             raise InvalidArgument(problems)
         async with self._pool.acquire() as conn, conn.transaction():
+            # The grant's upsert of the account row holds its lock to the commit: concurrent
+            # grants to one account add up one after the other.
             granted = await conn.fetchval(_GRANT, account_id, amount, note, request_id or None)
             if granted is None:  # this request_id was granted before
                 earlier = await conn.fetchval(_EARLIER_GRANT, account_id, request_id)
+            elif (credit := await conn.fetchval(_CREDIT, account_id)) > MAX_BUDGET_USD:
+                raise FailedPrecondition(  # and the transaction is rolled back
+                    f"account {account_id!r} would hold {format_usd(credit)} USD of credit:"
+                    f" at most {MAX_BUDGET_USD} in all",
+                    reason="ACCOUNT_CREDIT_CAP",
+                    metadata={"account_id": account_id, "max_credit_usd": str(MAX_BUDGET_USD)},
+                )
         if granted is None:
             if earlier != amount:
                 raise AlreadyExists(
@@ -196,13 +223,21 @@ class Budgets:
             await self._store.add_credit(account_id, amount, str(granted))
         else:
             await self.load_account(account_id)
-        log.info("credits added", extra={"account_id": account_id})
+        log.info(
+            "credits added",
+            extra={
+                "account_id": account_id,
+                "amount_usd": format_usd(amount),
+                "grant_id": granted,
+                "actor": actor(),
+            },
+        )
         return await self.account_balance(account_id), False
 
     async def account_balance(self, account_id: str) -> metering_pb2.AccountBalance:
         row = await self._pool.fetchrow(_ACCOUNT, account_id)
         if row is None:
-            raise NotFound(f"account {account_id!r} not found")
+            raise account_not_found(account_id)
         reserved = (await self._store.account_balance(account_id)).reserved
         available = row["credit"] - row["spent"] - reserved if row["prepaid"] else ZERO
         return metering_pb2.AccountBalance(

@@ -7,9 +7,12 @@ may use. A request whose reservation does not fit is refused with ``RESOURCE_EXH
 (``KEY_LIMIT_EXCEEDED`` or ``INSUFFICIENT_CREDIT``). A reserved request that sets no
 ``max_tokens`` is sent with the bound that was reserved, so its completion cannot cost more
 than the reservation (the prompt is an estimate). The relay settles the reservation to the
-actual cost when the generation ends, however it ends; a reservation whose router died expires
-after the longest a request may take. Keys without limits skip all this: no Redis round trip
-on their path.
+actual cost when the generation ends, however it ends. A reservation names the router holding
+it: when that router dies, metering's sweep settles it to the cost of the generation as last
+seen (or to 0) within the heartbeat TTL plus the sweep interval, ~15 s
+(:mod:`switchboard_core.liveness`); expiring after the longest a request may take is only the
+fallback when nothing sweeps. Keys without limits skip all this: no Redis round trip on their
+path.
 """
 
 from __future__ import annotations
@@ -56,11 +59,14 @@ class Admission:
         ceiling_tokens: int,
         ttl_seconds: float,
         settle_retry_delays: tuple[float, ...] = SETTLE_RETRY_DELAYS,
+        *,
+        holder: str = "",
     ) -> None:
         self._store = store
         self._ceiling = ceiling_tokens
         self._ttl = ttl_seconds
         self._settle_retry_delays = settle_retry_delays
+        self._holder = holder  # this router's id: reservations name it
 
     async def admit(
         self, caller: Caller, request: CompletionRequest, routes: list[Route]
@@ -71,7 +77,12 @@ class Admission:
         amount = worst_case_cost(request, routes, self._ceiling)
         try:
             reservation = await self._store.reserve(
-                caller.key_id, caller.account_id, amount, limits, ttl_seconds=self._ttl
+                caller.key_id,
+                caller.account_id,
+                amount,
+                limits,
+                ttl_seconds=self._ttl,
+                holder=self._holder,
             )
         except BudgetExceeded as refused:
             metrics.BUDGET_ADMISSIONS.labels(refused.window).inc()
@@ -108,6 +119,7 @@ class Admission:
                     break
                 await asyncio.sleep(delay)
         metrics.BUDGET_SETTLE_FAILURES.inc()
-        # The reservation expires by itself; the spend is in the ledger, and metering's resync
-        # raises the Redis counters to it within a minute.
+        # Metering's sweep settles the reservation when this router leaves or dies (it expires
+        # by itself otherwise); the spend is in the ledger, and metering's resync raises the
+        # Redis counters to it within a minute.
         log.warning("reservation not settled", extra={"reservation": reservation.id})

@@ -5,7 +5,9 @@ moves on to the next endpoint, so the client sees one stream. After the first ev
 generation is committed to that endpoint: deltas pass straight through, and at the end the
 usage event is made durable before the final event is yielded. A generation cut short (the
 client cancelled, or the upstream failed midway) is metered for what was generated, with
-estimated usage when the provider reported none.
+estimated usage when the provider reported none. A generation is tracked as in flight
+(:mod:`.inflight`) from its first token until its event is published, so metering records it
+if this router dies first.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from google.protobuf import timestamp_pb2
 
@@ -25,7 +28,7 @@ from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.budget import Reservation
 from switchboard_core.config import Secret
-from switchboard_core.errors import FailedPrecondition, NotFound, Unavailable
+from switchboard_core.errors import NotFound, Unavailable
 from switchboard_core.money import format_usd
 from switchboard_router import metrics
 from switchboard_router.admission import Admission
@@ -42,10 +45,18 @@ from switchboard_router.canonical import (
     UsageReport,
 )
 from switchboard_router.catalog_cache import Route
-from switchboard_router.config import PROVIDER_KEY_PREFIX
 from switchboard_router.providers.base import Adapter, Target, UpstreamError
+from switchboard_router.providers.credentials import (
+    ProviderCredentials,
+    Withheld,
+    withheld_error,
+)
 from switchboard_router.usage_estimate import estimate_prompt_tokens, estimate_tokens
+from switchboard_router.usage_sanity import checked_usage, clean_finish, plausible_prompt
 from switchboard_router.usage_sink import UsageSink
+
+if TYPE_CHECKING:
+    from switchboard_router.inflight import InFlight
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +88,6 @@ RelayEvent = Started | TextDelta | ReasoningDelta | ToolCallDelta | Completed
 
 # How long shutdown waits for budget settles once the usage events are written.
 SETTLE_DRAIN_SECONDS = 1.0
-
-
-def _env_name(provider_id: str) -> str:
-    """``deep-infra`` -> ``DEEP_INFRA``: how a provider id appears in a variable's name."""
-    return provider_id.replace("-", "_").upper()
 
 
 def new_generation_id() -> str:
@@ -182,19 +188,24 @@ class Relay:
     def __init__(
         self,
         adapters: Mapping[int, Adapter],
-        provider_keys: Mapping[str, Secret],
+        credentials: ProviderCredentials,
         sink: UsageSink,
         admission: Admission,
+        inflight: InFlight | None = None,
     ) -> None:
         self._adapters = adapters
-        self._keys = provider_keys
+        self._credentials = credentials
         self._sink = sink
         self._admission = admission
+        self._inflight = inflight
         self._background: set[asyncio.Task[None]] = set()
         self._settles: set[asyncio.Task[None]] = set()
 
-    def _key_for(self, route: Route) -> Secret:
-        return self._keys.get(_env_name(route.provider_id).lower(), Secret(""))
+    def _key_for(self, route: Route, adapter: Adapter) -> Secret | Withheld:
+        """The provider's key if its endpoint's host is declared for it (else why not)."""
+        return self._credentials.lookup(
+            route.provider_id, route.base_url, required=adapter.requires_credential(route.dialect)
+        )
 
     @staticmethod
     def _target(route: Route, key: Secret) -> Target:
@@ -252,15 +263,15 @@ class Relay:
         last_error: UpstreamError | None = None
         refused: NotFound | None = None
         tries = 0  # requests sent upstream so far
-        unconfigured: set[str] = set()  # providers skipped for want of a credential
+        withheld: list[Withheld] = []  # endpoints skipped: no credential, or undeclared host
         for route in routes:
             adapter = self._adapters.get(route.api_format)
             if adapter is None:
                 log.warning("no adapter for endpoint", extra={"endpoint": route.endpoint_id})
                 continue
-            key = self._key_for(route)
-            if adapter.requires_credential(route.dialect) and not key:
-                unconfigured.add(route.provider_id)
+            key = self._key_for(route, adapter)
+            if isinstance(key, Withheld):
+                withheld.append(key)
                 continue
             unsupported = self._unsupported(request, route, adapter)
             if unsupported and request.provider.require_parameters:
@@ -286,7 +297,7 @@ class Relay:
             try:
                 first = await anext(events)
                 while type(first) is PromptUsage:  # not output: the first token is yet to come
-                    prompt = first
+                    prompt = first if plausible_prompt(first) else prompt
                     first = await anext(events)
             except UpstreamError as error:
                 metrics.UPSTREAM_ERRORS.labels(route.provider_id, error.reason).inc()
@@ -324,14 +335,8 @@ class Relay:
             raise last_error
         if refused is not None:
             raise refused
-        if unconfigured:
-            names = sorted(unconfigured)
-            variables = ", ".join(f"{PROVIDER_KEY_PREFIX}{_env_name(p)}" for p in names)
-            raise FailedPrecondition(
-                f"no credential is configured for {', '.join(names)}: the router needs {variables}",
-                reason="PROVIDER_NOT_CONFIGURED",
-                metadata={"providers": ",".join(names)},
-            )
+        if withheld:
+            raise withheld_error(withheld)
         raise Unavailable("no endpoint could serve the request", reason="NO_ENDPOINT_AVAILABLE")
 
     async def _relay(
@@ -339,6 +344,8 @@ class Relay:
     ) -> AsyncIterator[RelayEvent]:
         status = metering_pb2.GENERATION_STATUS_CANCELLED
         done = False
+        if self._inflight is not None:  # no round trip: written in the background
+            self._inflight.track(generation)
         try:
             event: AdapterEvent | None = first
             while event is not None:
@@ -349,11 +356,12 @@ class Relay:
                     generation.text_chars += len(event.name) + len(event.arguments)
                     yield event
                 elif type(event) is UsageReport:
-                    generation.usage = event
+                    generation.usage = checked_usage(event, generation)
                 elif type(event) is PromptUsage:
-                    generation.prompt = event
+                    if plausible_prompt(event):  # else the prompt is estimated
+                        generation.prompt = event
                 elif type(event) is FinishEvent:
-                    generation.finish = event
+                    generation.finish = clean_finish(event)
                 event = await anext(events, None)
             finish = generation.finish or FinishEvent(Finish.STOP, "")
             usage = generation.final_usage()
@@ -414,8 +422,8 @@ class Relay:
 
     async def drain(self) -> None:
         """Wait for usage events of cut-short generations still being written, then give
-        settles a moment; a settle still retrying then (Redis down) is dropped, and its
-        reservation expires by itself."""
+        settles a moment; a settle still retrying then (Redis down) is dropped, and metering's
+        sweep settles its reservation once this router has left (:mod:`.inflight`)."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._settles:

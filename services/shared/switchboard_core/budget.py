@@ -8,7 +8,10 @@ Redis layout lives in one place.
 Amounts are integers of pico-dollars (1e-12 USD) in Redis: every price in the catalog is a
 whole number of them per token, so sums are exact. Reservations round up (a reservation is
 never smaller than what it covers). Limits are compared in Lua, whose numbers are doubles:
-exact up to about $9,000 per counter, and within a few pico-dollars beyond.
+exact up to about $9,000 per counter, and within a few pico-dollars beyond. Counters change by
+``HINCRBY``, which stops at a 64-bit integer (about $9.2 million): so an account's credit in
+all and a key's limits are at most :data:`MAX_BUDGET_USD` (metering refuses more), and a
+reservation is admitted only below a limit, so no counter can pass it.
 
 Layout, under a prefix (``switchboard:budget:``):
 
@@ -17,10 +20,14 @@ Layout, under a prefix (``switchboard:budget:``):
 - ``acct:<account id>`` hash: ``credit`` (granted), ``spent``, ``reserved``, ``loaded``;
 - ``res:<reservation id>``: "<key id> <account id> <amount>"; ``res_exp``: a sorted set of
   reservation ids by expiry (ms). Every reserve first releases up to 100 expired
-  reservations, so a crashed router's reservations return by themselves.
-- ``settled:<reservation id>`` (kept 10 minutes) and ``grant:<grant id>`` (a day): markers
-  that make a settle and a credit grant count once. The client retries a command whose connection
-  dropped (:mod:`switchboard_core.redis_client`), so every script here is safe to run twice.
+  reservations: the fallback that returns a dead router's reservations when nothing swept them;
+- ``held:<router id>``: a set of the reservation ids a router holds (reserve adds, settle
+  removes), so metering can settle a dead router's reservations within seconds
+  (:mod:`switchboard_core.liveness`, whose keys share this prefix);
+- ``settled:<reservation id>`` (kept 10 minutes, a day when a sweep settled it) and
+  ``grant:<grant id>`` (a day): markers that make a settle and a credit grant count once. The
+  client retries a command whose connection dropped (:mod:`switchboard_core.redis_client`), so
+  every script here is safe to run twice.
 """
 
 from __future__ import annotations
@@ -38,6 +45,10 @@ from switchboard_core.errors import ResourceExhausted
 
 PICO = Decimal(10) ** 12
 DEFAULT_PREFIX = "switchboard:budget:"
+# The most an account's credit in all (every grant) and a key's limit may be: the counters,
+# in pico-dollars, stay inside the 64-bit integers HINCRBY allows (2**63 - 1 pico-dollars is
+# $9,223,372.04).
+MAX_BUDGET_USD = Decimal(9_000_000)
 
 _RESERVE = """
 local prefix = ARGV[1]
@@ -77,31 +88,48 @@ if ARGV[11] == '1' then
 end
 redis.call('SET', prefix .. 'res:' .. ARGV[2], ARGV[12] .. ' ' .. ARGV[13] .. ' ' .. ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[2])
+if ARGV[14] and ARGV[14] ~= '' then
+  redis.call('SADD', prefix .. 'held:' .. ARGV[14], ARGV[2])
+end
 redis.call('HINCRBY', KEYS[1], 'reserved', amount)
 redis.call('HINCRBY', KEYS[2], 'reserved', amount)
 return {1, '', '0'}
 """
 
-_SETTLE = """
-local prefix = ARGV[1]
-if not redis.call('SET', prefix .. 'settled:' .. ARGV[2], '1', 'NX', 'EX', 600) then
-  return 0  -- settled already: a retry
+# settle(prefix, reservation id, key hash, account hash, expiry set, actual, day field, month
+# field): releases the reservation and counts the actual cost, once (the settled marker);
+# returns 1 when it did. Shared with the liveness sweep, which settles a dead router's
+# reservations in its own script.
+SETTLE_FUNCTION = """
+local function settle(prefix, rid, key, acct, expiries, actual, day, month)
+  if not redis.call('SET', prefix .. 'settled:' .. rid, '1', 'NX', 'EX', 600) then
+    return 0  -- settled already: a retry, or the router and a sweep both settling
+  end
+  local rec = redis.call('GET', prefix .. 'res:' .. rid)
+  if rec then
+    local amt = tonumber(string.match(rec, '(%S+)$'))
+    redis.call('HINCRBY', key, 'reserved', -amt)
+    redis.call('HINCRBY', acct, 'reserved', -amt)
+    redis.call('DEL', prefix .. 'res:' .. rid)
+    redis.call('ZREM', expiries, rid)
+  end
+  redis.call('HINCRBY', key, 'spent_total', actual)
+  redis.call('HINCRBY', key, day, actual)
+  redis.call('HINCRBY', key, month, actual)
+  redis.call('HINCRBY', acct, 'spent', actual)
+  return 1
 end
-local rec = redis.call('GET', prefix .. 'res:' .. ARGV[2])
-if rec then
-  local amt = tonumber(string.match(rec, '(%S+)$'))
-  redis.call('HINCRBY', KEYS[1], 'reserved', -amt)
-  redis.call('HINCRBY', KEYS[2], 'reserved', -amt)
-  redis.call('DEL', prefix .. 'res:' .. ARGV[2])
-  redis.call('ZREM', KEYS[3], ARGV[2])
-end
-local actual = ARGV[3]
-redis.call('HINCRBY', KEYS[1], 'spent_total', actual)
-redis.call('HINCRBY', KEYS[1], ARGV[4], actual)
-redis.call('HINCRBY', KEYS[1], ARGV[5], actual)
-redis.call('HINCRBY', KEYS[2], 'spent', actual)
-return 1
 """
+
+_SETTLE = (
+    SETTLE_FUNCTION
+    + """
+if ARGV[6] and ARGV[6] ~= '' then
+  redis.call('SREM', ARGV[1] .. 'held:' .. ARGV[6], ARGV[2])
+end
+return settle(ARGV[1], ARGV[2], KEYS[1], KEYS[2], KEYS[3], ARGV[3], ARGV[4], ARGV[5])
+"""
+)
 
 
 # Writes counters (field, value pairs from ARGV[2]) and marks the hash loaded; unless
@@ -193,6 +221,7 @@ class Reservation:
     key_id: str
     account_id: str
     amount: Decimal
+    holder: str = ""  # the router holding it (``held:<holder>``); "" when none is named
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,14 +301,16 @@ class BudgetStore:
         ttl_seconds: float,
         now: datetime | None = None,
         reservation_id: str | None = None,
+        holder: str = "",
     ) -> Reservation:
         """Reserve ``amount`` atomically, or raise :class:`BudgetExceeded` naming the window.
+        A ``holder`` (router id) is recorded as holding it until it is settled.
 
         Reserving an id that is already reserved changes nothing (a retry)."""
         now = now or datetime.now(UTC)
         now_ms = int(time.time() * 1000)
         rid = reservation_id or "r" + secrets.token_hex(12)
-        reservation = Reservation(rid, key_id, account_id, amount)
+        reservation = Reservation(rid, key_id, account_id, amount, holder)
         ok, window, remaining = await self._reserve(
             keys=self._keys(key_id, account_id),
             args=[
@@ -296,6 +327,7 @@ class BudgetStore:
                 "1" if limits.prepaid else "0",
                 key_id,
                 account_id,
+                holder,
             ],
         )
         if not int(ok):
@@ -311,7 +343,14 @@ class BudgetStore:
         now = now or datetime.now(UTC)
         await self._settle(
             keys=self._keys(reservation.key_id, reservation.account_id),
-            args=[self._prefix, reservation.id, to_pico(actual), day_field(now), month_field(now)],
+            args=[
+                self._prefix,
+                reservation.id,
+                to_pico(actual),
+                day_field(now),
+                month_field(now),
+                reservation.holder,
+            ],
         )
 
     async def key_spend(self, key_id: str, now: datetime | None = None) -> KeySpend:
