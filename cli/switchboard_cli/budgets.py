@@ -158,7 +158,7 @@ async def add_credits(args: argparse.Namespace, channel: grpc.aio.Channel, outpu
         output.line(f"request {args.request_id} was already granted: nothing added")
     else:
         output.line(f"added {args.amount} USD of credit to {response.balance.account_id}")
-    _account_lines(output, response.balance)
+    account_lines(output, response.balance)
     return 0
 
 
@@ -174,12 +174,12 @@ async def show_balance(args: argparse.Namespace, channel: grpc.aio.Channel, outp
         output.line(f"key {spend.key_id} (account {response.account.account_id})")
         output.table(
             ["WINDOW", "LIMIT USD", "SPENT USD", "REMAINING USD"],
-            [_window_row(spend, window) for window in WINDOWS],
+            [window_row(spend, window) for window in WINDOWS],
             numeric={1, 2, 3},
         )
         output.line(f"reserved: {_usd(spend.reserved_usd)} USD (requests in flight)")
         output.line()
-    _account_lines(output, response.account)
+    account_lines(output, response.account)
     return 0
 
 
@@ -202,13 +202,13 @@ def format_decimal(amount: Decimal) -> str:
     return text or "0"
 
 
-def _window_row(spend: metering_pb2.KeySpend, window: Window) -> list[str]:
+def window_row(spend: metering_pb2.KeySpend, window: Window) -> list[str]:
     limit: str = getattr(spend.limits, window.limit_field)
     spent: str = getattr(spend, window.spent_field)
     return [window.label, limit or "none", _usd(spent), remaining(limit, spent, spend.reserved_usd)]
 
 
-def _account_lines(output: Output, balance: metering_pb2.AccountBalance) -> None:
+def account_lines(output: Output, balance: metering_pb2.AccountBalance) -> None:
     if balance.prepaid:
         output.line(f"account {balance.account_id} (prepaid: its keys spend only its credit)")
         rows = [("credit", balance.credit_usd), ("spent", balance.spent_usd)]

@@ -1,4 +1,8 @@
-"""``switchboard generation GENERATION_ID``: one generation's ledger row, as metering holds it."""
+"""``switchboard generation GENERATION_ID``: one generation's ledger row, as metering holds it.
+
+With just an API key it asks the router (generations of the key's own account only); with an
+operator key, metering (any generation).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import grpc
 
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
+from switchboard.router.v1 import account_pb2, router_pb2_grpc
+from switchboard_cli.account import api_key_metadata, router_unless_operator
 from switchboard_cli.connection import UNARY_TIMEOUT
 from switchboard_cli.output import Output, enum_label, format_time
 
@@ -19,15 +25,26 @@ def register(
         "generation", parents=[common], help="one generation's ledger row: usage, cost, timing"
     )
     generation.add_argument("generation_id", metavar="GENERATION_ID", help="e.g. gen-19a...")
-    generation.set_defaults(handler=show_generation, service="metering")
+    generation.set_defaults(handler=show_generation, service=router_unless_operator("metering"))
 
 
 async def show_generation(
     args: argparse.Namespace, channel: grpc.aio.Channel, output: Output
 ) -> int:
-    stub = metering_pb2_grpc.MeteringServiceStub(channel)
-    request = metering_pb2.GetGenerationRequest(generation_id=args.generation_id)
-    response = await stub.GetGeneration(request, timeout=UNARY_TIMEOUT)
+    if args.service == "router":
+        router = router_pb2_grpc.RouterServiceStub(channel)
+        own = await router.GetGeneration(
+            account_pb2.GetGenerationRequest(generation_id=args.generation_id),
+            metadata=api_key_metadata(args),
+            timeout=UNARY_TIMEOUT,
+        )
+        response = metering_pb2.GetGenerationResponse(
+            generation=own.generation, tokens_per_second=own.tokens_per_second
+        )
+    else:
+        stub = metering_pb2_grpc.MeteringServiceStub(channel)
+        request = metering_pb2.GetGenerationRequest(generation_id=args.generation_id)
+        response = await stub.GetGeneration(request, timeout=UNARY_TIMEOUT)
     if output.json:
         output.emit(response)
         return 0

@@ -1,5 +1,8 @@
 """``switchboard keys create|list|revoke|limits``: API keys, kept by the metering service.
 
+``keys create`` may give a key an expiry (``--expires-in-days``) and allow-lists of models
+(``--model``) and providers (``--provider``), which routers enforce.
+
 ``keys limits`` lives with credits and balances in :mod:`switchboard_cli.budgets`.
 """
 
@@ -7,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 import grpc
 
@@ -15,6 +19,9 @@ from switchboard_cli import budgets
 from switchboard_cli.connection import UNARY_TIMEOUT
 from switchboard_cli.output import Output, format_time, to_dict
 from switchboard_cli.paging import PAGE_SIZE, collect
+
+# --expires-in-days at most (about 100 years).
+MAX_DAYS = 36_500
 
 
 def register(
@@ -26,6 +33,18 @@ def register(
     create = actions.add_parser("create", parents=[common], help="create a key (secret shown once)")
     create.add_argument("--account", required=True, help="account id; created when new")
     create.add_argument("--name", default="", help="a label for the key")
+    create.add_argument(
+        "--expires-in-days", type=positive_days, metavar="N",
+        help="the key stops working N days from now (default: never)",
+    )  # fmt: skip
+    create.add_argument(
+        "--model", dest="models", action="append", default=[], metavar="MODEL",
+        help="allow only this model (repeat for more; default: any), e.g. openai/gpt-4o-mini",
+    )  # fmt: skip
+    create.add_argument(
+        "--provider", dest="providers", action="append", default=[], metavar="PROVIDER",
+        help="allow only this provider's endpoints (repeat for more; default: any)",
+    )  # fmt: skip
     create.set_defaults(handler=create_key, service="metering")
 
     listing = actions.add_parser("list", parents=[common], help="list an account's keys")
@@ -39,17 +58,41 @@ def register(
     budgets.register_limits(actions, common)
 
 
+def positive_days(text: str) -> int:
+    try:
+        days = int(text)
+    except ValueError:
+        days = 0
+    if not 1 <= days <= MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"a whole number of days from 1 to {MAX_DAYS}")
+    return days
+
+
 async def create_key(args: argparse.Namespace, channel: grpc.aio.Channel, output: Output) -> int:
     stub = metering_pb2_grpc.MeteringServiceStub(channel)
-    request = metering_pb2.CreateApiKeyRequest(account_id=args.account, name=args.name)
+    request = metering_pb2.CreateApiKeyRequest(
+        account_id=args.account,
+        name=args.name,
+        allowed_models=args.models,
+        allowed_providers=args.providers,
+    )
+    if args.expires_in_days is not None:
+        request.expire_time.FromDatetime(datetime.now(UTC) + timedelta(days=args.expires_in_days))
     response = await stub.CreateApiKey(request, timeout=UNARY_TIMEOUT)
     if output.json:
         output.emit(response)
         return 0
-    output.line(f"secret:  {response.secret}")
-    output.line(f"id:      {response.api_key.id}")
-    output.line(f"prefix:  {response.api_key.prefix}")
-    output.line(f"account: {response.api_key.account_id}")
+    key = response.api_key
+    output.line(f"secret:    {response.secret}")
+    output.line(f"id:        {key.id}")
+    output.line(f"prefix:    {key.prefix}")
+    output.line(f"account:   {key.account_id}")
+    if key.HasField("expire_time"):
+        output.line(f"expires:   {format_time(key.expire_time)} UTC")
+    if key.allowed_models:
+        output.line(f"models:    {', '.join(key.allowed_models)}")
+    if key.allowed_providers:
+        output.line(f"providers: {', '.join(key.allowed_providers)}")
     output.note("Store the secret now: it is shown only once. Use it with --api-key or")
     output.note("SWITCHBOARD_API_KEY.")
     return 0
@@ -89,7 +132,10 @@ async def revoke_key(args: argparse.Namespace, channel: grpc.aio.Channel, output
     return 0
 
 
-def _state(key: metering_pb2.ApiKey) -> str:
+def _state(key: metering_pb2.ApiKey, now: datetime | None = None) -> str:
     if key.HasField("revoke_time"):
         return f"revoked {format_time(key.revoke_time)}"
+    if key.HasField("expire_time"):
+        expired = key.expire_time.ToDatetime(tzinfo=UTC) <= (now or datetime.now(UTC))
+        return f"{'expired' if expired else 'expires'} {format_time(key.expire_time)}"
     return "active"

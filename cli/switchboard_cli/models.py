@@ -1,15 +1,23 @@
-"""``switchboard models list|show``: the catalog's models, endpoints and prices."""
+"""``switchboard models list|show``: the catalog's models, endpoints and prices.
+
+With just an API key they ask the router's ``ListModels`` (the models that key can use, from
+the router's copy of the catalog); with an operator key, the catalog itself (every model, and
+disabled endpoints too).
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from decimal import Decimal, InvalidOperation
 
 import grpc
 
 from switchboard.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from switchboard.router.v1 import account_pb2, router_pb2_grpc
+from switchboard_cli.account import api_key_metadata, router_unless_operator
 from switchboard_cli.connection import UNARY_TIMEOUT
+from switchboard_cli.errors import CliError
 from switchboard_cli.output import Output, enum_label, to_dict
 from switchboard_cli.paging import PAGE_SIZE, collect
 
@@ -22,24 +30,43 @@ def register(
 
     listing = actions.add_parser("list", parents=[common], help="every model, cheapest prices")
     listing.add_argument("--provider", default="", help="only models this provider serves")
-    listing.set_defaults(handler=list_models, service="catalog")
+    listing.set_defaults(handler=list_models, service=router_unless_operator("catalog"))
 
     show = actions.add_parser("show", parents=[common], help="one model's endpoints and prices")
     show.add_argument("model_id", metavar="MODEL_ID", help="e.g. openai/gpt-4o-mini")
-    show.set_defaults(handler=show_model, service="catalog")
+    show.set_defaults(handler=show_model, service=router_unless_operator("catalog"))
+
+
+def _pages(
+    args: argparse.Namespace, channel: grpc.aio.Channel, provider: str = ""
+) -> Callable[[str], Awaitable[tuple[Sequence[catalog_pb2.Model], str]]]:
+    """One page of models at a time, from the router (API key) or the catalog (operator)."""
+    if args.service == "router":
+        router = router_pb2_grpc.RouterServiceStub(channel)
+        metadata = api_key_metadata(args)
+
+        async def from_router(token: str) -> tuple[Sequence[catalog_pb2.Model], str]:
+            request = account_pb2.ListModelsRequest(
+                page_size=PAGE_SIZE, page_token=token, provider_id=provider
+            )
+            reply = await router.ListModels(request, metadata=metadata, timeout=UNARY_TIMEOUT)
+            return reply.models, reply.next_page_token
+
+        return from_router
+    catalog = catalog_pb2_grpc.CatalogServiceStub(channel)
+
+    async def from_catalog(token: str) -> tuple[Sequence[catalog_pb2.Model], str]:
+        request = catalog_pb2.ListModelsRequest(
+            page_size=PAGE_SIZE, page_token=token, provider_id=provider
+        )
+        reply = await catalog.ListModels(request, timeout=UNARY_TIMEOUT)
+        return reply.models, reply.next_page_token
+
+    return from_catalog
 
 
 async def list_models(args: argparse.Namespace, channel: grpc.aio.Channel, output: Output) -> int:
-    stub = catalog_pb2_grpc.CatalogServiceStub(channel)
-
-    async def fetch(token: str) -> tuple[Sequence[catalog_pb2.Model], str]:
-        request = catalog_pb2.ListModelsRequest(
-            page_size=PAGE_SIZE, page_token=token, provider_id=args.provider
-        )
-        response = await stub.ListModels(request, timeout=UNARY_TIMEOUT)
-        return response.models, response.next_page_token
-
-    models = await collect(fetch)
+    models = await collect(_pages(args, channel, args.provider))
     if output.json:
         output.emit({"models": [to_dict(model) for model in models]})
         return 0
@@ -63,10 +90,20 @@ async def list_models(args: argparse.Namespace, channel: grpc.aio.Channel, outpu
     return 0
 
 
+async def _one_model(args: argparse.Namespace, channel: grpc.aio.Channel) -> catalog_pb2.Model:
+    if args.service != "router":
+        stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+        request = catalog_pb2.GetModelRequest(model_id=args.model_id)
+        return (await stub.GetModel(request, timeout=UNARY_TIMEOUT)).model
+    # The router lists what the key can use (hundreds of models at most): find it there.
+    for model in await collect(_pages(args, channel)):
+        if model.id == args.model_id:
+            return model
+    raise CliError(f"model {args.model_id!r} is not in the catalog, or this API key may not use it")
+
+
 async def show_model(args: argparse.Namespace, channel: grpc.aio.Channel, output: Output) -> int:
-    stub = catalog_pb2_grpc.CatalogServiceStub(channel)
-    request = catalog_pb2.GetModelRequest(model_id=args.model_id)
-    model = (await stub.GetModel(request, timeout=UNARY_TIMEOUT)).model
+    model = await _one_model(args, channel)
     if output.json:
         output.emit(model)
         return 0

@@ -1,5 +1,10 @@
-"""``switchboard usage (--key KEY_ID | --account ACCOUNT)``: usage by time bucket, model and
-provider, of one key or of all of an account's keys."""
+"""``switchboard usage [--key KEY_ID | --account ACCOUNT | --whole-account]``: usage by time
+bucket, model and provider, of one key or of all of an account's keys.
+
+``--key`` and ``--account`` are operators' (metering, with an operator key, any account).
+Without them the router answers for the API key's own usage, or with ``--whole-account`` for
+all of its account's keys together.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
+from switchboard.router.v1 import account_pb2, router_pb2_grpc
+from switchboard_cli.account import api_key_metadata
 from switchboard_cli.connection import UNARY_TIMEOUT
 from switchboard_cli.output import Output, format_time
 
@@ -26,15 +33,26 @@ def register(
     usage = commands.add_parser(
         "usage", parents=[common], help="usage and spend of a key or an account"
     )
-    owner = usage.add_mutually_exclusive_group(required=True)
-    owner.add_argument("--key", metavar="KEY_ID", help="e.g. key_0123456789abcdef")
-    owner.add_argument("--account", help="all of the account's keys together")
+    owner = usage.add_mutually_exclusive_group()
+    owner.add_argument(
+        "--key", metavar="KEY_ID", help="any key, e.g. key_0123456789abcdef (operator key)"
+    )
+    owner.add_argument("--account", help="all of any account's keys together (operator key)")
+    owner.add_argument(
+        "--whole-account", action="store_true",
+        help="all of your API key's account's keys together (default: your key alone)",
+    )  # fmt: skip
     usage.add_argument("--bucket", choices=sorted(BUCKETS), default="day")
     usage.add_argument(
         "--since", type=parse_since, metavar="WHEN",
         help="a span back from now (30m, 12h, 7d, 2w) or an ISO date; default 30 days",
     )  # fmt: skip
-    usage.set_defaults(handler=usage_command, service="metering")
+    usage.set_defaults(handler=usage_command, service=_service)
+
+
+def _service(args: argparse.Namespace) -> str:
+    """Metering for an operator naming a key or an account; else the router (API key)."""
+    return "metering" if args.key or args.account else "router"
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
@@ -51,16 +69,32 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-async def usage_command(args: argparse.Namespace, channel: grpc.aio.Channel, output: Output) -> int:
-    stub = metering_pb2_grpc.MeteringServiceStub(channel)
+async def _query(
+    args: argparse.Namespace, channel: grpc.aio.Channel
+) -> metering_pb2.QueryUsageResponse | account_pb2.QueryUsageResponse:
+    start = timestamp_pb2.Timestamp()
+    if args.since is not None:
+        start.FromDatetime(args.since)
+    if args.service == "router":
+        scope = (
+            account_pb2.USAGE_SCOPE_ACCOUNT if args.whole_account else account_pb2.USAGE_SCOPE_KEY
+        )
+        own = account_pb2.QueryUsageRequest(bucket=BUCKETS[args.bucket], scope=scope)
+        if args.since is not None:
+            own.start_time.CopyFrom(start)
+        router = router_pb2_grpc.RouterServiceStub(channel)
+        return await router.QueryUsage(own, metadata=api_key_metadata(args), timeout=UNARY_TIMEOUT)
     request = metering_pb2.QueryUsageRequest(
         key_id=args.key or "", account_id=args.account or "", bucket=BUCKETS[args.bucket]
     )
     if args.since is not None:
-        start = timestamp_pb2.Timestamp()
-        start.FromDatetime(args.since)
         request.start_time.CopyFrom(start)
-    response = await stub.QueryUsage(request, timeout=UNARY_TIMEOUT)
+    stub = metering_pb2_grpc.MeteringServiceStub(channel)
+    return await stub.QueryUsage(request, timeout=UNARY_TIMEOUT)
+
+
+async def usage_command(args: argparse.Namespace, channel: grpc.aio.Channel, output: Output) -> int:
+    response = await _query(args, channel)
     if output.json:
         output.emit(response)
         return 0
@@ -72,7 +106,8 @@ async def usage_command(args: argparse.Namespace, channel: grpc.aio.Channel, out
         output.table(headers, rows, numeric={3, 4, 5, 6, 7, 8})
         output.line()
     else:
-        output.note(f"no usage for {args.key or args.account} in this period")
+        whose = args.key or args.account or ("your account" if args.whole_account else "your key")
+        output.note(f"no usage for {whose} in this period")
     output.line(
         f"total: {response.total_requests} requests, {response.total_prompt_tokens} prompt"
         f" tokens, {response.total_completion_tokens} completion tokens,"

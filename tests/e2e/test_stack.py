@@ -152,6 +152,12 @@ async def test_errors_are_clear_and_crash_nothing(
     revoked = await fails(chat("hi"), auth(key))
     assert revoked.code() == grpc.StatusCode.UNAUTHENTICATED
 
+    # A megabyte for an 8k-context model: refused with the counts, before any upstream call.
+    huge = await fails(chat("x" * 1_000_000), auth(api_key))
+    assert huge.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "1,000,000 bytes" in (huge.details() or "")
+    assert "8,192 tokens" in (huge.details() or "")
+
     assert all(p.poll() is None for p in stack.processes.values())
     ok = [m async for m in router.StreamCompletion(chat("still here"), metadata=auth(api_key))]
     assert ok[-1].WhichOneof("event") == "end"

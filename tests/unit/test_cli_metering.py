@@ -167,9 +167,11 @@ async def test_usage_of_an_account(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.splitlines()[-1].startswith("total: 4 requests")
 
 
-async def test_usage_needs_a_key_or_an_account(capsys: pytest.CaptureFixture[str]) -> None:
-    assert await cli("usage") == 2
-    assert "one of the arguments --key --account is required" in capsys.readouterr().err
+async def test_usage_needs_a_key_an_account_or_an_api_key(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert await cli("usage") == 2  # the caller's own usage, through the router: no API key
+    assert "no API key: pass --api-key" in capsys.readouterr().err
     assert await cli("usage", "--key", "key_1", "--account", "acme") == 2
     assert "not allowed with argument" in capsys.readouterr().err
 

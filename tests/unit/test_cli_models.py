@@ -13,6 +13,8 @@ from switchboard_cli.models import cheapest
 from tests.fakes.cli_servers import cli, serving
 
 ADD = catalog_pb2_grpc.add_CatalogServiceServicer_to_server
+# With an operator key the models commands ask the catalog (the fake takes any key).
+ADMIN = "sk-sb-op-test"
 ACTIVE, DISABLED = catalog_pb2.ENDPOINT_STATUS_ACTIVE, catalog_pb2.ENDPOINT_STATUS_DISABLED
 
 
@@ -80,7 +82,9 @@ def _fake() -> FakeCatalog:
 async def test_models_list_walks_every_page(capsys: pytest.CaptureFixture[str]) -> None:
     fake = _fake()
     async with serving(ADD, fake) as address:
-        code = await cli("--catalog", address, "models", "list", "--provider", "alpha")
+        code = await cli(
+            "--catalog", address, "--admin-key", ADMIN, "models", "list", "--provider", "alpha"
+        )
     out, err = capsys.readouterr()
     lines = out.splitlines()
     assert code == 0
@@ -95,7 +99,9 @@ async def test_models_list_walks_every_page(capsys: pytest.CaptureFixture[str]) 
 
 async def test_models_list_json_keeps_prices_as_strings(capsys: pytest.CaptureFixture[str]) -> None:
     async with serving(ADD, _fake()) as address:
-        assert await cli("--catalog", address, "models", "list", "--json") == 0
+        assert (
+            await cli("--catalog", address, "--admin-key", ADMIN, "models", "list", "--json") == 0
+        )
     models = json.loads(capsys.readouterr().out)["models"]
     assert len(models) == 5
     assert models[0]["endpoints"][1]["pricing"]["prompt_usd_per_mtok"] == "0.000015"
@@ -103,7 +109,9 @@ async def test_models_list_json_keeps_prices_as_strings(capsys: pytest.CaptureFi
 
 async def test_models_show_prints_endpoints(capsys: pytest.CaptureFixture[str]) -> None:
     async with serving(ADD, _fake()) as address:
-        code = await cli("--catalog", address, "models", "show", "author/model-03")
+        code = await cli(
+            "--catalog", address, "--admin-key", ADMIN, "models", "show", "author/model-03"
+        )
     out = capsys.readouterr().out
     assert code == 0
     assert out.startswith("author/model-03  Model 3\n")
@@ -114,7 +122,9 @@ async def test_models_show_prints_endpoints(capsys: pytest.CaptureFixture[str]) 
 
 async def test_models_show_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
     async with serving(ADD, _fake()) as address:
-        code = await cli("--catalog", address, "models", "show", "nobody/nothing")
+        code = await cli(
+            "--catalog", address, "--admin-key", ADMIN, "models", "show", "nobody/nothing"
+        )
     assert code == 1
     assert "NOT_FOUND: no model nobody/nothing" in capsys.readouterr().err
 

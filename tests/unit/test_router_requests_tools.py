@@ -228,6 +228,53 @@ def test_bad_tools_choice_and_format_are_named() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000 + "]" * 100_000,  # json.loads raised RecursionError: INTERNAL
+        '{"a":' * 200 + "1" + "}" * 200,  # parsed, then orjson refused the provider body
+        '{"type": "object", "description": "\\ud800"}',  # a lone surrogate, likewise
+        '{"type": "object", "maximum": NaN}',
+    ],
+    ids=["100k-arrays", "200-objects", "lone-surrogate", "nan"],
+)
+def test_json_the_adapters_could_not_send_is_refused_by_field(text: str) -> None:
+    """The arrays made json.loads raise RecursionError, so the router answered INTERNAL
+    (found by tests/e2e/test_fuzz.py); the deep object and the surrogate parsed, and then
+    orjson refused the provider body (INTERNAL too); NaN went upstream as null."""
+    call = common_pb2.ToolCall(id="call_1", name="get_weather", arguments_json=text)
+    problems = violations(
+        request(
+            messages=[
+                common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="hi"),
+                common_pb2.ChatMessage(role=common_pb2.ROLE_ASSISTANT, tool_calls=[call]),
+            ],
+            tools=[router_pb2.Tool(name="deep", parameters_json=text)],
+            response_format=router_pb2.ResponseFormat(
+                type=router_pb2.ResponseFormat.TYPE_JSON_SCHEMA, name="deep", schema_json=text
+            ),
+        )
+    )
+    assert problems == {
+        "messages[1].tool_calls[0].arguments_json": "must be the JSON text of an object",
+        "tools[0].parameters_json": "must be a JSON Schema object",
+        "response_format.schema_json": "must be a JSON Schema object",
+    }
+    nested = '{"a":' * 63 + "1" + "}" * 63  # 63 objects deep: taken
+    assert parse_request(request(tools=[router_pb2.Tool(name="ok", parameters_json=nested)]))
+
+
+def test_names_and_models_with_a_trailing_newline_are_refused() -> None:
+    """``$`` matches before a final newline: ``match`` took ``"get_weather\\n"``."""
+    problems = violations(
+        request(
+            model="openai/gpt-4o-mini\n",
+            tools=[router_pb2.Tool(name="get_weather\n")],
+        )
+    )
+    assert set(problems) == {"model", "tools[0].name"}
+
+
 def test_tool_choice_needs_tools() -> None:
     problems = violations(
         request(tool_choice=router_pb2.ToolChoice(mode=router_pb2.ToolChoice.MODE_REQUIRED))

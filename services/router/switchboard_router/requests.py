@@ -6,14 +6,16 @@ Every problem is collected and reported together in one ``INVALID_ARGUMENT`` who
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from switchboard.common.v1 import common_pb2
 from switchboard.router.v1 import router_pb2
+from switchboard_core.catalog_ids import MODEL_ID
 from switchboard_core.errors import InvalidArgument
 from switchboard_core.money import MoneyFormatError, parse_usd
 from switchboard_router.canonical import (
@@ -32,10 +34,13 @@ from switchboard_router.canonical import (
     ToolChoiceMode,
 )
 
-MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:-]*$")
 MAX_MESSAGES = 2048
 MAX_CONTENT_BYTES = 32 * 1024 * 1024  # text, images and tool arguments together
 MAX_TOOLS = 128
+# Tool schemas, tool-call arguments and response schemas nest at most this deep: enough for
+# any real schema, and well inside what providers' bodies can hold (orjson stops at 255 levels,
+# Python's json at its recursion limit).
+MAX_JSON_DEPTH = 64
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TOOL_NAME_RULE = "1 to 64 letters, digits, '_' or '-'"
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
@@ -129,7 +134,7 @@ def _optional(request: AnyCompletionRequest, name: str) -> Any:
 def _check_model(field: str, model: str, problems: list[tuple[str, str]]) -> None:
     if not model:
         problems.append((field, "required"))
-    elif len(model) > 160 or not MODEL_ID.match(model):
+    elif len(model) > 160 or not MODEL_ID.fullmatch(model):
         problems.append((field, "expected a model id like 'openai/gpt-4o-mini'"))
 
 
@@ -236,7 +241,7 @@ def _tool_calls(
         where = f"{field}.tool_calls[{j}]"
         if not call.id:
             problems.append((f"{where}.id", "required"))
-        if not TOOL_NAME.match(call.name):
+        if not TOOL_NAME.fullmatch(call.name):
             problems.append((f"{where}.name", TOOL_NAME_RULE))
         arguments = call.arguments_json or "{}"
         if _json_object(arguments) is None:
@@ -246,11 +251,28 @@ def _tool_calls(
 
 
 def _json_object(text: str) -> dict[str, Any] | None:
+    """The object ``text`` holds, or None: also for what the adapters could not send on (NaN,
+    infinities, lone surrogates; nesting deeper than :data:`MAX_JSON_DEPTH`)."""
     try:
-        value = json.loads(text)
-    except ValueError:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
         return None
-    return value if isinstance(value, dict) else None
+    if not isinstance(value, dict) or _json_depth(value) > MAX_JSON_DEPTH:
+        return None
+    return value
+
+
+def _json_depth(value: Any) -> int:
+    """How deeply objects and arrays nest in ``value`` (without recursion: it may be deep)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            pending.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def _tools(request: AnyCompletionRequest, problems: list[tuple[str, str]]) -> tuple[Tool, ...]:
@@ -259,7 +281,7 @@ def _tools(request: AnyCompletionRequest, problems: list[tuple[str, str]]) -> tu
     out = []
     seen: set[str] = set()
     for i, tool in enumerate(request.tools):
-        if not TOOL_NAME.match(tool.name):
+        if not TOOL_NAME.fullmatch(tool.name):
             problems.append((f"tools[{i}].name", TOOL_NAME_RULE))
         elif tool.name in seen:
             problems.append((f"tools[{i}].name", f"{tool.name!r} is given twice"))
@@ -305,7 +327,7 @@ def _response_format(
         return None
     if kind == ResponseFormatKind.JSON_OBJECT:
         return ResponseFormat(kind)
-    if not TOOL_NAME.match(fmt.name):
+    if not TOOL_NAME.fullmatch(fmt.name):
         problems.append(("response_format.name", TOOL_NAME_RULE))
     schema = _json_object(fmt.schema_json)
     if schema is None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from switchboard_core.catalog_ids import MODEL_VARIANTS
 from switchboard_core.errors import InvalidArgument, NotFound
 from switchboard_router.canonical import CompletionRequest
 from switchboard_router.catalog_cache import Route, Snapshot
 
-VARIANTS = frozenset({"floor", "nitro"})
+VARIANTS = MODEL_VARIANTS
 
 
 def split_variant(model: str) -> tuple[str, str]:
