@@ -52,6 +52,10 @@ bench: install ## Streaming benchmark: router vs the upstream it calls
 soak: install ## Crash soak: 5,000 streamed generations while metering, router, Postgres and Redis fail
 	SWITCHBOARD_CRASH_GENERATIONS=$(or $(GENERATIONS),5000) $(PY) -m pytest tests/e2e/test_crash_safety.py tests/e2e/test_storage_restarts.py -v -s
 
+.PHONY: fuzz
+fuzz: install ## Bad input to every RPC of every server: CALLS per server (30000), SEED for another run
+	SWITCHBOARD_FUZZ_CALLS=$(or $(CALLS),30000) SWITCHBOARD_FUZZ_SEED=$(SEED) $(PY) -m pytest tests/e2e/test_fuzz.py -v -s
+
 .PHONY: reconcile
 reconcile: install ## Recompute usage rollups from the ledger and report differences (FIX=1 repairs)
 	$(PY) -m switchboard_metering reconcile $(if $(FIX),--fix,)
