@@ -1,12 +1,16 @@
 """``make bench``: streaming load through the router versus straight at its upstream.
 
 Starts the real processes (demo upstream, catalog, metering, router) on free ports against
-Postgres and Redis (DATABASE_URL/REDIS_URL, else the local ones, else embedded), then for each
-concurrency runs the same 20-chunk streaming completions (1) straight at the demo upstream
-over HTTP/SSE, (2) through the router over gRPC with a key without limits and (3) with a key
-with a daily spend limit (each request reserves and settles in Redis), and prints
-time-to-first-token p50/p99, completions per second and the router's CPU milliseconds per
-completion (from the router process's own CPU time). It fails only if requests fail.
+Postgres and Redis (DATABASE_URL/REDIS_URL, else the local ones, else embedded) twice: as
+deployed, with mutual TLS between the services and TLS on the router's port, and in plaintext
+(``SWITCHBOARD_INSECURE_PLAINTEXT``, service keys instead of certificates). Both run the same
+authorization interceptor; the interceptor's own cost per call is measured apart, in process.
+Then for each concurrency it runs the same 20-chunk streaming completions (1) straight at the
+demo upstream over HTTP/SSE, (2) through each router over gRPC with a key without limits and
+(3) through the TLS router with a key with a daily spend limit (each request reserves and
+settles in Redis), and prints time-to-first-token p50/p99, completions per second and the
+router's CPU milliseconds per completion (from the router process's own CPU time), then the
+TLS/plaintext ratios. It fails only if requests fail.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ import aiohttp
 import grpc
 import psutil
 
+from bench.interceptor import interceptor_microseconds
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard_demo.upstream import reply_words
+from switchboard_devstack.pki import DevPki
 from switchboard_devstack.stack import Ports, Stack
 from switchboard_devstack.storage import (
     create_database,
@@ -53,6 +59,9 @@ class Result:
     failures: int
     cpu_ms_per_completion: float | None = None
     metering_cpu_ms_per_completion: float | None = None
+
+    def ttft_p50_ms(self) -> float:
+        return statistics.median(self.ttft) * 1000 if self.ttft else 0.0
 
     def row(self) -> str:
         q = statistics.quantiles(self.ttft, n=100) if len(self.ttft) > 1 else [self.ttft[0]] * 99
@@ -158,74 +167,128 @@ def router_call(
     return one
 
 
-async def run(levels: list[int], requests: int, token_delay: float) -> int:
-    state = Path(tempfile.mkdtemp(prefix="sbbench-"))
-    admin, embedded_pg = find_postgres(os.environ.get("DATABASE_URL"), state / "pg")
-    redis, embedded_redis = find_redis(os.environ.get("REDIS_URL"), state / "redis")
+@dataclass
+class Deployment:
+    """One running stack and what the bench drives through it."""
+
+    name: str
+    stack: Stack
+    database: str
+    router: psutil.Process
+    metering: psutil.Process
+    channel: grpc.aio.Channel
+    unlimited: str  # an API key without limits
+    limited: str  # an API key with a daily limit
+
+
+async def deploy(
+    name: str, admin: str, redis: str, state: Path, token_delay: float, *, plaintext: bool
+) -> Deployment:
     db_name = f"sbbench_{uuid.uuid4().hex[:8]}"
     database = await create_database(admin, db_name)
     stack = Stack(
         database,
         redis,
+        DevPki.ensure(state / "pki"),
         ports=Ports.free(),
-        log_dir=state / "logs",
+        log_dir=state / f"logs-{name}",
         extra_env={
             "SWITCHBOARD_USAGE_STREAM": f"sbbench:{db_name}:usage",
             "SWITCHBOARD_BUDGET_PREFIX": f"sbbench:{db_name}:budget:",
             "SWITCHBOARD_LOG_LEVEL": "WARNING",
             "SWITCHBOARD_DEMO_TOKEN_DELAY_SECONDS": str(token_delay),
         },
+        plaintext=plaintext,
     )
+    await stack.start()
+    async with stack.channel("metering") as ch:
+        metering = metering_pb2_grpc.MeteringServiceStub(ch)
+        reply = await metering.CreateApiKey(
+            metering_pb2.CreateApiKeyRequest(account_id="bench", name="bench")
+        )
+        # A key with a daily limit: every request reserves and settles in Redis.
+        limited = await metering.CreateApiKey(
+            metering_pb2.CreateApiKeyRequest(account_id="bench-limited", name="bench")
+        )
+        await metering.SetKeyLimits(
+            metering_pb2.SetKeyLimitsRequest(
+                key_id=limited.api_key.id, limits=metering_pb2.SpendLimits(daily_usd="5000")
+            )
+        )
+    return Deployment(
+        name,
+        stack,
+        db_name,
+        psutil.Process(stack.processes["router"].pid),
+        psutil.Process(stack.processes["metering"].pid),
+        stack.channel("router", bearer=""),
+        reply.secret,
+        limited.secret,
+    )
+
+
+async def measured(deployment: Deployment, name: str, key: str, level: int, total: int) -> Result:
+    call = router_call(router_pb2_grpc.RouterServiceStub(deployment.channel), key)
+    before, meter_before = cpu_ms(deployment.router), cpu_ms(deployment.metering)
+    ttft, seconds, failures = await drive(call, total, level)
+    done = max(1, len(ttft))
+    # Metering's share: writing these completions' usage (it drains as they end).
+    cpu = cpu_ms(deployment.router) - before
+    meter = cpu_ms(deployment.metering) - meter_before
+    return Result(name, level, ttft, seconds, failures, cpu / done, meter / done)
+
+
+async def run(levels: list[int], requests: int, token_delay: float) -> int:
+    state = Path(tempfile.mkdtemp(prefix="sbbench-"))
+    admin, embedded_pg = find_postgres(os.environ.get("DATABASE_URL"), state / "pg")
+    redis, embedded_redis = find_redis(os.environ.get("REDIS_URL"), state / "redis")
+    deployments: list[Deployment] = []
     failed = 0
     try:
-        await stack.start()
-        router_proc = psutil.Process(stack.processes["router"].pid)
-        metering_proc = psutil.Process(stack.processes["metering"].pid)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.metering}") as ch:
-            metering = metering_pb2_grpc.MeteringServiceStub(ch)
-            reply = await metering.CreateApiKey(
-                metering_pb2.CreateApiKeyRequest(account_id="bench", name="bench")
-            )
-            # A key with a daily limit: every request reserves and settles in Redis.
-            limited = await metering.CreateApiKey(
-                metering_pb2.CreateApiKeyRequest(account_id="bench-limited", name="bench")
-            )
-            await metering.SetKeyLimits(
-                metering_pb2.SetKeyLimitsRequest(
-                    key_id=limited.api_key.id, limits=metering_pb2.SpendLimits(daily_usd="5000")
-                )
-            )
+        tls = await deploy("tls", admin, redis, state, token_delay, plaintext=False)
+        deployments.append(tls)
+        plain = await deploy("plaintext", admin, redis, state, token_delay, plaintext=True)
+        deployments.append(plain)
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.router}")
-        direct = direct_call(session, f"http://127.0.0.1:{stack.ports.demo}/v1/chat/completions")
-        routed = router_call(router_pb2_grpc.RouterServiceStub(channel), reply.secret)
-        budgeted = router_call(router_pb2_grpc.RouterServiceStub(channel), limited.secret)
-        await drive(routed, 100, 8)  # warm-up: connections, caches, JIT-free but lazy imports
-        await drive(budgeted, 100, 8)
+        demo = f"http://127.0.0.1:{tls.stack.ports.demo}/v1/chat/completions"
+        direct = direct_call(session, demo)
+        for deployment in deployments:  # warm-up: connections, caches, lazy imports
+            await measured(deployment, "warm", deployment.unlimited, 8, 100)
+        await measured(tls, "warm", tls.limited, 8, 100)
         await drive(direct, 100, 8)
         print(
             f"\n20-chunk streaming completions, {requests} per row, upstream token gap "
-            f"{token_delay * 1000:g} ms; logs in {state}/logs\n"
+            f"{token_delay * 1000:g} ms; logs in {state}\n"
         )
+        print(f"interceptor (in process): {interceptor_microseconds():.1f} us per call\n")
         print(HEADER)
+        ratios: list[str] = []
         for level in levels:
             total = max(requests, level * 4)
             ttft, seconds, failures = await drive(direct, total, level)
             print(Result("direct", level, ttft, seconds, failures).row(), flush=True)
-            for name, call in (("router", routed), ("router+limit", budgeted)):
-                before, meter_before = cpu_ms(router_proc), cpu_ms(metering_proc)
-                ttft, seconds, failures = await drive(call, total, level)
-                done = max(1, len(ttft))
-                # Metering's share: writing these completions' usage (it drains as they end).
-                cpu, meter = cpu_ms(router_proc) - before, cpu_ms(metering_proc) - meter_before
-                result = Result(name, level, ttft, seconds, failures, cpu / done, meter / done)
-                print(result.row(), flush=True)
-                failed += failures
-        await channel.close(None)
+            rows = [
+                await measured(tls, "router tls", tls.unlimited, level, total),
+                await measured(plain, "router plain", plain.unlimited, level, total),
+                await measured(tls, "tls+limit", tls.limited, level, total),
+            ]
+            for row in rows:
+                print(row.row(), flush=True)
+                failed += row.failures
+            secure, bare = rows[0], rows[1]
+            ratios.append(
+                f"  C={level:<4} router CPU/completion TLS/plaintext "
+                f"{(secure.cpu_ms_per_completion or 0) / (bare.cpu_ms_per_completion or 1):.2f}x"
+                f", TTFT p50 {secure.ttft_p50_ms():.2f} vs {bare.ttft_p50_ms():.2f} ms"
+            )
+        print("\nTLS and mutual TLS versus plaintext (same run):")
+        print("\n".join(ratios))
         await session.close()
     finally:
-        stack.stop()
-        await drop_database(admin, db_name)
+        for deployment in deployments:
+            await deployment.channel.close(None)
+            deployment.stack.stop()
+            await drop_database(admin, deployment.database)
         for server in (embedded_pg, embedded_redis):
             if server is not None:
                 server.stop()
