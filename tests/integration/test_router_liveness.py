@@ -31,31 +31,18 @@ from switchboard_core.liveness import (
     generation_field,
     new_router_id,
 )
-from switchboard_core.money import ZERO, Price, format_usd
+from switchboard_core.money import ZERO, format_usd
 from switchboard_core.usage_outbox import EVENT_FIELD
 from switchboard_metering.sweeper import Sweeper
 from switchboard_router.auth import Caller
 from switchboard_router.canonical import CompletionRequest, Finish, FinishEvent, Message, Role
-from switchboard_router.catalog_cache import Route
 from switchboard_router.inflight import InFlight, progress, template
 from switchboard_router.relay import Generation, Hold, cost_of, new_generation_id
 from switchboard_router.usage_sink import UsageSink
 from tests.integration.test_metering_app import eventually, running_metering, test_settings
+from tests.unit.test_router_inflight import ROUTE
 
 TTL = 0.3  # seconds: the simulated routers' heartbeat TTL
-ROUTE = Route(
-    endpoint_id="demo:m",
-    model_id="demo/m",
-    provider_id="demo",
-    api_format=1,
-    base_url="http://demo.invalid/v1",
-    dialect="demo",
-    upstream_model="m",
-    price=Price.parse("1", "2"),
-    context_length=8192,
-    max_completion_tokens=1000,
-    supported_parameters=frozenset(),
-)
 REQUEST = CompletionRequest(
     model="demo/m", messages=(Message.of(Role.USER, "hello there"),), max_tokens=500
 )

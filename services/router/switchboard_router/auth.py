@@ -27,6 +27,7 @@ from switchboard_core.auth import (
     Principal,
     TenantPrincipal,
     bearer_secret,
+    header,
 )
 from switchboard_core.budget import Limits
 from switchboard_core.errors import Unauthenticated
@@ -67,10 +68,10 @@ def _limits(key: metering_pb2.ApiKey) -> Limits:
 
 def secret_of(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
     """The bearer secret in ``authorization`` metadata; UNAUTHENTICATED when missing."""
-    for key, value in metadata or ():
-        if key == "authorization" and isinstance(value, str):
-            return bearer_secret(value)
-    raise Unauthenticated(MISSING_KEY, reason="CREDENTIALS_MISSING")
+    presented = header(metadata, "authorization")
+    if presented is None:
+        raise Unauthenticated(MISSING_KEY, reason="CREDENTIALS_MISSING")
+    return bearer_secret(presented)
 
 
 def caller_of(principal: Principal | None) -> Caller:
@@ -96,9 +97,6 @@ class KeyVerifier:
         self._generation += 1
         self._cache.clear()
         self._pending.clear()
-
-    async def verify(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Caller:
-        return await self.verify_secret(secret_of(metadata))
 
     async def verify_secret(self, secret: str) -> Caller:
         digest = hashlib.sha256(secret.encode()).digest()

@@ -16,8 +16,9 @@ naming the counts.
 from __future__ import annotations
 
 from switchboard_core.errors import InvalidArgument
-from switchboard_router.canonical import CompletionRequest, TextPart
+from switchboard_router.canonical import CompletionRequest
 from switchboard_router.catalog_cache import Route
+from switchboard_router.usage_estimate import image_count, prompt_bytes
 
 MAX_BYTES_PER_TOKEN = 10
 # The fewest tokens any provider counts for one image (OpenAI's low detail is 85).
@@ -28,23 +29,10 @@ class ContextLengthExceeded(InvalidArgument):
     reason = "CONTEXT_LENGTH_EXCEEDED"
 
 
-def prompt_bytes(request: CompletionRequest) -> int:
-    size = 0
-    for message in request.messages:
-        size += len(message.text.encode())
-        for call in message.tool_calls:
-            size += len(call.name.encode()) + len(call.arguments.encode())
-    for tool in request.tools:
-        size += len(tool.name.encode()) + len(tool.description.encode())
-        size += len(str(tool.parameters).encode())
-    return size
-
-
 def prompt_floor_tokens(request: CompletionRequest) -> tuple[int, int]:
     """(the fewest tokens the prompt can be, its size in bytes)."""
     size = prompt_bytes(request)
-    images = sum(1 for m in request.messages for p in m.parts if type(p) is not TextPart)
-    return size // MAX_BYTES_PER_TOKEN + images * MIN_IMAGE_TOKENS, size
+    return size // MAX_BYTES_PER_TOKEN + image_count(request) * MIN_IMAGE_TOKENS, size
 
 
 def within_context(request: CompletionRequest, routes: list[Route]) -> list[Route]:

@@ -36,19 +36,23 @@ def _prompt_texts(request: CompletionRequest) -> Iterator[str]:
         yield str(tool.parameters)
 
 
-def _images(request: CompletionRequest) -> int:
+def image_count(request: CompletionRequest) -> int:
     return sum(1 for m in request.messages for p in m.parts if type(p) is not TextPart)
+
+
+def prompt_bytes(request: CompletionRequest) -> int:
+    """The UTF-8 size of the prompt's text: messages, tool calls and tool definitions."""
+    return sum(len(text.encode()) for text in _prompt_texts(request))
 
 
 def estimate_prompt_tokens(request: CompletionRequest) -> int:
     """The prompt's likely token count, for usage a provider did not report."""
     chars = sum(map(len, _prompt_texts(request))) + MESSAGE_FRAMING_CHARS * len(request.messages)
-    return estimate_tokens(chars) + _images(request) * IMAGE_TOKEN_ESTIMATE
+    return estimate_tokens(chars) + image_count(request) * IMAGE_TOKEN_ESTIMATE
 
 
 def reservation_prompt_tokens(request: CompletionRequest) -> int:
     """A generous prompt token count, for reserving a request's worst-case cost."""
-    size = sum(len(text.encode()) for text in _prompt_texts(request))
-    size += MESSAGE_FRAMING_CHARS * len(request.messages)
+    size = prompt_bytes(request) + MESSAGE_FRAMING_CHARS * len(request.messages)
     tokens = -(-size // RESERVATION_BYTES_PER_TOKEN)
-    return tokens + _images(request) * IMAGE_TOKEN_MAX
+    return tokens + image_count(request) * IMAGE_TOKEN_MAX

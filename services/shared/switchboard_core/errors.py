@@ -176,34 +176,33 @@ _CODE_NUMBERS: dict[grpc.StatusCode, int] = {
 }
 
 
-def error_reason(error: grpc.aio.AioRpcError) -> str:
-    """The ErrorInfo reason of a failed call to a Switchboard service ("" when none)."""
-    try:
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    except ValueError:
-        return ""
+def _error_details(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str], float | None]:
+    """The ErrorInfo reason and metadata and the RetryInfo delay of a failed call."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    reason, metadata, retry = "", {}, None
     for detail in status.details if status is not None else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            return str(info.reason)
-    return ""
+            reason, metadata = str(info.reason), dict(info.metadata)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry_info = error_details_pb2.RetryInfo()
+            detail.Unpack(retry_info)
+            retry = retry_info.retry_delay.ToTimedelta().total_seconds()
+    return reason, metadata, retry
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a failed call to a Switchboard service ("" when none)."""
+    try:
+        return _error_details(error)[0]
+    except ValueError:  # the trailing status disagrees with the call's own code or message
+        return ""
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError) -> SwitchboardError:
     """Rebuild a domain error from a failed call to another Switchboard service."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    reason, metadata, retry = "", {}, None
-    if status is not None:
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                reason, metadata = info.reason, dict(info.metadata)
-            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                retry_info = error_details_pb2.RetryInfo()
-                detail.Unpack(retry_info)
-                retry = retry_info.retry_delay.ToTimedelta().total_seconds()
+    reason, metadata, retry = _error_details(error)
     for cls in SwitchboardError.__subclasses__():
         if cls.code == error.code() and cls is not InvalidArgument:
             return cls(
