@@ -53,3 +53,22 @@ async def test_events_split_across_reads_and_batched_per_read() -> None:
         [SseEvent("message", "b"), SseEvent("message", "c"), SseEvent("message", "d")],
         [SseEvent("message", "tail")],
     ]
+
+
+async def test_cr_only_and_mixed_line_endings_split_anywhere() -> None:
+    body = b"data: a\r\rdata: b\r\n\r\ndata: c\n\ndata: \xc3\xa9\r\r"
+    whole = await collect(body)
+    assert whole == [SseEvent("message", m) for m in ("a", "b", "c", "\u00e9")]
+    for cut in range(1, len(body)):  # every two-read split, CR/LF pairs and characters too
+        assert await collect(body[:cut], body[cut:]) == whole, cut
+    assert await collect(*(body[i : i + 1] for i in range(len(body)))) == whole
+
+
+async def test_stray_lines_come_as_one_raw_event_only_when_asked() -> None:
+    body = b'data: {"x": 1}\n\n{\n  "error": {\n    "code": 503\n  }\n}\n'
+    assert await collect(body) == [SseEvent("message", '{"x": 1}')]
+    got = [e async for e in iter_sse(lines(body), stray=True)]
+    assert got == [
+        SseEvent("message", '{"x": 1}'),
+        SseEvent("raw", '{\n  "error": {\n    "code": 503\n  }\n}'),
+    ]

@@ -37,6 +37,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from switchboard_core.upstreams import UpstreamPolicy
 from switchboard_router.providers.base import (
     UpstreamError,
+    UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamUnavailable,
     parse_retry_after,
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 
 # Longest silence tolerated between two bytes of a stream.
 READ_IDLE_SECONDS = 120.0
+# Largest whole (non-streamed) JSON answer read: far above any completion a model returns.
+MAX_JSON_BODY_BYTES = 64 * 1024 * 1024
 
 # (HTTP status, body, provider id, retry-after seconds) -> the error to raise.
 ErrorFromBody = Callable[[int, bytes, str, float | None], UpstreamError]
@@ -152,8 +155,28 @@ class SseStream:
     response: aiohttp.ClientResponse
     completed: bool = False
 
-    def batches(self) -> AsyncIterator[list[SseEvent]]:
-        return iter_sse_batches(self.response.content.iter_any())
+    def batches(self, *, stray: bool = False) -> AsyncIterator[list[SseEvent]]:
+        """The stream's events, read by read (``stray``: see :mod:`.sse`)."""
+        return iter_sse_batches(self.response.content.iter_any(), stray=stray)
+
+    @property
+    def is_json(self) -> bool:
+        """The provider answered with one whole JSON body instead of a stream (hosts that
+        ignore ``stream: true``, proxies that buffer): the adapter parses it as the complete
+        answer."""
+        return self.response.content_type == "application/json"
+
+    async def whole(self, provider: str) -> bytes:
+        """The whole body, at most :data:`MAX_JSON_BODY_BYTES`."""
+        body = bytearray()
+        async for chunk in self.response.content.iter_any():
+            body += chunk
+            if len(body) > MAX_JSON_BODY_BYTES:
+                raise UpstreamProtocolError(
+                    f"{provider} answered with a JSON body over {MAX_JSON_BODY_BYTES} bytes",
+                    provider_id=provider,
+                )
+        return bytes(body)
 
     def complete(self) -> None:
         self.completed = True
