@@ -96,7 +96,7 @@ from switchboard_metering.app import MIGRATIONS
 from switchboard_metering.config import OutboxSettings
 from switchboard_metering.ledger import Batch, Ledger, WriteResult
 from switchboard_metering.outbox import OutboxConsumer, parse_entry
-from switchboard_router.relay import new_generation_id
+from switchboard_router.generation import new_generation_id
 from switchboard_router.usage_sink import UsageSink
 
 KEYS = 100

@@ -13,6 +13,13 @@ from switchboard_cli.connection import COMPLETION_TIMEOUT, bearer
 from switchboard_cli.errors import CliError
 from switchboard_cli.output import Output, enum_label
 
+EFFORTS = {
+    "none": router_pb2.Reasoning.EFFORT_NONE,
+    "minimal": router_pb2.Reasoning.EFFORT_MINIMAL,
+    "low": router_pb2.Reasoning.EFFORT_LOW,
+    "medium": router_pb2.Reasoning.EFFORT_MEDIUM,
+    "high": router_pb2.Reasoning.EFFORT_HIGH,
+}
 NO_KEY = (
     "no API key: pass --api-key or set SWITCHBOARD_API_KEY "
     "(create one with `switchboard keys create --account ACCOUNT`)"
@@ -36,6 +43,13 @@ def register(
         "--provider-order", action="extend", nargs="+", default=[], metavar="PROVIDER",
         help="provider ids to try first, in this order",
     )  # fmt: skip
+    chat.add_argument(
+        "--reasoning-effort", choices=sorted(EFFORTS), metavar="EFFORT",
+        help="how much the model should reason: " + ", ".join(EFFORTS),
+    )  # fmt: skip
+    chat.add_argument(
+        "--reasoning-tokens", type=int, metavar="N", help="a thinking budget in tokens"
+    )
     chat.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
     chat.set_defaults(handler=chat_command, service="router")
 
@@ -69,6 +83,10 @@ def build_request(args: argparse.Namespace) -> router_pb2.StreamCompletionReques
         request.temperature = args.temperature
     if args.provider_order:
         request.provider.order.extend(args.provider_order)
+    if args.reasoning_effort is not None:
+        request.reasoning.effort = EFFORTS[args.reasoning_effort]
+    if args.reasoning_tokens is not None:
+        request.reasoning.max_tokens = args.reasoning_tokens
     return request
 
 
@@ -80,7 +98,7 @@ async def _stream(
 ) -> int:
     start, end = router_pb2.CompletionStart(), None
     last = "\n"
-    thinking = False  # reasoning being written to stderr
+    aside = ""  # "reasoning" or "refusal" while one is being written to stderr
     try:
         async for event in stub.StreamCompletion(request, metadata=metadata):
             if output.json:
@@ -88,19 +106,26 @@ async def _stream(
             kind = event.WhichOneof("event")
             if kind == "start":
                 start = event.start
-            elif kind == "delta" and not output.json and event.delta.reasoning:
-                # Reasoning goes to stderr, so that stdout holds only the answer.
-                output.write_note(("[reasoning] " if not thinking else "") + event.delta.reasoning)
-                thinking = True
-            elif kind == "delta" and not output.json and event.delta.text:
-                if thinking:
+            elif kind != "delta" or output.json:
+                pass
+            elif event.delta.reasoning or event.delta.refusal:
+                # Reasoning and refusals go to stderr, so that stdout holds only the answer.
+                label = "reasoning" if event.delta.reasoning else "refusal"
+                if aside != label:
+                    output.write_note(("\n" if aside else "") + f"[{label}] ")
+                    aside = label
+                output.write_note(event.delta.reasoning or event.delta.refusal)
+            elif event.delta.text:
+                if aside:
                     output.write_note("\n")
-                    thinking = False
+                    aside = ""
                 output.write(event.delta.text)
                 last = event.delta.text[-1]
-            elif kind == "end":
+            if kind == "end":
                 end = event.end
     finally:
+        if aside:
+            output.write_note("\n")
         if last != "\n":
             output.write("\n")
     if end is None:
@@ -116,6 +141,8 @@ def _print_whole(response: router_pb2.CreateCompletionResponse, output: Output) 
         return 0
     if response.reasoning:
         output.note(f"[reasoning] {response.reasoning}")
+    if response.refusal:
+        output.note(f"[refusal] {response.refusal}")
     output.line(response.text)
     end = router_pb2.CompletionEnd(
         finish_reason=response.finish_reason, usage=response.usage, cost_usd=response.cost_usd

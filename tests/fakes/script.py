@@ -17,6 +17,8 @@ Set ``fake.script`` to change what later requests get.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,10 +82,31 @@ class Script:
     # Odd but legal streams: keep-alive comments / pings between events, empty deltas, usage
     # only in the last chunk, events split across network writes.
     odd: bool = False
+    # Anthropic and Gemini: send ``reasoning`` as signed thinking (Anthropic: a thinking block
+    # whose signature_delta is ``signature_for(its text)``; Gemini: thought parts, and a
+    # thoughtSignature on the first function call, or on the last text part when there is no
+    # call), and refuse with the provider's 400, as they do, a request whose history holds a
+    # tool call without the signed reasoning this fake issued with it.
+    signed_reasoning: bool = False
+    # Anthropic: redacted_thinking blocks (their opaque data), sent before the thinking.
+    redacted_reasoning: tuple[str, ...] = ()
+    # OpenAI: refusal text, one delta.refusal chunk per element, instead of content.
+    refusal: tuple[str, ...] = ()
+    # Fields one fake alone reads go below its marker (one line each, added in place).
+    # --- openai ---
+    # --- anthropic ---
+    # --- gemini ---
 
     @property
     def full_text(self) -> str:
         return "".join(self.text)
+
+
+def signature_for(text: str) -> str:
+    """The signature a fake gives reasoning: deterministic, so the fake can check on the next
+    turn that what comes back is what it issued (real providers sign cryptographically)."""
+    digest = hashlib.sha256(b"fake-signature:" + text.encode()).digest()
+    return base64.b64encode(digest).decode()
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Router liveness against a real Redis and Postgres: a router that stops beating is swept once.
 
 A router is simulated with the pieces the real one uses (``switchboard_core.liveness``, the
-``BudgetStore``, ``switchboard_router.inflight``'s records of a real ``relay.Generation``);
+``BudgetStore``, ``switchboard_router.inflight``'s records of a real ``generation.Generation``);
 metering's ``Sweeper`` sweeps it, and the metering server's outbox consumer carries the FAILED
 event it writes into the ledger.
 """
@@ -36,8 +36,8 @@ from switchboard_core.usage_outbox import EVENT_FIELD
 from switchboard_metering.sweeper import Sweeper
 from switchboard_router.auth import Caller
 from switchboard_router.canonical import CompletionRequest, Finish, FinishEvent, Message, Role
+from switchboard_router.generation import Generation, Hold, cost_of, new_generation_id
 from switchboard_router.inflight import InFlight, progress, template
-from switchboard_router.relay import Generation, Hold, cost_of, new_generation_id
 from switchboard_router.usage_sink import UsageSink
 from tests.integration.test_metering_app import eventually, running_metering, test_settings
 from tests.unit.test_router_inflight import ROUTE

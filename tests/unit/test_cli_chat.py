@@ -31,6 +31,7 @@ class FakeRouter(RouterCompletionsOnly, router_pb2_grpc.RouterServiceServicer):
         self.deltas = deltas
         self.fail = fail
         self.reasoning: list[str] = []
+        self.refusal: list[str] = []
         self.requests: list[router_pb2.StreamCompletionRequest] = []
         self.unary_requests: list[router_pb2.CreateCompletionRequest] = []
         self.metadata: list[dict[str, str | bytes]] = []
@@ -52,6 +53,8 @@ class FakeRouter(RouterCompletionsOnly, router_pb2_grpc.RouterServiceServicer):
         )
         for thought in self.reasoning:
             yield Event(delta=router_pb2.CompletionDelta(reasoning=thought))
+        for text in self.refusal:
+            yield Event(delta=router_pb2.CompletionDelta(refusal=text))
         for text in self.deltas:
             yield Event(delta=router_pb2.CompletionDelta(text=text))
             await asyncio.sleep(0)
@@ -222,3 +225,28 @@ async def test_reasoning_goes_to_stderr_and_the_answer_alone_to_stdout(
     assert code == 0
     assert out == "4\n"
     assert err.startswith("[reasoning] add the units\n")
+
+
+async def test_reasoning_options_are_sent_and_a_refusal_goes_to_stderr(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake = FakeRouter([])
+    fake.refusal = ["I can't ", "help with that."]
+    async with _router(fake) as address:
+        code = await cli(
+            "--router", address, "--api-key", SECRET, "chat", "m/x", "q",
+            "--reasoning-effort", "high",
+        )  # fmt: skip
+        assert await cli(
+            "--router", address, "--api-key", SECRET, "chat", "m/x", "q",
+            "--reasoning-tokens", "2048",
+        ) == 0  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert "[refusal] I can't help with that." in err
+    assert "I can't" not in out
+    first, second = fake.requests
+    assert first.reasoning.effort == router_pb2.Reasoning.EFFORT_HIGH
+    assert not first.reasoning.HasField("max_tokens")
+    assert second.reasoning.max_tokens == 2048
+    assert not second.reasoning.effort

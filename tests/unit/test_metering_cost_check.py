@@ -24,8 +24,8 @@ from switchboard_metering.cost_check import PriceCheck
 from switchboard_metering.event_rules import CostProblem, EventRules, check_event
 from switchboard_metering.prices import PriceBook, PriceWatch
 from switchboard_router.canonical import Finish, FinishEvent, UsageReport
+from switchboard_router.generation import cost_of
 from switchboard_router.inflight import progress, template
-from switchboard_router.relay import cost_of
 from tests.unit.test_router_inflight import ROUTE, generation
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

@@ -19,8 +19,8 @@ from switchboard_core.money import Price, format_usd
 from switchboard_router.auth import Caller
 from switchboard_router.canonical import CompletionRequest, Message, Role
 from switchboard_router.catalog_cache import Route
+from switchboard_router.generation import Generation, Hold, cost_of, new_generation_id
 from switchboard_router.inflight import InFlight, progress, template
-from switchboard_router.relay import Generation, Hold, cost_of, new_generation_id
 
 ROUTE = Route(
     endpoint_id="demo:m",

@@ -28,7 +28,7 @@ from switchboard_router.canonical import (
     UsageReport,
 )
 from switchboard_router.catalog_cache import Route
-from switchboard_router.relay import Generation, cost_of
+from switchboard_router.generation import Generation, cost_of
 from switchboard_router.usage_sanity import (
     COMPLETION_MARGIN_TOKENS,
     checked_usage,

@@ -1,7 +1,7 @@
 """The exact price check of every usage event (the ledger's ``CostCheck``).
 
 An event's ``cost_usd`` must equal ``Price.cost(prompt, completion, cached, cache_write)`` of
-its usage (exactly what the router computes: ``switchboard_router.relay.cost_of``) for SOME
+its usage (exactly what the router computes: ``switchboard_router.generation.cost_of``) for SOME
 price its endpoint had during ``[create_time - lag - skew, create_time + skew]``:
 
 - the router prices a generation with the catalog snapshot it routed the request with, taken

@@ -46,8 +46,10 @@ def completion_bound(request: CompletionRequest, route: Route, ceiling: int) -> 
 
 def worst_case_cost(request: CompletionRequest, routes: list[Route], ceiling: int) -> Decimal:
     prompt = reservation_prompt_tokens(request)
+    choices = request.n or 1  # each choice may use the whole bound
     costs = [
-        route.price.cost(prompt, completion_bound(request, route, ceiling)) for route in routes
+        route.price.cost(prompt, completion_bound(request, route, ceiling) * choices)
+        for route in routes
     ]
     return max(costs, default=Decimal(0))
 

@@ -6,6 +6,12 @@ provider's stream back into :data:`AdapterEvent` values. The relay never sees wi
 Streamed tool calls arrive as :class:`ToolCallDelta` values: the first delta of a call carries
 its ``index``, ``id`` and ``name``; later deltas of the same ``index`` carry fragments of the
 JSON ``arguments`` text. Concatenating the fragments gives the call's arguments object.
+
+Output events carry ``choice``: the candidate they belong to when a request asks for ``n`` > 1
+(0 otherwise). Reasoning that must go back to the provider on the next turn (Anthropic's signed
+thinking and redacted thinking, Gemini's thought signatures) arrives as :class:`ReasoningDelta`
+pieces with a ``format``; the relay assembles them into :class:`ReasoningBlock` values that the
+client returns unchanged in the assistant message (OpenRouter's ``reasoning_details``).
 """
 
 from __future__ import annotations
@@ -79,11 +85,35 @@ Part = TextPart | ImagePart
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
-    """A call the model made: ``arguments`` is the JSON text of an object."""
+    """A call the model made: ``arguments`` is the JSON text of an object. ``signature`` is
+    an opaque token the provider bound to the call (Gemini's ``thoughtSignature``), sent back
+    unchanged with the call on the next turn."""
 
     id: str
     name: str
     arguments: str
+    signature: str = ""
+
+
+# Reasoning formats: which provider issued a reasoning block (OpenRouter's names). A block is
+# sent back only to an adapter of the same format; other providers cannot verify it.
+ANTHROPIC_REASONING = "anthropic-claude-v1"
+GEMINI_REASONING = "google-gemini-v1"
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningBlock:
+    """One reasoning block of an assistant turn, as the provider returned it.
+
+    ``text`` is the reasoning (Anthropic thinking, a Gemini thought summary); ``signature``
+    the provider's signature over it; ``redacted`` opaque encrypted reasoning (Anthropic
+    ``redacted_thinking`` data). Sent back verbatim: providers verify the signature.
+    """
+
+    format: str
+    text: str = ""
+    signature: str = ""
+    redacted: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +125,8 @@ class Message:
     tool_call_id: str = ""
     # ROLE_ASSISTANT: the calls the model made in this turn.
     tool_calls: tuple[ToolCall, ...] = ()
+    # ROLE_ASSISTANT: the reasoning blocks the provider returned with this turn, in order.
+    reasoning: tuple[ReasoningBlock, ...] = ()
 
     @classmethod
     def of(cls, role: Role, text: str, **kwargs: Any) -> Message:
@@ -146,6 +178,30 @@ class ResponseFormat:
     strict: bool = False
 
 
+class ReasoningEffort(StrEnum):
+    NONE = "none"
+    MINIMAL = "minimal"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningConfig:
+    """OpenRouter's ``reasoning`` request object: how much the model should think.
+
+    Give ``effort`` or ``max_tokens`` (a thinking budget), not both; neither means the
+    provider's default amount. ``exclude``: the model reasons but the reasoning text is not
+    relayed (signed blocks needed for the next turn still are). ``enabled=False`` asks for no
+    reasoning where the model allows it.
+    """
+
+    effort: ReasoningEffort | None = None
+    max_tokens: int | None = None
+    exclude: bool = False
+    enabled: bool = True
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderPrefs:
     order: tuple[str, ...] = ()
@@ -175,6 +231,10 @@ PARAMETER_FIELDS: dict[str, str] = {
     "parallel_tool_calls": "parallel_tool_calls",
     "response_format": "response_format",
     "structured_outputs": "response_format",
+    "reasoning": "reasoning",
+    "logprobs": "logprobs",
+    "top_logprobs": "top_logprobs",
+    "n": "n",
 }
 
 
@@ -194,6 +254,10 @@ class CompletionRequest:
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    reasoning: ReasoningConfig | None = None
+    logprobs: bool | None = None  # return each output token's log probability
+    top_logprobs: int | None = None  # and this many most likely alternatives (needs logprobs)
+    n: int | None = None  # how many candidates to generate (choices)
     user: str = ""
     fallback_models: tuple[str, ...] = ()
     provider: ProviderPrefs = field(default_factory=ProviderPrefs)
@@ -226,23 +290,83 @@ class CompletionRequest:
 @dataclass(frozen=True, slots=True)
 class TextDelta:
     text: str
+    choice: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class ReasoningDelta:
-    """A piece of the model's reasoning, sent by the provider apart from the answer."""
+    """A piece of the model's reasoning, sent by the provider apart from the answer.
+
+    Reasoning the provider needs back on the next turn has a ``format`` (one of the
+    ``*_REASONING`` names) and a ``block``: pieces of one block share its number, their texts
+    concatenate, and ``signature`` / ``redacted`` arrive in some piece of the block (Anthropic's
+    ``signature_delta``, a ``redacted_thinking`` block, a Gemini ``thoughtSignature``).
+    Reasoning without a format (OpenAI-compatible hosts) is text only.
+    """
 
     text: str
+    choice: int = 0
+    format: str = ""
+    block: int = 0
+    signature: str = ""
+    redacted: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalDelta:
+    """A piece of the model's refusal (OpenAI ``delta.refusal``), apart from the answer."""
+
+    text: str
+    choice: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class ToolCallDelta:
-    """A piece of a streamed tool call; ``id`` and ``name`` come with a call's first piece."""
+    """A piece of a streamed tool call; ``id``, ``name`` and ``signature`` come with a call's
+    first piece."""
 
     index: int
     id: str = ""
     name: str = ""
     arguments: str = ""
+    choice: int = 0
+    signature: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TopLogprob:
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One output token's log probability and, when asked, the most likely alternatives."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] | None = None
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LogprobsDelta:
+    """Log probabilities of output tokens (of the answer, or of a refusal)."""
+
+    tokens: tuple[TokenLogprob, ...]
+    choice: int = 0
+    refusal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderMetadata:
+    """What the provider said beyond text and usage, passed through rather than dropped:
+    citations and grounding, safety ratings, stop details, ``finishMessage``. ``data`` is a
+    JSON object keyed by what it holds (``grounding_metadata``, ``safety_ratings``,
+    ``stop_details``, ...); a later event's key replaces an earlier one's."""
+
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +389,7 @@ class UsageReport:
 class FinishEvent:
     reason: Finish
     native_reason: str = ""
+    choice: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +403,17 @@ class PromptUsage:
     cache_write_tokens: int = 0
 
 
-AdapterEvent = TextDelta | ReasoningDelta | ToolCallDelta | PromptUsage | UsageReport | FinishEvent
+AdapterEvent = (
+    TextDelta
+    | ReasoningDelta
+    | RefusalDelta
+    | ToolCallDelta
+    | LogprobsDelta
+    | ProviderMetadata
+    | PromptUsage
+    | UsageReport
+    | FinishEvent
+)
 
 
 def tool_name_for(messages: tuple[Message, ...], tool_call_id: str) -> str:
@@ -288,3 +423,21 @@ def tool_name_for(messages: tuple[Message, ...], tool_call_id: str) -> str:
             if call.id == tool_call_id:
                 return call.name
     return ""
+
+
+def reasoning_blocks(pieces: list[ReasoningDelta]) -> tuple[ReasoningBlock, ...]:
+    """The blocks that ``pieces`` (one choice's reasoning deltas, in order) make up: pieces
+    with a format are grouped by block number, texts and redacted data concatenated and the
+    last signature kept. Reasoning without a format needs no round trip and makes none."""
+    blocks: dict[tuple[str, int], list[str]] = {}
+    for piece in pieces:
+        if not piece.format:
+            continue
+        block = blocks.setdefault((piece.format, piece.block), ["", "", ""])
+        block[0] += piece.text
+        block[1] = piece.signature or block[1]
+        block[2] += piece.redacted
+    return tuple(
+        ReasoningBlock(fmt, text, signature, redacted)
+        for (fmt, _), (text, signature, redacted) in blocks.items()
+    )

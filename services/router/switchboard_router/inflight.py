@@ -29,7 +29,7 @@ from switchboard_core.liveness import (
     template_value,
 )
 from switchboard_router.canonical import Finish, FinishEvent
-from switchboard_router.relay import Generation, cost_of
+from switchboard_router.generation import Generation, cost_of
 
 log = logging.getLogger(__name__)
 

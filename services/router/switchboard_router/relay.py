@@ -15,21 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from google.protobuf import timestamp_pb2
-
-from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.budget import Reservation
 from switchboard_core.config import Secret
 from switchboard_core.errors import NotFound, Unavailable
-from switchboard_core.money import format_usd
 from switchboard_router import metrics
 from switchboard_router.admission import Admission
 from switchboard_router.auth import Caller
@@ -38,20 +33,27 @@ from switchboard_router.canonical import (
     CompletionRequest,
     Finish,
     FinishEvent,
+    LogprobsDelta,
     PromptUsage,
+    ProviderMetadata,
+    ReasoningBlock,
     ReasoningDelta,
+    RefusalDelta,
     TextDelta,
     ToolCallDelta,
     UsageReport,
+    reasoning_blocks,
 )
 from switchboard_router.catalog_cache import Route
+from switchboard_router.generation import Generation, Hold, cost_of, new_generation_id
+from switchboard_router.provider_metadata import merged_metadata
 from switchboard_router.providers.base import Adapter, Target, UpstreamError
 from switchboard_router.providers.credentials import (
     ProviderCredentials,
     Withheld,
     withheld_error,
 )
-from switchboard_router.usage_estimate import estimate_prompt_tokens, estimate_tokens
+from switchboard_router.providers.guard import guarded
 from switchboard_router.usage_sanity import checked_usage, clean_finish, plausible_prompt
 from switchboard_router.usage_sink import UsageSink
 
@@ -78,110 +80,24 @@ class Started:
 
 @dataclass(frozen=True, slots=True)
 class Completed:
-    finish: FinishEvent
+    finish: FinishEvent  # choice 0's
     usage: UsageReport
     cost: Decimal
+    # Per choice, the reasoning blocks to send back on the next turn (choices with some).
+    reasoning: Mapping[int, tuple[ReasoningBlock, ...]] = field(default_factory=dict)
+    # What the provider said beyond text and usage (bounded; see provider_metadata).
+    metadata: Mapping[str, Any] | None = None
+    # Every choice's finish when the request asked for n > 1, else empty.
+    choices: Mapping[int, FinishEvent] = field(default_factory=dict)
 
 
-RelayEvent = Started | TextDelta | ReasoningDelta | ToolCallDelta | Completed
+RelayEvent = (
+    Started | TextDelta | ReasoningDelta | RefusalDelta | ToolCallDelta | LogprobsDelta | Completed
+)
 
 
 # How long shutdown waits for budget settles once the usage events are written.
 SETTLE_DRAIN_SECONDS = 1.0
-
-
-def new_generation_id() -> str:
-    return f"gen-{int(time.time() * 1000):x}{secrets.token_hex(10)}"
-
-
-@dataclass
-class Hold:
-    """A request's budget reservation and whether it has been settled."""
-
-    reservation: Reservation
-    settled: bool = False
-
-
-@dataclass
-class Generation:
-    """What one generation has produced so far."""
-
-    id: str
-    attempt: int  # upstream tries before this one
-    caller: Caller
-    request: CompletionRequest
-    route: Route
-    started: float  # monotonic
-    create_time: float  # wall clock
-    streamed: bool
-    first_event_at: float = 0.0
-    text_chars: int = 0
-    usage: UsageReport | None = None
-    finish: FinishEvent | None = None
-    hold: Hold | None = None  # the request's budget reservation, settled once
-    prompt: PromptUsage | None = None  # the prompt's exact counts, when sent early
-
-    def final_usage(self) -> UsageReport:
-        """The provider's usage; else (no usage reported, or the stream cut short) the
-        prompt's exact counts when the provider sent them early, with an estimated
-        completion, marked estimated."""
-        if self.usage is not None:
-            return self.usage
-        completion = estimate_tokens(self.text_chars)
-        if self.prompt is not None:
-            return UsageReport(
-                prompt_tokens=self.prompt.prompt_tokens,
-                completion_tokens=completion,
-                cached_tokens=self.prompt.cached_tokens,
-                cache_write_tokens=self.prompt.cache_write_tokens,
-                estimated=True,
-            )
-        return UsageReport(
-            prompt_tokens=estimate_prompt_tokens(self.request),
-            completion_tokens=completion,
-            estimated=True,
-        )
-
-    def to_event(
-        self, status: int, usage: UsageReport, cost: Decimal, finish: FinishEvent
-    ) -> metering_pb2.UsageEvent:
-        now = time.monotonic()
-        created = timestamp_pb2.Timestamp()
-        created.FromNanoseconds(int(self.create_time * 1e9))
-        return metering_pb2.UsageEvent(
-            generation_id=self.id,
-            attempt=self.attempt,
-            key_id=self.caller.key_id,
-            account_id=self.caller.account_id,
-            model_id=self.route.model_id,
-            provider_id=self.route.provider_id,
-            endpoint_id=self.route.endpoint_id,
-            upstream_model=self.route.upstream_model,
-            usage=common_pb2.Usage(
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cached_tokens=usage.cached_tokens,
-                reasoning_tokens=usage.reasoning_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                estimated=usage.estimated,
-            ),
-            cost_usd=format_usd(cost),
-            finish_reason=int(finish.reason),  # type: ignore[arg-type]
-            native_finish_reason=finish.native_reason,
-            status=status,  # type: ignore[arg-type]
-            create_time=created,
-            latency_ms=int((now - self.started) * 1000),
-            time_to_first_token_ms=int((self.first_event_at - self.started) * 1000)
-            if self.first_event_at
-            else 0,
-            streamed=self.streamed,
-        )
-
-
-def cost_of(route: Route, usage: UsageReport) -> Decimal:
-    return route.price.cost(
-        usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens
-    )
 
 
 class Relay:
@@ -288,10 +204,13 @@ class Relay:
             sent = request.without(unsupported)
             if hold is not None and "max_tokens" not in unsupported:
                 sent = self._admission.bounded(sent, route)
-            events = adapter.stream(
-                sent,
-                self._target(route, key),
-                timeout=max(0.001, deadline - time.monotonic()),
+            events = guarded(
+                adapter.stream(
+                    sent,
+                    self._target(route, key),
+                    timeout=max(0.001, deadline - time.monotonic()),
+                ),
+                route.provider_id,
             )
             prompt: PromptUsage | None = None
             try:
@@ -348,12 +267,24 @@ class Relay:
             self._inflight.track(generation)
         try:
             event: AdapterEvent | None = first
+            hide_reasoning = generation.hides_reasoning
             while event is not None:
-                if type(event) is TextDelta or type(event) is ReasoningDelta:
-                    generation.text_chars += len(event.text)  # reasoning is billed output too
+                if type(event) is TextDelta:
+                    generation.text_chars += len(event.text)
                     yield event
+                elif type(event) is ReasoningDelta:
+                    generation.text_chars += len(event.text)  # reasoning is billed output too
+                    if event.format:  # to go back to the provider on the next turn
+                        generation.signed.setdefault(event.choice, []).append(event)
+                    if event.text and not hide_reasoning:
+                        yield event
                 elif type(event) is ToolCallDelta:
                     generation.text_chars += len(event.name) + len(event.arguments)
+                    yield event
+                elif type(event) is RefusalDelta:
+                    generation.text_chars += len(event.text)
+                    yield event
+                elif type(event) is LogprobsDelta:
                     yield event
                 elif type(event) is UsageReport:
                     generation.usage = checked_usage(event, generation)
@@ -361,9 +292,12 @@ class Relay:
                     if plausible_prompt(event):  # else the prompt is estimated
                         generation.prompt = event
                 elif type(event) is FinishEvent:
-                    generation.finish = clean_finish(event)
+                    generation.finishes[event.choice] = clean_finish(event)
+                elif type(event) is ProviderMetadata:
+                    generation.metadata = merged_metadata(generation.metadata, event.data)
                 event = await anext(events, None)
-            finish = generation.finish or FinishEvent(Finish.STOP, "")
+            finishes = generation.finishes
+            finish = finishes.get(0) or FinishEvent(Finish.STOP, "")
             usage = generation.final_usage()
             cost = cost_of(generation.route, usage)
             status = metering_pb2.GENERATION_STATUS_COMPLETED
@@ -374,7 +308,14 @@ class Relay:
             done = True
             self._settle(generation.hold, cost)
             self._count(generation, status, usage)
-            yield Completed(finish, usage, cost)
+            yield Completed(
+                finish,
+                usage,
+                cost,
+                {choice: reasoning_blocks(pieces) for choice, pieces in generation.signed.items()},
+                generation.metadata,
+                finishes if (generation.request.n or 1) > 1 else {},
+            )
         except UpstreamError as error:
             status = metering_pb2.GENERATION_STATUS_FAILED
             metrics.UPSTREAM_ERRORS.labels(generation.route.provider_id, error.reason).inc()

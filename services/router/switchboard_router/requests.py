@@ -33,6 +33,13 @@ from switchboard_router.canonical import (
     ToolChoice,
     ToolChoiceMode,
 )
+from switchboard_router.request_options import (
+    MAX_SIGNATURE_CHARS,
+    block_size,
+    reasoning_config,
+    reasoning_details,
+    sampling_options,
+)
 
 MAX_MESSAGES = 2048
 MAX_CONTENT_BYTES = 32 * 1024 * 1024  # text, images and tool arguments together
@@ -104,6 +111,8 @@ def parse_request(request: AnyCompletionRequest) -> CompletionRequest:
     tool_choice = _tool_choice(request, tools, problems)
     response_format = _response_format(request, problems)
     prefs = _prefs(request.provider, problems)
+    reasoning = reasoning_config(request, problems)
+    logprobs, top_logprobs, n = sampling_options(request, problems)
     if problems:
         raise InvalidArgument(problems)
     return CompletionRequest(
@@ -121,6 +130,10 @@ def parse_request(request: AnyCompletionRequest) -> CompletionRequest:
         tool_choice=tool_choice,
         parallel_tool_calls=_optional(request, "parallel_tool_calls"),
         response_format=response_format,
+        reasoning=reasoning,
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+        n=n,
         user=request.user,
         fallback_models=tuple(request.fallback_models),
         provider=prefs,
@@ -159,11 +172,13 @@ def _messages(
             problems.append((f"{field}.tool_call_id", "only ROLE_TOOL messages answer a call"))
         parts = _parts(m, Role(role), field, problems)
         calls = _tool_calls(m, Role(role), field, problems)
+        blocks = reasoning_details(m, Role(role), field, problems)
         if not m.content and not m.parts and not calls and role != Role.ASSISTANT:
             problems.append((f"{field}.content", "required"))
         size += sum(_part_size(p) for p in parts)
-        size += sum(len(c.arguments) for c in calls)
-        out.append(Message(Role(role), parts, m.name, m.tool_call_id, calls))
+        size += sum(len(c.arguments) + len(c.signature) for c in calls)
+        size += sum(block_size(b) for b in blocks)
+        out.append(Message(Role(role), parts, m.name, m.tool_call_id, calls, blocks))
     if size > MAX_CONTENT_BYTES:
         problems.append(("messages", f"content larger than {MAX_CONTENT_BYTES} bytes"))
     return tuple(out)
@@ -246,7 +261,9 @@ def _tool_calls(
         arguments = call.arguments_json or "{}"
         if _json_object(arguments) is None:
             problems.append((f"{where}.arguments_json", "must be the JSON text of an object"))
-        out.append(ToolCall(call.id, call.name, arguments))
+        if len(call.signature) > MAX_SIGNATURE_CHARS:
+            problems.append((f"{where}.signature", f"at most {MAX_SIGNATURE_CHARS} characters"))
+        out.append(ToolCall(call.id, call.name, arguments, call.signature))
     return tuple(out)
 
 

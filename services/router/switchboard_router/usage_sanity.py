@@ -62,7 +62,7 @@ EXCEEDS_STREAM = "exceeds_stream"
 
 
 class GenerationView(Protocol):
-    """What the check reads of a generation (``relay.Generation`` provides it)."""
+    """What the check reads of a generation (``generation.Generation`` provides it)."""
 
     @property
     def id(self) -> str: ...
@@ -78,12 +78,12 @@ class GenerationView(Protocol):
 
 def completion_budget(request: CompletionRequest, route: Route) -> int | None:
     """The most completion tokens (hidden reasoning included) the provider was allowed to
-    produce, or None when unknown."""
+    produce, or None when unknown: each of the request's ``n`` choices has the budget."""
     budgets = [route.max_completion_tokens] if route.max_completion_tokens > 0 else []
     honoured = not route.supported_parameters or "max_tokens" in route.supported_parameters
     if request.max_tokens and honoured:  # else it was unset before the request was sent
         budgets.append(request.max_tokens)
-    return max(budgets) if budgets else None
+    return max(budgets) * (request.n or 1) if budgets else None
 
 
 def completion_ceiling(streamed_chars: int, budget: int | None) -> int:
@@ -179,4 +179,4 @@ def clean_finish(event: FinishEvent) -> FinishEvent:
     native = event.native_reason
     if len(native) <= MAX_TEXT_CHARS and not CONTROL_CHARS.search(native):
         return event
-    return FinishEvent(event.reason, CONTROL_CHARS.sub("", native)[:MAX_TEXT_CHARS])
+    return FinishEvent(event.reason, CONTROL_CHARS.sub("", native)[:MAX_TEXT_CHARS], event.choice)
