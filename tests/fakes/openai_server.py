@@ -1,10 +1,14 @@
 """A fake OpenAI chat-completions server that renders a Script in OpenAI's wire format.
 
-Streaming: ``chat.completion.chunk`` objects; the first delta carries the role, tool calls
-come as ``delta.tool_calls`` pieces keyed by ``index`` (id, type and name on a call's first
-piece), then a finish chunk, then (only when the request set ``stream_options.include_usage``)
-a chunk with ``choices: []`` and ``usage``, then ``data: [DONE]``. Errors are OpenAI's
-``{"error": {message, type, param, code}}``. Reference:
+Streaming: ``chat.completion.chunk`` objects; the first delta carries the role, a refusal
+comes as ``delta.refusal`` pieces (content null), tool calls as ``delta.tool_calls`` pieces
+keyed by ``index`` (id, type and name on a call's first piece), then a finish chunk, then (only
+when the request set ``stream_options.include_usage``) a chunk with ``choices: []`` and
+``usage``, then ``data: [DONE]``. ``system_fingerprint`` is null, as OpenAI allows. Errors are
+OpenAI's ``{"error": {message, type, param, code}}``.
+
+Like OpenAI, the fake refuses (400) a message with a field the API does not define: reasoning
+or signatures from another provider must not reach it. Reference:
 https://platform.openai.com/docs/api-reference/chat/streaming
 """
 
@@ -35,6 +39,9 @@ ERRORS = {
     500: ("server_error", None),
     503: ("server_error", None),
 }
+# The fields OpenAI defines on a message and on a tool call in a request.
+MESSAGE_FIELDS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id", "refusal"})
+TOOL_CALL_FIELDS = frozenset({"id", "type", "function"})
 CONTEXT_MESSAGE = (
     "This model's maximum context length is 128000 tokens. However, your messages resulted in "
     "130000 tokens. Please reduce the length of the messages."
@@ -85,7 +92,7 @@ def render_stream(script: Script, model: str, include_usage: bool) -> Playlist:
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": model,
-        "system_fingerprint": "fp_fake",
+        "system_fingerprint": None,
     }
     usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
 
@@ -93,10 +100,16 @@ def render_stream(script: Script, model: str, include_usage: bool) -> Playlist:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return {**base, "choices": [choice], **usage_field}
 
-    playlist = Playlist(head=[sse(chunk({"role": "assistant", "content": "", "refusal": None}))])
+    # As OpenAI starts a refusal: content null and an empty refusal.
+    opening = (
+        {"content": None, "refusal": ""} if script.refusal else {"content": "", "refusal": None}
+    )
+    playlist = Playlist(head=[sse(chunk({"role": "assistant", **opening}))])
     for piece in script.reasoning:  # as DeepSeek sends it: content null meanwhile
         playlist.content.append([sse(chunk({"content": None, script.reasoning_field: piece}))])
-    for piece in script.text:
+    for piece in script.refusal:
+        playlist.content.append([sse(chunk({"content": None, "refusal": piece}))])
+    for piece in () if script.refusal else script.text:
         if piece or script.odd:
             playlist.content.append([sse(chunk({"content": piece}))])
         else:
@@ -131,8 +144,8 @@ def render_stream(script: Script, model: str, include_usage: bool) -> Playlist:
 def render_whole(script: Script, model: str) -> dict[str, Any]:
     message: dict[str, Any] = {
         "role": "assistant",
-        "content": script.full_text or None,
-        "refusal": None,
+        "content": None if script.refusal else script.full_text or None,
+        "refusal": "".join(script.refusal) or None,
     }
     if script.reasoning:
         message[script.reasoning_field] = "".join(script.reasoning)
@@ -150,7 +163,7 @@ def render_whole(script: Script, model: str) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "system_fingerprint": "fp_fake",
+        "system_fingerprint": None,
         "choices": [
             {
                 "index": 0,
@@ -163,6 +176,18 @@ def render_whole(script: Script, model: str) -> dict[str, Any]:
     if script.usage is not None:
         reply["usage"] = usage_json(script.usage)
     return reply
+
+
+def unknown_message_field(body: Any) -> str:
+    """OpenAI's complaint about a message field it does not define, or ""."""
+    for i, message in enumerate(body.get("messages") or ()):
+        extra = sorted(set(message) - MESSAGE_FIELDS)
+        for call in message.get("tool_calls") or ():
+            extra += sorted(set(call) - TOOL_CALL_FIELDS)
+        if extra:
+            unexpected = f"({extra[0]!r} was unexpected) - 'messages.{i}'"
+            return "Additional properties are not allowed " + unexpected
+    return ""
 
 
 async def chat_completions(
@@ -183,6 +208,10 @@ async def chat_completions(
         )
     if script.status != 200:
         return error_response(script)
+    unknown = unknown_message_field(body)
+    if unknown:
+        error = {"message": unknown, "type": "invalid_request_error", "param": None, "code": None}
+        return json_response({"error": error}, 400)
     model = body.get("model", "")
     if not body.get("stream"):
         return json_response(render_whole(script, model))

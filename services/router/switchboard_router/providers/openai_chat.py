@@ -1,55 +1,49 @@
 """OpenAI chat completions (``POST {base}/chat/completions``), streaming with SSE.
 
-Serves OpenAI and every OpenAI-compatible server (vLLM, Ollama, Together, Groq, ...).
+Serves OpenAI and every OpenAI-compatible server (vLLM, Ollama, Together, Groq, ...); how the
+hosts differ is data in :mod:`.openai_dialects`, and reading their answers is
+:mod:`.openai_stream`. A host that answers ``stream: true`` with one whole
+``chat.completion`` JSON body is read as the complete answer.
+
+Reasoning the client returns on an assistant turn (``Message.reasoning``) is never sent: no
+OpenAI-compatible host verifies or needs it (DeepSeek refuses ``reasoning_content`` in the
+history, Mistral takes the history without its thinking), and blocks of another provider's
+format could not be verified anyway. A tool call's ``signature`` is dropped for the same reason.
+
 Wire format: https://platform.openai.com/docs/api-reference/chat/streaming
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import orjson
 
 from switchboard_router.canonical import (
     AdapterEvent,
     CompletionRequest,
-    Finish,
-    FinishEvent,
     Message,
-    ReasoningDelta,
+    ReasoningConfig,
+    ReasoningEffort,
     ResponseFormat,
     ResponseFormatKind,
     Role,
-    TextDelta,
     TextPart,
-    ToolCallDelta,
     ToolChoice,
     ToolChoiceMode,
-    UsageReport,
 )
-from switchboard_router.providers.base import (
-    Target,
-    UpstreamError,
-    UpstreamProtocolError,
-    error_for_status,
-)
+from switchboard_router.providers.base import Target
 from switchboard_router.providers.http import ended_early, open_sse
-from switchboard_router.providers.openai_dialects import Dialect, dialect_for
-from switchboard_router.providers.sse import SseEvent
+from switchboard_router.providers.openai_dialects import (
+    Dialect,
+    dialect_for,
+    effort_for,
+    nearest_effort,
+)
+from switchboard_router.providers.openai_stream import StreamParser, error_from_body
 
 ROLES = {Role.SYSTEM: "system", Role.USER: "user", Role.ASSISTANT: "assistant", Role.TOOL: "tool"}
-
-FINISH_REASONS = {
-    "stop": Finish.STOP,
-    "length": Finish.LENGTH,
-    "tool_calls": Finish.TOOL_CALLS,
-    "function_call": Finish.TOOL_CALLS,
-    "content_filter": Finish.CONTENT_FILTER,
-}
 
 
 def _content(message: Message) -> str | list[dict[str, Any]] | None:
@@ -142,45 +136,44 @@ def build_body(request: CompletionRequest, target: Target) -> dict[str, Any]:
         body["parallel_tool_calls"] = request.parallel_tool_calls
     if request.response_format is not None:
         body["response_format"] = _response_format(request.response_format)
+    if request.logprobs or request.top_logprobs is not None:
+        body["logprobs"] = True  # top_logprobs needs it
+        if request.top_logprobs is not None:
+            body["top_logprobs"] = request.top_logprobs
+    if request.n is not None:
+        body["n"] = request.n
+    if request.reasoning is not None:
+        body.update(reasoning_fields(request.reasoning, dialect))
     if request.user:
         body["user"] = request.user
     return body
 
 
-def parse_usage(usage: dict[str, Any]) -> UsageReport:
-    """OpenAI's usage object, and the fields compatible hosts add (DeepSeek's cache hits)."""
-    prompt_details = usage.get("prompt_tokens_details") or {}
-    completion_details = usage.get("completion_tokens_details") or {}
-    cached = prompt_details.get("cached_tokens") or usage.get("prompt_cache_hit_tokens") or 0
-    return UsageReport(
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-        cached_tokens=int(cached),
-        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
-        cache_write_tokens=int(prompt_details.get("cache_write_tokens") or 0),
-    )
-
-
-def error_from_body(
-    status: int, payload: bytes, provider_id: str, retry_after: float | None
-) -> UpstreamError:
-    message, code = "(no error message)", ""
-    try:
-        error = json.loads(payload).get("error") or {}
-        if isinstance(error, dict):
-            message = str(error.get("message") or message)[:500]
-            code = str(error.get("code") or "")
-        elif isinstance(error, str):
-            message = error[:500]
-    except (ValueError, AttributeError):
-        pass
-    return error_for_status(
-        status,
-        message,
-        provider_id=provider_id,
-        retry_after=retry_after,
-        context_length=code == "context_length_exceeded" or "maximum context length" in message,
-    )
+def reasoning_fields(config: ReasoningConfig, dialect: Dialect) -> dict[str, Any]:
+    """The body fields that ask ``dialect``'s host for ``config``'s reasoning."""
+    if dialect.reasoning == "object":  # OpenRouter's own object
+        wanted: dict[str, Any] = {}
+        if config.effort is not None:
+            wanted["effort"] = config.effort.value
+        elif config.max_tokens is not None:
+            wanted["max_tokens"] = config.max_tokens
+        if config.exclude:
+            wanted["exclude"] = True
+        if not config.enabled:
+            wanted["enabled"] = False
+        return {"reasoning": wanted}
+    if dialect.reasoning != "effort" or not dialect.efforts:
+        return {}
+    efforts = dialect.efforts
+    if not config.enabled or config.effort == ReasoningEffort.NONE:
+        effort = "none" if "none" in efforts else efforts[0]
+    elif config.effort is not None:
+        effort = nearest_effort(config.effort.value, efforts)
+    elif config.max_tokens is not None:
+        effort = effort_for(config.max_tokens, efforts)
+    else:
+        return {}  # the model's default amount
+    return {"reasoning_effort": effort}
 
 
 class OpenAIChatAdapter:
@@ -211,96 +204,24 @@ class OpenAIChatAdapter:
             timeout=timeout,
             error_from_body=error_from_body,
         ) as upstream:
-            finished = False
-            async for batch in upstream.batches():
-                parsed = parse_batch(batch, provider)
+            parser = StreamParser(provider)
+            if upstream.is_json:  # the whole answer at once
+                for event in parser.complete_answer(await upstream.whole(provider)):
+                    yield event
+                upstream.complete()
+                return
+            async for batch in upstream.batches(stray=True):
+                parsed = parser.feed(batch)
                 for event in parsed.events:
                     yield event
-                finished = finished or parsed.finished
                 if parsed.error is not None:
+                    for event in parser.close():  # what it reported before failing
+                        yield event
                     raise parsed.error
                 if parsed.done:
                     break
-            if not finished:
+            for event in parser.close():
+                yield event
+            if not parser.finished:
                 raise ended_early(provider)
             upstream.complete()
-
-
-@dataclass(slots=True)
-class ParsedBatch:
-    """What one read of the stream carried, in order; adjacent text (or reasoning) joined
-    into one delta."""
-
-    events: list[AdapterEvent] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)  # text not yet in ``events``
-    reasoning: bool = False  # ``text`` holds reasoning, not answer text
-    finished: bool = False
-    done: bool = False  # saw "data: [DONE]"
-    error: UpstreamError | None = None  # raised after the events before it are relayed
-
-    def add_text(self, text: str, *, reasoning: bool = False) -> None:
-        if reasoning != self.reasoning:
-            self.flush_text()
-            self.reasoning = reasoning
-        self.text.append(text)
-
-    def flush_text(self) -> None:
-        if self.text:
-            joined = "".join(self.text)
-            self.events.append(ReasoningDelta(joined) if self.reasoning else TextDelta(joined))
-            self.text.clear()
-
-    def add(self, event: AdapterEvent) -> None:
-        self.flush_text()
-        self.events.append(event)
-
-
-def parse_batch(batch: list[SseEvent], provider: str) -> ParsedBatch:
-    out = ParsedBatch()
-    for sse in batch:
-        if sse.data == "[DONE]":
-            out.done = True
-            break
-        try:
-            chunk = orjson.loads(sse.data)
-        except orjson.JSONDecodeError:
-            chunk = None
-        if not isinstance(chunk, dict):
-            out.error = UpstreamProtocolError(
-                f"{provider} sent a chunk that is not a JSON object", provider_id=provider
-            )
-            break
-        if chunk.get("error"):  # an error after the 200: the provider failed midway
-            out.error = error_from_body(502, sse.data.encode(), provider, None)
-            break
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            # DeepSeek and vLLM send reasoning as reasoning_content, Groq and others as
-            # reasoning (a string; OpenRouter's structured reasoning_details are not read).
-            thought = delta.get("reasoning_content") or delta.get("reasoning")
-            if thought and isinstance(thought, str):
-                out.add_text(thought, reasoning=True)
-            text = delta.get("content")
-            if text:
-                out.add_text(text)
-            for call in delta.get("tool_calls") or ():
-                out.add(_tool_call_delta(call))
-            native = choice.get("finish_reason")
-            if native:
-                out.finished = True
-                out.add(FinishEvent(FINISH_REASONS.get(native, Finish.STOP), native))
-        usage = chunk.get("usage") or (chunk.get("x_groq") or {}).get("usage")
-        if usage:
-            out.add(parse_usage(usage))
-    out.flush_text()
-    return out
-
-
-def _tool_call_delta(call: dict[str, Any]) -> ToolCallDelta:
-    function = call.get("function") or {}
-    return ToolCallDelta(
-        index=int(call.get("index") or 0),
-        id=call.get("id") or "",
-        name=function.get("name") or "",
-        arguments=function.get("arguments") or "",
-    )
