@@ -1,12 +1,22 @@
 """A fake Anthropic messages server that renders a Script in Anthropic's wire format.
 
-Streaming: ``message_start`` (usage with input and cache tokens, output 1), a text block with
-``text_delta`` pieces, one ``tool_use`` block per call (``input: {}`` then ``input_json_delta``
-pieces), ``message_delta`` (stop reason, cumulative usage), ``message_stop``; ``ping`` events
-and an ``error`` event on failure. Anthropic's ``input_tokens`` excludes cache reads and
-writes, so the canonical prompt count is split accordingly. Anthropic always reports usage;
-for ``Script.usage=None`` the fake reports zeros. Reference:
-https://docs.anthropic.com/en/docs/build-with-claude/streaming
+Streaming: ``message_start`` (usage with input and cache tokens, output 1), then with
+``Script.redacted_reasoning`` one ``redacted_thinking`` block per element (its ``data`` whole at
+``content_block_start``) and with ``Script.signed_reasoning`` a ``thinking`` block
+(``thinking_delta`` per ``Script.reasoning`` piece, then ``signature_delta`` with
+``signature_for(the whole text)``), a text block with ``text_delta`` pieces, one ``tool_use``
+block per call (``input: {}`` then ``input_json_delta`` pieces), ``message_delta`` (stop
+reason, cumulative usage), ``message_stop``; ``ping`` events and an ``error`` event on failure.
+Anthropic's ``input_tokens`` excludes cache reads and writes, so the canonical prompt count is
+split accordingly. Anthropic always reports usage; for ``Script.usage=None`` the fake reports
+zeros. Reference: https://docs.claude.com/en/docs/build-with-claude/streaming
+
+With ``thinking`` enabled the fake checks the request as Anthropic does and answers its real
+400 bodies: a budget of at least 1024 below ``max_tokens``; every ``thinking`` block sent back
+signed as this fake signed it (``Invalid `signature` in `thinking` block``), every
+``redacted_thinking`` block one it sent; and a tool-use turn answered by tool results must start
+with the thinking block(s) (``Expected `thinking` or `redacted_thinking`, but found
+`tool_use`...``). Reference: https://docs.claude.com/en/docs/build-with-claude/extended-thinking
 """
 
 from __future__ import annotations
@@ -18,8 +28,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.http_fake import Playlist, json_response, play, serve_routes, sse
-from tests.fakes.script import FakeProvider, Script, ScriptUsage
+from tests.fakes.http_fake import Playlist, Sse, json_response, play, serve_routes, sse
+from tests.fakes.script import FakeProvider, Script, ScriptUsage, signature_for
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -27,6 +37,16 @@ STOP_REASONS = {
     "tool_calls": "tool_use",
     "content_filter": "refusal",
 }
+THINKING_BLOCKS = ("thinking", "redacted_thinking")
+UNSIGNED_TOOL_TURN = (
+    "messages.{turn}.content.0.type: Expected `thinking` or `redacted_thinking`, but found"
+    " `{found}`. When `thinking` is enabled, a final `assistant` message must start with a"
+    " thinking block"
+    " (preceeding the lastmost set of `tool_use` and `tool_result` blocks). We recommend you"
+    " include thinking blocks from previous turns. To avoid this requirement, disable `thinking`."
+    " Please consult our documentation at"
+    " https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+)
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -83,16 +103,59 @@ def message_json(
     }
 
 
+def block_events(index: int, start: dict[str, Any], deltas: list[dict[str, Any]]) -> list[Sse]:
+    """One whole content block: its start, its deltas, its stop."""
+    events = [
+        sse(
+            {"type": "content_block_start", "index": index, "content_block": start},
+            "content_block_start",
+        )
+    ]
+    events += [
+        sse({"type": "content_block_delta", "index": index, "delta": d}, "content_block_delta")
+        for d in deltas
+    ]
+    events.append(sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
+    return events
+
+
+def reasoning_head(script: Script) -> list[Sse]:
+    """The redacted and signed thinking blocks the answer opens with."""
+    events: list[Sse] = []
+    for index, data in enumerate(script.redacted_reasoning):
+        events += block_events(index, {"type": "redacted_thinking", "data": data}, [])
+    if script.signed_reasoning and script.reasoning:
+        deltas = [{"type": "thinking_delta", "thinking": piece} for piece in script.reasoning]
+        deltas.append(
+            {"type": "signature_delta", "signature": signature_for("".join(script.reasoning))}
+        )
+        start = {"type": "thinking", "thinking": "", "signature": ""}
+        events += block_events(len(script.redacted_reasoning), start, deltas)
+    return events
+
+
+def reasoning_content(script: Script) -> list[dict[str, Any]]:
+    """The same blocks in a whole message."""
+    content: list[dict[str, Any]] = [
+        {"type": "redacted_thinking", "data": data} for data in script.redacted_reasoning
+    ]
+    if script.signed_reasoning and script.reasoning:
+        text = "".join(script.reasoning)
+        content.append({"type": "thinking", "thinking": text, "signature": signature_for(text)})
+    return content
+
+
 def render_stream(script: Script, model: str) -> Playlist:
     start = message_json(script, model, [], None, usage_json(script.usage, output=1))
     playlist = Playlist(head=[sse({"type": "message_start", "message": start}, "message_start")])
-    block = 0
+    playlist.head += reasoning_head(script)
+    block = len(script.redacted_reasoning) + int(bool(script.signed_reasoning and script.reasoning))
     if script.text:
         playlist.head.append(
             sse(
                 {
                     "type": "content_block_start",
-                    "index": 0,
+                    "index": block,
                     "content_block": {"type": "text", "text": ""},
                 },
                 "content_block_start",
@@ -103,16 +166,16 @@ def render_stream(script: Script, model: str) -> Playlist:
         for piece in script.text:
             delta = {
                 "type": "content_block_delta",
-                "index": 0,
+                "index": block,
                 "delta": {"type": "text_delta", "text": piece},
             }
             playlist.content.append([sse(delta, "content_block_delta")])
-        stop = sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+        stop = sse({"type": "content_block_stop", "index": block}, "content_block_stop")
         if script.tool_calls:
             playlist.content[-1].append(stop)
         else:
             playlist.tail.append(stop)
-        block = 1
+        block += 1
     for offset, call in enumerate(script.tool_calls):
         index = block + offset
         opening = {
@@ -150,7 +213,7 @@ def render_stream(script: Script, model: str) -> Playlist:
 
 
 def render_whole(script: Script, model: str) -> dict[str, Any]:
-    content: list[dict[str, Any]] = []
+    content = reasoning_content(script)
     if script.text:
         content.append({"type": "text", "text": script.full_text})
     for call in script.tool_calls:
@@ -181,10 +244,67 @@ async def messages(request: web.Request, body: Any, fake: FakeProvider) -> web.S
         return json_response(error_json("invalid_request_error", "max_tokens: Field required"), 400)
     if script.status != 200:
         return error_response(script)
+    refusal = thinking_problem(body, script)
+    if refusal is not None:
+        return json_response(error_json("invalid_request_error", refusal), 400)
     model = str(body.get("model", ""))
     if not body.get("stream"):
         return json_response(render_whole(script, model))
     return await play(request, fake, render_stream(script, model))
+
+
+def thinking_problem(body: dict[str, Any], script: Script) -> str | None:
+    """Anthropic's message for a request it refuses with thinking on, None when it is fine."""
+    thinking = body.get("thinking") or {}
+    if thinking.get("type") != "enabled":
+        return None
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or budget < 1024:
+        return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+    if body["max_tokens"] <= budget:
+        return (
+            "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our"
+            " documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+            "#max-tokens-and-context-window-size"
+        )
+    messages = body.get("messages") or []
+    for turn, message in enumerate(messages):
+        content = message.get("content")
+        if message.get("role") != "assistant" or not isinstance(content, list):
+            continue
+        for position, block in enumerate(content):
+            if block.get("type") == "thinking" and block.get("signature") != signature_for(
+                str(block.get("thinking", ""))
+            ):
+                return (
+                    f"messages.{turn}.content.{position}: Invalid `signature` in `thinking` block"
+                )
+            if (
+                block.get("type") == "redacted_thinking"
+                and block.get("data") not in script.redacted_reasoning
+            ):
+                where = f"messages.{turn}.content.{position}"
+                return f"{where}: Invalid `data` in `redacted_thinking` block"
+    return unsigned_tool_turn(messages)
+
+
+def unsigned_tool_turn(messages: list[Any]) -> str | None:
+    """The refusal of a tool-use turn, answered by tool results, that opens without thinking."""
+    for turn in range(len(messages) - 1, -1, -1):
+        message = messages[turn]
+        if message.get("role") != "assistant":
+            continue
+        content = message.get("content")
+        if not isinstance(content, list) or not any(b.get("type") == "tool_use" for b in content):
+            return None
+        following = messages[turn + 1].get("content") if turn + 1 < len(messages) else None
+        answered = isinstance(following, list) and any(
+            b.get("type") == "tool_result" for b in following
+        )
+        if answered and content[0].get("type") not in THINKING_BLOCKS:
+            return UNSIGNED_TOOL_TURN.format(turn=turn, found=content[0].get("type"))
+        return None
+    return None
 
 
 @asynccontextmanager
