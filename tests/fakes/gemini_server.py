@@ -5,7 +5,15 @@
 with ``finishReason``); ``:generateContent`` answers at once. Function calls are sent whole.
 ``candidatesTokenCount`` excludes ``thoughtsTokenCount``. Errors are Google's
 ``{"error": {code, message, status, details}}`` with a ``RetryInfo`` detail on 429.
-Reference: https://ai.google.dev/api/generate-content
+
+With ``Script.signed_reasoning``, ``Script.reasoning`` streams as thought-summary parts
+(``thought: true``) and the fake signs the turn as Gemini 3 does: a ``thoughtSignature`` on the
+first ``functionCall`` part, or on the last text part when there is no call. A later request
+whose history holds a model ``functionCall`` that should carry that signature (the first call
+of a model turn) but does not is refused with Gemini's real 400 (a documented placeholder
+signature is accepted, as Gemini accepts it).
+Reference: https://ai.google.dev/api/generate-content,
+https://ai.google.dev/gemini-api/docs/thought-signatures
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.http_fake import Playlist, json_response, play, serve_routes, sse
-from tests.fakes.script import FakeProvider, Script, ScriptUsage
+from tests.fakes.script import FakeProvider, Script, ScriptUsage, signature_for
 
 FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP", "content_filter": "SAFETY"}
 STATUSES = {
@@ -34,6 +42,18 @@ STATUSES = {
 CONTEXT_MESSAGE = (
     "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576)."
 )
+# Gemini's refusal of a history without the signature (BigPizzaV3/CodexPlusPlus#332).
+MISSING_SIGNATURE = (
+    "Function call is missing a thought_signature in functionCall parts. This is required for"
+    " tools to work correctly, and missing thought_signature may lead to degraded model"
+    " performance. Additional data, function call `default_api:{name}` , position {position}."
+    " Please refer to https://ai.google.dev/gemini-api/docs/thought-signatures for more"
+    " details."
+)
+PLACEHOLDER_SIGNATURES = {
+    "skip_thought_signature_validator",
+    "context_engineering_is_the_way_to_go",
+}
 
 
 def usage_json(usage: ScriptUsage, partial: bool = False) -> dict[str, Any]:
@@ -87,9 +107,33 @@ def response_json(
     return out
 
 
+def turn_signature(script: Script) -> str:
+    """The signature this fake gives a turn: over its reasoning, as Gemini signs its thoughts."""
+    return signature_for("".join(script.reasoning))
+
+
 def call_part(script: Script, index: int) -> dict[str, Any]:
     call = script.tool_calls[index]
-    return {"functionCall": {"name": call.name, "args": json.loads(call.arguments_json)}}
+    part: dict[str, Any] = {
+        "functionCall": {"name": call.name, "args": json.loads(call.arguments_json)}
+    }
+    if script.signed_reasoning and index == 0:
+        part["thoughtSignature"] = turn_signature(script)
+    return part
+
+
+def text_parts(script: Script) -> list[dict[str, Any]]:
+    """One text part per text chunk; with signed reasoning and no call, the last is signed."""
+    parts: list[dict[str, Any]] = [{"text": piece} for piece in script.text]
+    if script.signed_reasoning and not script.tool_calls and parts:
+        parts[-1]["thoughtSignature"] = turn_signature(script)
+    return parts
+
+
+def thought_parts(script: Script) -> list[dict[str, Any]]:
+    if not script.signed_reasoning:
+        return []
+    return [{"text": piece, "thought": True} for piece in script.reasoning]
 
 
 def render_stream(script: Script, model: str) -> Playlist:
@@ -97,21 +141,50 @@ def render_stream(script: Script, model: str) -> Playlist:
     # CRLF line ends, events split across writes, empty text parts and partial usage.
     playlist = Playlist(newline="\r\n" if script.odd else "\n", keepalive=b"")
     partial = usage_json(script.usage, partial=True) if script.odd and script.usage else None
-    for piece in script.text:
-        playlist.content.append([sse(response_json(model, [{"text": piece}], None, partial))])
+    for part in thought_parts(script):
+        playlist.head.append(sse(response_json(model, [part], None, partial)))
+    for part in text_parts(script):
+        playlist.content.append([sse(response_json(model, [part], None, partial))])
     for index in range(len(script.tool_calls)):
         playlist.content.append([sse(response_json(model, [call_part(script, index)], None, None))])
     usage = usage_json(script.usage) if script.usage is not None else None
-    playlist.tail.append(sse(response_json(model, [{"text": ""}], FINISH[script.finish], usage)))
+    last: dict[str, Any] = {"text": ""}
+    if script.signed_reasoning and not script.tool_calls and not script.text:
+        last["thoughtSignature"] = turn_signature(script)
+    playlist.tail.append(sse(response_json(model, [last], FINISH[script.finish], usage)))
     playlist.failure = [sse(error_json(503, "The model is overloaded. Please try again later."))]
     return playlist
 
 
 def render_whole(script: Script, model: str) -> dict[str, Any]:
-    parts: list[dict[str, Any]] = [{"text": script.full_text}] if script.text else []
+    parts = thought_parts(script)
+    if script.text:
+        text: dict[str, Any] = {"text": script.full_text}
+        if script.signed_reasoning and not script.tool_calls:
+            text["thoughtSignature"] = turn_signature(script)
+        parts.append(text)
     parts += [call_part(script, i) for i in range(len(script.tool_calls))]
     usage = usage_json(script.usage) if script.usage is not None else None
     return response_json(model, parts, FINISH[script.finish], usage)
+
+
+def unsigned_call(script: Script, body: Any) -> web.Response | None:
+    """Gemini's 400 when the first function call of a model turn in the history lacks the
+    signature this fake issued; None when the history is fine."""
+    contents = body.get("contents") if isinstance(body, dict) else None
+    for position, content in enumerate(contents or (), start=1):
+        if not isinstance(content, dict) or content.get("role") != "model":
+            continue
+        calls = [p for p in content.get("parts") or () if "functionCall" in p]
+        if not calls:
+            continue
+        signature = calls[0].get("thoughtSignature")
+        if signature == turn_signature(script) or signature in PLACEHOLDER_SIGNATURES:
+            continue
+        name = calls[0]["functionCall"].get("name", "")
+        message = MISSING_SIGNATURE.format(name=name, position=position)
+        return json_response(error_json(400, message), 400)
+    return None
 
 
 async def generate(request: web.Request, body: Any, fake: FakeProvider) -> web.StreamResponse:
@@ -121,6 +194,9 @@ async def generate(request: web.Request, body: Any, fake: FakeProvider) -> web.S
         return json_response(error_json(403, message), 403)
     if script.status != 200:
         return error_response(script)
+    refusal = unsigned_call(script, body) if script.signed_reasoning else None
+    if refusal is not None:
+        return refusal
     name, _, method = request.match_info["call"].partition(":")
     if method == "generateContent":
         return json_response(render_whole(script, name))

@@ -7,6 +7,7 @@ and ``google-genai``. If a fake drifted from its provider's format, these would 
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 
@@ -18,7 +19,7 @@ from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
 from tests.fakes import anthropic_server, gemini_server, openai_server
-from tests.fakes.script import FakeProvider, Script, ScriptToolCall, ScriptUsage
+from tests.fakes.script import FakeProvider, Script, ScriptToolCall, ScriptUsage, signature_for
 
 USAGE = ScriptUsage(300, 40, cached_tokens=200, cache_write_tokens=50, reasoning_tokens=10)
 TOOLS = (
@@ -178,6 +179,84 @@ async def test_anthropic_sdk_raises_its_typed_errors() -> None:
                 await stream.get_final_message()
 
 
+async def test_anthropic_sdk_reads_signed_thinking_and_its_unsigned_tool_turn_is_refused() -> None:
+    from anthropic.types import MessageParam, ThinkingConfigEnabledParam, ToolResultBlockParam
+
+    script = Script(
+        reasoning=("Check ", "the weather."),
+        signed_reasoning=True,
+        redacted_reasoning=("EmwKAhgBEgy3va3pzix",),
+        text=("Checking.",),
+        tool_calls=TOOLS[:1],
+        finish="tool_calls",
+        usage=USAGE,
+    )
+    thinking: ThinkingConfigEnabledParam = {"type": "enabled", "budget_tokens": 1024}
+    question: MessageParam = {"role": "user", "content": "Weather in Oslo?"}
+    async with anthropic_server.serve(script) as fake, anthropic_client(fake) as client:
+        async with client.messages.stream(
+            model="claude-x", max_tokens=2048, thinking=thinking, messages=[question]
+        ) as stream:
+            final = await stream.get_final_message()
+        assert [b.type for b in final.content] == [
+            "redacted_thinking",
+            "thinking",
+            "text",
+            "tool_use",
+        ]
+        signed = final.content[1]
+        assert signed.type == "thinking"
+        assert signed.thinking == "Check the weather."
+        assert signed.signature == signature_for("Check the weather.")
+        result: ToolResultBlockParam = {
+            "type": "tool_result",
+            "tool_use_id": "call_w",
+            "content": "4°C",
+        }
+        answered: MessageParam = {"role": "user", "content": [result]}
+        turn: MessageParam = {"role": "assistant", "content": final.content}
+        fake.script = dataclasses.replace(script, tool_calls=(), finish="stop")
+        accepted = await client.messages.create(
+            model="claude-x",
+            max_tokens=2048,
+            thinking=thinking,
+            messages=[question, turn, answered],
+        )
+        assert accepted.stop_reason == "end_turn"
+        unsigned = [b for b in final.content if b.type in ("text", "tool_use")]
+        turn = {"role": "assistant", "content": unsigned}
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            await client.messages.create(
+                model="claude-x",
+                max_tokens=2048,
+                thinking=thinking,
+                messages=[question, turn, answered],
+            )
+        assert "Expected `thinking` or `redacted_thinking`" in str(refused.value)
+
+
+async def test_gemini_sdk_reads_the_fakes_thoughts_and_signature() -> None:
+    script = Script(
+        text=("Checking.",),
+        reasoning=("Weather ", "first."),
+        tool_calls=TOOLS[:1],
+        finish="tool_calls",
+        signed_reasoning=True,
+    )
+    async with gemini_server.serve(script) as fake:
+        client = gemini_client(fake)
+        chunks = [
+            c
+            async for c in await client.aio.models.generate_content_stream(
+                model="gemini-x", contents="hi"
+            )
+        ]
+    parts = [p for c in chunks for p in (c.candidates[0].content.parts or [])]  # type: ignore[index, union-attr]
+    assert "".join(p.text or "" for p in parts if p.thought) == "Weather first."
+    calls = [p for p in parts if p.function_call]
+    assert calls[0].thought_signature == base64.b64decode(signature_for("Weather first."))
+
+
 async def test_gemini_sdk_raises_its_typed_errors() -> None:
     async with gemini_server.serve(Script(status=429)) as fake:
         client = gemini_client(fake)
@@ -214,3 +293,22 @@ async def test_openai_sdk_keeps_the_reasoning_field_of_the_fake_stream() -> None
     message = whole.choices[0].message
     assert (message.model_extra or {})["reasoning_content"] == "Two plus two is four."
     assert message.content == "4"
+
+
+async def test_openai_sdk_reads_the_refusal_of_the_fake_stream_and_answer() -> None:
+    script = Script(refusal=("I'm sorry, ", "I can't help with that."))
+    async with (
+        openai_server.serve(script) as fake,
+        openai_client(fake) as client,
+        client.chat.completions.stream(
+            model="gpt-x", messages=[{"role": "user", "content": "hi"}]
+        ) as stream,
+    ):
+        final = await stream.get_final_completion()
+        whole = await client.chat.completions.create(
+            model="gpt-x", messages=[{"role": "user", "content": "hi"}]
+        )
+    for message in (final.choices[0].message, whole.choices[0].message):
+        assert message.refusal == "I'm sorry, I can't help with that."
+        assert message.content is None
+    assert final.choices[0].finish_reason == "stop"

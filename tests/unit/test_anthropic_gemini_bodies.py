@@ -6,12 +6,15 @@ import orjson
 
 from switchboard_core.config import Secret
 from switchboard_router.canonical import (
+    GEMINI_REASONING,
     CompletionRequest,
     Finish,
     FinishEvent,
     ImagePart,
     Message,
     PromptUsage,
+    ProviderMetadata,
+    ReasoningDelta,
     ResponseFormat,
     ResponseFormatKind,
     Role,
@@ -179,8 +182,11 @@ def test_anthropic_stream_state_tool_indices_and_usage() -> None:
             ("message_stop", {"type": "message_stop"}),
         )
     )
+    from switchboard_router.canonical import ANTHROPIC_REASONING, ReasoningDelta
+
     assert out == [
         PromptUsage(100, cached_tokens=90),  # from message_start, before any text
+        ReasoningDelta("hmm", format=ANTHROPIC_REASONING, block=0),  # thinking: block 0
         TextDelta("Hi"),
         ToolCallDelta(0, "tu_1", "f"),
         ToolCallDelta(0, arguments="{}"),
@@ -267,7 +273,7 @@ def test_gemini_blocked_prompt_thoughts_and_retry_delay() -> None:
             ),
         ]
     )
-    assert out == [TextDelta("Hi")]
+    assert out == [ReasoningDelta("plan", 0, GEMINI_REASONING, 1), TextDelta("Hi")]
     blocked = gemini.StreamState("google")
     blocked.feed(
         [
@@ -282,7 +288,11 @@ def test_gemini_blocked_prompt_thoughts_and_retry_delay() -> None:
             )
         ]
     )
-    assert blocked.final() == [UsageReport(8, 0), FinishEvent(Finish.CONTENT_FILTER, "SAFETY")]
+    assert blocked.final() == [
+        ProviderMetadata({"prompt_feedback": {"blockReason": "SAFETY"}}),
+        UsageReport(8, 0),
+        FinishEvent(Finish.CONTENT_FILTER, "SAFETY"),
+    ]
     body = orjson.dumps(
         [
             {

@@ -1,20 +1,21 @@
-"""Google Gemini ``models/{model}:streamGenerateContent?alt=sse``.
+"""Google Gemini ``models/{model}:streamGenerateContent?alt=sse`` (Gemini API; Vertex AI sends
+the same response shape).
 
-Wire format: https://ai.google.dev/api/generate-content. Every SSE event is a whole
-``GenerateContentResponse`` (candidates with content parts, ``finishReason`` on the last,
-cumulative ``usageMetadata``); the stream has no end marker, so it is complete when the
-connection ends after a finish reason (or a ``promptFeedback.blockReason``). Function calls
-arrive whole, one ``functionCall`` part each. The key goes in ``x-goog-api-key``, never in the
-URL. Tools and JSON output use the JSON Schema fields (``parametersJsonSchema``,
-``responseJsonSchema``), which take a schema as clients wrote it. Image links are sent as
-``fileData`` with the link as ``fileUri``; inline images as ``inlineData``.
+Wire format: https://ai.google.dev/api/generate-content. This module builds the request and
+runs the call; :mod:`.gemini_stream` reads the answer (SSE, or a whole JSON body),
+:mod:`.gemini_errors` reads Google's error bodies, :mod:`.gemini_reasoning` maps the
+``reasoning`` parameter and sends thought signatures back. The key goes in
+``x-goog-api-key``, never in the URL. Tools and JSON output use the JSON Schema fields
+(``parametersJsonSchema``, ``responseJsonSchema``), which take a schema as clients wrote it.
+Image links are sent as ``fileData`` with the link as ``fileUri``; inline images as
+``inlineData``. ``logprobs`` / ``top_logprobs`` are ``responseLogprobs`` / ``logprobs``
+(0..20) and ``n`` is ``candidateCount``: the stream carries every candidate, by ``index``.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -23,28 +24,20 @@ import orjson
 from switchboard_router.canonical import (
     AdapterEvent,
     CompletionRequest,
-    Finish,
-    FinishEvent,
     Message,
-    PromptUsage,
     ResponseFormatKind,
     Role,
-    TextDelta,
     TextPart,
-    ToolCallDelta,
     ToolChoiceMode,
-    UsageReport,
     tool_name_for,
 )
-from switchboard_router.providers.base import (
-    Target,
-    UpstreamError,
-    UpstreamProtocolError,
-    error_for_status,
-    parse_retry_after,
-)
+from switchboard_router.providers.base import Target
+from switchboard_router.providers.gemini_errors import error_from_body
+from switchboard_router.providers.gemini_reasoning import model_parts, thinking_config
+from switchboard_router.providers.gemini_stream import StreamState
 from switchboard_router.providers.http import ended_early, open_sse
-from switchboard_router.providers.sse import SseEvent
+
+__all__ = ["PARAMETERS", "GeminiAdapter", "StreamState", "build_body", "error_from_body"]
 
 PARAMETERS = frozenset(
     {
@@ -60,9 +53,12 @@ PARAMETERS = frozenset(
         "tool_choice",
         "response_format",
         "structured_outputs",
+        "reasoning",
+        "logprobs",
+        "top_logprobs",
+        "n",
     }
 )
-FILTERED = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
 GENERATION_FIELDS = {
     "max_tokens": "maxOutputTokens",
     "temperature": "temperature",
@@ -71,19 +67,13 @@ GENERATION_FIELDS = {
     "seed": "seed",
     "frequency_penalty": "frequencyPenalty",
     "presence_penalty": "presencePenalty",
+    "n": "candidateCount",
 }
 IMAGE_TYPES = {".png": "image/png", ".gif": "image/gif", ".webp": "image/webp"}
 
 
-def _parts(message: Message, messages: tuple[Message, ...]) -> list[dict[str, Any]]:
-    if message.role == Role.TOOL:
-        try:
-            result = orjson.loads(message.text)
-        except orjson.JSONDecodeError:
-            result = None
-        response = result if isinstance(result, dict) else {"result": message.text}
-        name = tool_name_for(messages, message.tool_call_id)
-        return [{"functionResponse": {"name": name, "response": response}}]
+def _content(message: Message) -> list[dict[str, Any]]:
+    """A message's text and image parts."""
     parts: list[dict[str, Any]] = []
     for part in message.parts:
         if isinstance(part, TextPart):
@@ -98,31 +88,24 @@ def _parts(message: Message, messages: tuple[Message, ...]) -> list[dict[str, An
             suffix = part.url.rsplit("?", 1)[0].rsplit(".", 1)[-1].lower()
             mime = part.mime_type or IMAGE_TYPES.get("." + suffix, "image/jpeg")
             parts.append({"fileData": {"mimeType": mime, "fileUri": part.url}})
-    for call in message.tool_calls:
-        try:
-            args = orjson.loads(call.arguments or "{}")
-        except orjson.JSONDecodeError:
-            args = {}
-        parts.append({"functionCall": {"name": call.name, "args": args}})
     return parts
 
 
-def build_body(request: CompletionRequest, target: Target) -> dict[str, Any]:
-    contents: list[dict[str, Any]] = []
-    system: list[dict[str, Any]] = []
-    for message in request.messages:
-        if message.role == Role.SYSTEM:
-            system.append({"text": message.text})
-            continue
-        role = "model" if message.role == Role.ASSISTANT else "user"
-        parts = _parts(message, request.messages)
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
-    body: dict[str, Any] = {"contents": contents}
-    if system:
-        body["systemInstruction"] = {"parts": system}
+def _parts(message: Message, messages: tuple[Message, ...], model: str) -> list[dict[str, Any]]:
+    if message.role == Role.TOOL:
+        try:
+            result = orjson.loads(message.text)
+        except orjson.JSONDecodeError:
+            result = None
+        response = result if isinstance(result, dict) else {"result": message.text}
+        name = tool_name_for(messages, message.tool_call_id)
+        return [{"functionResponse": {"name": name, "response": response}}]
+    if message.role == Role.ASSISTANT:
+        return model_parts(message, _content(message), model)
+    return _content(message)
+
+
+def _generation_config(request: CompletionRequest, model: str) -> dict[str, Any]:
     config: dict[str, Any] = {}
     for name, wire in GENERATION_FIELDS.items():
         value = getattr(request, name)
@@ -130,12 +113,39 @@ def build_body(request: CompletionRequest, target: Target) -> dict[str, Any]:
             config[wire] = value
     if request.stop:
         config["stopSequences"] = list(request.stop)
+    if request.logprobs or request.top_logprobs is not None:
+        config["responseLogprobs"] = True
+        if request.top_logprobs is not None:
+            config["logprobs"] = max(0, min(20, request.top_logprobs))
     fmt = request.response_format
     if fmt is not None and fmt.kind != ResponseFormatKind.TEXT:
         config["responseMimeType"] = "application/json"
         if fmt.kind == ResponseFormatKind.JSON_SCHEMA and fmt.schema is not None:
             config["responseJsonSchema"] = fmt.schema
-    body["generationConfig"] = config
+    thinking = thinking_config(request, model)
+    if thinking is not None:
+        config["thinkingConfig"] = thinking
+    return config
+
+
+def build_body(request: CompletionRequest, target: Target) -> dict[str, Any]:
+    model = target.upstream_model
+    contents: list[dict[str, Any]] = []
+    system: list[dict[str, Any]] = []
+    for message in request.messages:
+        if message.role == Role.SYSTEM:
+            system.append({"text": message.text})
+            continue
+        role = "model" if message.role == Role.ASSISTANT else "user"
+        parts = _parts(message, request.messages, model)
+        if contents and contents[-1]["role"] == role:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": role, "parts": parts})
+    body: dict[str, Any] = {"contents": contents}
+    if system:
+        body["systemInstruction"] = {"parts": system}
+    body["generationConfig"] = _generation_config(request, model)
     if request.tools:
         declarations = [
             {"name": t.name, "description": t.description, "parametersJsonSchema": t.parameters}
@@ -154,36 +164,6 @@ def build_body(request: CompletionRequest, target: Target) -> dict[str, Any]:
             calling["allowedFunctionNames"] = [request.tool_choice.name]
         body["toolConfig"] = {"functionCallingConfig": calling}
     return body
-
-
-def _retry_delay(error: dict[str, Any]) -> float | None:
-    for detail in error.get("details") or ():
-        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("RetryInfo"):
-            return parse_retry_after(str(detail.get("retryDelay", "")).removesuffix("s"))
-    return None
-
-
-def error_from_body(
-    status: int, payload: bytes, provider_id: str, retry_after: float | None
-) -> UpstreamError:
-    message = "(no error message)"
-    try:
-        body = orjson.loads(payload)
-        if isinstance(body, list) and body:
-            body = body[0]
-        error = body.get("error") or {}
-        message = str(error.get("message") or message)[:500]
-        status = int(error.get("code") or status)
-        retry_after = retry_after if retry_after is not None else _retry_delay(error)
-    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-        pass
-    return error_for_status(
-        status,
-        message,
-        provider_id=provider_id,
-        retry_after=retry_after,
-        context_length=status == 400 and "input token count" in message and "exceeds" in message,
-    )
 
 
 class GeminiAdapter:
@@ -214,110 +194,21 @@ class GeminiAdapter:
             error_from_body=error_from_body,
         ) as upstream:
             state = StreamState(provider)
-            async for batch in upstream.batches():
+            if upstream.is_json:  # a proxy or host that answered with the whole response
+                events = state.whole(await upstream.whole(provider))
+                if state.error is not None:
+                    raise state.error
+                for event in events:
+                    yield event
+                upstream.complete()
+                return
+            async for batch in upstream.batches(stray=True):
                 for event in state.feed(batch):
                     yield event
                 if state.error is not None:
                     raise state.error
-            if not state.native_finish:
+            if not state.finished:
                 raise ended_early(provider)
             for event in state.final():
                 yield event
             upstream.complete()
-
-
-@dataclass
-class StreamState:
-    provider: str
-    usage: dict[str, Any] = field(default_factory=dict)
-    native_finish: str = ""
-    blocked: bool = False
-    calls: int = 0
-    error: UpstreamError | None = None
-    prompt_reported: bool = False
-
-    def feed(self, batch: list[SseEvent]) -> list[AdapterEvent]:
-        out: list[AdapterEvent] = []
-        text: list[str] = []
-        for sse in batch:
-            try:
-                chunk = orjson.loads(sse.data)
-            except orjson.JSONDecodeError:
-                chunk = None
-            if not isinstance(chunk, dict):
-                self.error = UpstreamProtocolError(
-                    f"{self.provider} sent an event that is not a JSON object",
-                    provider_id=self.provider,
-                )
-                break
-            if chunk.get("error"):
-                self.error = error_from_body(500, sse.data.encode(), self.provider, None)
-                break
-            self.usage = chunk.get("usageMetadata") or self.usage
-            if self.usage and not self.prompt_reported and "promptTokenCount" in self.usage:
-                self.prompt_reported = True
-                out.append(
-                    PromptUsage(
-                        int(self.usage.get("promptTokenCount") or 0)
-                        + int(self.usage.get("toolUsePromptTokenCount") or 0),
-                        cached_tokens=int(self.usage.get("cachedContentTokenCount") or 0),
-                    )
-                )
-            block = (chunk.get("promptFeedback") or {}).get("blockReason")
-            if block:
-                self.native_finish, self.blocked = str(block), True
-            for candidate in (chunk.get("candidates") or ())[:1]:
-                for part in (candidate.get("content") or {}).get("parts") or ():
-                    if part.get("thought"):
-                        continue
-                    if part.get("text"):
-                        text.append(part["text"])
-                    call = part.get("functionCall")
-                    if call:
-                        if text:
-                            out.append(TextDelta("".join(text)))
-                            text.clear()
-                        out.append(self._call(call))
-                if candidate.get("finishReason"):
-                    self.native_finish = str(candidate["finishReason"])
-        if text:
-            out.append(TextDelta("".join(text)))
-        return out
-
-    def _call(self, call: dict[str, Any]) -> ToolCallDelta:
-        index = self.calls
-        self.calls += 1
-        return ToolCallDelta(
-            index,
-            id=str(call.get("id") or f"call_{index}"),
-            name=str(call.get("name") or ""),
-            arguments=orjson.dumps(call.get("args") or {}).decode(),
-        )
-
-    def final(self) -> list[AdapterEvent]:
-        out: list[AdapterEvent] = []
-        if self.usage:
-            u = self.usage
-            thoughts = int(u.get("thoughtsTokenCount") or 0)
-            out.append(
-                UsageReport(
-                    prompt_tokens=int(u.get("promptTokenCount") or 0)
-                    + int(u.get("toolUsePromptTokenCount") or 0),
-                    completion_tokens=int(u.get("candidatesTokenCount") or 0) + thoughts,
-                    cached_tokens=int(u.get("cachedContentTokenCount") or 0),
-                    reasoning_tokens=thoughts,
-                )
-            )
-        native = self.native_finish
-        if self.blocked or native in FILTERED:
-            reason = Finish.CONTENT_FILTER
-        elif native == "MAX_TOKENS":
-            reason = Finish.LENGTH
-        elif native == "MALFORMED_FUNCTION_CALL":
-            reason = Finish.ERROR
-        elif self.calls:
-            reason = Finish.TOOL_CALLS
-        else:
-            reason = Finish.STOP
-        out.append(FinishEvent(reason, native))
-        return out
