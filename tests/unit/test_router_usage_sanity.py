@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from hypothesis import given
@@ -19,16 +19,20 @@ from switchboard_core.usage_bounds import (
     MAX_PROMPT_TOKENS,
     usage_problems,
 )
+from switchboard_router.admission import worst_case_cost
 from switchboard_router.auth import Caller
 from switchboard_router.canonical import (
     CompletionRequest,
     Message,
     PromptUsage,
+    ReasoningConfig,
+    ReasoningEffort,
     Role,
     UsageReport,
 )
 from switchboard_router.catalog_cache import Route
 from switchboard_router.generation import Generation, cost_of
+from switchboard_router.usage_estimate import reservation_prompt_tokens
 from switchboard_router.usage_sanity import (
     COMPLETION_MARGIN_TOKENS,
     checked_usage,
@@ -176,6 +180,21 @@ def test_the_completion_budget_is_what_the_provider_was_allowed() -> None:
     assert completion_budget(request(max_tokens=100), supported) == 100
     assert completion_ceiling(10, 100) == 40 + 100 + COMPLETION_MARGIN_TOKENS
     assert completion_ceiling(10, None) == MAX_COMPLETION_TOKENS
+
+
+def test_each_choice_and_a_thinking_budget_widen_the_completion_budget() -> None:
+    # n choices each have the bound; a reasoning budget may raise what the provider is sent.
+    thinking = ReasoningConfig(max_tokens=4_000)
+    assert completion_budget(replace(request(1_000), n=3), route(cap=0)) == 3_000
+    assert completion_budget(replace(request(1_000), reasoning=thinking), route(cap=0)) == 5_000
+    by_effort = ReasoningConfig(effort=ReasoningEffort.HIGH)  # a share of max_tokens: no more
+    assert completion_budget(replace(request(1_000), reasoning=by_effort), route(cap=0)) == 1_000
+    off = ReasoningConfig(enabled=False)
+    assert completion_budget(replace(request(1_000), reasoning=off), route(cap=0)) == 1_000
+    reasoned = replace(request(1_000), reasoning=thinking, n=2)
+    assert worst_case_cost(reasoned, [route(cap=0)], 4_096) == cost_of(
+        route(cap=0), UsageReport(reservation_prompt_tokens(reasoned), 10_000)
+    )
 
 
 def test_the_relay_generation_is_what_the_check_reads() -> None:

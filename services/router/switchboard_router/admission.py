@@ -2,8 +2,9 @@
 
 A key with limits (or of a prepaid account) reserves the request's worst-case cost in Redis:
 a generous prompt estimate (a token per three UTF-8 bytes) plus ``max_tokens`` (else the
-endpoint's output cap, at most the configured ceiling) at the most expensive endpoint the plan
-may use. A request whose reservation does not fit is refused with ``RESOURCE_EXHAUSTED``
+endpoint's output cap, at most the configured ceiling) and any reasoning budget, for each of
+the ``n`` choices, at the most expensive endpoint the plan may use. A request whose
+reservation does not fit is refused with ``RESOURCE_EXHAUSTED``
 (``KEY_LIMIT_EXCEEDED`` or ``INSUFFICIENT_CREDIT``). A reserved request that sets no
 ``max_tokens`` is sent with the bound that was reserved, so its completion cannot cost more
 than the reservation (the prompt is an estimate). The relay settles the reservation to the
@@ -48,7 +49,10 @@ def worst_case_cost(request: CompletionRequest, routes: list[Route], ceiling: in
     prompt = reservation_prompt_tokens(request)
     choices = request.n or 1  # each choice may use the whole bound
     costs = [
-        route.price.cost(prompt, completion_bound(request, route, ceiling) * choices)
+        route.price.cost(
+            prompt,
+            (completion_bound(request, route, ceiling) + request.thinking_budget) * choices,
+        )
         for route in routes
     ]
     return max(costs, default=Decimal(0))

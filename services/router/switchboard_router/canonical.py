@@ -286,6 +286,16 @@ class CompletionRequest:
     def has_image(self) -> bool:
         return any(m.has_image for m in self.messages)
 
+    @property
+    def thinking_budget(self) -> int:
+        """Tokens the request allows for reasoning on top of ``max_tokens``: a reasoning
+        ``max_tokens`` may raise the output bound the provider is sent (Anthropic needs
+        ``max_tokens`` above ``budget_tokens``), so reservations and the usage check count it."""
+        reasoning = self.reasoning
+        if reasoning is None or not reasoning.enabled or reasoning.max_tokens is None:
+            return 0
+        return reasoning.max_tokens
+
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:

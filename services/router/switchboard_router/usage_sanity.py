@@ -78,12 +78,15 @@ class GenerationView(Protocol):
 
 def completion_budget(request: CompletionRequest, route: Route) -> int | None:
     """The most completion tokens (hidden reasoning included) the provider was allowed to
-    produce, or None when unknown: each of the request's ``n`` choices has the budget."""
+    produce, or None when unknown: each of the request's ``n`` choices has the budget, and a
+    reasoning budget comes on top (see ``CompletionRequest.thinking_budget``)."""
     budgets = [route.max_completion_tokens] if route.max_completion_tokens > 0 else []
     honoured = not route.supported_parameters or "max_tokens" in route.supported_parameters
     if request.max_tokens and honoured:  # else it was unset before the request was sent
         budgets.append(request.max_tokens)
-    return max(budgets) * (request.n or 1) if budgets else None
+    if not budgets:
+        return None
+    return (max(budgets) + request.thinking_budget) * (request.n or 1)
 
 
 def completion_ceiling(streamed_chars: int, budget: int | None) -> int:
