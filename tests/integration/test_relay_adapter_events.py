@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 import pytest
@@ -128,7 +129,7 @@ def relay(adapters: dict[str, ScriptedAdapter], client: redis.Redis, stream: str
 
 
 async def published(client: redis.Redis, stream: str) -> list[metering_pb2.UsageEvent]:
-    entries = await client.xrange(stream)
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(stream))
     return [metering_pb2.UsageEvent.FromString(fields[EVENT_FIELD]) for _, fields in entries]
 
 
@@ -217,7 +218,7 @@ async def events_of(
     ]
 
 
-THINKING = [
+THINKING: list[AdapterEvent] = [
     ReasoningDelta("Let me ", format=ANTHROPIC_REASONING, block=0),
     ReasoningDelta("check.", format=ANTHROPIC_REASONING, block=0),
     ReasoningDelta("", format=ANTHROPIC_REASONING, block=0, signature="c2lnbmVk"),

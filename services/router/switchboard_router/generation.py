@@ -94,8 +94,7 @@ class Generation:
         self, status: int, usage: UsageReport, cost: Decimal, finish: FinishEvent
     ) -> metering_pb2.UsageEvent:
         now = time.monotonic()
-        created = timestamp_pb2.Timestamp()
-        created.FromNanoseconds(int(self.create_time * 1e9))
+        created = timestamp(self.create_time)
         return metering_pb2.UsageEvent(
             generation_id=self.id,
             attempt=self.attempt,
@@ -105,14 +104,7 @@ class Generation:
             provider_id=self.route.provider_id,
             endpoint_id=self.route.endpoint_id,
             upstream_model=self.route.upstream_model,
-            usage=common_pb2.Usage(
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cached_tokens=usage.cached_tokens,
-                reasoning_tokens=usage.reasoning_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                estimated=usage.estimated,
-            ),
+            usage=usage_message(usage),
             cost_usd=format_usd(cost),
             finish_reason=int(finish.reason),  # type: ignore[arg-type]
             native_finish_reason=finish.native_reason,
@@ -124,6 +116,23 @@ class Generation:
             else 0,
             streamed=self.streamed,
         )
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def usage_message(usage: UsageReport) -> common_pb2.Usage:
+    return common_pb2.Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        estimated=usage.estimated,
+    )
 
 
 def cost_of(route: Route, usage: UsageReport) -> Decimal:

@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from google.protobuf import timestamp_pb2
-
 from switchboard.common.v1 import common_pb2
 from switchboard.router.v1 import router_pb2
 from switchboard_core.money import format_usd
@@ -21,30 +19,13 @@ from switchboard_router.canonical import (
     TokenLogprob,
     ToolCallDelta,
     TopLogprob,
-    UsageReport,
 )
+from switchboard_router.generation import timestamp, usage_message
 from switchboard_router.provider_metadata import metadata_struct
 from switchboard_router.relay import Completed, RelayEvent, Started
 
 Response = router_pb2.StreamCompletionResponse
 Delta = router_pb2.CompletionDelta
-
-
-def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
-
-
-def usage_message(usage: UsageReport) -> common_pb2.Usage:
-    return common_pb2.Usage(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        cached_tokens=usage.cached_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-        estimated=usage.estimated,
-    )
 
 
 def _token_bytes(value: tuple[int, ...] | None) -> bytes:
