@@ -9,6 +9,7 @@ point them at a proxy; the router picks the change up through its catalog watch.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -320,3 +321,156 @@ async def test_providers_without_a_credential_are_not_tried(
     messages = await stream(router, api_key, ask(R1), fakes["deepseek"])
     assert messages[0].start.provider == "deepseek"
     assert len(fakes["deepseek"].requests) == before + 1
+
+
+# The fakes sign reasoning statelessly: the answer turn keeps the same reasoning, so the fake
+# can check the signatures that come back against it.
+TOOL_TURN = Script(
+    reasoning=("The user wants ", "the weather in Oslo."),
+    signed_reasoning=True,
+    text=(),
+    tool_calls=(ScriptToolCall("call_w1", "get_weather", ('{"city": ', '"Oslo"}')),),
+    finish="tool_calls",
+    usage=ScriptUsage(60, 40, reasoning_tokens=25),
+)
+ANSWER_TURN = dataclasses.replace(
+    TOOL_TURN, text=("Clear skies in Oslo.",), tool_calls=(), finish="stop"
+)
+
+WEATHER_TOOL = router_pb2.Tool(
+    name="get_weather",
+    description="Weather in a city",
+    parameters_json='{"type": "object", "properties": {"city": {"type": "string"}}}',
+)
+
+
+def user_turn(text: str) -> common_pb2.ChatMessage:
+    return common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=text)
+
+
+async def create(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    key: metering_pb2.CreateApiKeyResponse,
+    request: router_pb2.CreateCompletionRequest,
+) -> router_pb2.CreateCompletionResponse:
+    return await router.CreateCompletion(request, metadata=auth(key))
+
+
+async def tool_turn_then_answer(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    key: metering_pb2.CreateApiKeyResponse,
+    fake: FakeProvider,
+    model: str,
+) -> tuple[router_pb2.CreateCompletionResponse, router_pb2.CreateCompletionRequest]:
+    """Turn 1 (thinking, then a tool call) through the router; the turn-2 request that sends
+    the call, its signed reasoning and the tool's result back."""
+    fake.script = TOOL_TURN
+    reasoning = router_pb2.Reasoning(max_tokens=2048)
+    question = user_turn("Weather in Oslo?")
+    first_request = router_pb2.CreateCompletionRequest(
+        model=model, messages=[question], tools=[WEATHER_TOOL], max_tokens=4096, reasoning=reasoning
+    )
+    await stream(router, key, ask(model, "warm up"), fake)  # the router reaches the fake
+    first = await create(router, key, first_request)
+    call = first.tool_calls[0]
+    answered = router_pb2.CreateCompletionRequest(
+        model=model,
+        messages=[
+            question,
+            common_pb2.ChatMessage(
+                role=common_pb2.ROLE_ASSISTANT,
+                tool_calls=first.tool_calls,
+                reasoning_details=first.reasoning_details,
+            ),
+            common_pb2.ChatMessage(
+                role=common_pb2.ROLE_TOOL, tool_call_id=call.id, content='{"sky": "clear"}'
+            ),
+        ],
+        tools=[WEATHER_TOOL],
+        max_tokens=4096,
+        reasoning=reasoning,
+    )
+    return first, answered
+
+
+async def test_anthropic_thinking_with_a_tool_call_round_trips_its_signed_blocks(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    api_key: metering_pb2.CreateApiKeyResponse,
+    fakes: Fakes,
+) -> None:
+    fake = fakes["anthropic"]
+    first, answered = await tool_turn_then_answer(router, api_key, fake, CLAUDE)
+    assert fake.requests[-1].body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert first.reasoning == "The user wants the weather in Oslo."
+    assert first.finish_reason == common_pb2.FINISH_REASON_TOOL_CALLS
+    details = list(first.reasoning_details)
+    assert [(d.format, d.text) for d in details] == [
+        ("anthropic-claude-v1", "The user wants the weather in Oslo.")
+    ]
+    assert details[0].signature
+
+    fake.script = ANSWER_TURN
+    second = await create(router, api_key, answered)
+    assert second.text == "Clear skies in Oslo."
+    sent = fake.requests[-1].body["messages"][1]["content"]
+    assert sent[0] == {
+        "type": "thinking",
+        "thinking": details[0].text,
+        "signature": details[0].signature,
+    }
+    assert sent[1]["type"] == "tool_use" and sent[1]["input"] == {"city": "Oslo"}
+
+    # Without the signed blocks (a conversation begun on another provider, say) Anthropic
+    # refuses a thinking turn after a tool call, so the turn is sent without thinking.
+    del answered.messages[1].reasoning_details[:]
+    third = await create(router, api_key, answered)
+    assert third.text == "Clear skies in Oslo."
+    assert "thinking" not in fake.requests[-1].body
+    assert fake.requests[-1].body["messages"][1]["content"][0]["type"] == "tool_use"
+
+
+async def test_gemini_thought_signatures_go_back_with_their_function_calls(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    api_key: metering_pb2.CreateApiKeyResponse,
+    fakes: Fakes,
+) -> None:
+    fake = fakes["google"]
+    first, answered = await tool_turn_then_answer(router, api_key, fake, GEMINI)
+    thinking = fake.requests[-1].body["generationConfig"]["thinkingConfig"]
+    assert thinking["thinkingBudget"] == 2048 and thinking["includeThoughts"] is True
+    assert first.reasoning == "The user wants the weather in Oslo."
+    call = first.tool_calls[0]
+    assert call.signature  # Gemini's thoughtSignature on the functionCall part
+
+    fake.script = ANSWER_TURN
+    second = await create(router, api_key, answered)
+    assert second.text == "Clear skies in Oslo."
+    parts = fake.requests[-1].body["contents"][1]["parts"]
+    called = [p for p in parts if "functionCall" in p]
+    assert called[0]["thoughtSignature"] == call.signature
+
+    answered.messages[1].tool_calls[0].signature = ""
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await create(router, api_key, answered)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_refusal_reaches_the_client_as_its_own_field(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    api_key: metering_pb2.CreateApiKeyResponse,
+    fakes: Fakes,
+) -> None:
+    fake = fakes["deepseek"]
+    fake.script = Script(text=(), refusal=("I can't help ", "with that."))
+    request = ask(
+        R1, "something harmful", provider=router_pb2.ProviderPreferences(only=["deepseek"])
+    )
+    messages = await stream(router, api_key, request, fake)
+    deltas = [m.delta for m in messages[1:-1]]
+    assert "".join(d.refusal for d in deltas) == "I can't help with that."
+    assert not "".join(d.text for d in deltas)
+    assert messages[-1].end.finish_reason == common_pb2.FINISH_REASON_STOP  # as OpenAI sends it
+    unary = router_pb2.CreateCompletionRequest()
+    unary.ParseFromString(request.SerializeToString())
+    reply = await create(router, api_key, unary)
+    assert (reply.refusal, reply.text) == ("I can't help with that.", "")
