@@ -1,5 +1,9 @@
 """What every adapter's stream passes through before the relay uses it.
 
+The relay applies :class:`EventGuard` inline, as it reads each event (no extra generator hop on
+the hot path); :func:`guarded` wraps a stream with the same guard for other readers (the
+recorded-stream conformance harness).
+
 Two promises hold for every adapter, so they are kept here once rather than in each:
 
 - **An adapter's bug is the provider's fault, said clearly.** Any exception an adapter raises
@@ -35,12 +39,16 @@ class EventGuard:
 
     def see(self, event: AdapterEvent) -> AdapterEvent:
         if type(event) is ToolCallDelta:
-            self._called.add(event.choice)
-        elif (
-            type(event) is FinishEvent
-            and event.reason == Finish.STOP
-            and event.choice in self._called
-        ):
+            self.called(event)
+        elif type(event) is FinishEvent:
+            return self.finish(event)
+        return event
+
+    def called(self, event: ToolCallDelta) -> None:
+        self._called.add(event.choice)
+
+    def finish(self, event: FinishEvent) -> FinishEvent:
+        if event.reason == Finish.STOP and event.choice in self._called:
             return FinishEvent(Finish.TOOL_CALLS, event.native_reason, event.choice)
         return event
 
