@@ -7,8 +7,9 @@ from decimal import Decimal
 import pytest
 
 from switchboard_core.errors import InvalidArgument
-from switchboard_core.money import MoneyFormatError, Price, format_usd, parse_usd
+from switchboard_core.money import MoneyFormatError, format_usd, parse_usd
 from switchboard_core.paging import decode_token, encode_token
+from switchboard_core.pricing import Counts, PriceSheet
 
 
 @pytest.mark.parametrize(
@@ -27,9 +28,9 @@ def test_parse_and_format_are_exact() -> None:
 
 
 def test_cost_splits_cached_and_cache_write_tokens() -> None:
-    price = Price.parse("3", "15", cached_prompt="0.3", cache_write="3.75")
+    price = PriceSheet.flat("3", "15", cached_prompt="0.3", cache_write="3.75")
     # 1000 prompt = 600 fresh + 300 cached + 100 written; 200 completion
-    cost = price.cost(1000, 200, cached_tokens=300, cache_write_tokens=100)
+    cost = price.cost(Counts(1000, 200, cached_tokens=300, cache_write_tokens=100))
     assert (
         cost == (600 * Decimal(3) + 300 * Decimal("0.3") + 100 * Decimal("3.75") + 200 * 15) / 10**6
     )
