@@ -111,8 +111,16 @@ async def test_get_model_with_prices(catalog: RunningCatalog) -> None:
         completion_usd_per_mtok="15",
         cached_prompt_usd_per_mtok="0.3",
         cache_write_usd_per_mtok="3.75",
+        cache_write_1h_usd_per_mtok="6",
+        web_search_usd="0.01",
     )
     assert endpoint.status == catalog_pb2.ENDPOINT_STATUS_ACTIVE
+    assert endpoint.price_version > 0
+    # Retired 2026-06-15 (Anthropic's release notes); successor named by Anthropic.
+    assert model.retirement_time.ToJsonString() == "2026-06-15T00:00:00Z"
+    assert endpoint.retirement_time == model.retirement_time
+    assert not model.HasField("deprecation_time")
+    assert model.successor_model_id == "anthropic/claude-sonnet-4.6"
 
 
 async def test_get_model_not_found_names_the_id(catalog: RunningCatalog) -> None:

@@ -14,13 +14,16 @@ from switchboard_catalog.config import packaged_seed_path
 from switchboard_catalog.seed import SeedError, load_seed, parse_seed
 from switchboard_core.catalog_ids import MODEL_ID, MODEL_ID_MAX, PROVIDER_ID
 from switchboard_core.money import parse_usd
+from switchboard_core.pricing import ALL_RATES
 from switchboard_core.upstreams import UpstreamPolicy
 
-PRICE_FIELDS = (
+PRICE_FIELDS = tuple(ALL_RATES.values())
+CACHE_FIELDS = (
     "prompt_usd_per_mtok",
     "completion_usd_per_mtok",
     "cached_prompt_usd_per_mtok",
     "cache_write_usd_per_mtok",
+    "cache_write_1h_usd_per_mtok",
 )
 # The demo upstream's host, which the seed's demo provider points at.
 POLICY = UpstreamPolicy(["127.0.0.1"])
@@ -57,11 +60,14 @@ def test_no_json_numbers_that_are_not_integers() -> None:
 def test_every_price_is_a_decimal_string() -> None:
     for endpoint in _raw()["endpoints"]:
         pricing = endpoint["pricing"]
-        assert set(pricing) <= set(PRICE_FIELDS), endpoint["id"]
-        for name in PRICE_FIELDS:
-            if name in pricing:
-                assert isinstance(pricing[name], str), (endpoint["id"], name)
-                parse_usd(pricing[name])
+        assert set(pricing) <= {*PRICE_FIELDS, "tiers", "windows"}, endpoint["id"]
+        nested = [t["pricing"] for t in pricing.get("tiers", [])]
+        nested += [w["pricing"] for w in pricing.get("windows", [])]
+        for sheet in (pricing, *nested):
+            for name in PRICE_FIELDS:
+                if name in sheet:
+                    assert isinstance(sheet[name], str), (endpoint["id"], name)
+                    parse_usd(sheet[name])
         assert "prompt_usd_per_mtok" in pricing
         assert "completion_usd_per_mtok" in pricing
 
@@ -107,7 +113,8 @@ def test_sources_and_date_are_recorded() -> None:
 
 def test_prompt_cache_prices_where_providers_publish_them() -> None:
     for endpoint in _endpoints("anthropic").values():
-        assert endpoint["pricing"].keys() == set(PRICE_FIELDS), endpoint["id"]
+        # 5-minute and 1-hour cache writes (1.25x and 2x input) besides cache reads
+        assert endpoint["pricing"].keys() >= set(CACHE_FIELDS), endpoint["id"]
     for provider_id in ("google", "openai"):
         for endpoint in _endpoints(provider_id).values():
             assert "cached_prompt_usd_per_mtok" in endpoint["pricing"], endpoint["id"]
@@ -121,6 +128,67 @@ def test_open_models_are_served_by_several_hosts() -> None:
         for host in ("deepseek", "together", "fireworks"):
             assert model_id in _endpoints(host), (host, model_id)
     assert any(m.startswith("mistralai/") for m in _endpoints("mistral"))
+
+
+def test_retired_entries_stay_and_name_their_successors() -> None:
+    raw = _raw()
+    models = {m["id"]: m for m in raw["models"]}
+    for model in models.values():
+        successor = model.get("successor_model_id")
+        if successor:
+            assert successor in models and successor != model["id"]
+            assert "retirement_time" not in models[successor], (model["id"], successor)
+    for model_id in (
+        "openai/gpt-4.1-nano",
+        "openai/o3-mini",
+        "openai/o4-mini",
+        "anthropic/claude-opus-4.1",
+        "anthropic/claude-sonnet-4",
+        "anthropic/claude-3.5-haiku",
+        "google/gemini-2.0-flash",
+    ):
+        assert models[model_id]["retirement_time"] < raw["as_of"], model_id
+        assert models[model_id]["successor_model_id"], model_id
+    for model_id in (
+        "anthropic/claude-sonnet-4.5",
+        "google/gemini-2.5-pro",
+        "google/gemini-2.5-flash",
+    ):
+        assert models[model_id]["deprecation_time"] <= raw["as_of"] + "T00:00:00Z"
+        assert models[model_id]["retirement_time"] == "2026-12-01T00:00:00Z"
+    retired_hosts = {
+        e["id"]
+        for e in raw["endpoints"]
+        if e.get("retirement_time", "9") <= raw["as_of"] + "T23:59:59Z"
+    }
+    for host, count in (("groq", 2), ("fireworks", 4), ("mistral", 3)):
+        ids = {
+            e["id"]
+            for e in raw["endpoints"]
+            if e["provider_id"] == host and e["upstream_model"] in _OLD_UPSTREAMS
+        }
+        assert len(ids) == count and ids <= retired_hosts, host
+    assert {"deepseek:deepseek/deepseek-chat-v3", "deepseek:deepseek/deepseek-r1"} <= retired_hosts
+
+
+_OLD_UPSTREAMS = {
+    "llama-3.3-70b-versatile",
+    "llama-3.1-8b-instant",
+    "accounts/fireworks/models/llama-v3p3-70b-instruct",
+    "accounts/fireworks/models/llama-v3p1-8b-instruct",
+    "accounts/fireworks/models/deepseek-v3",
+    "accounts/fireworks/models/deepseek-r1",
+    "mistral-large-2411",
+    "mistral-small-2501",
+    "open-mistral-nemo",
+}
+
+
+def test_a_successor_that_is_not_in_the_seed_is_named() -> None:
+    def change(raw: dict[str, Any]) -> None:
+        raw["models"][0]["successor_model_id"] = "openai/not-in-seed"
+
+    assert "successor_model_id: no model 'openai/not-in-seed' in the seed" in _broken(change)
 
 
 def test_demo_entries() -> None:

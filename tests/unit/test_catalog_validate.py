@@ -115,3 +115,99 @@ def test_a_price_with_more_than_six_decimal_places_is_refused() -> None:
     assert pricing_violations(fine, "p") == []
     fine_grained = common_pb2.Pricing(prompt_usd_per_mtok="0.1234567", completion_usd_per_mtok="1")
     assert [f for f, _ in pricing_violations(fine_grained, "p")] == ["p.prompt_usd_per_mtok"]
+
+
+def _fields(violations: validate.Violations) -> dict[str, str]:
+    return dict(violations)
+
+
+def test_every_rate_is_checked_and_named() -> None:
+    pricing = common_pb2.Pricing(
+        prompt_usd_per_mtok="1",
+        completion_usd_per_mtok="2",
+        cache_write_1h_usd_per_mtok="-2",
+        reasoning_usd_per_mtok="0.0000001",
+        request_usd="0.0000000000001",
+        image_usd="0.001",
+    )
+    fields = _fields(validate.pricing_violations(pricing, "endpoint.pricing"))
+    assert set(fields) == {
+        "endpoint.pricing.cache_write_1h_usd_per_mtok",
+        "endpoint.pricing.reasoning_usd_per_mtok",
+        "endpoint.pricing.request_usd",
+    }
+
+
+def test_tiers_and_windows_are_checked_under_their_paths() -> None:
+    pricing = common_pb2.Pricing(prompt_usd_per_mtok="1.25", completion_usd_per_mtok="10")
+    pricing.tiers.add(
+        prompt_tokens_above=200_000,
+        pricing=common_pb2.Pricing(prompt_usd_per_mtok="1", completion_usd_per_mtok="x"),
+    )
+    pricing.tiers.add(prompt_tokens_above=100_000)
+    pricing.windows.add(start_utc="16:30", end_utc="24:00")
+    fields = _fields(validate.pricing_violations(pricing, "endpoint.pricing"))
+    assert set(fields) == {
+        "endpoint.pricing.tiers[0].pricing.completion_usd_per_mtok",
+        "endpoint.pricing.windows[0].end_utc",
+    }
+    # Once every rate parses, the tier rules (switchboard_core.pricing.tier_problems) apply.
+    pricing.tiers[0].pricing.completion_usd_per_mtok = "15"
+    pricing.windows[0].end_utc = "00:30"
+    pricing.windows.add(start_utc="00:00", end_utc="01:00", pricing=pricing.tiers[0].pricing)
+    fields = _fields(validate.pricing_violations(pricing, "endpoint.pricing"))
+    assert set(fields) == {
+        "endpoint.pricing.tiers[0].pricing.prompt_usd_per_mtok",  # lower than the base
+        "endpoint.pricing.tiers[1].prompt_tokens_above",  # thresholds must rise
+        "endpoint.pricing.tiers[1].pricing",  # sets no rate
+        "endpoint.pricing.windows[1]",  # overlaps 16:30-00:30
+    }
+
+
+def test_nested_tiers_are_refused() -> None:
+    pricing = common_pb2.Pricing(prompt_usd_per_mtok="1", completion_usd_per_mtok="2")
+    tier = pricing.tiers.add(prompt_tokens_above=10)
+    tier.pricing.prompt_usd_per_mtok = "2"
+    tier.pricing.tiers.add(prompt_tokens_above=20)
+    fields = _fields(validate.pricing_violations(pricing, "p"))
+    assert set(fields) == {"p.tiers[0].pricing.tiers"}
+
+
+def test_lifecycle_dates_and_successor() -> None:
+    model = catalog_pb2.Model(
+        id="openai/o3-mini",
+        display_name="o3-mini",
+        context_length=200_000,
+        input_modalities=["text"],
+        output_modalities=["text"],
+        successor_model_id="openai/o3-mini",
+    )
+    model.deprecation_time.FromJsonString("2026-04-22T00:00:00Z")
+    model.retirement_time.FromJsonString("2026-04-21T00:00:00Z")
+    fields = _fields(validate.model_violations(model, "model"))
+    assert set(fields) == {"model.retirement_time", "model.successor_model_id"}
+    model.successor_model_id = "Not A Model"
+    assert "model.successor_model_id" in _fields(validate.model_violations(model, "model"))
+    model.successor_model_id = "openai/gpt-5.6-sol"
+    model.retirement_time.FromJsonString("2026-10-23T00:00:00Z")
+    assert validate.model_violations(model, "model") == []
+    endpoint = _endpoint()
+    endpoint.deprecation_time.FromJsonString("2026-10-23T00:00:00Z")
+    endpoint.retirement_time.FromJsonString("2026-10-22T00:00:00Z")
+    assert "endpoint.retirement_time" in _fields(validate.endpoint_violations(endpoint, "endpoint"))
+
+
+def test_price_rules_are_canonical_json_without_the_classic_rates() -> None:
+    pricing = common_pb2.Pricing(
+        prompt_usd_per_mtok="1.50",
+        completion_usd_per_mtok="2",
+        cache_write_1h_usd_per_mtok="3.000",
+    )
+    pricing.tiers.add(
+        prompt_tokens_above=200_000, pricing=common_pb2.Pricing(prompt_usd_per_mtok="2.50")
+    )
+    assert convert.price_rules_to_db(pricing) == (
+        '{"cache_write_1h_usd_per_mtok": "3", "tiers": [{"pricing": {"prompt_usd_per_mtok":'
+        ' "2.5"}, "prompt_tokens_above": "200000"}]}'
+    )
+    assert convert.price_rules_to_db(common_pb2.Pricing(prompt_usd_per_mtok="1")) == "{}"

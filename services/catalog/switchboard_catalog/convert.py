@@ -1,16 +1,26 @@
-"""Database rows to protos and back: enum names, prices, timestamps."""
+"""Database rows to protos and back: enum names, prices, timestamps.
+
+An endpoint's price is stored in two parts (migration 0004): the four classic rates in their
+NUMERIC columns, and everything else of ``Pricing`` (other rates, tiers, windows) in the
+``price_rules`` jsonb column, as the proto's JSON mapping written canonically
+(:func:`price_rules_to_db`), so that equal prices are equal jsonb and the history trigger sees
+a rewrite of the same price as no change.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import json_format, timestamp_pb2
 
 from switchboard.catalog.v1 import catalog_pb2
 from switchboard.common.v1 import common_pb2
 from switchboard_core.money import format_usd, parse_usd
+from switchboard_core.pricing import PriceSheet
 
 Row = Mapping[str, Any]
 
@@ -64,14 +74,58 @@ def provider_from_row(row: Row) -> catalog_pb2.Provider:
     )
 
 
-def pricing_from_row(row: Row) -> common_pb2.Pricing:
-    """The four price columns (of ``endpoints`` or ``endpoint_prices``)."""
-    return common_pb2.Pricing(
-        prompt_usd_per_mtok=format_usd(row["prompt_price"]),
-        completion_usd_per_mtok=format_usd(row["completion_price"]),
-        cached_prompt_usd_per_mtok=price_from_db(row["cached_prompt_price"]),
-        cache_write_usd_per_mtok=price_from_db(row["cache_write_price"]),
+_CLASSIC_FIELDS = (
+    "prompt_usd_per_mtok",
+    "completion_usd_per_mtok",
+    "cached_prompt_usd_per_mtok",
+    "cache_write_usd_per_mtok",
+)
+
+
+def canonical_pricing(pricing: common_pb2.Pricing) -> common_pb2.Pricing:
+    """``pricing`` with every rate in canonical form ("1.50" becomes "1.5"); it must be valid
+    (:func:`switchboard_catalog.validate.pricing_violations`)."""
+    return PriceSheet.from_proto(pricing).to_proto()
+
+
+def price_rules_to_db(pricing: common_pb2.Pricing) -> str:
+    """The ``price_rules`` jsonb text: the canonical price without its four classic rates."""
+    rules = canonical_pricing(pricing)
+    for name in _CLASSIC_FIELDS:
+        rules.ClearField(name)  # type: ignore[arg-type]
+    return json.dumps(
+        json_format.MessageToDict(rules, preserving_proto_field_name=True), sort_keys=True
     )
+
+
+def pricing_from_row(row: Row) -> common_pb2.Pricing:
+    """The price columns (of ``endpoints`` or ``endpoint_prices``): the four classic rates
+    and the ``price_rules`` beside them."""
+    pricing = common_pb2.Pricing()
+    rules = row["price_rules"]
+    if rules:
+        json_format.ParseDict(json.loads(rules) if isinstance(rules, str) else rules, pricing)
+    pricing.prompt_usd_per_mtok = format_usd(row["prompt_price"])
+    pricing.completion_usd_per_mtok = format_usd(row["completion_price"])
+    pricing.cached_prompt_usd_per_mtok = price_from_db(row["cached_prompt_price"])
+    pricing.cache_write_usd_per_mtok = price_from_db(row["cache_write_price"])
+    return pricing
+
+
+def time_to_db(message: Any, field: str) -> datetime | None:
+    """A Timestamp field as a UTC datetime; None (NULL) when unset."""
+    if not message.HasField(field):
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(message, field)
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
 
 
 def endpoint_from_row(row: Row) -> catalog_pb2.Endpoint:
@@ -86,6 +140,9 @@ def endpoint_from_row(row: Row) -> catalog_pb2.Endpoint:
         supported_parameters=row["supported_parameters"],
         quantization=row["quantization"],
         status=status_from_db(row["status"]),
+        price_version=row["price_version"] or 0,
+        deprecation_time=_timestamp(row["deprecation_at"]),
+        retirement_time=_timestamp(row["retirement_at"]),
     )
 
 
@@ -101,6 +158,9 @@ def model_from_row(row: Row, endpoints: Iterable[catalog_pb2.Endpoint]) -> catal
         output_modalities=row["output_modalities"],
         endpoints=endpoints,
         update_time=update_time,
+        deprecation_time=_timestamp(row["deprecation_at"]),
+        retirement_time=_timestamp(row["retirement_at"]),
+        successor_model_id=row["successor_model_id"],
     )
 
 
@@ -120,6 +180,6 @@ def price_history_from_rows(rows: Iterable[Row]) -> list[catalog_pb2.EndpointPri
     for row in rows:
         if not histories or histories[-1].endpoint_id != row["endpoint_id"]:
             histories.append(catalog_pb2.EndpointPriceHistory(endpoint_id=row["endpoint_id"]))
-        change = histories[-1].changes.add(pricing=pricing_from_row(row))
+        change = histories[-1].changes.add(pricing=pricing_from_row(row), price_version=row["id"])
         change.effective_time.FromDatetime(row["effective_at"])
     return histories

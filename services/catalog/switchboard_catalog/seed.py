@@ -6,7 +6,11 @@ Format (``data/seed.json``)::
      "providers": [Provider], "models": [Model], "endpoints": [Endpoint]}
 
 Entries use the proto JSON mapping of ``switchboard.catalog.v1`` (unknown keys are errors);
-prices are decimal strings, never JSON numbers. An endpoint's ``id`` may be left out. The
+prices are decimal strings, never JSON numbers. A price may have every rate of
+``common.v1.Pricing``, ``tiers`` (``{"prompt_tokens_above": 200000, "pricing": {...}}``) and
+``windows`` (``{"start_utc": "16:30", "end_utc": "00:30", "pricing": {...}}``). Lifecycle
+dates are RFC 3339 times (``"deprecation_time": "2026-04-22T00:00:00Z"``); a model's
+``successor_model_id`` must name a model in the seed. An endpoint's ``id`` may be left out. The
 demo provider's base URL comes from configuration (``SWITCHBOARD_DEMO_BASE_URL``). Every
 provider's base URL, the demo's included, must pass the upstream address policy
 (``switchboard_core.upstreams``): the demo upstream's host (127.0.0.1 by default) loads only
@@ -196,6 +200,12 @@ def _reference_problems(
     )
     provider_ids = {p.id for p in providers}
     model_ids = {m.id for m in models}
+    for index, model in enumerate(models):
+        if model.successor_model_id and model.successor_model_id not in model_ids:
+            problems.append(
+                f"models[{index}] ({model.id}): successor_model_id: no model"
+                f" {model.successor_model_id!r} in the seed"
+            )
     for index, endpoint in enumerate(endpoints):
         where = (
             f"endpoints[{index}] ({validate.endpoint_id(endpoint.provider_id, endpoint.model_id)})"

@@ -6,7 +6,9 @@ row's lock is held until commit, so versions commit in order and a snapshot read
 REPEATABLE READ transaction always matches the version it reports.
 
 Endpoint prices also have a history (``endpoint_prices``, appended by a trigger in the
-transaction that changes a price: migration 0003). The snapshot carries the part of it the
+transaction that changes any part of a price: migrations 0003 and 0004); an endpoint's
+``price_version`` is the id of its newest history row, and each history entry carries its
+own. The snapshot carries the part of it the
 ledger may need (:data:`PRICE_HISTORY_MARGIN_DAYS`, :data:`MAX_PRICE_CHANGES`).
 """
 
@@ -29,12 +31,16 @@ log = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "switchboard_catalog"
 
 _ENDPOINT_COLUMNS = """id, model_id, provider_id, upstream_model, prompt_price, completion_price,
-    cached_prompt_price, cache_write_price, context_length, max_completion_tokens,
-    supported_parameters, quantization, status"""
+    cached_prompt_price, cache_write_price, price_rules, context_length, max_completion_tokens,
+    supported_parameters, quantization, status, deprecation_at, retirement_at"""
 _MODEL_COLUMNS = """id, display_name, description, context_length, input_modalities,
-    output_modalities, updated_at"""
+    output_modalities, updated_at, deprecation_at, retirement_at, successor_model_id"""
 _SELECT_PROVIDERS = "SELECT id, display_name, api_format, base_url, dialect FROM providers"
-_SELECT_ENDPOINTS = f"SELECT {_ENDPOINT_COLUMNS} FROM endpoints"
+# An endpoint's price version is its newest endpoint_prices row: the trigger appends one in
+# the transaction of every price change, so the newest is the one in effect.
+_SELECT_ENDPOINTS = f"""SELECT {_ENDPOINT_COLUMNS},
+    (SELECT max(h.id) FROM endpoint_prices h WHERE h.endpoint_id = endpoints.id) AS price_version
+    FROM endpoints"""
 
 # Each upsert returns a row only when it inserted or really changed something.
 _UPSERT_PROVIDER = """
@@ -49,39 +55,48 @@ RETURNING id"""
 
 _UPSERT_MODEL = """
 INSERT INTO models AS m
-    (id, display_name, description, context_length, input_modalities, output_modalities)
-VALUES ($1, $2, $3, $4, $5, $6)
+    (id, display_name, description, context_length, input_modalities, output_modalities,
+     deprecation_at, retirement_at, successor_model_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (id) DO UPDATE SET
     display_name = EXCLUDED.display_name, description = EXCLUDED.description,
     context_length = EXCLUDED.context_length, input_modalities = EXCLUDED.input_modalities,
-    output_modalities = EXCLUDED.output_modalities, updated_at = now()
+    output_modalities = EXCLUDED.output_modalities, deprecation_at = EXCLUDED.deprecation_at,
+    retirement_at = EXCLUDED.retirement_at, successor_model_id = EXCLUDED.successor_model_id,
+    updated_at = now()
 WHERE (m.display_name, m.description, m.context_length, m.input_modalities,
-       m.output_modalities)
+       m.output_modalities, m.deprecation_at, m.retirement_at, m.successor_model_id)
     IS DISTINCT FROM (EXCLUDED.display_name, EXCLUDED.description, EXCLUDED.context_length,
-       EXCLUDED.input_modalities, EXCLUDED.output_modalities)
+       EXCLUDED.input_modalities, EXCLUDED.output_modalities, EXCLUDED.deprecation_at,
+       EXCLUDED.retirement_at, EXCLUDED.successor_model_id)
 RETURNING id"""
 
 _UPSERT_ENDPOINT = """
 INSERT INTO endpoints AS e
     (id, model_id, provider_id, upstream_model, prompt_price, completion_price,
-     cached_prompt_price, cache_write_price, context_length, max_completion_tokens,
-     supported_parameters, quantization, status)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+     cached_prompt_price, cache_write_price, price_rules, context_length,
+     max_completion_tokens, supported_parameters, quantization, status, deprecation_at,
+     retirement_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13, $14, $15, $16)
 ON CONFLICT (id) DO UPDATE SET
     upstream_model = EXCLUDED.upstream_model, prompt_price = EXCLUDED.prompt_price,
     completion_price = EXCLUDED.completion_price,
     cached_prompt_price = EXCLUDED.cached_prompt_price,
-    cache_write_price = EXCLUDED.cache_write_price, context_length = EXCLUDED.context_length,
+    cache_write_price = EXCLUDED.cache_write_price, price_rules = EXCLUDED.price_rules,
+    context_length = EXCLUDED.context_length,
     max_completion_tokens = EXCLUDED.max_completion_tokens,
     supported_parameters = EXCLUDED.supported_parameters,
-    quantization = EXCLUDED.quantization, status = EXCLUDED.status, updated_at = now()
+    quantization = EXCLUDED.quantization, status = EXCLUDED.status,
+    deprecation_at = EXCLUDED.deprecation_at, retirement_at = EXCLUDED.retirement_at,
+    updated_at = now()
 WHERE (e.upstream_model, e.prompt_price, e.completion_price, e.cached_prompt_price,
-       e.cache_write_price, e.context_length, e.max_completion_tokens,
-       e.supported_parameters, e.quantization, e.status)
+       e.cache_write_price, e.price_rules, e.context_length, e.max_completion_tokens,
+       e.supported_parameters, e.quantization, e.status, e.deprecation_at, e.retirement_at)
     IS DISTINCT FROM (EXCLUDED.upstream_model, EXCLUDED.prompt_price,
        EXCLUDED.completion_price, EXCLUDED.cached_prompt_price, EXCLUDED.cache_write_price,
-       EXCLUDED.context_length, EXCLUDED.max_completion_tokens,
-       EXCLUDED.supported_parameters, EXCLUDED.quantization, EXCLUDED.status)
+       EXCLUDED.price_rules, EXCLUDED.context_length, EXCLUDED.max_completion_tokens,
+       EXCLUDED.supported_parameters, EXCLUDED.quantization, EXCLUDED.status,
+       EXCLUDED.deprecation_at, EXCLUDED.retirement_at)
 RETURNING id"""
 
 # The price history a snapshot carries: the changes of the last ``$1`` days (the ledger's
@@ -98,8 +113,8 @@ kept AS (
                  WHERE effective_at < (SELECT t FROM since)
                  ORDER BY endpoint_id, effective_at DESC, id DESC)
 )
-SELECT endpoint_id, effective_at, prompt_price, completion_price, cached_prompt_price,
-       cache_write_price
+SELECT id, endpoint_id, effective_at, prompt_price, completion_price, cached_prompt_price,
+       cache_write_price, price_rules
 FROM kept WHERE newest <= $2
 ORDER BY endpoint_id, effective_at, id"""
 # Days of price history beyond the ledger's window: covers the cost check's lag allowance
@@ -296,6 +311,9 @@ async def _upsert_model(conn: asyncpg.Connection, model: catalog_pb2.Model) -> b
         model.context_length,
         list(model.input_modalities),
         list(model.output_modalities),
+        convert.time_to_db(model, "deprecation_time"),
+        convert.time_to_db(model, "retirement_time"),
+        model.successor_model_id,
     )
     return row is not None
 
@@ -312,10 +330,13 @@ async def _upsert_endpoint(conn: asyncpg.Connection, endpoint: catalog_pb2.Endpo
         convert.price_to_db(pricing.completion_usd_per_mtok),
         convert.price_to_db(pricing.cached_prompt_usd_per_mtok),
         convert.price_to_db(pricing.cache_write_usd_per_mtok),
+        convert.price_rules_to_db(pricing),
         endpoint.context_length,
         endpoint.max_completion_tokens,
         list(endpoint.supported_parameters),
         endpoint.quantization,
         convert.status_to_db(endpoint.status),
+        convert.time_to_db(endpoint, "deprecation_time"),
+        convert.time_to_db(endpoint, "retirement_time"),
     )
     return row is not None

@@ -16,6 +16,7 @@ from switchboard.common.v1 import common_pb2
 from switchboard_core.catalog_ids import model_id_problem as model_id_problem
 from switchboard_core.catalog_ids import provider_id_problem as provider_id_problem
 from switchboard_core.money import MoneyFormatError, parse_usd
+from switchboard_core.pricing import ALL_RATES, FEES, HH_MM, PriceSheet, tier_problems
 from switchboard_core.upstreams import STRICT, UpstreamPolicy
 from switchboard_core.usage_bounds import MAX_USD_PER_TOKEN
 
@@ -32,6 +33,9 @@ _CONTEXT_MAX = 100_000_000
 # Prices in USD per million tokens have at most 6 decimal places: a whole number of
 # pico-dollars (1e-12 USD) a token, as budgets count in Redis and costs are written exactly.
 PRICE_QUANTUM = Decimal("0.000001")
+# Fees (per request, image, search) are USD each, kept to the ledger's 12 places.
+FEE_QUANTUM = Decimal("0.000000000001")
+_REQUIRED_RATES = ("prompt_usd_per_mtok", "completion_usd_per_mtok")
 # The dearest price a token may have: the ledger's bound (switchboard_core.usage_bounds).
 MAX_USD_PER_MTOK = MAX_USD_PER_TOKEN * 1_000_000
 
@@ -82,6 +86,13 @@ def model_violations(model: catalog_pb2.Model, prefix: str) -> Violations:
         if not values:
             out.append((f"{prefix}.{name}", "at least one, e.g. 'text'"))
         out.extend(_list_violations(f"{prefix}.{name}", values, _MODALITY, "a modality"))
+    out.extend(lifecycle_violations(model, prefix))
+    if model.successor_model_id:
+        problem = model_id_problem(model.successor_model_id)
+        if problem:
+            out.append((f"{prefix}.successor_model_id", problem))
+        elif model.successor_model_id == model.id:
+            out.append((f"{prefix}.successor_model_id", "must name another model, not itself"))
     return out
 
 
@@ -115,20 +126,50 @@ def endpoint_violations(endpoint: catalog_pb2.Endpoint, prefix: str) -> Violatio
         out.append((f"{prefix}.quantization", "lower case, e.g. 'fp8' or 'bf16', or empty"))
     if endpoint.status not in catalog_pb2.EndpointStatus.values():
         out.append((f"{prefix}.status", "must be a known EndpointStatus"))
+    out.extend(lifecycle_violations(endpoint, prefix))
     return out
 
 
 def pricing_violations(pricing: common_pb2.Pricing, prefix: str) -> Violations:
+    """Every rate a non-negative decimal (token rates: at most 6 places and the ledger's
+    bound; fees: at most 12 places), the prompt and completion rates required, tiers and
+    windows well formed (:func:`switchboard_core.pricing.tier_problems`)."""
+    out = _rate_violations(pricing, prefix, required=True)
+    for i, tier in enumerate(pricing.tiers):
+        where = f"{prefix}.tiers[{i}]"
+        if tier.prompt_tokens_above < 0:
+            out.append((f"{where}.prompt_tokens_above", "must not be negative"))
+        out.extend(_nested_violations(tier.pricing, f"{where}.pricing"))
+    for i, window in enumerate(pricing.windows):
+        where = f"{prefix}.windows[{i}]"
+        for name in ("start_utc", "end_utc"):
+            if not HH_MM.fullmatch(getattr(window, name)):
+                out.append((f"{where}.{name}", "a UTC time of day 'HH:MM', e.g. '16:30'"))
+        out.extend(_nested_violations(window.pricing, f"{where}.pricing"))
+    if out:
+        return out
+    try:
+        sheet = PriceSheet.from_proto(pricing)
+    except ValueError as error:  # every field was checked above; kept as a safety net
+        return [(prefix, str(error))]
+    return [(f"{prefix}.{field}", why) for field, why in tier_problems(sheet)]
+
+
+def _nested_violations(pricing: common_pb2.Pricing, prefix: str) -> Violations:
+    out = _rate_violations(pricing, prefix, required=False)
+    if pricing.tiers:
+        out.append((f"{prefix}.tiers", "a tier or window has no tiers of its own"))
+    if pricing.windows:
+        out.append((f"{prefix}.windows", "a tier or window has no windows of its own"))
+    return out
+
+
+def _rate_violations(pricing: common_pb2.Pricing, prefix: str, *, required: bool) -> Violations:
     out: Violations = []
-    for name, required in (
-        ("prompt_usd_per_mtok", True),
-        ("completion_usd_per_mtok", True),
-        ("cached_prompt_usd_per_mtok", False),
-        ("cache_write_usd_per_mtok", False),
-    ):
+    for name in ALL_RATES.values():
         text: str = getattr(pricing, name)
         if not text:
-            if required:
+            if required and name in _REQUIRED_RATES:
                 out.append((f"{prefix}.{name}", "required, a decimal string such as '0.15'"))
             continue
         try:
@@ -136,7 +177,10 @@ def pricing_violations(pricing: common_pb2.Pricing, prefix: str) -> Violations:
         except MoneyFormatError as error:
             out.append((f"{prefix}.{name}", str(error)))
             continue
-        if price != price.quantize(PRICE_QUANTUM):
+        if name in FEES.values():
+            if price != price.quantize(FEE_QUANTUM):
+                out.append((f"{prefix}.{name}", "at most 12 decimal places (USD each)"))
+        elif price != price.quantize(PRICE_QUANTUM):
             out.append(
                 (
                     f"{prefix}.{name}",
@@ -153,6 +197,19 @@ def pricing_violations(pricing: common_pb2.Pricing, prefix: str) -> Violations:
                 )
             )
     return out
+
+
+def lifecycle_violations(
+    message: catalog_pb2.Model | catalog_pb2.Endpoint, prefix: str
+) -> Violations:
+    """Retirement not before deprecation (either may be unset: not announced)."""
+    if (
+        message.HasField("deprecation_time")
+        and message.HasField("retirement_time")
+        and message.retirement_time.ToDatetime() < message.deprecation_time.ToDatetime()
+    ):
+        return [(f"{prefix}.retirement_time", "must not be before deprecation_time")]
+    return []
 
 
 def _check(out: Violations, path: str, problem: str | None) -> None:
