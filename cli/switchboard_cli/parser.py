@@ -9,6 +9,7 @@ from switchboard_cli import (
     account,
     audit,
     budgets,
+    catalog,
     chat,
     generations,
     health,
@@ -30,7 +31,18 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_globals(common, env, with_defaults=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (keys, account, models, chat, usage, generations, budgets, audit, health):
+    for module in (
+        keys,
+        account,
+        models,
+        catalog,
+        chat,
+        usage,
+        generations,
+        budgets,
+        audit,
+        health,
+    ):
         module.register(commands, common)
     return parser
 

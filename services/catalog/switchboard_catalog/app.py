@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from switchboard_catalog.config import SERVICE, CatalogConfig
+from switchboard_catalog.importer import CatalogImporter
 from switchboard_catalog.seed import apply_seed, load_seed
 from switchboard_catalog.service import SERVICE_NAME, CatalogService, add_to_server
 from switchboard_catalog.store import CatalogStore
@@ -40,12 +41,20 @@ async def create_app(
         await migrate_audit(pool)
         if seed is not None:
             await apply_seed(store, seed)
+        if config.import_source:
+            result = await CatalogImporter(store, pool).run(dry_run=False)
+            log.info(
+                "catalog imported at start",
+                extra={"source": result.source_version, "changes": len(result.changes)},
+            )
         await broadcaster.start()
     except BaseException:
         await broadcaster.close()
         await pool.close()
         raise
-    servicer = CatalogService(store, broadcaster, config.upstream_policy)
+    servicer = CatalogService(
+        store, broadcaster, config.upstream_policy, importer=CatalogImporter(store, pool)
+    )
     audit_log = AuditLog(pool, SERVICE)  # catalog writes, and ListAuditEvents
     # Operator keys (admin calls) are checked by metering, which owns them.
     metering = service_channel(config.metering_addr, config.server.tls)

@@ -17,6 +17,8 @@ DEFAULT_METRICS_PORT = 9092
 DEFAULT_DEMO_BASE_URL = "http://127.0.0.1:8088/v1"
 DEFAULT_METERING_ADDR = "127.0.0.1:50053"
 SEED_NONE = "none"
+# What SWITCHBOARD_CATALOG_IMPORT may name (switchboard_catalog.importer_source.SOURCES).
+IMPORT_SOURCES = frozenset({"genai-prices"})
 
 
 def packaged_seed_path() -> Path:
@@ -42,6 +44,9 @@ class CatalogConfig:
     # How far back the price history sent to metering reaches: the ledger's oldest accepted
     # event (SWITCHBOARD_LEDGER_MAX_EVENT_AGE_DAYS, read by metering too).
     price_history_days: int = DEFAULT_MAX_EVENT_AGE_DAYS
+    # A source to import at start, after the seed (SWITCHBOARD_CATALOG_IMPORT=genai-prices;
+    # empty: none). See switchboard_catalog.importer.
+    import_source: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> CatalogConfig:
@@ -60,6 +65,12 @@ class CatalogConfig:
             min_value=1,
             max_value=36_500,
         )
+        import_source = reader.str("SWITCHBOARD_CATALOG_IMPORT", "")
+        if import_source and import_source not in IMPORT_SOURCES:
+            reader.problems.append(
+                f"SWITCHBOARD_CATALOG_IMPORT: {import_source!r} is not a source"
+                f" (one of: {', '.join(sorted(IMPORT_SOURCES))}; or empty)"
+            )
         reader.finish()
         return cls(
             server=server,
@@ -69,6 +80,7 @@ class CatalogConfig:
             upstream_policy=upstream_policy,
             metering_addr=metering_addr,
             price_history_days=price_history_days,
+            import_source=import_source,
         )
 
 

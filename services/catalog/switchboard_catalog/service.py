@@ -16,23 +16,31 @@ import grpc
 from google.protobuf.message import Message
 
 from switchboard.catalog.v1 import catalog_pb2, catalog_pb2_grpc
-from switchboard_catalog import validate
+from switchboard_catalog import importer_map, validate
+from switchboard_catalog.importer import CatalogImporter
+from switchboard_catalog.importer_source import SOURCES
 from switchboard_catalog.store import CatalogStore
 from switchboard_catalog.watch import CatalogBroadcaster
 from switchboard_core import paging
-from switchboard_core.errors import InvalidArgument, NotFound
+from switchboard_core.errors import FailedPrecondition, InvalidArgument, NotFound
 from switchboard_core.upstreams import UpstreamPolicy
 
 SERVICE_NAME = "switchboard.catalog.v1.CatalogService"
+MAX_IMPORT_PROVIDERS = 100
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class CatalogService(catalog_pb2_grpc.CatalogServiceServicer):
     def __init__(
-        self, store: CatalogStore, broadcaster: CatalogBroadcaster, upstream_policy: UpstreamPolicy
+        self,
+        store: CatalogStore,
+        broadcaster: CatalogBroadcaster,
+        upstream_policy: UpstreamPolicy,
+        importer: CatalogImporter | None = None,
     ) -> None:
         self._store = store
+        self._importer = importer
         self.broadcaster = broadcaster
         # Where provider base URLs may point (switchboard_core.upstreams).
         self._upstream_policy = upstream_policy
@@ -131,6 +139,31 @@ class CatalogService(catalog_pb2_grpc.CatalogServiceServicer):
         stored = await self._store.upsert_endpoint(endpoint)
         return catalog_pb2.UpsertEndpointResponse(endpoint=stored)
 
+    async def ImportCatalog(
+        self, request: catalog_pb2.ImportCatalogRequest, context: Context
+    ) -> catalog_pb2.ImportCatalogResponse:
+        violations: validate.Violations = []
+        if request.source not in SOURCES:
+            violations.append(("source", f"must be one of {sorted(SOURCES)}"))
+        if len(request.provider_ids) > MAX_IMPORT_PROVIDERS:
+            violations.append(("provider_ids", f"at most {MAX_IMPORT_PROVIDERS}"))
+        else:
+            for index, provider_id in enumerate(request.provider_ids):
+                problem = validate.provider_id_problem(provider_id)
+                if problem is None and provider_id not in importer_map.PROVIDERS_BY_CATALOG_ID:
+                    known = ", ".join(sorted(importer_map.PROVIDERS_BY_CATALOG_ID))
+                    problem = f"not a provider the import maps (one of: {known})"
+                if problem:
+                    violations.append((f"provider_ids[{index}]", problem))
+        if violations:
+            raise InvalidArgument(violations)
+        if self._importer is None:
+            raise FailedPrecondition("this catalog server imports nothing", reason="NO_IMPORTER")
+        result = await self._importer.run(
+            dry_run=request.dry_run, provider_ids=list(request.provider_ids)
+        )
+        return result.to_proto()
+
 
 def _serialize_watch_response(message: bytes | catalog_pb2.WatchCatalogResponse) -> bytes:
     if isinstance(message, bytes):
@@ -148,6 +181,7 @@ def add_to_server(servicer: CatalogService, server: grpc.aio.Server) -> None:
         ("UpsertProvider", servicer.UpsertProvider, catalog_pb2.UpsertProviderRequest.FromString),
         ("UpsertModel", servicer.UpsertModel, catalog_pb2.UpsertModelRequest.FromString),
         ("UpsertEndpoint", servicer.UpsertEndpoint, catalog_pb2.UpsertEndpointRequest.FromString),
+        ("ImportCatalog", servicer.ImportCatalog, catalog_pb2.ImportCatalogRequest.FromString),
     ]
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         name: grpc.unary_unary_rpc_method_handler(

@@ -21,6 +21,8 @@ from switchboard_devstack.stack import Ports, Stack
 from switchboard_devstack.storage import postgres_url, redis_url
 
 STATE_DIR = Path(".devstack")
+# What the catalog imports at start under `make run` (SWITCHBOARD_CATALOG_IMPORT).
+IMPORT = "genai-prices"
 
 
 async def demo_key(stack: Stack) -> tuple[str, str]:
@@ -87,7 +89,11 @@ async def run() -> int:
     database, embedded_pg = postgres_url(database or None, STATE_DIR / "postgres")
     redis, embedded_redis = redis_url(redis or None, STATE_DIR / "redis")
     pki = DevPki.ensure(STATE_DIR / "pki")
-    stack = Stack(database, redis, pki, log_dir=STATE_DIR / "logs")
+    # The catalog starts from the seed plus the price database bundled with genai-prices
+    # (the developer's own SWITCHBOARD_CATALOG_IMPORT wins; empty skips it). Only here: the
+    # test stacks keep the seed alone.
+    imports = {"SWITCHBOARD_CATALOG_IMPORT": os.environ.get("SWITCHBOARD_CATALOG_IMPORT", IMPORT)}
+    stack = Stack(database, redis, pki, log_dir=STATE_DIR / "logs", extra_env=imports)
     try:
         print("starting services ...", file=sys.stderr, flush=True)
         await stack.start()

@@ -151,6 +151,15 @@ RPC_OWNERS: Mapping[str, Owner] = {
     f"/{CATALOG}/UpsertEndpoint": Owner(
         scope=Scope.CATALOG_WRITE, audit=Audit("endpoint", "response.endpoint.id")
     ),
+    # A dry run is recorded too: who looked, and at which source version.
+    f"/{CATALOG}/ImportCatalog": Owner(
+        scope=Scope.CATALOG_WRITE,
+        audit=Audit(
+            "catalog_import",
+            "request.source",
+            result=("applied", "source_version", "catalog_version"),
+        ),
+    ),
     # Metering.
     f"/{METERING}/CreateApiKey": Owner(
         scope=Scope.KEYS_WRITE,
