@@ -58,6 +58,9 @@ def _usage(**values: int) -> Poison:
         usage = event.usage
         usage.prompt_tokens, usage.completion_tokens = 10, 5
         usage.cached_tokens = usage.reasoning_tokens = usage.cache_write_tokens = 0
+        usage.cache_write_1h_tokens = usage.cached_audio_tokens = 0
+        usage.audio_prompt_tokens = usage.image_prompt_tokens = usage.video_prompt_tokens = 0
+        usage.audio_completion_tokens = usage.web_searches = usage.input_images = 0
         for name, value in values.items():
             setattr(usage, name, value)
 
@@ -77,7 +80,7 @@ def _undated(event: metering_pb2.UsageEvent) -> None:
 
 def _costing(cost: str) -> Poison:
     def poison(event: metering_pb2.UsageEvent) -> None:
-        _usage()(event)  # 15 tokens: at most $1.50 at $0.10 a token
+        _usage()(event)  # 15 tokens and the request: at most $1.60 at $0.10 a unit
         event.cost_usd = cost
 
     return poison
@@ -101,6 +104,48 @@ CASES: tuple[Case, ...] = (
         "cached over prompt", _usage(cached_tokens=8, cache_write_tokens=3), "usage.cached_tokens"
     ),
     Case("reasoning over completion", _usage(reasoning_tokens=6), "usage.reasoning_tokens"),
+    # The finer parts (migration 0006): bounded, and within their totals.
+    *(
+        Case(f"{name} 2^62", _usage(**{name: 2**62}), f"usage.{name}")
+        for name in (
+            "cache_write_1h_tokens",
+            "audio_prompt_tokens",
+            "image_prompt_tokens",
+            "video_prompt_tokens",
+            "cached_audio_tokens",
+            "audio_completion_tokens",
+            "web_searches",
+            "input_images",
+        )
+    ),
+    Case("negative web searches", _usage(web_searches=-1), "usage.web_searches"),
+    Case("10,001 input images", _usage(input_images=10_001), "usage.input_images"),
+    Case(
+        "1h writes over writes",
+        _usage(cache_write_tokens=2, cache_write_1h_tokens=3),
+        "usage.cache_write_1h_tokens",
+    ),
+    Case(
+        "modalities over prompt",
+        _usage(audio_prompt_tokens=4, image_prompt_tokens=4, video_prompt_tokens=3),
+        "usage.audio_prompt_tokens",
+    ),
+    Case(
+        "cached audio over cached",
+        _usage(cached_tokens=2, audio_prompt_tokens=5, cached_audio_tokens=3),
+        "usage.cached_audio_tokens",
+    ),
+    Case(
+        "cached audio over audio",
+        _usage(cached_tokens=5, audio_prompt_tokens=2, cached_audio_tokens=3),
+        "usage.cached_audio_tokens",
+    ),
+    Case(
+        "audio output over completion less reasoning",
+        _usage(reasoning_tokens=3, audio_completion_tokens=3),
+        "usage.audio_completion_tokens",
+    ),
+    Case("negative price_version", _set(price_version=-1), "price_version"),
     Case("attempt 2^32-1", _set(attempt=2**32 - 1), "attempt"),
     Case("attempt 256", _set(attempt=256), "attempt"),
     Case("latency 2^62", _set(latency_ms=2**62), "latency_ms"),
@@ -127,7 +172,7 @@ CASES: tuple[Case, ...] = (
     Case("cost $4.6 trillion", _costing("4611686018427.387904"), "cost_usd"),
     Case("cost $1 trillion", _costing("999999999999.999999999999"), "cost_usd"),
     Case("cost 10,000.01", _costing("10000.01"), "cost_usd"),
-    Case("cost over $0.10 a token", _costing("1.51"), "cost_usd"),
+    Case("cost over $0.10 a token", _costing("1.61"), "cost_usd"),
     Case("negative cost", _costing("-1"), "cost_usd"),
     Case("exponent cost", _costing("1e3"), "cost_usd"),
     Case("NaN cost", _costing("NaN"), "cost_usd"),

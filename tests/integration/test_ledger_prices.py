@@ -32,7 +32,8 @@ from switchboard_catalog import store as store_module
 from switchboard_catalog.store import CatalogStore
 from switchboard_catalog.testing import RunningCatalog
 from switchboard_core.db import create_pool
-from switchboard_core.money import Price, format_usd
+from switchboard_core.money import format_usd
+from switchboard_core.pricing import Counts, PriceSheet
 from switchboard_metering.config import OutboxSettings
 from tests.integration.test_metering_app import (
     Metering,
@@ -121,9 +122,7 @@ def priced(key: str, endpoint: str, prompt: str, completion: str) -> metering_pb
     """An honest event (usage_event's token counts) at these prices."""
     event = usage_event(key, model=endpoint.split(":", 1)[1], provider=PROVIDER)
     usage = event.usage
-    cost = Price.parse(prompt, completion).cost(
-        usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens
-    )
+    cost = PriceSheet.flat(prompt, completion).cost(Counts.of(usage))
     event.cost_usd = format_usd(cost)
     return event
 

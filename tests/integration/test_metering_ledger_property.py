@@ -50,6 +50,8 @@ event_specs = st.lists(
         st.decimals(min_value=0, max_value="0.5", places=12).map(format_usd),
         # Prompt tokens; usage_event adds a cache-write token, which the prompt must include.
         st.integers(min_value=1, max_value=10_000),
+        # Web searches (a finer count, migration 0006), summed like the tokens.
+        st.integers(min_value=0, max_value=5),
     ),
     min_size=1,
     max_size=12,
@@ -59,7 +61,7 @@ event_specs = st.lists(
 @st.composite
 def deliveries(
     draw: st.DrawFn,
-) -> tuple[list[tuple[str, str, int, str, int]], list[list[int]], bool]:
+) -> tuple[list[tuple[str, str, int, str, int, int]], list[list[int]], bool]:
     """A set of events, batches of their indexes (with replays), and whether to run them at once."""
     specs = draw(event_specs)
     indexes = st.integers(min_value=0, max_value=len(specs) - 1)
@@ -72,14 +74,17 @@ def deliveries(
 
 def expected_rollups(
     events: list[metering_pb2.UsageEvent],
-) -> dict[RollupKey, tuple[int, int, Decimal]]:
-    sums: dict[RollupKey, tuple[int, int, Decimal]] = defaultdict(lambda: (0, 0, Decimal(0)))
+) -> dict[RollupKey, tuple[int, int, int, Decimal]]:
+    sums: dict[RollupKey, tuple[int, int, int, Decimal]] = defaultdict(
+        lambda: (0, 0, 0, Decimal(0))
+    )
     for event in events:
         hour = event.create_time.ToDatetime(tzinfo=UTC).replace(minute=0, second=0, microsecond=0)
-        requests, prompt, cost = sums[(event.model_id, event.provider_id, hour)]
+        requests, prompt, searches, cost = sums[(event.model_id, event.provider_id, hour)]
         sums[(event.model_id, event.provider_id, hour)] = (
             requests + 1,
             prompt + event.usage.prompt_tokens,
+            searches + event.usage.web_searches,
             cost + Decimal(event.cost_usd),
         )
     return dict(sums)
@@ -88,7 +93,8 @@ def expected_rollups(
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(deliveries())
 async def test_rollups_equal_the_set_of_events(
-    pool: asyncpg.Pool, case: tuple[list[tuple[str, str, int, str, int]], list[list[int]], bool]
+    pool: asyncpg.Pool,
+    case: tuple[list[tuple[str, str, int, str, int, int]], list[list[int]], bool],
 ) -> None:
     specs, batches, concurrent = case
     key = new_key_id()
@@ -102,10 +108,12 @@ async def test_rollups_equal_the_set_of_events(
             cost=cost,
             prompt=tokens,
         )
-        for index, (m, p, mins, cost, tokens) in enumerate(specs)
+        for index, (m, p, mins, cost, tokens, _) in enumerate(specs)
     ]
     for index, event in enumerate(events):
         event.attempt = index % 2
+        event.usage.web_searches = specs[index][5]
+        event.price_version = index
     # The ledger's clock just after the events, so that they are inside its window.
     later = T0 + timedelta(hours=3)
     ledger = Ledger(pool, Partitions(pool, window=EventWindow(clock=lambda: later)))
@@ -118,7 +126,7 @@ async def test_rollups_equal_the_set_of_events(
     assert sum(r.recorded + r.duplicates for r in results) == sum(map(len, batches))
 
     rows = await pool.fetch(
-        "SELECT model_id, provider_id, bucket_start, requests, prompt_tokens, cost"
+        "SELECT model_id, provider_id, bucket_start, requests, prompt_tokens, web_searches, cost"
         " FROM usage_rollups WHERE key_id = $1",
         key,
     )
@@ -126,6 +134,7 @@ async def test_rollups_equal_the_set_of_events(
         (r["model_id"], r["provider_id"], r["bucket_start"]): (
             r["requests"],
             r["prompt_tokens"],
+            r["web_searches"],
             r["cost"],
         )
         for r in rows

@@ -19,7 +19,8 @@ from switchboard.catalog.v1 import catalog_pb2
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.liveness import progress_value, template_value
-from switchboard_core.money import Price, format_usd
+from switchboard_core.money import format_usd
+from switchboard_core.pricing import Counts, PriceSheet
 from switchboard_metering.cost_check import PriceCheck
 from switchboard_metering.event_rules import CostProblem, EventRules, check_event
 from switchboard_metering.prices import PriceBook, PriceWatch
@@ -98,7 +99,7 @@ def usage_event(
 
 
 def cost_at(prices: tuple[str, str, str, str], cached: int = 0) -> str:
-    return format_usd(Price.parse(*prices).cost(1000, 500, cached, 0))
+    return format_usd(PriceSheet.flat(*prices).cost(Counts(1000, 500, cached_tokens=cached)))
 
 
 def verdict(check: PriceCheck, event: metering_pb2.UsageEvent) -> CostProblem | None:
@@ -234,7 +235,7 @@ async def test_the_routers_own_costs_pass_completed_cut_short_and_swept() -> Non
     done = g.to_event(
         metering_pb2.GENERATION_STATUS_COMPLETED,
         usage,
-        cost_of(ROUTE, usage),
+        cost_of(ROUTE, usage, at=g.create_time),
         FinishEvent(Finish.STOP, ""),
     )
     g.text_chars = 321
@@ -243,7 +244,7 @@ async def test_the_routers_own_costs_pass_completed_cut_short_and_swept() -> Non
     cancelled = g.to_event(
         metering_pb2.GENERATION_STATUS_CANCELLED,
         cut,
-        cost_of(ROUTE, cut),
+        cost_of(ROUTE, cut, at=g.create_time),
         FinishEvent(Finish.CANCELLED, ""),
     )
     record = template(g).split(b" ", 1)[1]

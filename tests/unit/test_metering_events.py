@@ -164,15 +164,22 @@ def test_the_bounds_themselves_are_accepted() -> None:
     assert check_event(edge, "e", now=now) == []
 
 
-def test_cost_is_bounded_by_its_tokens() -> None:
-    usage = common_pb2.Usage(prompt_tokens=10, completion_tokens=5)  # at most $1.50
-    assert check_event(event(usage=usage, cost_usd="1.5"), "e") == []
-    assert [f for f, _ in check_event(event(usage=usage, cost_usd="1.500000000001"), "e")] == [
+def test_cost_is_bounded_by_its_tokens_and_fees() -> None:
+    usage = common_pb2.Usage(prompt_tokens=10, completion_tokens=5)  # and the request: $1.60
+    assert check_event(event(usage=usage, cost_usd="1.6"), "e") == []
+    assert [f for f, _ in check_event(event(usage=usage, cost_usd="1.600000000001"), "e")] == [
         "e.cost_usd"
     ]
+    # A request that spent no token may still owe a request fee, but not more than a unit.
     nothing = common_pb2.Usage()
-    assert check_event(event(usage=nothing, cost_usd="0"), "e") == []
-    assert [f for f, _ in check_event(event(usage=nothing, cost_usd="0.01"), "e")] == ["e.cost_usd"]
+    assert check_event(event(usage=nothing, cost_usd="0.1"), "e") == []
+    assert [f for f, _ in check_event(event(usage=nothing, cost_usd="0.11"), "e")] == ["e.cost_usd"]
+    # Searches and images are units too (their fees are per unit).
+    searched = common_pb2.Usage(web_searches=3, input_images=2)
+    assert check_event(event(usage=searched, cost_usd="0.6"), "e") == []
+    assert [f for f, _ in check_event(event(usage=searched, cost_usd="0.61"), "e")] == [
+        "e.cost_usd"
+    ]
 
 
 def test_the_window_follows_the_ledger_clock_and_settings() -> None:

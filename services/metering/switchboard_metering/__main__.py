@@ -1,7 +1,11 @@
 """``python -m switchboard_metering``: serve the metering service until SIGTERM/SIGINT.
 
-``python -m switchboard_metering reconcile [--fix]`` recomputes the usage rollups from the
-ledger and prints every difference (exit status 1 when there are any and ``--fix`` is off).
+``python -m switchboard_metering reconcile [--fix] [--no-costs]`` recomputes the usage rollups
+from the ledger and prints every difference (exit status 1 when there are any and ``--fix`` is
+off); then, unless ``--no-costs``, prices every ledger row again with the catalog's price
+history (fetched from ``SWITCHBOARD_CATALOG_ADDR`` as the metering service, with the
+service's own settings) and prints the rows whose cost differs (exit status 1 when any do;
+costs are never changed). Without those settings or a catalog it says so and skips the costs.
 
 ``python -m switchboard_metering create-operator-key --name NAME --scope SCOPE ...`` creates an
 operator key directly in the database (``DATABASE_URL``), for the first operator: it prints
@@ -15,14 +19,18 @@ import asyncio
 import sys
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
+
 from switchboard_core.config import ConfigError, EnvReader, read_database_url
 from switchboard_core.db import create_pool
 from switchboard_core.errors import SwitchboardError
 from switchboard_core.logs import configure
 from switchboard_metering.app import MIGRATIONS, create_app
+from switchboard_metering.catalog_prices import fetch_book
 from switchboard_metering.config import SERVICE, MeteringConfig
 from switchboard_metering.operators import bootstrap_operator_key
 from switchboard_metering.reconcile import duplicates, reconcile
+from switchboard_metering.repricing import reprice
 
 
 async def _serve(config: MeteringConfig) -> None:
@@ -31,11 +39,12 @@ async def _serve(config: MeteringConfig) -> None:
     await server.run_until_signal()
 
 
-async def _reconcile(database_url: str, fix: bool) -> int:
+async def _reconcile(database_url: str, fix: bool, costs: MeteringConfig | None) -> int:
     pool = await create_pool(database_url)
     try:
         differences = await reconcile(pool, fix=fix)
         twice = await duplicates(pool)
+        repriced = await _reprice(pool, costs) if costs is not None else 0
     finally:
         await pool.close()
     for difference in differences:
@@ -45,7 +54,28 @@ async def _reconcile(database_url: str, fix: bool) -> int:
     for duplicate in twice:
         print(duplicate)
     print(f"{len(twice)} generation attempts recorded more than once")
-    return 1 if (differences and not fix) or twice else 0
+    return 1 if (differences and not fix) or twice or repriced else 0
+
+
+async def _reprice(pool: asyncpg.Pool, config: MeteringConfig) -> int:
+    """Print the rows whose cost is not their price; how many there are."""
+    book = await fetch_book(config)
+    if book is None:
+        where = config.catalog_addr or "no SWITCHBOARD_CATALOG_ADDR"
+        print(f"costs not recomputed: no price history from the catalog ({where})")
+        return 0
+    found = await reprice(pool, book)
+    for difference in found.differences:
+        print(difference)
+    listed = (
+        "" if found.different == len(found.differences) else f" ({len(found.differences)} listed)"
+    )
+    print(
+        f"{found.different} of {found.checked} ledger costs differ from their price{listed};"
+        f" {found.unpriced} rows the catalog's price history cannot price (costs are never"
+        " changed)"
+    )
+    return found.different
 
 
 async def _create_operator_key(database_url: str, args: argparse.Namespace) -> int:
@@ -70,6 +100,11 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command")
     check = commands.add_parser("reconcile", help="recompute rollups from the ledger and compare")
     check.add_argument("--fix", action="store_true", help="replace the rollups with the ledger's")
+    check.add_argument(
+        "--no-costs",
+        action="store_true",
+        help="skip pricing the ledger's rows again with the catalog's price history",
+    )
     bootstrap = commands.add_parser(
         "create-operator-key", help="create an operator key in the database (the first one)"
     )
@@ -92,15 +127,30 @@ def main() -> None:
             sys.exit(2)
         configure(SERVICE, "WARNING")
         if args.command == "reconcile":
-            sys.exit(asyncio.run(_reconcile(database_url, args.fix)))
+            costs = None if args.no_costs else _cost_config()
+            sys.exit(asyncio.run(_reconcile(database_url, args.fix, costs)))
         sys.exit(asyncio.run(_create_operator_key(database_url, args)))
+    config = _config()
+    configure(SERVICE, config.server.log_level)
+    asyncio.run(_serve(config))
+
+
+def _cost_config() -> MeteringConfig | None:
+    """The service's settings, to reach the catalog as the service does; None (said) when
+    they are incomplete here."""
     try:
-        config = MeteringConfig.from_env()
+        return MeteringConfig.from_env()
+    except ConfigError as error:
+        print(f"costs not recomputed: the metering service's settings are incomplete ({error})")
+        return None
+
+
+def _config() -> MeteringConfig:
+    try:
+        return MeteringConfig.from_env()
     except ConfigError as error:
         print(error, file=sys.stderr)
         sys.exit(2)
-    configure(SERVICE, config.server.log_level)
-    asyncio.run(_serve(config))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 from switchboard_core.channels import service_channel
 from switchboard_metering.config import MeteringConfig
 from switchboard_metering.cost_check import PriceCheck
-from switchboard_metering.prices import PriceWatch
+from switchboard_metering.prices import PriceBook, PriceWatch
 
 
 class CatalogPrices:
@@ -44,3 +44,17 @@ class CatalogPrices:
     async def stop(self) -> None:
         await self.watch.stop()
         await self._channel.close(None)
+
+
+async def fetch_book(config: MeteringConfig) -> PriceBook | None:
+    """The catalog's current price history, once (for a command such as reconcile): None
+    when no catalog is configured, or none answered with one within
+    ``SWITCHBOARD_CATALOG_WAIT_SECONDS``."""
+    prices = CatalogPrices.open(config)
+    if prices is None:
+        return None
+    try:
+        await prices.ready()
+        return prices.watch.book
+    finally:
+        await prices.stop()

@@ -10,17 +10,21 @@ problem names its field (``events[3].usage.prompt_tokens``):
   ``endpoint_id``, ``upstream_model``, ``native_finish_reason``): at most
   :data:`~switchboard_core.usage_bounds.MAX_TEXT_CHARS` characters, no control characters;
   ``generation_id`` and ``key_id`` required;
-- token counts: each within the per-generation bounds of
-  :mod:`switchboard_core.usage_bounds`, and the parts consistent (cached + cache-write tokens
-  at most the prompt, reasoning tokens at most the completion). The bounds are what keeps
-  the ``bigint`` rollups from overflowing (the arithmetic is in that module);
+- counts: each within the per-generation bounds of :mod:`switchboard_core.usage_bounds`,
+  and the parts consistent (cached + cache-write tokens at most the prompt, one-hour writes
+  at most the writes, audio + image + video input at most the prompt, cached audio at most
+  the cached and the audio input, reasoning + audio output at most the completion; web
+  searches and input images bounded). The bounds are what keeps the ``bigint`` rollups from
+  overflowing (the arithmetic is in that module);
 - ``attempt`` below ``MAX_ATTEMPTS``; ``latency_ms`` and ``time_to_first_token_ms`` from 0
   to ``MAX_DURATION_MS``; ``finish_reason`` and ``status`` values their enums define;
+  ``price_version`` not negative (0: the router did not know it);
 - ``cost_usd``: a non-negative decimal string, at most ``MAX_COST_USD``, and at most the
-  event's tokens times ``MAX_USD_PER_TOKEN``; then the optional :class:`CostCheck`: the
-  exact price of the event's endpoint applied to its tokens
+  event's units (tokens, the request, searches, images) times ``MAX_USD_PER_TOKEN``; then the
+  optional :class:`CostCheck`: the exact price of the event's endpoint applied to its usage
   (:class:`switchboard_metering.cost_check.PriceCheck`), which may also name ``endpoint_id``
-  (not in the catalog), or find the event *unsettled* (checked again later, not refused);
+  (not in the catalog) or ``price_version`` (not a price of that endpoint), or find the event
+  *unsettled* (checked again later, not refused);
 - ``create_time``: required (it is part of the ledger's key) and inside the
   :class:`EventWindow`, from ``max_age`` before now (``SWITCHBOARD_LEDGER_MAX_EVENT_AGE_DAYS``)
   to ``max_skew`` after it (``SWITCHBOARD_LEDGER_MAX_CLOCK_SKEW_SECONDS``). The ledger never
@@ -52,6 +56,7 @@ from switchboard_core.usage_bounds import (
     MAX_DURATION_MS,
     MAX_TEXT_CHARS,
     MAX_USD_PER_TOKEN,
+    USAGE_COUNTS,
     text_problem,
     usage_problems,
 )
@@ -63,6 +68,7 @@ from switchboard_core.usage_bounds import (
 # How far ahead of metering's clock a router's may run.
 DEFAULT_MAX_CLOCK_SKEW_SECONDS = 300
 
+# The five classic token counts (the ones ``UsageRow`` and the first ledger had) ...
 TOKEN_FIELDS = (
     "prompt_tokens",
     "completion_tokens",
@@ -70,6 +76,9 @@ TOKEN_FIELDS = (
     "reasoning_tokens",
     "cache_write_tokens",
 )
+# ... and the finer parts and per-unit counts (migration 0006): every count of ``Usage``.
+DETAIL_FIELDS = tuple(name for name in USAGE_COUNTS if name not in TOKEN_FIELDS)
+COUNT_FIELDS = (*TOKEN_FIELDS, *DETAIL_FIELDS)
 TEXT_FIELDS = (
     "generation_id",
     "key_id",
@@ -233,13 +242,7 @@ def _check_text(event: metering_pb2.UsageEvent, path: str, problems: list[Proble
 
 def _check_usage(usage: common_pb2.Usage, path: str, problems: list[Problem]) -> bool:
     """Add the usage's problems; True when its counts can be trusted for the cost check."""
-    found = usage_problems(
-        usage.prompt_tokens,
-        usage.completion_tokens,
-        usage.cached_tokens,
-        usage.reasoning_tokens,
-        usage.cache_write_tokens,
-    )
+    found = usage_problems(**{name: getattr(usage, name) for name in COUNT_FIELDS})
     problems.extend((f"{path}.usage.{p.field}", p.message) for p in found)
     return not found
 
@@ -257,6 +260,8 @@ def _check_numbers(event: metering_pb2.UsageEvent, path: str, problems: list[Pro
         problems.append((f"{path}.finish_reason", "not a known FinishReason"))
     if event.status not in _STATUSES:
         problems.append((f"{path}.status", "not a known GenerationStatus"))
+    if event.price_version < 0:
+        problems.append((f"{path}.price_version", "must not be negative (0: unknown)"))
 
 
 def _check_cost(
@@ -281,8 +286,14 @@ def _check_cost(
     if not tokens_known:
         return  # the token counts are wrong already: no bound to compare with
     usage = event.usage
-    if cost > (usage.prompt_tokens + usage.completion_tokens) * MAX_USD_PER_TOKEN:
-        problems.append((where, f"must be at most {MAX_USD_PER_TOKEN} USD per token"))
+    # Fees count as units too (a request, a search, an image): no fee published comes near
+    # the bound, and a request that spent no token may still owe its request fee.
+    units = usage.prompt_tokens + usage.completion_tokens
+    units += 1 + usage.web_searches + usage.input_images
+    if cost > units * MAX_USD_PER_TOKEN:
+        problems.append(
+            (where, f"must be at most {MAX_USD_PER_TOKEN} USD per token, request, search or image")
+        )
         return
     # The price depends on when: an undated event is refused for its create_time alone.
     if rules.cost_check is not None and event.HasField("create_time"):

@@ -11,6 +11,11 @@ partitioned table by its partition column too. Events must therefore carry ``cre
 which the router fixes once per generation, so that a replay lands on the same key. Events
 dated before the retention horizon are ignored (counted as expired).
 
+A row keeps every count of the event's ``Usage`` (the finer parts too: one-hour cache
+writes, input by modality, cached audio, audio output, web searches, input images) and the
+``price_version`` that billed it (0: not known, the price in force at ``created_at``), so that
+:mod:`switchboard_metering.reconcile` can price any past row again (migration 0006).
+
 Nothing reaches Postgres unchecked: :mod:`switchboard_metering.event_rules` bounds every
 field first (token counts, cost, attempt, durations, text, enums, and ``create_time`` inside
 the accepted window), so a forged or garbled event is refused by name instead of failing the
@@ -37,6 +42,7 @@ from switchboard_core.errors import InvalidArgument, NotFound, Unavailable
 from switchboard_core.money import ZERO, format_usd, parse_usd
 from switchboard_core.usage_bounds import text_problem
 from switchboard_metering.event_rules import (
+    COUNT_FIELDS,
     MAX_REPORTED_VIOLATIONS,
     TOKEN_FIELDS,
     CostCheck,
@@ -70,6 +76,7 @@ for _source in ("outbox", "rpc"):  # export zeros before the first event
     EVENTS_EXPIRED.labels(_source)
 
 __all__ = [  # validation lives in event_rules; these names stay importable from here
+    "COUNT_FIELDS",
     "MAX_REPORTED_VIOLATIONS",
     "TOKEN_FIELDS",
     "Batch",
@@ -88,7 +95,7 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("provider_id", "text"),
     ("endpoint_id", "text"),
     ("upstream_model", "text"),
-    *((name, "bigint") for name in TOKEN_FIELDS),
+    *((name, "bigint") for name in COUNT_FIELDS),
     ("estimated", "boolean"),
     ("cost", "numeric"),
     ("finish_reason", "smallint"),
@@ -98,20 +105,22 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("created_at", "timestamptz"),
     ("latency_ms", "bigint"),
     ("ttft_ms", "bigint"),
+    ("price_version", "bigint"),
 )
 _NAMES = ", ".join(name for name, _ in _COLUMNS)
 _CREATED_AT = [name for name, _ in _COLUMNS].index("created_at")
 _ARRAYS = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_COLUMNS, start=1))
-# Rollup token columns are bigint (at most 9.22e18). Every event is at most
+# Rollup count columns are bigint (at most 9.22e18). Every event is at most
 # MAX_PROMPT_TOKENS (2e7) a count (switchboard_core.usage_bounds), so one (key, model,
 # provider, hour) cell overflows only after 4.6e11 events in that hour, 1.28e8 a second: the
 # per-event bound is the guarantee. Should Postgres refuse a row anyway, the outbox writes its
 # batch event by event and dead-letters only the refused one.
-_SUMS = ", ".join(f"sum({name})" for name in (*TOKEN_FIELDS, "cost"))
+_SUMS = ", ".join(f"sum({name})" for name in (*COUNT_FIELDS, "cost"))
 _ADD = ", ".join(
     f"{name} = usage_rollups.{name} + EXCLUDED.{name}"
-    for name in ("requests", *TOKEN_FIELDS, "cost")
+    for name in ("requests", *COUNT_FIELDS, "cost")
 )
+_COUNTS = ", ".join(COUNT_FIELDS)
 
 # How many times RecordUsage checks an unsettled event again (each after the cost check's
 # wait) before answering UNAVAILABLE: the check settles it within one wait unless its view
@@ -134,11 +143,11 @@ inserted AS (
     SELECT {_NAMES} FROM input WHERE created_at >= (SELECT retained_from FROM horizon)
     ORDER BY {_KEY}
     ON CONFLICT ({_KEY}) DO NOTHING
-    RETURNING key_id, model_id, provider_id, created_at, {", ".join(TOKEN_FIELDS)}, cost
+    RETURNING key_id, model_id, provider_id, created_at, {_COUNTS}, cost
 ),
 rolled AS (
     INSERT INTO usage_rollups
-        (key_id, model_id, provider_id, bucket_start, requests, {", ".join(TOKEN_FIELDS)}, cost)
+        (key_id, model_id, provider_id, bucket_start, requests, {_COUNTS}, cost)
     SELECT key_id, model_id, provider_id, date_trunc('hour', created_at, 'UTC'), count(*), {_SUMS}
     FROM inserted
     GROUP BY 1, 2, 3, 4
@@ -153,7 +162,7 @@ SELECT (SELECT count(*) FROM inserted) AS recorded,
 _QUERY_SQL = f"""
 SELECT date_trunc($4, bucket_start, 'UTC') AS bucket_start, model_id, provider_id,
        sum(requests)::bigint AS requests,
-       {", ".join(f"sum({name})::bigint AS {name}" for name in TOKEN_FIELDS)},
+       {", ".join(f"sum({name})::bigint AS {name}" for name in COUNT_FIELDS)},
        sum(cost) AS cost
 FROM usage_rollups
 WHERE {{owner}} AND bucket_start >= $2 AND bucket_start < $3
@@ -195,7 +204,7 @@ def _row(event: metering_pb2.UsageEvent) -> tuple[Any, ...]:
         event.provider_id,
         event.endpoint_id,
         event.upstream_model,
-        *(getattr(usage, name) for name in TOKEN_FIELDS),
+        *(getattr(usage, name) for name in COUNT_FIELDS),
         usage.estimated,
         parse_usd(event.cost_usd),
         int(event.finish_reason),
@@ -205,6 +214,7 @@ def _row(event: metering_pb2.UsageEvent) -> tuple[Any, ...]:
         event.create_time.ToDatetime(tzinfo=UTC),
         event.latency_ms,
         event.time_to_first_token_ms,
+        event.price_version,
     )
 
 
@@ -219,7 +229,7 @@ def _event_from_row(row: asyncpg.Record) -> metering_pb2.UsageEvent:
         endpoint_id=row["endpoint_id"],
         upstream_model=row["upstream_model"],
         usage=common_pb2.Usage(
-            estimated=row["estimated"], **{name: row[name] for name in TOKEN_FIELDS}
+            estimated=row["estimated"], **{name: row[name] for name in COUNT_FIELDS}
         ),
         cost_usd=format_usd(row["cost"]),
         finish_reason=row["finish_reason"],
@@ -228,9 +238,17 @@ def _event_from_row(row: asyncpg.Record) -> metering_pb2.UsageEvent:
         latency_ms=row["latency_ms"],
         time_to_first_token_ms=row["ttft_ms"],
         streamed=row["streamed"],
+        price_version=row["price_version"],
     )
     event.create_time.FromDatetime(row["created_at"])
     return event
+
+
+# The rollups sum every count; a UsageRow carries those its message has fields for (the five
+# classic token counts so far: the finer parts follow once the proto has them).
+_ROW_COUNTS = tuple(
+    name for name in COUNT_FIELDS if name in metering_pb2.UsageRow.DESCRIPTOR.fields_by_name
+)
 
 
 def _usage_row(row: asyncpg.Record) -> metering_pb2.UsageRow:
@@ -239,7 +257,7 @@ def _usage_row(row: asyncpg.Record) -> metering_pb2.UsageRow:
         provider_id=row["provider_id"],
         requests=row["requests"],
         cost_usd=format_usd(row["cost"]),
-        **{name: row[name] for name in TOKEN_FIELDS},
+        **{name: row[name] for name in _ROW_COUNTS},
     )
     out.bucket_start.FromDatetime(row["bucket_start"])
     return out

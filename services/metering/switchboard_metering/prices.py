@@ -3,7 +3,13 @@
 
 :class:`PriceBook` is one snapshot's history, immutable: for each endpoint the prices it has
 had, oldest first, each in effect from its ``effective_time`` until the next one's (the
-catalog's table ``endpoint_prices``; see ``catalog.proto`` ``EndpointPriceHistory``).
+catalog's table ``endpoint_prices``; see ``catalog.proto`` ``EndpointPriceHistory``). Each
+price is a full :class:`~switchboard_core.pricing.PriceSheet` (rates by token type and
+modality, tiers, windows, fees) with the catalog's ``price_version`` for it, the id a usage
+event names when the router knew which price it billed with. Versions are the catalog's ids
+of ``endpoint_prices`` rows: unique across endpoints, so the book also knows which endpoint
+a version belongs to. A catalog that sends no versions (0) leaves events to be priced by
+time alone.
 :class:`PriceWatch` is the background task (:class:`switchboard_core.catalog_watch.CatalogWatch`)
 that swaps in a new book on every catalog change and tells the cost check
 (:mod:`switchboard_metering.cost_check`) how current it is: it asks for the current snapshot
@@ -22,25 +28,28 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import grpc
 
 from switchboard.catalog.v1 import catalog_pb2
 from switchboard_core.catalog_watch import CatalogWatch
-from switchboard_core.money import Price
+from switchboard_core.pricing import PriceSheet
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class EndpointPrices:
-    """One endpoint's prices, oldest first: ``prices[i]`` took effect at ``starts[i]``
-    (nanoseconds since the epoch) and held until ``starts[i + 1]``."""
+    """One endpoint's prices, oldest first: ``sheets[i]`` took effect at ``starts[i]``
+    (nanoseconds since the epoch) and held until ``starts[i + 1]``; ``versions[i]`` is its
+    catalog price version (0 when the catalog gave none)."""
 
     starts: tuple[int, ...]
-    prices: tuple[Price, ...]
+    sheets: tuple[PriceSheet, ...]
+    versions: tuple[int, ...] = ()
+    by_version: Mapping[int, int] = field(default_factory=dict)  # version -> index
 
     def during(self, first_ns: int, last_ns: int) -> range:
         """Indexes of the prices in effect at some instant of ``[first_ns, last_ns]``: the
@@ -50,32 +59,43 @@ class EndpointPrices:
         begin = max(bisect.bisect_right(self.starts, first_ns) - 1, 0)
         return range(begin, end)
 
+    def at(self, instant_ns: int) -> int | None:
+        """The index of the price in effect at ``instant_ns``; None before the first."""
+        index = bisect.bisect_right(self.starts, instant_ns) - 1
+        return index if index >= 0 else None
+
     def effective_at(self, index: int) -> datetime:
         return datetime.fromtimestamp(self.starts[index] / 1e9, UTC)
+
+    def version_of(self, index: int) -> int:
+        return self.versions[index] if self.versions else 0
 
 
 def _endpoint_prices(history: catalog_pb2.EndpointPriceHistory) -> EndpointPrices:
     changes = sorted(history.changes, key=lambda c: c.effective_time.ToNanoseconds())
+    sheets = []
+    for change in changes:
+        try:
+            sheets.append(PriceSheet.from_proto(change.pricing))
+        except ValueError as error:
+            raise ValueError(f"endpoint {history.endpoint_id!r}: {error}") from None
+    versions = tuple(c.price_version for c in changes)
     return EndpointPrices(
         starts=tuple(c.effective_time.ToNanoseconds() for c in changes),
-        prices=tuple(
-            Price.parse(
-                c.pricing.prompt_usd_per_mtok,
-                c.pricing.completion_usd_per_mtok,
-                c.pricing.cached_prompt_usd_per_mtok,
-                c.pricing.cache_write_usd_per_mtok,
-            )
-            for c in changes
-        ),
+        sheets=tuple(sheets),
+        versions=versions,
+        by_version={v: i for i, v in enumerate(versions) if v},
     )
 
 
 @dataclass(frozen=True, slots=True)
 class PriceBook:
-    """Every endpoint's price history, as of one catalog version."""
+    """Every endpoint's price history, as of one catalog version, and the endpoint each
+    price version belongs to."""
 
     version: int
     endpoints: Mapping[str, EndpointPrices]
+    version_owners: Mapping[int, str] = field(default_factory=dict)
 
     @classmethod
     def from_proto(cls, message: catalog_pb2.WatchCatalogResponse) -> PriceBook | None:
@@ -85,9 +105,15 @@ class PriceBook:
         has_endpoints = any(model.endpoints for model in message.models)
         if has_endpoints and not message.price_history:
             return None
+        endpoints = {h.endpoint_id: _endpoint_prices(h) for h in message.price_history}
         return cls(
             version=message.version,
-            endpoints={h.endpoint_id: _endpoint_prices(h) for h in message.price_history},
+            endpoints=endpoints,
+            version_owners={
+                version: endpoint_id
+                for endpoint_id, prices in endpoints.items()
+                for version in prices.by_version
+            },
         )
 
 

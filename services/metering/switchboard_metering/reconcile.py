@@ -7,9 +7,12 @@ either side included). With ``fix=True`` it replaces the rollups with the recomp
 one transaction that holds ledger writes back meanwhile. Only the retained range is compared:
 rollups older than ``ledger_retention.retained_from`` outlive the partitions they came from.
 It also reports any generation attempt recorded twice (under two different create times),
-which the ledger's key cannot rule out by itself.
+which the ledger's key cannot rule out by itself. And, given the catalog's price history, it
+prices every row again with the price that billed it (:mod:`switchboard_metering.repricing`)
+and reports the rows whose cost differs; those are reported, never changed.
 
-Run it with ``python -m switchboard_metering reconcile [--fix]`` (``make reconcile``).
+Run it with ``python -m switchboard_metering reconcile [--fix] [--no-costs]``
+(``make reconcile``).
 """
 
 from __future__ import annotations
@@ -20,14 +23,14 @@ from decimal import Decimal
 
 import asyncpg
 
-from switchboard_metering.ledger import TOKEN_FIELDS
+from switchboard_metering.ledger import COUNT_FIELDS
 
-COLUMNS = ("requests", *TOKEN_FIELDS, "cost")
+COLUMNS = ("requests", *COUNT_FIELDS, "cost")
 _GROUP = "key_id, model_id, provider_id, bucket_start"
 _COMPUTED = f"""
 SELECT key_id, model_id, provider_id, date_trunc('hour', created_at, 'UTC') AS bucket_start,
        count(*)::bigint AS requests,
-       {", ".join(f"sum({c})::bigint AS {c}" for c in TOKEN_FIELDS)},
+       {", ".join(f"sum({c})::bigint AS {c}" for c in COUNT_FIELDS)},
        sum(cost) AS cost
 FROM generations
 GROUP BY 1, 2, 3, 4

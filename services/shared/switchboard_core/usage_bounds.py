@@ -11,7 +11,15 @@ below what breaks the ledger's arithmetic, so no forged or garbled event can:
   advertised is 10M (Llama 4 Scout). ``MAX_PROMPT_TOKENS`` is 20M, twice that. The largest
   output caps are about 128K tokens (hidden reasoning included); ``MAX_COMPLETION_TOKENS`` is
   4M, some 30 times that. Cached and cache-write tokens are parts of the prompt, reasoning
-  tokens a part of the completion, so they have the same bounds and must add up.
+  tokens a part of the completion, so they have the same bounds and must add up; so must the
+  finer parts (one-hour cache writes of the cache writes, audio, image and video input of the
+  prompt, cached audio of the cached tokens and of the audio input, audio output of the
+  completion beside its reasoning).
+- **Fees.** ``web_searches`` and ``input_images`` are billed per unit. The most searches a
+  tool loop runs for one request is a few dozen (Anthropic caps ``max_uses`` per request; an
+  agent may ask more), and providers cap images per request at a few hundred (Anthropic 100,
+  Gemini 3,600 for video frames): ``MAX_WEB_SEARCHES`` and ``MAX_INPUT_IMAGES`` are 10,000
+  each. Summed in a ``bigint`` rollup they overflow even later than the tokens do.
 - **Rollups.** ``usage_rollups`` sums tokens per key, model, provider and hour in ``bigint``
   (at most 9.22e18). At 20M tokens an event it takes 4.6e11 events in one such hour to
   overflow: 128 million a second, for one key, for an hour. The per-event bound is the
@@ -40,6 +48,8 @@ from decimal import Decimal
 
 MAX_PROMPT_TOKENS = 20_000_000
 MAX_COMPLETION_TOKENS = 4_000_000
+MAX_WEB_SEARCHES = 10_000
+MAX_INPUT_IMAGES = 10_000
 MAX_ATTEMPTS = 256
 MAX_DURATION_MS = 24 * 3600 * 1000
 MAX_COST_USD = Decimal(10_000)
@@ -76,7 +86,17 @@ _LIMITS = {
     "cached_tokens": MAX_PROMPT_TOKENS,
     "reasoning_tokens": MAX_COMPLETION_TOKENS,
     "cache_write_tokens": MAX_PROMPT_TOKENS,
+    "cache_write_1h_tokens": MAX_PROMPT_TOKENS,
+    "audio_prompt_tokens": MAX_PROMPT_TOKENS,
+    "image_prompt_tokens": MAX_PROMPT_TOKENS,
+    "video_prompt_tokens": MAX_PROMPT_TOKENS,
+    "cached_audio_tokens": MAX_PROMPT_TOKENS,
+    "audio_completion_tokens": MAX_COMPLETION_TOKENS,
+    "web_searches": MAX_WEB_SEARCHES,
+    "input_images": MAX_INPUT_IMAGES,
 }
+# The counts of a usage report, by their ``switchboard.common.v1.Usage`` names.
+USAGE_COUNTS = tuple(_LIMITS)
 
 
 def usage_problems(
@@ -85,15 +105,33 @@ def usage_problems(
     cached_tokens: int = 0,
     reasoning_tokens: int = 0,
     cache_write_tokens: int = 0,
+    *,
+    cache_write_1h_tokens: int = 0,
+    audio_prompt_tokens: int = 0,
+    image_prompt_tokens: int = 0,
+    video_prompt_tokens: int = 0,
+    cached_audio_tokens: int = 0,
+    audio_completion_tokens: int = 0,
+    web_searches: int = 0,
+    input_images: int = 0,
 ) -> list[UsageProblem]:
-    """What is wrong with these counts (canonical terms: the prompt includes cached and
-    cache-write tokens, the completion includes reasoning tokens); empty when plausible."""
+    """What is wrong with these counts (canonical terms: the prompt includes cached,
+    cache-write, audio, image and video tokens; the completion includes reasoning and audio
+    output tokens); empty when plausible. Each part is named by the field at fault."""
     counts = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "cached_tokens": cached_tokens,
         "reasoning_tokens": reasoning_tokens,
         "cache_write_tokens": cache_write_tokens,
+        "cache_write_1h_tokens": cache_write_1h_tokens,
+        "audio_prompt_tokens": audio_prompt_tokens,
+        "image_prompt_tokens": image_prompt_tokens,
+        "video_prompt_tokens": video_prompt_tokens,
+        "cached_audio_tokens": cached_audio_tokens,
+        "audio_completion_tokens": audio_completion_tokens,
+        "web_searches": web_searches,
+        "input_images": input_images,
     }
     problems: list[UsageProblem] = []
     for name, value in counts.items():
@@ -103,22 +141,42 @@ def usage_problems(
             problems.append(UsageProblem(name, OVER_BOUND, f"must be at most {_LIMITS[name]}"))
     if problems:
         return problems  # the sums below would only repeat them
-    if cached_tokens + cache_write_tokens > prompt_tokens:
-        problems.append(
-            UsageProblem(
-                "cached_tokens",
-                INCONSISTENT_PARTS,
-                "cached_tokens + cache_write_tokens must not exceed prompt_tokens",
-            )
-        )
-    if reasoning_tokens > completion_tokens:
-        problems.append(
-            UsageProblem(
-                "reasoning_tokens",
-                INCONSISTENT_PARTS,
-                "must not exceed completion_tokens (which include them)",
-            )
-        )
+    for name, rule, holds in (
+        (
+            "cached_tokens",
+            "cached_tokens + cache_write_tokens must not exceed prompt_tokens",
+            cached_tokens + cache_write_tokens <= prompt_tokens,
+        ),
+        (
+            "reasoning_tokens",
+            "must not exceed completion_tokens (which include them)",
+            reasoning_tokens <= completion_tokens,
+        ),
+        (
+            "cache_write_1h_tokens",
+            "must not exceed cache_write_tokens (which include them)",
+            cache_write_1h_tokens <= cache_write_tokens,
+        ),
+        (
+            "audio_prompt_tokens",
+            "audio + image + video prompt tokens must not exceed prompt_tokens",
+            audio_prompt_tokens + image_prompt_tokens + video_prompt_tokens <= prompt_tokens,
+        ),
+        (
+            "cached_audio_tokens",
+            "must not exceed cached_tokens nor audio_prompt_tokens (which include them)",
+            cached_audio_tokens <= min(cached_tokens, audio_prompt_tokens),
+        ),
+        (
+            "audio_completion_tokens",
+            "audio_completion_tokens + reasoning_tokens must not exceed completion_tokens",
+            # (reasoning over the completion is named above, once)
+            reasoning_tokens > completion_tokens
+            or audio_completion_tokens + reasoning_tokens <= completion_tokens,
+        ),
+    ):
+        if not holds:
+            problems.append(UsageProblem(name, INCONSISTENT_PARTS, rule))
     return problems
 
 
