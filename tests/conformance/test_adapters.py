@@ -201,7 +201,8 @@ class Outcome:
 
     @property
     def usage(self) -> list[UsageReport]:
-        return [e for e in self.events if isinstance(e, UsageReport)]
+        """The final usage reports (running counts, marked estimated, are left out)."""
+        return [e for e in self.events if isinstance(e, UsageReport) and not e.estimated]
 
     @property
     def finish(self) -> list[FinishEvent]:

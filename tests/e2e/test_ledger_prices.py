@@ -23,7 +23,8 @@ from switchboard.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
-from switchboard_core.money import Price, format_usd
+from switchboard_core.money import format_usd
+from switchboard_core.pricing import Counts, PriceSheet
 from switchboard_devstack.stack import Stack
 from tests.e2e.support import auth
 
@@ -45,20 +46,12 @@ async def demo_endpoint(catalog: catalog_pb2_grpc.CatalogServiceAsyncStub) -> ca
     return endpoint
 
 
-def price_of(endpoint: catalog_pb2.Endpoint) -> Price:
-    p = endpoint.pricing
-    return Price.parse(
-        p.prompt_usd_per_mtok,
-        p.completion_usd_per_mtok,
-        p.cached_prompt_usd_per_mtok,
-        p.cache_write_usd_per_mtok,
-    )
+def price_of(endpoint: catalog_pb2.Endpoint) -> PriceSheet:
+    return PriceSheet.from_proto(endpoint.pricing)
 
 
-def cost(price: Price, usage: common_pb2.Usage) -> Decimal:
-    return price.cost(
-        usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens
-    )
+def cost(price: PriceSheet, usage: common_pb2.Usage) -> Decimal:
+    return price.cost(Counts.of(usage))
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import redis.asyncio as redis
 from switchboard.catalog.v1 import catalog_pb2
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.budget import BudgetStore
-from switchboard_core.money import Price
+from switchboard_core.pricing import PriceSheet
 from switchboard_core.usage_outbox import EVENT_FIELD
 from switchboard_router.admission import Admission
 from switchboard_router.auth import Caller
@@ -105,7 +105,7 @@ def route(provider_id: str) -> Route:
         base_url="http://127.0.0.1:9/v1",
         dialect="vllm",
         upstream_model="m",
-        price=Price.parse("1", "2"),
+        price=PriceSheet.flat("1", "2"),
         context_length=8192,
         max_completion_tokens=1024,
         supported_parameters=frozenset(),

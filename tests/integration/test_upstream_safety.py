@@ -32,7 +32,7 @@ from switchboard_catalog.watch import CatalogBroadcaster
 from switchboard_core.budget import BudgetStore
 from switchboard_core.config import Secret
 from switchboard_core.errors import FailedPrecondition, InvalidArgument
-from switchboard_core.money import Price
+from switchboard_core.pricing import PriceSheet
 from switchboard_core.upstreams import STRICT, UpstreamPolicy
 from switchboard_router.admission import Admission
 from switchboard_router.auth import Caller
@@ -129,7 +129,7 @@ def route(provider_id: str, api_format: int, base_url: str, dialect: str = "") -
         base_url=base_url,
         dialect=dialect or provider_id,
         upstream_model="m",
-        price=Price.parse("1", "2"),
+        price=PriceSheet.flat("1", "2"),
         context_length=8192,
         max_completion_tokens=1024,
         supported_parameters=frozenset(),

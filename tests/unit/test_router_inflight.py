@@ -15,7 +15,8 @@ from switchboard.metering.v1 import metering_pb2
 from switchboard_core.budget import Limits, Reservation, to_pico
 from switchboard_core.config import EnvReader
 from switchboard_core.liveness import Liveness, generation_field, read_heartbeat
-from switchboard_core.money import Price, format_usd
+from switchboard_core.money import format_usd
+from switchboard_core.pricing import PriceSheet
 from switchboard_router.auth import Caller
 from switchboard_router.canonical import CompletionRequest, Message, Role
 from switchboard_router.catalog_cache import Route
@@ -30,7 +31,7 @@ ROUTE = Route(
     base_url="http://demo.invalid/v1",
     dialect="demo",
     upstream_model="m",
-    price=Price.parse("1", "2"),
+    price=PriceSheet.flat("1", "2"),
     context_length=8192,
     max_completion_tokens=1000,
     supported_parameters=frozenset(),

@@ -8,7 +8,7 @@ from decimal import Decimal
 from google.protobuf import json_format
 
 from switchboard.common.v1 import common_pb2
-from switchboard_core.money import Price
+from switchboard_core.pricing import PriceSheet
 from switchboard_router.canonical import (
     GEMINI_REASONING,
     Finish,
@@ -28,7 +28,7 @@ from switchboard_router.relay import Completed, RelayEvent, Started
 from switchboard_router.responses import WholeCompletion, stream_message
 
 ROUTE = Route(
-    "p:x/y", "x/y", "p", 1, "http://h", "p", "m", Price.parse("1", "2"), 8192, 1024, frozenset()
+    "p:x/y", "x/y", "p", 1, "http://h", "p", "m", PriceSheet.flat("1", "2"), 8192, 1024, frozenset()
 )
 TOKENS = (TokenLogprob("Hi", -0.25, (72, 105), (TopLogprob("Hi", -0.25), TopLogprob("Hey", -1.5))),)
 BLOCK = ReasoningBlock(GEMINI_REASONING, "", "dGhvdWdodA==")

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from switchboard_core.money import Price
+from switchboard_core.pricing import PriceSheet
 from switchboard_core.usage_bounds import (
     MAX_COMPLETION_TOKENS,
     MAX_PROMPT_TOKENS,
@@ -32,11 +32,10 @@ from switchboard_router.canonical import (
 )
 from switchboard_router.catalog_cache import Route
 from switchboard_router.generation import Generation, cost_of
-from switchboard_router.usage_estimate import reservation_prompt_tokens
+from switchboard_router.usage_estimate import completion_budget, reservation_prompt_tokens
 from switchboard_router.usage_sanity import (
     COMPLETION_MARGIN_TOKENS,
     checked_usage,
-    completion_budget,
     completion_ceiling,
     distrust_reason,
 )
@@ -55,7 +54,7 @@ def route(
         base_url="https://api.acme.test/v1",
         dialect=provider,
         upstream_model="model",
-        price=Price.parse("3", "15", cached_prompt="0.3", cache_write="3.75"),
+        price=PriceSheet.flat("3", "15", cached_prompt="0.3", cache_write="3.75"),
         context_length=200_000,
         max_completion_tokens=cap,
         supported_parameters=supported,
@@ -77,6 +76,10 @@ class Stream:
     route: Route = field(default_factory=route)
     request: CompletionRequest = field(default_factory=request)
     id: str = "gen-test"
+    reasoning_chars: int = 0
+    running: UsageReport | None = None
+    sent_at: float = 0.0  # unknown: no hidden-reasoning allowance
+    visible_at: float = 0.0
 
 
 def distrusted(provider: str, reason: str) -> float:

@@ -3,7 +3,24 @@
 A key with limits (or of a prepaid account) reserves the request's worst-case cost in Redis:
 a generous prompt estimate (a token per three UTF-8 bytes) plus ``max_tokens`` (else the
 endpoint's output cap, at most the configured ceiling) and any reasoning budget, for each of
-the ``n`` choices, at the most expensive endpoint the plan may use. A request whose
+the ``n`` choices, at the most expensive endpoint the plan may use, at the dearest rates that
+endpoint's price sheet could apply to the request (:func:`worst_case_sheet`):
+
+- **tiers**: every tier the prompt could reach. Which one it reaches is known only once the
+  provider counts the prompt, so the bound is the most tokens the prompt could be (a token per
+  UTF-8 byte, images at the most any provider charges, plus provider overhead:
+  ``usage_estimate.prompt_tokens_bound``), not the estimate; a prompt near a threshold is
+  reserved at the tier above it.
+- **time windows**: the dearest of the base rates and every window, whatever the time: the
+  generation's price is the one in force at its create_time, which comes after admission (a
+  request admitted at 15:59 may start at 16:00).
+- **per token type**: every prompt token at the dearest input rate the request can meet (the
+  prompt rate; the image rate when it has images; the cache-write rate of each duration its
+  parts ask to cache), every completion token at the dearest of the completion, reasoning and
+  audio-output rates; plus the per-request fee and the per-image fee for each image. Web
+  searches are not reserved: no request field asks for them.
+
+A request whose
 reservation does not fit is refused with ``RESOURCE_EXHAUSTED``
 (``KEY_LIMIT_EXCEEDED`` or ``INSUFFICIENT_CREDIT``). A reserved request that sets no
 ``max_tokens`` is sent with the bound that was reserved, so its completion cannot cost more
@@ -21,17 +38,24 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from redis import exceptions as redis_errors
 
 from switchboard_core.budget import BudgetExceeded, BudgetStore, Limits, Reservation
 from switchboard_core.errors import Unavailable
+from switchboard_core.pricing import Counts, PriceSheet, Rates, Resolved
 from switchboard_router import metrics
 from switchboard_router.auth import Caller
-from switchboard_router.canonical import CompletionRequest
+from switchboard_router.canonical import CACHE_1H, CACHE_5M, CompletionRequest
 from switchboard_router.catalog_cache import Route
-from switchboard_router.usage_estimate import reservation_prompt_tokens
+from switchboard_router.usage_estimate import (
+    cache_marks,
+    input_images,
+    prompt_tokens_bound,
+    reservation_prompt_tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +69,63 @@ def completion_bound(request: CompletionRequest, route: Route, ceiling: int) -> 
     return request.max_tokens or min(route.max_completion_tokens or ceiling, ceiling)
 
 
+# A day: any time of it falls in the same window every day.
+_MIDNIGHT = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _candidates(sheet: PriceSheet, prompt_bound: int) -> list[Resolved]:
+    """The rates of every time window (and of none) at every tier up to the highest a prompt
+    of at most ``prompt_bound`` tokens can reach."""
+    prompts = [0] + [
+        t.prompt_tokens_above + 1 for t in sheet.tiers if t.prompt_tokens_above < prompt_bound
+    ]
+    times: list[datetime | None] = [None]
+    times += [_MIDNIGHT + timedelta(minutes=w.start) for w in sheet.windows]
+    return [sheet.rates(prompt, at) for prompt in prompts for at in times]
+
+
+def worst_case_sheet(sheet: PriceSheet, request: CompletionRequest) -> PriceSheet:
+    """A flat sheet whose prompt and completion rates and fees are the dearest ``sheet`` could
+    apply to ``request`` (see the module docstring)."""
+    candidates = _candidates(sheet, prompt_tokens_bound(request))
+    marks = cache_marks(request)
+    images = input_images(request) > 0
+
+    def dearest(*names: str) -> Decimal:
+        values: list[Decimal] = [getattr(rates, name) for rates in candidates for name in names]
+        return max(values)
+
+    inputs = ["prompt"]
+    inputs += ["image_prompt"] if images else []
+    inputs += ["cache_write"] if CACHE_5M in marks else []
+    inputs += ["cache_write_1h"] if CACHE_1H in marks else []
+    return PriceSheet(
+        Rates(
+            prompt=dearest(*inputs),
+            completion=dearest("completion", "reasoning", "audio_completion"),
+            request=dearest("request"),
+            image=dearest("image"),
+        )
+    )
+
+
 def worst_case_cost(request: CompletionRequest, routes: list[Route], ceiling: int) -> Decimal:
-    prompt = reservation_prompt_tokens(request)
+    """The most the request can cost on any of ``routes``: what admission reserves."""
+    counts = Counts(
+        prompt_tokens=reservation_prompt_tokens(request),
+        completion_tokens=0,
+        input_images=input_images(request),
+    )
     choices = request.n or 1  # each choice may use the whole bound
     costs = [
-        route.price.cost(
-            prompt,
-            (completion_bound(request, route, ceiling) + request.thinking_budget) * choices,
+        worst_case_sheet(route.price, request).cost(
+            dataclasses.replace(
+                counts,
+                completion_tokens=(
+                    completion_bound(request, route, ceiling) + request.thinking_budget
+                )
+                * choices,
+            )
         )
         for route in routes
     ]

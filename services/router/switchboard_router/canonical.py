@@ -44,9 +44,16 @@ class Finish(IntEnum):
     CANCELLED = 6
 
 
+# How long a cached prompt prefix lives (``cache`` on a part): "" for no cache mark.
+CACHE_5M = "5m"
+CACHE_1H = "1h"
+
+
 @dataclass(frozen=True, slots=True)
 class TextPart:
     text: str
+    # The prompt up to and including this part is a prefix to cache: "", CACHE_5M or CACHE_1H.
+    cache: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +64,7 @@ class ImagePart:
     data: bytes = b""
     mime_type: str = ""
     detail: str = ""  # "", "low", "high" or "auto" (OpenAI's hint; others ignore it)
+    cache: str = ""  # as TextPart.cache
 
     def inline(self) -> tuple[str, bytes] | None:
         """(media type, bytes) when the image is inline or a ``data:`` URL; None for a link."""
@@ -385,6 +393,11 @@ class UsageReport:
 
     ``prompt_tokens`` includes cached and cache-write tokens; ``completion_tokens`` includes
     reasoning tokens.
+
+    A report marked ``estimated`` that comes before the stream's end is the provider's running
+    counts so far (Gemini's ``usageMetadata`` on each chunk): the relay keeps it only as a
+    floor for what a stream cut short is billed (hidden reasoning included), never as the
+    final usage.
     """
 
     prompt_tokens: int
@@ -393,6 +406,14 @@ class UsageReport:
     reasoning_tokens: int = 0
     cache_write_tokens: int = 0
     estimated: bool = False
+    # Parts of the totals above, where the provider reports them (``common.v1.Usage``):
+    cache_write_1h_tokens: int = 0  # of cache_write_tokens, written for an hour
+    audio_prompt_tokens: int = 0  # of prompt_tokens (cached audio included)
+    image_prompt_tokens: int = 0
+    video_prompt_tokens: int = 0
+    cached_audio_tokens: int = 0  # of cached_tokens
+    audio_completion_tokens: int = 0  # of completion_tokens
+    web_searches: int = 0  # searches the provider billed apart
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +432,7 @@ class PromptUsage:
     prompt_tokens: int
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0  # of cache_write_tokens, written for an hour
 
 
 AdapterEvent = (

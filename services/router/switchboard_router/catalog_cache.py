@@ -10,14 +10,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 
 import grpc
 
 from switchboard.catalog.v1 import catalog_pb2
 from switchboard_core.catalog_watch import CatalogWatch
-from switchboard_core.money import Price
+from switchboard_core.pricing import PriceSheet, Resolved
+from switchboard_router.lifecycle import (
+    NO_LIFECYCLE,
+    Lifecycle,
+    model_retirement,
+    next_change,
+    now_utc,
+    of_endpoint,
+    of_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +43,25 @@ class Route:
     base_url: str
     dialect: str  # the provider's dialect, else its id
     upstream_model: str
-    price: Price
+    price: PriceSheet  # the endpoint's whole price: every cost goes through PriceSheet.cost
     context_length: int
     max_completion_tokens: int
     supported_parameters: frozenset[str]
     input_modalities: frozenset[str] = frozenset({"text"})
+    price_version: int = 0  # the catalog's id for ``price`` (0: unknown); stamped on events
+    # Deprecation and retirement (the endpoint's own dates within its model's; lifecycle.py).
+    lifecycle: Lifecycle = NO_LIFECYCLE
+
+    @property
+    def base_rates(self) -> Resolved:
+        """The rates of a short prompt outside any time window: what price filters and the
+        cheapest-first order compare."""
+        return self.price.rates(0)
 
     @property
     def price_key(self) -> Decimal:
-        return self.price.prompt + self.price.completion
+        rates = self.base_rates
+        return rates.prompt + rates.completion
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,20 +72,36 @@ class Snapshot:
     # The catalog's models as it sent them, ordered by id: the public model list
     # (switchboard_router.account) is served from here. Never modified.
     models: tuple[catalog_pb2.Model, ...] = ()
+    # Model id -> its lifecycle as requests see it (lifecycle.model_retirement). ``routes``
+    # leaves out endpoints retired when the snapshot was built; it is rebuilt at
+    # ``fresh_until``, the next deprecation or retirement time (CatalogCache.snapshot).
+    lifecycles: Mapping[str, Lifecycle] = field(default_factory=dict)
+    fresh_until: datetime | None = None
 
     @classmethod
     def empty(cls) -> Snapshot:
         return cls(version=0, routes={}, provider_ids=frozenset())
 
     @classmethod
-    def from_proto(cls, message: catalog_pb2.WatchCatalogResponse) -> Snapshot:
+    def from_proto(
+        cls, message: catalog_pb2.WatchCatalogResponse, now: datetime | None = None
+    ) -> Snapshot:
+        now = now or now_utc()
         providers = {p.id: p for p in message.providers}
         routes: dict[str, tuple[Route, ...]] = {}
+        lifecycles: dict[str, Lifecycle] = {}
+        every: list[Lifecycle] = []
         for model in message.models:
             found = []
+            model_lifecycle = of_model(model)
+            serving: list[Lifecycle] = []
             for e in model.endpoints:
                 provider = providers.get(e.provider_id)
                 if provider is None or e.status == catalog_pb2.ENDPOINT_STATUS_DISABLED:
+                    continue
+                lifecycle = of_endpoint(model_lifecycle, e)
+                serving.append(lifecycle)
+                if lifecycle.retired(now):
                     continue
                 found.append(
                     Route(
@@ -76,24 +112,25 @@ class Snapshot:
                         base_url=provider.base_url,
                         dialect=provider.dialect or provider.id,
                         upstream_model=e.upstream_model,
-                        price=Price.parse(
-                            e.pricing.prompt_usd_per_mtok,
-                            e.pricing.completion_usd_per_mtok,
-                            e.pricing.cached_prompt_usd_per_mtok,
-                            e.pricing.cache_write_usd_per_mtok,
-                        ),
+                        price=PriceSheet.from_proto(e.pricing),
+                        price_version=e.price_version,
                         context_length=e.context_length or model.context_length,
                         max_completion_tokens=e.max_completion_tokens,
                         supported_parameters=frozenset(e.supported_parameters),
                         input_modalities=frozenset(model.input_modalities or ("text",)),
+                        lifecycle=lifecycle,
                     )
                 )
             routes[model.id] = tuple(found)
+            lifecycles[model.id] = model_retirement(model_lifecycle, serving)
+            every += [lifecycles[model.id], *serving]
         return cls(
             version=message.version,
             routes=routes,
             provider_ids=frozenset(providers),
             models=tuple(sorted(message.models, key=lambda model: model.id)),
+            lifecycles=lifecycles,
+            fresh_until=next_change(every, now),
         )
 
 
@@ -102,7 +139,25 @@ class CatalogCache(CatalogWatch):
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         super().__init__(channel)
-        self.snapshot = Snapshot.empty()
+        self._snapshot = Snapshot.empty()
+        self._message: catalog_pb2.WatchCatalogResponse | None = None
+        self.clock = now_utc
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The snapshot in force: rebuilt from the catalog's last message once a deprecation
+        or retirement time has passed since it was built (retired endpoints then drop out)."""
+        snapshot = self._snapshot
+        if snapshot.fresh_until is not None and self._message is not None:
+            now = self.clock()
+            if now >= snapshot.fresh_until:
+                self._snapshot = snapshot = Snapshot.from_proto(self._message, now)
+        return snapshot
+
+    @snapshot.setter
+    def snapshot(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        self._message = None  # a snapshot set from outside is not rebuilt
 
     def known_version(self) -> int:
         """The version held: a reconnect sends no snapshot unless the catalog changed."""
@@ -110,11 +165,12 @@ class CatalogCache(CatalogWatch):
 
     def apply(self, message: catalog_pb2.WatchCatalogResponse) -> None:
         try:
-            snapshot = Snapshot.from_proto(message)
+            snapshot = Snapshot.from_proto(message, self.clock())
         except ValueError:
             log.exception("catalog snapshot rejected", extra={"version": message.version})
             return
         self.snapshot = snapshot
+        self._message = message
         self._mark_loaded()
         log.info(
             "catalog snapshot loaded",

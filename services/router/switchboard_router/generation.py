@@ -2,6 +2,12 @@
 
 The relay (:mod:`.relay`) fills a :class:`Generation` as events arrive; :mod:`.inflight`
 reads it to record a generation whose router dies before it ends.
+
+The cost is the endpoint's :class:`~switchboard_core.pricing.PriceSheet` applied to the usage
+at the generation's ``create_time`` (:func:`cost_of`): the time window and prompt tier in force
+then, every part the provider reported (cache reads and writes by duration, input by modality,
+audio output, reasoning, web searches), and the request's images for a price per image. The
+ledger event names the price version that billed it.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -18,6 +25,7 @@ from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.budget import Reservation
 from switchboard_core.money import format_usd
+from switchboard_core.pricing import Counts
 from switchboard_router.auth import Caller
 from switchboard_router.canonical import (
     CompletionRequest,
@@ -27,7 +35,7 @@ from switchboard_router.canonical import (
     UsageReport,
 )
 from switchboard_router.catalog_cache import Route
-from switchboard_router.usage_estimate import estimate_prompt_tokens, estimate_tokens
+from switchboard_router.usage_estimate import estimated_usage, input_images
 
 
 def new_generation_id() -> str:
@@ -51,12 +59,16 @@ class Generation:
     caller: Caller
     request: CompletionRequest
     route: Route
-    started: float  # monotonic
-    create_time: float  # wall clock
+    started: float  # monotonic: the request arrived
+    create_time: float  # wall clock: prices are those in force then
     streamed: bool
     first_event_at: float = 0.0
-    text_chars: int = 0
-    usage: UsageReport | None = None
+    text_chars: int = 0  # streamed characters: text, reasoning, tool calls, refusals
+    usage: UsageReport | None = None  # the provider's final usage (checked)
+    reasoning_chars: int = 0  # of text_chars: streamed reasoning
+    sent_at: float = 0.0  # monotonic: this attempt's request went upstream (0: unknown)
+    visible_at: float = 0.0  # monotonic: the first visible output (text, call, refusal)
+    running: UsageReport | None = None  # the provider's running counts so far (a floor)
     hold: Hold | None = None  # the request's budget reservation, settled once
     prompt: PromptUsage | None = None  # the prompt's exact counts, when sent early
     finishes: dict[int, FinishEvent] = field(default_factory=dict)  # by choice
@@ -69,26 +81,18 @@ class Generation:
         """The request asked for reasoning without its text (``reasoning.exclude``)."""
         return self.request.reasoning is not None and self.request.reasoning.exclude
 
-    def final_usage(self) -> UsageReport:
-        """The provider's usage; else (no usage reported, or the stream cut short) the
-        prompt's exact counts when the provider sent them early, with an estimated
-        completion, marked estimated."""
+    def final_usage(self, now: float | None = None) -> UsageReport:
+        """The provider's usage; else (no usage reported, or the stream cut short at ``now``,
+        monotonic) the estimate of :func:`~.usage_estimate.estimated_usage`: the provider's
+        early and running counts where it sent them, hidden reasoning allowed for, marked
+        estimated."""
         if self.usage is not None:
             return self.usage
-        completion = estimate_tokens(self.text_chars)
-        if self.prompt is not None:
-            return UsageReport(
-                prompt_tokens=self.prompt.prompt_tokens,
-                completion_tokens=completion,
-                cached_tokens=self.prompt.cached_tokens,
-                cache_write_tokens=self.prompt.cache_write_tokens,
-                estimated=True,
-            )
-        return UsageReport(
-            prompt_tokens=estimate_prompt_tokens(self.request),
-            completion_tokens=completion,
-            estimated=True,
-        )
+        return estimated_usage(self, time.monotonic() if now is None else now)
+
+    def cost(self, usage: UsageReport) -> Decimal:
+        """What ``usage`` costs on this generation's endpoint at its create_time."""
+        return cost_of(self.route, usage, at=self.create_time, images=input_images(self.request))
 
     def to_event(
         self, status: int, usage: UsageReport, cost: Decimal, finish: FinishEvent
@@ -104,7 +108,7 @@ class Generation:
             provider_id=self.route.provider_id,
             endpoint_id=self.route.endpoint_id,
             upstream_model=self.route.upstream_model,
-            usage=usage_message(usage),
+            usage=usage_message(usage, input_images(self.request)),
             cost_usd=format_usd(cost),
             finish_reason=int(finish.reason),  # type: ignore[arg-type]
             native_finish_reason=finish.native_reason,
@@ -115,6 +119,7 @@ class Generation:
             if self.first_event_at
             else 0,
             streamed=self.streamed,
+            price_version=self.route.price_version,
         )
 
 
@@ -124,7 +129,8 @@ def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def usage_message(usage: UsageReport) -> common_pb2.Usage:
+def usage_message(usage: UsageReport, images: int = 0) -> common_pb2.Usage:
+    """``usage`` as the ledger keeps it, with the request's ``images``."""
     return common_pb2.Usage(
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
@@ -132,10 +138,41 @@ def usage_message(usage: UsageReport) -> common_pb2.Usage:
         reasoning_tokens=usage.reasoning_tokens,
         cache_write_tokens=usage.cache_write_tokens,
         estimated=usage.estimated,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens,
+        audio_prompt_tokens=usage.audio_prompt_tokens,
+        image_prompt_tokens=usage.image_prompt_tokens,
+        video_prompt_tokens=usage.video_prompt_tokens,
+        cached_audio_tokens=usage.cached_audio_tokens,
+        audio_completion_tokens=usage.audio_completion_tokens,
+        web_searches=usage.web_searches,
+        input_images=images,
     )
 
 
-def cost_of(route: Route, usage: UsageReport) -> Decimal:
-    return route.price.cost(
-        usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens
+def counts_of(usage: UsageReport, images: int = 0) -> Counts:
+    """``usage`` in the cost engine's terms (the same counts as ``Counts.of`` of its event)."""
+    return Counts(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens,
+        audio_prompt_tokens=usage.audio_prompt_tokens,
+        image_prompt_tokens=usage.image_prompt_tokens,
+        video_prompt_tokens=usage.video_prompt_tokens,
+        cached_audio_tokens=usage.cached_audio_tokens,
+        audio_completion_tokens=usage.audio_completion_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        web_searches=usage.web_searches,
+        input_images=images,
     )
+
+
+def cost_of(
+    route: Route, usage: UsageReport, *, at: float | datetime | None = None, images: int = 0
+) -> Decimal:
+    """The exact cost of ``usage`` on ``route`` under the price in force ``at`` (a wall-clock
+    time, seconds or datetime; None prices outside any time window), with ``images`` input
+    images for a price per image."""
+    when = datetime.fromtimestamp(at, UTC) if isinstance(at, int | float) else at
+    return route.price.cost(counts_of(usage, images), when)

@@ -28,8 +28,8 @@ from switchboard_core.liveness import (
     progress_value,
     template_value,
 )
-from switchboard_router.canonical import Finish, FinishEvent
-from switchboard_router.generation import Generation, cost_of
+from switchboard_router.canonical import Finish, FinishEvent, UsageReport
+from switchboard_router.generation import Generation
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +37,19 @@ log = logging.getLogger(__name__)
 # in batches rather than one round trip each.
 REGISTER_BATCH_SECONDS = 0.05
 
-Mark = tuple[int, bool, bool]  # characters streamed, usage reported, prompt counts reported
+# Characters streamed and the usage the generation would be billed now: the usage changes
+# without a character streamed while hidden reasoning goes on (running counts, the allowance).
+Mark = tuple[int, UsageReport]
 
 
 def _mark(generation: Generation) -> Mark:
-    return (generation.text_chars, generation.usage is not None, generation.prompt is not None)
+    return (generation.text_chars, generation.final_usage())
 
 
 def _failed_event(generation: Generation) -> tuple[metering_pb2.UsageEvent, int]:
     """The FAILED event recording the generation as it stands, and its cost in pico-dollars."""
     usage = generation.final_usage()
-    cost = cost_of(generation.route, usage)
+    cost = generation.cost(usage)
     event = generation.to_event(
         metering_pb2.GENERATION_STATUS_FAILED, usage, cost, FinishEvent(Finish.ERROR, "")
     )

@@ -5,7 +5,10 @@ moves on to the next endpoint, so the client sees one stream. After the first ev
 generation is committed to that endpoint: deltas pass straight through, and at the end the
 usage event is made durable before the final event is yielded. A generation cut short (the
 client cancelled, or the upstream failed midway) is metered for what was generated, with
-estimated usage when the provider reported none. A generation is tracked as in flight
+estimated usage when the provider reported none (:func:`.usage_estimate.estimated_usage`:
+the provider's running counts where it sent them, hidden reasoning allowed for). An adapter's
+``UsageReport`` marked ``estimated`` is such a running count, kept as a floor; the final,
+unmarked one replaces it. A generation is tracked as in flight
 (:mod:`.inflight`) from its first token until its event is published, so metering records it
 if this router dies first.
 """
@@ -19,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.budget import Reservation
@@ -45,7 +48,7 @@ from switchboard_router.canonical import (
     reasoning_blocks,
 )
 from switchboard_router.catalog_cache import Route
-from switchboard_router.generation import Generation, Hold, cost_of, new_generation_id
+from switchboard_router.generation import Generation, Hold, new_generation_id
 from switchboard_router.provider_metadata import merged_metadata
 from switchboard_router.providers.base import Adapter, Target, UpstreamError
 from switchboard_router.providers.credentials import (
@@ -54,7 +57,12 @@ from switchboard_router.providers.credentials import (
     withheld_error,
 )
 from switchboard_router.providers.guard import EventGuard
-from switchboard_router.usage_sanity import checked_usage, clean_finish, plausible_prompt
+from switchboard_router.usage_sanity import (
+    checked_running,
+    checked_usage,
+    clean_finish,
+    plausible_prompt,
+)
 from switchboard_router.usage_sink import UsageSink
 
 if TYPE_CHECKING:
@@ -98,6 +106,12 @@ RelayEvent = (
 
 # How long shutdown waits for budget settles once the usage events are written.
 SETTLE_DRAIN_SECONDS = 1.0
+
+
+def _running(event: AdapterEvent) -> TypeGuard[UsageReport]:
+    """An adapter's running usage counts (a ``UsageReport`` marked estimated, sent before the
+    final one: Gemini's running ``usageMetadata``): not output, and not the final word."""
+    return type(event) is UsageReport and event.estimated
 
 
 class Relay:
@@ -204,17 +218,24 @@ class Relay:
             sent = request.without(unsupported)
             if hold is not None and "max_tokens" not in unsupported:
                 sent = self._admission.bounded(sent, route)
+            sent_at = time.monotonic()
             events = adapter.stream(
                 sent, self._target(route, key), timeout=max(0.001, deadline - time.monotonic())
             )
             # Inline rather than a wrapping generator: one less hop per event.
             guard = EventGuard(route.provider_id)
             prompt: PromptUsage | None = None
+            running: UsageReport | None = None  # the provider's running counts, if any
             try:
                 try:
                     first = await anext(events)
-                    while type(first) is PromptUsage:  # not output: the first token is to come
-                        prompt = first if plausible_prompt(first) else prompt
+                    while True:  # usage counts are no output: the first token is to come
+                        if type(first) is PromptUsage:
+                            prompt = first if plausible_prompt(first) else prompt
+                        elif _running(first):
+                            running = first
+                        else:
+                            break
                         first = await anext(events)
                 except (UpstreamError, StopAsyncIteration):
                     raise
@@ -244,7 +265,10 @@ class Relay:
                 first_event_at=time.monotonic(),
                 hold=hold,
                 prompt=prompt,
+                sent_at=sent_at,
             )
+            if running is not None:
+                generation.running = checked_running(running, generation)
             metrics.TIME_TO_FIRST_TOKEN.labels(route.provider_id).observe(
                 generation.first_event_at - started
             )
@@ -277,24 +301,36 @@ class Relay:
             while event is not None:
                 if type(event) is TextDelta:
                     generation.text_chars += len(event.text)
+                    if not generation.visible_at:
+                        generation.visible_at = time.monotonic()
                     yield event
                 elif type(event) is ReasoningDelta:
                     generation.text_chars += len(event.text)  # reasoning is billed output too
+                    generation.reasoning_chars += len(event.text)
                     if event.format:  # to go back to the provider on the next turn
                         generation.signed.setdefault(event.choice, []).append(event)
                     if event.text and not hide_reasoning:
                         yield event
                 elif type(event) is ToolCallDelta:
                     generation.text_chars += len(event.name) + len(event.arguments)
+                    if not generation.visible_at:
+                        generation.visible_at = time.monotonic()
                     guard.called(event)
                     yield event
                 elif type(event) is RefusalDelta:
                     generation.text_chars += len(event.text)
+                    if not generation.visible_at:
+                        generation.visible_at = time.monotonic()
                     yield event
                 elif type(event) is LogprobsDelta:
                     yield event
                 elif type(event) is UsageReport:
-                    generation.usage = checked_usage(event, generation)
+                    if event.estimated:  # running counts: a floor should the stream be cut
+                        generation.running = checked_running(event, generation) or (
+                            generation.running
+                        )
+                    else:
+                        generation.usage = checked_usage(event, generation)
                 elif type(event) is PromptUsage:
                     if plausible_prompt(event):  # else the prompt is estimated
                         generation.prompt = event
@@ -311,7 +347,7 @@ class Relay:
             finishes = generation.finishes
             finish = finishes.get(0) or FinishEvent(Finish.STOP, "")
             usage = generation.final_usage()
-            cost = cost_of(generation.route, usage)
+            cost = generation.cost(usage)
             status = metering_pb2.GENERATION_STATUS_COMPLETED
             # Shielded: a cancel arriving now must not leave the event half-written.
             await asyncio.shield(
@@ -345,12 +381,11 @@ class Relay:
         usage = generation.final_usage()
         cancelled = status == metering_pb2.GENERATION_STATUS_CANCELLED
         reason = Finish.CANCELLED if cancelled else Finish.ERROR
-        event = generation.to_event(
-            status, usage, cost_of(generation.route, usage), FinishEvent(reason, "")
-        )
+        cost = generation.cost(usage)
+        event = generation.to_event(status, usage, cost, FinishEvent(reason, ""))
         self._count(generation, status, usage)
         self._spawn(self._publish_quietly(event))
-        self._settle(generation.hold, cost_of(generation.route, usage))
+        self._settle(generation.hold, cost)
 
     def _settle(self, hold: Hold | None, cost: Decimal) -> None:
         """Settle once, in the background (a cancelled request cannot cut it short)."""

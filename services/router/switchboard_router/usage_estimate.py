@@ -1,10 +1,46 @@
-"""Token estimates for providers that report no usage, and for worst-case reservations."""
+"""Token estimates: for providers that report no usage, for generations cut short before the
+provider's final usage, and for worst-case reservations.
+
+**A generation cut short** (the client cancelled, the upstream failed midway, the router died)
+is billed with :func:`estimated_usage`, marked ``estimated``:
+
+- *Prompt*: the provider's own counts when it sent them early (Anthropic's ``message_start``,
+  Gemini's running ``usageMetadata``), else :func:`estimate_prompt_tokens`.
+- *Visible output*: about four streamed characters a token (:func:`estimate_tokens`), at
+  least what the provider's running counts said (Gemini's ``candidatesTokenCount``).
+- *Reasoning*: the provider may be thinking without streaming what it thinks (Gemini's
+  thoughts without ``includeThoughts``, OpenAI's reasoning models, Anthropic's summarised
+  thinking, billed in full). Billed as the most of: the streamed reasoning characters' estimate;
+  the provider's running count when it sends one (Gemini's ``thoughtsTokenCount``: exact up to
+  its last chunk); else, when reasoning is known to be on (the request asked for it, or the
+  provider streamed some), :func:`hidden_reasoning_allowance`: a lower bound from the time the
+  model spent before its first visible output, capped by the reasoning budget.
+
+The allowance is ``REASONING_TOKENS_PER_SECOND`` (20) tokens a second of
+``(first visible output, or the cut) - (request sent) - prefill_seconds(prompt)``, where
+``prefill_seconds`` allows ``PREFILL_BASE_SECONDS`` (1 s) plus a second per
+``PREFILL_TOKENS_PER_SECOND`` (5,000) prompt tokens for queueing and reading the prompt. Reasoning
+models decode at 50 to 200 tokens a second on their first-party hosts (Gemini 2.5 Pro, o3,
+Claude with extended thinking), so 20 a second undercounts: it never bills more than was
+produced, and it bills the part of the thinking that the wait itself proves. It is capped by the
+request's reasoning budget, else the completion budget (:func:`completion_budget`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 
-from switchboard_router.canonical import CompletionRequest, TextPart
+from switchboard_core.usage_bounds import MAX_COMPLETION_TOKENS, MAX_PROMPT_TOKENS, usage_problems
+from switchboard_router.canonical import (
+    CompletionRequest,
+    ImagePart,
+    PromptUsage,
+    ReasoningEffort,
+    TextPart,
+    UsageReport,
+)
+from switchboard_router.catalog_cache import Route
 
 # Characters counted per message for its role and framing.
 MESSAGE_FRAMING_CHARS = 16
@@ -17,6 +53,13 @@ IMAGE_TOKEN_MAX = 1600
 # characters, four bytes, a token) and about right for CJK text (three bytes a character, about
 # a token each), where four characters a token would undercount up to fourfold.
 RESERVATION_BYTES_PER_TOKEN = 3
+# Tokens a provider adds to a prompt of its own (Anthropic's tool-use system prompt is ~350):
+# counted in the most tokens a prompt can be (prompt_tokens_bound).
+PROMPT_OVERHEAD_TOKENS = 1024
+# The hidden-reasoning allowance (see the module docstring).
+REASONING_TOKENS_PER_SECOND = 20
+PREFILL_BASE_SECONDS = 1.0
+PREFILL_TOKENS_PER_SECOND = 5000
 
 
 def estimate_tokens(chars: int) -> int:
@@ -37,7 +80,18 @@ def _prompt_texts(request: CompletionRequest) -> Iterator[str]:
 
 
 def image_count(request: CompletionRequest) -> int:
+    """Parts that are not text (images), for token estimates."""
     return sum(1 for m in request.messages for p in m.parts if type(p) is not TextPart)
+
+
+def input_images(request: CompletionRequest) -> int:
+    """The images in the request: what a price per input image counts."""
+    return sum(1 for m in request.messages for p in m.parts if type(p) is ImagePart)
+
+
+def cache_marks(request: CompletionRequest) -> frozenset[str]:
+    """The cache durations the request's parts ask for (``CACHE_5M`` / ``CACHE_1H``)."""
+    return frozenset(getattr(p, "cache", "") for m in request.messages for p in m.parts) - {""}
 
 
 def prompt_bytes(request: CompletionRequest) -> int:
@@ -56,3 +110,147 @@ def reservation_prompt_tokens(request: CompletionRequest) -> int:
     size = prompt_bytes(request) + MESSAGE_FRAMING_CHARS * len(request.messages)
     tokens = -(-size // RESERVATION_BYTES_PER_TOKEN)
     return tokens + image_count(request) * IMAGE_TOKEN_MAX
+
+
+def prompt_tokens_bound(request: CompletionRequest) -> int:
+    """The most tokens the prompt can be: a token is at least one UTF-8 byte (byte-level BPE,
+    and SentencePiece with byte fallback alike), images at the most any provider charges, plus
+    what providers add of their own. Decides which price tiers a reservation must allow for."""
+    size = prompt_bytes(request) + MESSAGE_FRAMING_CHARS * len(request.messages)
+    return size + image_count(request) * IMAGE_TOKEN_MAX + PROMPT_OVERHEAD_TOKENS
+
+
+def completion_budget(request: CompletionRequest, route: Route) -> int | None:
+    """The most completion tokens (hidden reasoning included) the provider was allowed to
+    produce, or None when unknown: each of the request's ``n`` choices has the budget, and a
+    reasoning budget comes on top (see ``CompletionRequest.thinking_budget``)."""
+    budgets = [route.max_completion_tokens] if route.max_completion_tokens > 0 else []
+    honoured = not route.supported_parameters or "max_tokens" in route.supported_parameters
+    if request.max_tokens and honoured:  # else it was unset before the request was sent
+        budgets.append(request.max_tokens)
+    if not budgets:
+        return None
+    return (max(budgets) + request.thinking_budget) * (request.n or 1)
+
+
+# --- generations cut short ---------------------------------------------------------------
+
+
+class StreamView(Protocol):
+    """What the estimate reads of a generation (``generation.Generation`` provides it)."""
+
+    @property
+    def request(self) -> CompletionRequest: ...
+    @property
+    def route(self) -> Route: ...
+    @property
+    def text_chars(self) -> int: ...  # every streamed character, reasoning included
+    @property
+    def reasoning_chars(self) -> int: ...  # of text_chars: streamed reasoning
+    @property
+    def prompt(self) -> PromptUsage | None: ...
+    @property
+    def running(self) -> UsageReport | None: ...  # the provider's running counts
+    @property
+    def sent_at(self) -> float: ...  # monotonic: the request went upstream
+    @property
+    def visible_at(self) -> float: ...  # monotonic: the first visible output; 0 if none
+
+
+def asked_for_reasoning(request: CompletionRequest) -> bool:
+    """The request turned reasoning on: an effort above none, a budget, or hidden reasoning."""
+    r = request.reasoning
+    if r is None or not r.enabled or r.effort is ReasoningEffort.NONE:
+        return False
+    return r.effort is not None or bool(r.max_tokens) or r.exclude
+
+
+def prefill_seconds(prompt_tokens: int) -> float:
+    """Time allowed for queueing and reading the prompt before any output (a generous bound)."""
+    return PREFILL_BASE_SECONDS + prompt_tokens / PREFILL_TOKENS_PER_SECOND
+
+
+def hidden_reasoning_allowance(view: StreamView, now: float, prompt_tokens: int) -> int:
+    """The reasoning tokens the wait before the first visible output proves (module docstring):
+    at least 0, at most the reasoning budget (else the completion budget)."""
+    start = view.sent_at
+    if start <= 0:
+        return 0
+    end = view.visible_at or now
+    seconds = end - start - prefill_seconds(prompt_tokens)
+    if seconds <= 0:
+        return 0
+    cap = view.request.thinking_budget or completion_budget(view.request, view.route)
+    tokens = int(seconds * REASONING_TOKENS_PER_SECOND)
+    return min(tokens, cap if cap is not None else MAX_COMPLETION_TOKENS)
+
+
+def _prompt_side(view: StreamView) -> UsageReport:
+    """The prompt's counts (completion zero): the provider's running or early counts when
+    plausible, else the estimate."""
+    running = view.running
+    if running is not None and running.prompt_tokens > 0:
+        return UsageReport(
+            prompt_tokens=running.prompt_tokens,
+            completion_tokens=0,
+            cached_tokens=running.cached_tokens,
+            cache_write_tokens=running.cache_write_tokens,
+            cache_write_1h_tokens=running.cache_write_1h_tokens,
+            audio_prompt_tokens=running.audio_prompt_tokens,
+            image_prompt_tokens=running.image_prompt_tokens,
+            video_prompt_tokens=running.video_prompt_tokens,
+            cached_audio_tokens=running.cached_audio_tokens,
+        )
+    prompt = view.prompt
+    if prompt is not None and not usage_problems(
+        prompt.prompt_tokens,
+        0,
+        prompt.cached_tokens,
+        0,
+        prompt.cache_write_tokens,
+        cache_write_1h_tokens=prompt.cache_write_1h_tokens,
+    ):
+        return UsageReport(
+            prompt_tokens=prompt.prompt_tokens,
+            completion_tokens=0,
+            cached_tokens=prompt.cached_tokens,
+            cache_write_tokens=prompt.cache_write_tokens,
+            cache_write_1h_tokens=prompt.cache_write_1h_tokens,
+        )
+    return UsageReport(
+        prompt_tokens=min(estimate_prompt_tokens(view.request), MAX_PROMPT_TOKENS),
+        completion_tokens=0,
+    )
+
+
+def estimated_usage(view: StreamView, now: float) -> UsageReport:
+    """What a generation without the provider's final usage is billed, marked estimated: see
+    the module docstring. ``now`` (monotonic) is when it was cut, or is being recorded."""
+    prompt = _prompt_side(view)
+    reasoning_chars = min(view.reasoning_chars, view.text_chars)
+    visible = estimate_tokens(view.text_chars - reasoning_chars)
+    reasoning = estimate_tokens(reasoning_chars)
+    running = view.running
+    audio_out = web_searches = 0
+    if running is not None:
+        visible = max(visible, running.completion_tokens - running.reasoning_tokens)
+        reasoning = max(reasoning, running.reasoning_tokens)
+        audio_out, web_searches = running.audio_completion_tokens, running.web_searches
+    elif reasoning_chars or asked_for_reasoning(view.request):
+        reasoning = max(reasoning, hidden_reasoning_allowance(view, now, prompt.prompt_tokens))
+    completion = min(visible + reasoning, MAX_COMPLETION_TOKENS)
+    return UsageReport(
+        prompt_tokens=prompt.prompt_tokens,
+        completion_tokens=completion,
+        cached_tokens=prompt.cached_tokens,
+        reasoning_tokens=min(reasoning, completion),
+        cache_write_tokens=prompt.cache_write_tokens,
+        estimated=True,
+        cache_write_1h_tokens=prompt.cache_write_1h_tokens,
+        audio_prompt_tokens=prompt.audio_prompt_tokens,
+        image_prompt_tokens=prompt.image_prompt_tokens,
+        video_prompt_tokens=prompt.video_prompt_tokens,
+        cached_audio_tokens=prompt.cached_audio_tokens,
+        audio_completion_tokens=min(audio_out, completion - min(reasoning, completion)),
+        web_searches=web_searches,
+    )

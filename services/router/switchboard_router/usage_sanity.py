@@ -9,10 +9,11 @@ ledger records, so a report no honest generation could produce is not taken as s
 - **more completion tokens than the generation could have produced** (below): replaced
   likewise;
 - **parts that do not add up** (cached + cache-write tokens over the prompt, reasoning over
-  the completion): the parts are clamped the way the cost formula already clamps them
-  (:meth:`switchboard_core.money.Price.cost`), so the cost stays what the provider's totals
-  make it and the ledger accepts the row. The totals are the provider's, so the report is not
-  marked estimated.
+  the completion): the parts are clamped the way the cost engine already clamps them
+  (:meth:`switchboard_core.pricing.PriceSheet.cost`: cached first, then cache writes, the
+  hour-long ones within them; of the fresh prompt, audio, image, video; of the completion,
+  reasoning, then audio), so the cost stays what the provider's totals make it and the ledger
+  accepts the row. The totals are the provider's, so the report is not marked estimated.
 
 Each case counts in ``switchboard_router_usage_reports_distrusted_total`` by provider and
 reason, and logs a warning carrying ids only.
@@ -28,25 +29,29 @@ and the endpoint's output cap from the catalog. A report is implausible when its
 exceeds ``4 x streamed characters + budget + COMPLETION_MARGIN_TOKENS``. With no budget known
 only the global bound applies: better an inflated report let through (metering's price check
 is the next line) than an honest one replaced.
+
+**Running counts** (an adapter's ``UsageReport`` marked estimated, before the final one) only
+ever serve as a floor for the estimate of a generation cut short; one that fails the same
+checks is dropped (:func:`checked_running`), counted with the same reasons.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Protocol
 
 from switchboard_core.usage_bounds import (
     CONTROL_CHARS,
     INCONSISTENT_PARTS,
     MAX_COMPLETION_TOKENS,
-    MAX_PROMPT_TOKENS,
     MAX_TEXT_CHARS,
+    UsageProblem,
     usage_problems,
 )
 from switchboard_router import metrics
-from switchboard_router.canonical import CompletionRequest, FinishEvent, PromptUsage, UsageReport
-from switchboard_router.catalog_cache import Route
-from switchboard_router.usage_estimate import estimate_prompt_tokens, estimate_tokens
+from switchboard_router.canonical import FinishEvent, PromptUsage, UsageReport
+from switchboard_router.usage_estimate import StreamView, completion_budget, estimated_usage
 
 log = logging.getLogger(__name__)
 
@@ -61,32 +66,11 @@ COMPLETION_MARGIN_TOKENS = 1024
 EXCEEDS_STREAM = "exceeds_stream"
 
 
-class GenerationView(Protocol):
+class GenerationView(StreamView, Protocol):
     """What the check reads of a generation (``generation.Generation`` provides it)."""
 
     @property
     def id(self) -> str: ...
-    @property
-    def request(self) -> CompletionRequest: ...
-    @property
-    def route(self) -> Route: ...
-    @property
-    def text_chars(self) -> int: ...
-    @property
-    def prompt(self) -> PromptUsage | None: ...
-
-
-def completion_budget(request: CompletionRequest, route: Route) -> int | None:
-    """The most completion tokens (hidden reasoning included) the provider was allowed to
-    produce, or None when unknown: each of the request's ``n`` choices has the budget, and a
-    reasoning budget comes on top (see ``CompletionRequest.thinking_budget``)."""
-    budgets = [route.max_completion_tokens] if route.max_completion_tokens > 0 else []
-    honoured = not route.supported_parameters or "max_tokens" in route.supported_parameters
-    if request.max_tokens and honoured:  # else it was unset before the request was sent
-        budgets.append(request.max_tokens)
-    if not budgets:
-        return None
-    return (max(budgets) + request.thinking_budget) * (request.n or 1)
 
 
 def completion_ceiling(streamed_chars: int, budget: int | None) -> int:
@@ -99,13 +83,7 @@ def completion_ceiling(streamed_chars: int, budget: int | None) -> int:
 
 def distrust_reason(report: UsageReport, streamed_chars: int, budget: int | None) -> str | None:
     """Why ``report`` cannot be taken as sent (a bounded reason), or None."""
-    problems = usage_problems(
-        report.prompt_tokens,
-        report.completion_tokens,
-        report.cached_tokens,
-        report.reasoning_tokens,
-        report.cache_write_tokens,
-    )
+    problems = report_problems(report)
     bounds = [p.reason for p in problems if p.reason != INCONSISTENT_PARTS]
     if bounds:
         return bounds[0]
@@ -114,45 +92,93 @@ def distrust_reason(report: UsageReport, streamed_chars: int, budget: int | None
     return INCONSISTENT_PARTS if problems else None
 
 
+def report_problems(report: UsageReport) -> list[UsageProblem]:
+    """What metering would find wrong with ``report`` (``usage_bounds.usage_problems``)."""
+    return usage_problems(
+        report.prompt_tokens,
+        report.completion_tokens,
+        report.cached_tokens,
+        report.reasoning_tokens,
+        report.cache_write_tokens,
+        cache_write_1h_tokens=report.cache_write_1h_tokens,
+        audio_prompt_tokens=report.audio_prompt_tokens,
+        image_prompt_tokens=report.image_prompt_tokens,
+        video_prompt_tokens=report.video_prompt_tokens,
+        cached_audio_tokens=report.cached_audio_tokens,
+        audio_completion_tokens=report.audio_completion_tokens,
+        web_searches=report.web_searches,
+    )
+
+
 def plausible_prompt(prompt: PromptUsage) -> bool:
     """Whether the prompt counts a provider sent early are within bounds and add up."""
     return not usage_problems(
-        prompt.prompt_tokens, 0, prompt.cached_tokens, 0, prompt.cache_write_tokens
+        prompt.prompt_tokens,
+        0,
+        prompt.cached_tokens,
+        0,
+        prompt.cache_write_tokens,
+        cache_write_1h_tokens=prompt.cache_write_1h_tokens,
     )
 
 
 def clamped(report: UsageReport) -> UsageReport:
-    """``report`` with its parts cut to fit its totals, as ``Price.cost`` counts them."""
-    cached = min(report.cached_tokens, report.prompt_tokens)
+    """``report`` with its parts cut to fit its totals, as ``PriceSheet.cost`` counts them."""
+    prompt, completion = report.prompt_tokens, report.completion_tokens
+    cached = min(report.cached_tokens, prompt)
+    written = min(report.cache_write_tokens, prompt - cached)
+    fresh = prompt - cached - written
+    cached_audio = min(report.cached_audio_tokens, cached)
+    audio = min(max(report.audio_prompt_tokens - cached_audio, 0), fresh)
+    image = min(report.image_prompt_tokens, fresh - audio)
+    video = min(report.video_prompt_tokens, fresh - audio - image)
+    reasoning = min(report.reasoning_tokens, completion)
     return UsageReport(
-        prompt_tokens=report.prompt_tokens,
-        completion_tokens=report.completion_tokens,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
         cached_tokens=cached,
-        reasoning_tokens=min(report.reasoning_tokens, report.completion_tokens),
-        cache_write_tokens=min(report.cache_write_tokens, report.prompt_tokens - cached),
+        reasoning_tokens=reasoning,
+        cache_write_tokens=written,
         estimated=report.estimated,
+        cache_write_1h_tokens=min(report.cache_write_1h_tokens, written),
+        audio_prompt_tokens=audio + cached_audio,
+        image_prompt_tokens=image,
+        video_prompt_tokens=video,
+        cached_audio_tokens=cached_audio,
+        audio_completion_tokens=min(report.audio_completion_tokens, completion - reasoning),
+        web_searches=report.web_searches,
     )
 
 
 def relay_estimate(generation: GenerationView) -> UsageReport:
-    """What the relay bills when a provider reports nothing (``Generation.final_usage``):
-    the prompt's early exact counts when they are plausible, else an estimate of the prompt;
-    about four streamed characters a completion token. Within the bounds, marked estimated."""
-    completion = min(estimate_tokens(generation.text_chars), MAX_COMPLETION_TOKENS)
-    prompt = generation.prompt
-    if prompt is not None and plausible_prompt(prompt):
-        return UsageReport(
-            prompt_tokens=prompt.prompt_tokens,
-            completion_tokens=completion,
-            cached_tokens=prompt.cached_tokens,
-            cache_write_tokens=prompt.cache_write_tokens,
-            estimated=True,
-        )
-    return UsageReport(
-        prompt_tokens=min(estimate_prompt_tokens(generation.request), MAX_PROMPT_TOKENS),
-        completion_tokens=completion,
-        estimated=True,
+    """What the relay bills when a provider's report cannot be used: the estimate of a
+    generation cut short now (:func:`~.usage_estimate.estimated_usage`), marked estimated."""
+    return estimated_usage(generation, time.monotonic())
+
+
+def _distrusted(generation: GenerationView, reason: str, what: str) -> None:
+    provider = generation.route.provider_id
+    metrics.USAGE_REPORTS_DISTRUSTED.labels(provider, reason).inc()
+    log.warning(
+        what,
+        extra={
+            "generation_id": generation.id,
+            "provider": provider,
+            "endpoint": generation.route.endpoint_id,
+            "reason": reason,
+        },
     )
+
+
+def checked_running(report: UsageReport, generation: GenerationView) -> UsageReport | None:
+    """Running counts fit to serve as a floor: ``report`` (parts clamped when they do not add
+    up), or None when no honest stream could have sent them."""
+    budget = completion_budget(generation.request, generation.route)
+    reason = distrust_reason(report, generation.text_chars, budget)
+    if reason is None:
+        return report
+    _distrusted(generation, reason, "provider running usage not trusted")
+    return clamped(report) if reason == INCONSISTENT_PARTS else None
 
 
 def checked_usage(report: UsageReport, generation: GenerationView) -> UsageReport:
@@ -162,17 +188,7 @@ def checked_usage(report: UsageReport, generation: GenerationView) -> UsageRepor
     reason = distrust_reason(report, generation.text_chars, budget)
     if reason is None:
         return report
-    provider = generation.route.provider_id
-    metrics.USAGE_REPORTS_DISTRUSTED.labels(provider, reason).inc()
-    log.warning(
-        "provider usage report not trusted",
-        extra={
-            "generation_id": generation.id,
-            "provider": provider,
-            "endpoint": generation.route.endpoint_id,
-            "reason": reason,
-        },
-    )
+    _distrusted(generation, reason, "provider usage report not trusted")
     return clamped(report) if reason == INCONSISTENT_PARTS else relay_estimate(generation)
 
 

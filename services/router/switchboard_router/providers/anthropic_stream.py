@@ -25,7 +25,11 @@ Content blocks, by ``content_block.type``:
 Usage fields are read by presence, never ``x or previous``: a later event's value replaces an
 earlier one's even when it is 0, and a stream that reported no usage at all yields no
 :class:`UsageReport` (the relay estimates). ``output_tokens_details.thinking_tokens`` is the
-reasoning share of ``output_tokens``.
+reasoning share of ``output_tokens``. ``cache_creation_input_tokens`` are the prompt's cache
+writes, of which ``cache_creation.ephemeral_1h_input_tokens`` were written for an hour (the rest,
+``ephemeral_5m_input_tokens``, for five minutes; priced apart); without the total the two
+durations add up to it. ``server_tool_use.web_search_requests`` counts the web searches
+Anthropic bills per search (https://docs.claude.com/en/api/messages, ``Usage``).
 
 What the provider said beyond text and usage comes as one :class:`ProviderMetadata` before the
 finish, keyed ``stop_sequence`` (the stop sequence that matched), ``stop_details`` (refusal
@@ -90,6 +94,11 @@ USAGE_FIELDS = {
     "cache_read_input_tokens": "cache_read",
     "cache_creation_input_tokens": "cache_write",
     "output_tokens": "output",
+}
+# usage.cache_creation: the cache writes by duration.
+CACHE_CREATION_FIELDS = {
+    "ephemeral_5m_input_tokens": "cache_write_5m",
+    "ephemeral_1h_input_tokens": "cache_write_1h",
 }
 
 
@@ -279,6 +288,16 @@ class StreamState:
             if count is not None:
                 self.usage[name] = count
                 prompt = prompt or name != "output"
+        creation = usage.get("cache_creation")
+        if isinstance(creation, dict):
+            for wire, name in CACHE_CREATION_FIELDS.items():
+                count = _count(creation.get(wire))
+                if count is not None:
+                    self.usage[name] = count
+                    prompt = True
+        server = usage.get("server_tool_use")
+        if isinstance(server, dict) and _count(server.get("web_search_requests")) is not None:
+            self.usage["web_searches"] = server["web_search_requests"]
         details = usage.get("output_tokens_details")
         if isinstance(details, dict) and _count(details.get("thinking_tokens")) is not None:
             self.reasoning_tokens = details["thinking_tokens"]
@@ -287,11 +306,14 @@ class StreamState:
         return prompt
 
     def _prompt_usage(self) -> PromptUsage:
-        cached, written = self.usage.get("cache_read", 0), self.usage.get("cache_write", 0)
+        cached = self.usage.get("cache_read", 0)
+        hour = self.usage.get("cache_write_1h", 0)
+        written = self.usage.get("cache_write", self.usage.get("cache_write_5m", 0) + hour)
         return PromptUsage(
             self.usage.get("input", 0) + cached + written,
             cached_tokens=cached,
             cache_write_tokens=written,
+            cache_write_1h_tokens=min(hour, written),
         )
 
     def final(self) -> list[AdapterEvent]:
@@ -312,6 +334,8 @@ class StreamState:
                     cached_tokens=prompt.cached_tokens,
                     reasoning_tokens=self.reasoning_tokens or 0,
                     cache_write_tokens=prompt.cache_write_tokens,
+                    cache_write_1h_tokens=prompt.cache_write_1h_tokens,
+                    web_searches=self.usage.get("web_searches", 0),
                 )
             )
         out.append(FinishEvent(FINISH_REASONS.get(self.stop_reason, Finish.STOP), self.stop_reason))

@@ -23,6 +23,19 @@ each back where it came from on the next turn.
 
 A 200 ``application/json`` body (``generateContent``, or ``streamGenerateContent`` without
 ``alt=sse``: a JSON array of responses) is the complete answer: :meth:`StreamState.whole`.
+
+Usage (https://ai.google.dev/api/generate-content#UsageMetadata): ``promptTokenCount`` (cached
+content included) plus ``toolUsePromptTokenCount`` is the prompt, ``cachedContentTokenCount``
+its cached part (explicit caches and implicit cache hits alike); ``candidatesTokenCount`` plus
+``thoughtsTokenCount`` is the completion, the thoughts its reasoning. The ``*TokensDetails``
+lists (``{"modality", "tokenCount"}``) split them by modality: audio input is
+``promptTokensDetails`` AUDIO (cached audio included, as ``UsageReport`` counts it) with
+``cacheTokensDetails`` AUDIO its cached part; image and video input are the fresh ones (prompt
+less cache details: cached ones cost the cache price); audio output is
+``candidatesTokensDetails`` AUDIO. Every streamed chunk carries the usage so far: after each
+chunk whose counts grew, a :class:`UsageReport` marked ``estimated`` carries them (the running
+counts the relay keeps as a floor should the stream be cut: thoughts are billed whether or not
+they are streamed); the final report, unmarked, comes with the finish.
 """
 
 from __future__ import annotations
@@ -110,6 +123,7 @@ class StreamState:
     block_reason: str = ""
     error: UpstreamError | None = None
     prompt_reported: bool = False
+    running: UsageReport | None = None  # the running counts last sent
 
     @property
     def finished(self) -> bool:
@@ -134,7 +148,18 @@ class StreamState:
                 self.chunk(value, out)
                 if self.error is not None:
                     return _coalesce(out)
+                self._running(out)
         return _coalesce(out)
+
+    def _running(self, out: list[AdapterEvent]) -> None:
+        """The running counts, when they grew and the answer is not finished (the final
+        report follows then)."""
+        if not self.usage or self.finished:
+            return
+        report = _usage_report(self.usage, estimated=True)
+        if report.completion_tokens and report != self.running:
+            self.running = report
+            out.append(report)
 
     def whole(self, body: bytes) -> list[AdapterEvent]:
         """The events of a whole JSON answer, final events included (a complete body without
@@ -282,15 +307,35 @@ def _finish(native: str, blocked: bool, called: bool) -> Finish:
     return Finish.TOOL_CALLS if called else Finish.STOP  # Gemini has no tool-call reason
 
 
-def _usage_report(usage: dict[str, Any]) -> UsageReport:
+def _usage_report(usage: dict[str, Any], *, estimated: bool = False) -> UsageReport:
     thoughts = int(usage.get("thoughtsTokenCount") or 0)
+    prompt = _modalities(usage.get("promptTokensDetails"), usage.get("toolUsePromptTokensDetails"))
+    cached = _modalities(usage.get("cacheTokensDetails"))
+    output = _modalities(usage.get("candidatesTokensDetails"))
     return UsageReport(
         prompt_tokens=int(usage.get("promptTokenCount") or 0)
         + int(usage.get("toolUsePromptTokenCount") or 0),
         completion_tokens=int(usage.get("candidatesTokenCount") or 0) + thoughts,
         cached_tokens=int(usage.get("cachedContentTokenCount") or 0),
         reasoning_tokens=thoughts,
+        estimated=estimated,
+        audio_prompt_tokens=prompt.get("AUDIO", 0),
+        image_prompt_tokens=max(prompt.get("IMAGE", 0) - cached.get("IMAGE", 0), 0),
+        video_prompt_tokens=max(prompt.get("VIDEO", 0) - cached.get("VIDEO", 0), 0),
+        cached_audio_tokens=cached.get("AUDIO", 0),
+        audio_completion_tokens=output.get("AUDIO", 0),
     )
+
+
+def _modalities(*lists: Any) -> dict[str, int]:
+    """Token counts by modality, summed over ``ModalityTokenCount`` lists."""
+    counts: dict[str, int] = {}
+    for items in lists:
+        for item in items if isinstance(items, list) else ():
+            if isinstance(item, dict) and isinstance(item.get("tokenCount"), int):
+                modality = str(item.get("modality") or "")
+                counts[modality] = counts.get(modality, 0) + item["tokenCount"]
+    return counts
 
 
 def _logprobs(result: Any) -> tuple[TokenLogprob, ...]:

@@ -12,7 +12,15 @@ TEXT, REASONING, REFUSAL = "text", "reasoning", "refusal"
 
 
 def parse_usage(usage: dict[str, Any]) -> UsageReport:
-    """OpenAI's usage object, and the fields compatible hosts add (DeepSeek's cache hits)."""
+    """OpenAI's usage object, and the fields compatible hosts add.
+
+    OpenAI (https://platform.openai.com/docs/api-reference/chat/object): ``prompt_tokens_details``
+    ``cached_tokens`` and ``audio_tokens`` (audio input, cached audio included: chat completions
+    do not split it), ``completion_tokens_details`` ``reasoning_tokens`` and ``audio_tokens``
+    (audio output). OpenRouter adds ``cache_write_tokens``, ``image_tokens`` and
+    ``video_tokens`` to the prompt's details; DeepSeek reports cache hits as
+    ``prompt_cache_hit_tokens``.
+    """
     prompt = object_of(usage.get("prompt_tokens_details"))
     completion = object_of(usage.get("completion_tokens_details"))
     return UsageReport(
@@ -21,6 +29,10 @@ def parse_usage(usage: dict[str, Any]) -> UsageReport:
         cached_tokens=_count(prompt.get("cached_tokens") or usage.get("prompt_cache_hit_tokens")),
         reasoning_tokens=_count(completion.get("reasoning_tokens")),
         cache_write_tokens=_count(prompt.get("cache_write_tokens")),
+        audio_prompt_tokens=_count(prompt.get("audio_tokens")),
+        image_prompt_tokens=_count(prompt.get("image_tokens")),
+        video_prompt_tokens=_count(prompt.get("video_tokens")),
+        audio_completion_tokens=_count(completion.get("audio_tokens")),
     )
 
 
