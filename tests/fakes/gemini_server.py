@@ -19,13 +19,14 @@ https://ai.google.dev/gemini-api/docs/thought-signatures
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.http_fake import Playlist, json_response, play, serve_routes, sse
+from tests.fakes.http_fake import Handler, Playlist, json_response, play, serve_routes, sse
+from tests.fakes.model_list_pages import DEFAULT_MODELS, page_after, requested_size
 from tests.fakes.script import FakeProvider, Script, ScriptUsage, signature_for
 
 FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP", "content_filter": "SAFETY"}
@@ -207,7 +208,43 @@ async def generate(request: web.Request, body: Any, fake: FakeProvider) -> web.S
     return await play(request, fake, render_stream(script, name))
 
 
+def model_list(models: Sequence[str], page_size: int) -> Handler:
+    """``GET /v1beta/models?pageSize=&pageToken=``: Gemini's paged list (``pageSize`` default
+    50, at most 1000; at most ``page_size`` here), names ``models/<id>``, ``nextPageToken``
+    left out on the last page. Reference: https://ai.google.dev/api/models#method:-models.list"""
+
+    async def list_models(request: web.Request, body: Any, fake: FakeProvider) -> web.Response:
+        if not (request.headers.get("x-goog-api-key") or request.query.get("key")):
+            message = "Method doesn't allow unregistered callers. Please use an API key."
+            return json_response(error_json(403, message), 403)
+        if fake.script.status != 200:
+            return error_response(fake.script)
+        size = requested_size(request.query.get("pageSize"), 50, min(1000, page_size))
+        page, more = page_after(models, request.query.get("pageToken", ""), size)
+        listed = [
+            {
+                "name": f"models/{model}",
+                "version": "001",
+                "displayName": model,
+                "inputTokenLimit": 1_048_576,
+                "outputTokenLimit": 65_536,
+                "supportedGenerationMethods": ["generateContent", "countTokens"],
+            }
+            for model in page
+        ]
+        reply: dict[str, Any] = {"models": listed}
+        if more:
+            reply["nextPageToken"] = page[-1]
+        return json_response(reply)
+
+    return list_models
+
+
 @asynccontextmanager
-async def serve(script: Script) -> AsyncIterator[FakeProvider]:
-    async with serve_routes(script, "/v1beta", [("/models/{call}", generate)]) as fake:
+async def serve(
+    script: Script, *, models: Sequence[str] = DEFAULT_MODELS, page_size: int = 1000
+) -> AsyncIterator[FakeProvider]:
+    """``models``: what ``GET /v1beta/models`` lists, at most ``page_size`` a page."""
+    routes = [("/models/{call}", generate), ("GET /models", model_list(models, page_size))]
+    async with serve_routes(script, "/v1beta", routes) as fake:
         yield fake

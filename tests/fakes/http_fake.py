@@ -111,7 +111,8 @@ def json_response(
 async def serve_routes(
     script: Script, prefix: str, routes: list[tuple[str, Handler]]
 ) -> AsyncIterator[FakeProvider]:
-    """Serve POST ``routes`` (paths under ``prefix``); yields the fake with ``base_url`` set."""
+    """Serve POST ``routes`` (paths under ``prefix``; a path written ``"GET /models"`` is
+    served for GET); yields the fake with ``base_url`` set."""
     fake = FakeProvider(base_url="", script=script)
 
     def wrap(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -139,8 +140,9 @@ async def serve_routes(
         return handle
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    for path, handler in routes:
-        app.router.add_post(prefix + path, wrap(handler))
+    for route, handler in routes:
+        method, _, path = route.rpartition(" ")
+        app.router.add_route(method or "POST", prefix + path, wrap(handler))
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

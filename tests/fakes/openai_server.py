@@ -15,13 +15,14 @@ https://platform.openai.com/docs/api-reference/chat/streaming
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.http_fake import Playlist, json_response, play, serve_routes, sse
+from tests.fakes.http_fake import Handler, Playlist, json_response, play, serve_routes, sse
+from tests.fakes.model_list_pages import DEFAULT_MODELS
 from tests.fakes.script import FakeProvider, Script, ScriptUsage
 
 FINISH = {
@@ -219,7 +220,30 @@ async def chat_completions(
     return await play(request, fake, render_stream(script, model, include_usage))
 
 
+def model_list(models: Sequence[str]) -> Handler:
+    """``GET /v1/models``: OpenAI's list, every model in one page (the API does not page it).
+    Reference: https://platform.openai.com/docs/api-reference/models/list"""
+
+    async def list_models(request: web.Request, body: Any, fake: FakeProvider) -> web.Response:
+        if not request.headers.get("Authorization", "").startswith("Bearer "):
+            error = {"message": "You didn't provide an API key.", "type": "invalid_request_error"}
+            return json_response({"error": {**error, "param": None, "code": None}}, 401)
+        if fake.script.status != 200:
+            return error_response(fake.script)
+        data = [
+            {"id": model, "object": "model", "created": 1_700_000_000, "owned_by": "system"}
+            for model in models
+        ]
+        return json_response({"object": "list", "data": data})
+
+    return list_models
+
+
 @asynccontextmanager
-async def serve(script: Script) -> AsyncIterator[FakeProvider]:
-    async with serve_routes(script, "/v1", [("/chat/completions", chat_completions)]) as fake:
+async def serve(
+    script: Script, *, models: Sequence[str] = DEFAULT_MODELS
+) -> AsyncIterator[FakeProvider]:
+    """``models``: what ``GET /v1/models`` lists."""
+    routes = [("/chat/completions", chat_completions), ("GET /models", model_list(models))]
+    async with serve_routes(script, "/v1", routes) as fake:
         yield fake

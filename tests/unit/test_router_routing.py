@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from switchboard_core.errors import InvalidArgument, NotFound
-from switchboard_core.money import Price
+from switchboard_core.pricing import PriceSheet
 from switchboard_router.canonical import (
     CompletionRequest,
     ImagePart,
@@ -33,7 +33,7 @@ def route(
         base_url=f"http://{provider}.invalid/v1",
         dialect=provider,
         upstream_model=model,
-        price=Price.parse(prompt, completion),
+        price=PriceSheet.flat(prompt, completion),
         context_length=8192,
         max_completion_tokens=0,
         supported_parameters=frozenset(params.split()),

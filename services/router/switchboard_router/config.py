@@ -66,7 +66,7 @@ class RouterConfig:
             catalog_wait_seconds=reader.float("SWITCHBOARD_CATALOG_WAIT_SECONDS", 10.0),
             max_request_seconds=reader.float("SWITCHBOARD_MAX_REQUEST_SECONDS", 600.0, min_value=1),
             provider_keys=reader.prefixed(PROVIDER_KEY_PREFIX),
-            provider_hosts=_read_provider_hosts(reader),
+            provider_hosts=read_provider_hosts(reader),
             upstream_policy=read_upstream_policy(reader),
             budget_prefix=reader.str("SWITCHBOARD_BUDGET_PREFIX", DEFAULT_PREFIX),
             reservation_ceiling_tokens=reader.int(
@@ -79,7 +79,7 @@ class RouterConfig:
         return config
 
 
-def _read_provider_hosts(reader: EnvReader) -> dict[str, tuple[str, ...]]:
+def read_provider_hosts(reader: EnvReader) -> dict[str, tuple[str, ...]]:
     hosts: dict[str, tuple[str, ...]] = {}
     for provider, entries in reader.prefixed_csv(PROVIDER_HOSTS_PREFIX).items():
         try:

@@ -52,3 +52,8 @@ USAGE_REPORTS_DISTRUSTED = Counter(
     " inconsistent_parts (parts clamped).",
     ["provider", "reason"],
 )
+DEPRECATED_REQUESTS = Counter(
+    "switchboard_router_deprecated_requests_total",
+    "Requests served by a deprecated model or endpoint (lifecycle.py), by the catalog's model id.",
+    ["model"],
+)

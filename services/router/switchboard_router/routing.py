@@ -3,17 +3,22 @@
 The model, then each fallback model; within a model: filter by ``only``/``ignore``, maximum
 price and required parameters, sort (cheapest first by default; ``:floor`` sorts by price),
 then move the ``order`` providers to the front (and drop the rest when fallbacks are off).
-Pure functions over a catalog :class:`Snapshot`: no I/O.
+Retired models and endpoints are skipped (the router's clock; ``lifecycle.py``); when the
+requested model itself is retired and nothing else is left, the request fails with
+``MODEL_RETIRED`` naming the date and the successor. Pure functions over a catalog
+:class:`Snapshot`: no I/O.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 
 from switchboard_core.catalog_ids import MODEL_VARIANTS
 from switchboard_core.errors import InvalidArgument, NotFound
 from switchboard_router.canonical import CompletionRequest
 from switchboard_router.catalog_cache import Route, Snapshot
+from switchboard_router.lifecycle import NO_LIFECYCLE, Lifecycle, now_utc, retired_error
 
 VARIANTS = MODEL_VARIANTS
 
@@ -26,9 +31,14 @@ def split_variant(model: str) -> tuple[str, str]:
     return model, ""
 
 
-def plan(request: CompletionRequest, snapshot: Snapshot) -> list[Route]:
-    """Endpoints to try, in order; raises NOT_FOUND for an unknown model."""
+def plan(
+    request: CompletionRequest, snapshot: Snapshot, now: datetime | None = None
+) -> list[Route]:
+    """Endpoints to try, in order; raises NOT_FOUND for an unknown model and
+    FAILED_PRECONDITION (``MODEL_RETIRED``) for a retired one no fallback replaces."""
+    now = now or now_utc()
     planned: list[Route] = []
+    retired: Lifecycle | None = None  # the requested model's, when it is retired
     for index, name in enumerate((request.model, *request.fallback_models)):
         model, _variant = split_variant(name)
         routes = snapshot.routes.get(model)
@@ -42,16 +52,28 @@ def plan(request: CompletionRequest, snapshot: Snapshot) -> list[Route]:
             raise InvalidArgument(
                 {f"fallback_models[{index - 1}]": f"model {model!r} is not in the catalog"}
             )
-        planned.extend(order_routes(routes, request))
+        lifecycle = snapshot.lifecycles.get(model, NO_LIFECYCLE)
+        if lifecycle.retired(now):
+            retired = lifecycle if index == 0 else retired
+            continue
+        planned.extend(order_routes(live_routes(routes, now), request))
     if not planned:
-        raise _nothing_matches(request, snapshot)
+        if retired is not None:
+            raise retired_error(split_variant(request.model)[0], retired)
+        raise _nothing_matches(request, snapshot, now)
     return planned
 
 
-def _nothing_matches(request: CompletionRequest, snapshot: Snapshot) -> Exception:
+def live_routes(routes: tuple[Route, ...], now: datetime) -> tuple[Route, ...]:
+    """``routes`` without the endpoints retired at ``now`` (a snapshot built earlier may
+    still hold them until it is rebuilt)."""
+    return tuple(route for route in routes if not route.lifecycle.retired(now))
+
+
+def _nothing_matches(request: CompletionRequest, snapshot: Snapshot, now: datetime) -> Exception:
     """The most useful explanation of why no endpoint was left."""
     model, _ = split_variant(request.model)
-    routes = snapshot.routes.get(model, ())
+    routes = live_routes(snapshot.routes.get(model, ()), now)
     if request.has_image and not any("image" in r.input_modalities for r in routes):
         return InvalidArgument({"messages": f"model {model!r} does not accept image input"})
     if request.provider.require_parameters:
@@ -82,8 +104,11 @@ def order_routes(routes: tuple[Route, ...], request: CompletionRequest) -> list[
         for r in routes
         if (not prefs.only or r.provider_id in prefs.only)
         and r.provider_id not in prefs.ignore
-        and (prefs.max_prompt_price is None or r.price.prompt <= prefs.max_prompt_price)
-        and (prefs.max_completion_price is None or r.price.completion <= prefs.max_completion_price)
+        and (prefs.max_prompt_price is None or r.base_rates.prompt <= prefs.max_prompt_price)
+        and (
+            prefs.max_completion_price is None
+            or r.base_rates.completion <= prefs.max_completion_price
+        )
         and needed <= r.supported_parameters
         and (not request.has_image or "image" in r.input_modalities)
     ]

@@ -20,11 +20,24 @@ from switchboard_router.canonical import (
 from switchboard_router.catalog_cache import CatalogCache, Route
 from switchboard_router.context_window import within_context
 from switchboard_router.key_rules import allowed_plan
-from switchboard_router.relay import Relay
+from switchboard_router.lifecycle import DEPRECATED_HEADER, deprecation_notice, now_utc
+from switchboard_router.metrics import DEPRECATED_REQUESTS
+from switchboard_router.relay import Relay, RelayEvent, Started
 from switchboard_router.requests import AnyCompletionRequest, parse_request
 from switchboard_router.responses import WholeCompletion, stream_message
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def note_deprecation(event: RelayEvent, context: Context) -> None:
+    """When the endpoint that started answering is deprecated: the trailing metadata entry
+    ``switchboard-deprecated`` and the metric (lifecycle.py)."""
+    if not isinstance(event, Started) or not event.route.lifecycle.deprecated(now_utc()):
+        return
+    route = event.route
+    notice = deprecation_notice(route.model_id, route.lifecycle)
+    context.set_trailing_metadata(((DEPRECATED_HEADER, notice),))
+    DEPRECATED_REQUESTS.labels(route.model_id).inc()
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -67,6 +80,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         async for event in self._relay.run(
             parsed, routes, caller, timeout=timeout, streamed=True, reservation=reservation
         ):
+            note_deprecation(event, context)
             yield stream_message(event)
 
     async def CreateCompletion(
@@ -77,6 +91,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         async for event in self._relay.run(
             parsed, routes, caller, timeout=timeout, streamed=False, reservation=reservation
         ):
+            note_deprecation(event, context)
             whole.add(event)
         return whole.result()
 
