@@ -17,18 +17,26 @@ signed as this fake signed it (``Invalid `signature` in `thinking` block``), eve
 ``redacted_thinking`` block one it sent; and a tool-use turn answered by tool results must start
 with the thinking block(s) (``Expected `thinking` or `redacted_thinking`, but found
 `tool_use`...``). Reference: https://docs.claude.com/en/docs/build-with-claude/extended-thinking
+
+With ``Script.prompt_cache`` the fake keeps Anthropic's prompt cache as :mod:`.anthropic_cache`
+says: it refuses the marks Anthropic refuses, counts the prompt it was sent, and reports cache
+writes (with ``cache_creation``'s 5-minute / 1-hour split in ``message_start``) and, for a
+prefix an earlier request marked, cache reads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.http_fake import Playlist, Sse, json_response, play, serve_routes, sse
+from tests.fakes import anthropic_cache
+from tests.fakes.http_fake import Handler, Playlist, Sse, json_response, play, serve_routes, sse
+from tests.fakes.model_list_pages import DEFAULT_MODELS, page_after, requested_size
 from tests.fakes.script import FakeProvider, Script, ScriptUsage, signature_for
 
 STOP_REASONS = {
@@ -59,14 +67,24 @@ ERROR_TYPES = {
 }
 
 
-def usage_json(usage: ScriptUsage | None, output: int | None = None) -> dict[str, Any]:
+def usage_json(
+    usage: ScriptUsage | None, output: int | None = None, write_1h: int | None = None
+) -> dict[str, Any]:
+    """Anthropic's usage; with ``write_1h`` (of the writes, those for an hour) also the
+    ``cache_creation`` split, which Anthropic sends in ``message_start`` and whole messages."""
     u = usage or ScriptUsage(0, 0)
-    return {
+    out: dict[str, Any] = {
         "input_tokens": u.prompt_tokens - u.cached_tokens - u.cache_write_tokens,
         "cache_creation_input_tokens": u.cache_write_tokens,
         "cache_read_input_tokens": u.cached_tokens,
         "output_tokens": u.completion_tokens if output is None else output,
     }
+    if write_1h is not None:
+        out["cache_creation"] = {
+            "ephemeral_5m_input_tokens": u.cache_write_tokens - write_1h,
+            "ephemeral_1h_input_tokens": write_1h,
+        }
+    return out
 
 
 def error_json(kind: str, message: str) -> dict[str, Any]:
@@ -145,8 +163,8 @@ def reasoning_content(script: Script) -> list[dict[str, Any]]:
     return content
 
 
-def render_stream(script: Script, model: str) -> Playlist:
-    start = message_json(script, model, [], None, usage_json(script.usage, output=1))
+def render_stream(script: Script, model: str, write_1h: int | None = None) -> Playlist:
+    start = message_json(script, model, [], None, usage_json(script.usage, 1, write_1h))
     playlist = Playlist(head=[sse({"type": "message_start", "message": start}, "message_start")])
     playlist.head += reasoning_head(script)
     block = len(script.redacted_reasoning) + int(bool(script.signed_reasoning and script.reasoning))
@@ -212,7 +230,7 @@ def render_stream(script: Script, model: str) -> Playlist:
     return playlist
 
 
-def render_whole(script: Script, model: str) -> dict[str, Any]:
+def render_whole(script: Script, model: str, write_1h: int | None = None) -> dict[str, Any]:
     content = reasoning_content(script)
     if script.text:
         content.append({"type": "text", "text": script.full_text})
@@ -226,7 +244,11 @@ def render_whole(script: Script, model: str) -> dict[str, Any]:
             }
         )
     return message_json(
-        script, model, content, STOP_REASONS[script.finish], usage_json(script.usage)
+        script,
+        model,
+        content,
+        STOP_REASONS[script.finish],
+        usage_json(script.usage, None, write_1h),
     )
 
 
@@ -247,10 +269,30 @@ async def messages(request: web.Request, body: Any, fake: FakeProvider) -> web.S
     refusal = thinking_problem(body, script)
     if refusal is not None:
         return json_response(error_json("invalid_request_error", refusal), 400)
+    write_1h = None
+    if script.prompt_cache:
+        refused = anthropic_cache.problem(body)
+        if refused is not None:
+            return json_response(error_json("invalid_request_error", refused), 400)
+        script, write_1h = with_cache_usage(script, body, fake)
     model = str(body.get("model", ""))
     if not body.get("stream"):
-        return json_response(render_whole(script, model))
-    return await play(request, fake, render_stream(script, model))
+        return json_response(render_whole(script, model, write_1h))
+    return await play(request, fake, render_stream(script, model, write_1h))
+
+
+def with_cache_usage(
+    script: Script, body: dict[str, Any], fake: FakeProvider
+) -> tuple[Script, int]:
+    """The script with the prompt's cache usage (after the fake's earlier requests), and the
+    tokens written for an hour."""
+    earlier = [recorded.body for recorded in fake.requests[:-1]]  # the last is this one
+    cache = anthropic_cache.usage(body, earlier)
+    completion = script.usage.completion_tokens if script.usage else 0
+    counts = ScriptUsage(
+        cache.prompt_tokens, completion, cached_tokens=cache.read, cache_write_tokens=cache.written
+    )
+    return dataclasses.replace(script, usage=counts), cache.write_1h
 
 
 def thinking_problem(body: dict[str, Any], script: Script) -> str | None:
@@ -307,7 +349,39 @@ def unsigned_tool_turn(messages: list[Any]) -> str | None:
     return None
 
 
+def model_list(models: Sequence[str], page_size: int) -> Handler:
+    """``GET /v1/models?limit=&after_id=``: Anthropic's paged list (``limit`` 1 to 1000,
+    default 20; at most ``page_size`` here), newest first as the API orders it (here: as
+    given). Reference: https://docs.claude.com/en/api/models-list"""
+
+    async def list_models(request: web.Request, body: Any, fake: FakeProvider) -> web.Response:
+        if not (request.headers.get("x-api-key") or request.headers.get("authorization")):
+            message = "x-api-key header is required"
+            return json_response(error_json("authentication_error", message), 401)
+        if fake.script.status != 200:
+            return error_response(fake.script)
+        size = requested_size(request.query.get("limit"), 20, min(1000, page_size))
+        page, more = page_after(models, request.query.get("after_id", ""), size)
+        data = [
+            {
+                "type": "model",
+                "id": model,
+                "display_name": model,
+                "created_at": "2025-05-14T00:00:00Z",
+            }
+            for model in page
+        ]
+        first, last = (page[0], page[-1]) if page else (None, None)
+        return json_response({"data": data, "has_more": more, "first_id": first, "last_id": last})
+
+    return list_models
+
+
 @asynccontextmanager
-async def serve(script: Script) -> AsyncIterator[FakeProvider]:
-    async with serve_routes(script, "/v1", [("/messages", messages)]) as fake:
+async def serve(
+    script: Script, *, models: Sequence[str] = DEFAULT_MODELS, page_size: int = 1000
+) -> AsyncIterator[FakeProvider]:
+    """``models``: what ``GET /v1/models`` lists, at most ``page_size`` a page."""
+    routes = [("/messages", messages), ("GET /models", model_list(models, page_size))]
+    async with serve_routes(script, "/v1", routes) as fake:
         yield fake

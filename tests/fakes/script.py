@@ -95,6 +95,7 @@ class Script:
     # Fields one fake alone reads go below its marker (one line each, added in place).
     # --- openai ---
     # --- anthropic ---
+    prompt_cache: bool = False  # honour cache_control: counts from the prompt (anthropic_cache)
     # --- gemini ---
 
     @property

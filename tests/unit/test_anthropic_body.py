@@ -11,11 +11,14 @@ import pytest
 from switchboard_core.config import Secret
 from switchboard_router.canonical import (
     ANTHROPIC_REASONING,
+    CACHE_1H,
+    CACHE_5M,
     GEMINI_REASONING,
     AdapterEvent,
     CompletionRequest,
     Finish,
     FinishEvent,
+    ImagePart,
     Message,
     ProviderMetadata,
     ReasoningBlock,
@@ -255,3 +258,29 @@ def test_a_tool_block_the_stream_never_stops_still_gets_its_arguments() -> None:
     }
     out = run(START, start, delta(stop_reason="max_tokens"), STOP)
     assert ToolCallDelta(0, arguments="{}") in out
+
+
+def test_cache_marks_become_cache_control_on_the_blocks_that_end_each_prefix() -> None:
+    image = ImagePart(data=b"\x89PNG", mime_type="image/png", cache=CACHE_5M)
+    sent = body(
+        messages=(
+            Message(Role.SYSTEM, (TextPart("rules", CACHE_1H), TextPart("today"))),
+            Message(Role.USER, (TextPart("document", CACHE_5M), image, TextPart("question"))),
+            Message(Role.ASSISTANT, (), tool_calls=(ToolCall("t1", "f", "{}"),)),
+            Message(Role.TOOL, (TextPart("result", CACHE_5M),), tool_call_id="t1"),
+        )
+    )
+    assert sent["system"] == [  # blocks, so the mark has one to sit on
+        {"type": "text", "text": "rules", "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+        {"type": "text", "text": "today"},
+    ]
+    user = sent["messages"][0]["content"]
+    assert user[0] == {"type": "text", "text": "document", "cache_control": {"type": "ephemeral"}}
+    assert user[1]["cache_control"] == {"type": "ephemeral"}
+    assert "cache_control" not in user[2]
+    result = sent["messages"][2]["content"][0]
+    assert (result["type"], result["cache_control"]) == ("tool_result", {"type": "ephemeral"})
+    unmarked = body(
+        messages=(Message.of(Role.SYSTEM, "a"), Message.of(Role.SYSTEM, "b"), *HELLO.messages)
+    )
+    assert unmarked["system"] == "a\n\nb"  # no mark: one string, as before

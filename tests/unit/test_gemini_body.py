@@ -11,6 +11,8 @@ import pytest
 from switchboard_core.config import Secret
 from switchboard_router.canonical import (
     ANTHROPIC_REASONING,
+    CACHE_1H,
+    CACHE_5M,
     GEMINI_REASONING,
     CompletionRequest,
     Finish,
@@ -23,6 +25,7 @@ from switchboard_router.canonical import (
     ReasoningEffort,
     Role,
     TextDelta,
+    TextPart,
     TokenLogprob,
     ToolCall,
     ToolCallDelta,
@@ -365,3 +368,17 @@ def test_a_whole_json_array_body_is_the_complete_answer() -> None:
         TextDelta("AI learns."),
         FinishEvent(Finish.STOP, "STOP"),
     ]
+
+
+def test_cache_marks_are_not_sent_since_gemini_caches_implicitly() -> None:
+    marked = (
+        Message(Role.SYSTEM, (TextPart("rules", CACHE_1H),)),
+        Message(Role.USER, (TextPart("document", CACHE_5M), TextPart("question"))),
+    )
+    unmarked = tuple(
+        Message(m.role, tuple(TextPart(p.text) for p in m.parts if isinstance(p, TextPart)))
+        for m in marked
+    )
+    sent = body_for("gemini-2.5-flash", messages=marked)
+    assert sent == body_for("gemini-2.5-flash", messages=unmarked)
+    assert "cachedContent" not in sent

@@ -8,6 +8,8 @@ import orjson
 from switchboard_core.config import Secret
 from switchboard_router.canonical import (
     ANTHROPIC_REASONING,
+    CACHE_1H,
+    CACHE_5M,
     CompletionRequest,
     Finish,
     FinishEvent,
@@ -313,3 +315,24 @@ def test_content_parts_from_any_host_never_crash_the_parser() -> None:
     parsed = parser.feed(sse({"choices": [{"index": 0, "delta": {"content": content}}]}))
     assert parsed.events == [ReasoningDelta("hm"), TextDelta("Answer")]
     assert parsed.error is None
+
+
+def test_cache_marks_go_to_hosts_that_take_cache_control_and_no_others() -> None:
+    marked = CompletionRequest(
+        model="anthropic/claude-x",
+        messages=(
+            Message(Role.SYSTEM, (TextPart("rules", CACHE_1H),)),
+            Message(Role.USER, (TextPart("document", CACHE_5M), TextPart("question"))),
+        ),
+    )
+    sent = build_body(marked, target("openrouter"))["messages"]
+    assert sent[0]["content"] == [
+        {"type": "text", "text": "rules", "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+    ]
+    assert sent[1]["content"] == [
+        {"type": "text", "text": "document", "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": "question"},
+    ]
+    for host in ("openai", "deepseek", "some-host"):  # they cache on their own: no marks
+        plain = build_body(marked, target(host))["messages"]
+        assert [m["content"] for m in plain] == ["rules", "documentquestion"]

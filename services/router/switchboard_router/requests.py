@@ -1,11 +1,13 @@
 """Validate a gRPC completion request into a canonical :class:`CompletionRequest`.
 
 Every problem is collected and reported together in one ``INVALID_ARGUMENT`` whose
-``BadRequest`` names each field by its proto path.
+``BadRequest`` names each field by its proto path. A part's ``cache_control`` becomes its
+``cache`` (``CACHE_5M`` / ``CACHE_1H``), under the rules :mod:`.request_options` states.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from decimal import Decimal
@@ -35,7 +37,10 @@ from switchboard_router.canonical import (
 )
 from switchboard_router.request_options import (
     MAX_SIGNATURE_CHARS,
+    CacheMark,
     block_size,
+    cache_mark,
+    check_cache_marks,
     reasoning_config,
     reasoning_details,
     sampling_options,
@@ -160,6 +165,7 @@ def _messages(
         problems.append(("messages", f"at most {MAX_MESSAGES} messages"))
     out = []
     size = 0
+    marks: list[CacheMark] = []
     for i, m in enumerate(request.messages):
         field = f"messages[{i}]"
         role = int(m.role)
@@ -170,7 +176,7 @@ def _messages(
             problems.append((f"{field}.tool_call_id", "required for ROLE_TOOL"))
         if m.tool_call_id and role != Role.TOOL:
             problems.append((f"{field}.tool_call_id", "only ROLE_TOOL messages answer a call"))
-        parts = _parts(m, Role(role), field, problems)
+        parts = _parts(m, Role(role), field, problems, marks)
         calls = _tool_calls(m, Role(role), field, problems)
         blocks = reasoning_details(m, Role(role), field, problems)
         if not m.content and not m.parts and not calls and role != Role.ASSISTANT:
@@ -181,6 +187,7 @@ def _messages(
         out.append(Message(Role(role), parts, m.name, m.tool_call_id, calls, blocks))
     if size > MAX_CONTENT_BYTES:
         problems.append(("messages", f"content larger than {MAX_CONTENT_BYTES} bytes"))
+    check_cache_marks(marks, problems)
     return tuple(out)
 
 
@@ -191,8 +198,13 @@ def _part_size(part: Part) -> int:
 
 
 def _parts(
-    m: common_pb2.ChatMessage, role: Role, field: str, problems: list[tuple[str, str]]
+    m: common_pb2.ChatMessage,
+    role: Role,
+    field: str,
+    problems: list[tuple[str, str]],
+    marks: list[CacheMark],
 ) -> tuple[Part, ...]:
+    """The message's parts; their cache marks are added to ``marks``."""
     if m.content and m.parts:
         problems.append((f"{field}.parts", "set content or parts, not both"))
     if not m.parts:
@@ -201,14 +213,17 @@ def _parts(
     for j, part in enumerate(m.parts):
         where = f"{field}.parts[{j}]"
         kind = part.WhichOneof("kind")
+        cache = cache_mark(part, where, problems)
+        if cache:
+            marks.append(CacheMark(where, cache, role == Role.SYSTEM))
         if kind == "text":
-            out.append(TextPart(part.text))
+            out.append(TextPart(part.text, cache))
         elif kind == "image":
             if role != Role.USER:
                 problems.append((f"{where}.image", "images are allowed in ROLE_USER messages"))
             image = _image(part.image, f"{where}.image", problems)
             if image is not None:
-                out.append(image)
+                out.append(dataclasses.replace(image, cache=cache) if cache else image)
         else:
             problems.append((where, "set text or image"))
     return tuple(out)

@@ -28,6 +28,15 @@ back first in its content, in order, as ``thinking`` (text and ``signature``) or
 ``redacted_thinking`` (``data``) blocks, before its text and ``tool_use`` blocks, as Anthropic
 requires ("Preserving thinking blocks"). A thinking block without a signature (its stream was
 cut) cannot be verified and is left out.
+
+**Prompt caching** (https://docs.claude.com/en/docs/build-with-claude/prompt-caching). A part's
+cache mark (``TextPart.cache`` / ``ImagePart.cache``, checked by the router's request rules)
+becomes ``cache_control`` on the block the part becomes: ``{"type": "ephemeral"}`` for 5
+minutes, ``{"type": "ephemeral", "ttl": "1h"}`` for an hour (generally available: no beta
+header). A mark on a tool message's part goes on its ``tool_result`` block. When a system part
+is marked, ``system`` is sent as a list of text blocks, one per non-empty system part, so the
+mark has a block to sit on; otherwise it stays one string (system messages joined by a blank
+line).
 """
 
 from __future__ import annotations
@@ -39,8 +48,10 @@ import orjson
 
 from switchboard_router.canonical import (
     ANTHROPIC_REASONING,
+    CACHE_1H,
     CompletionRequest,
     Message,
+    Part,
     ReasoningBlock,
     ReasoningConfig,
     ReasoningEffort,
@@ -84,18 +95,35 @@ def _arguments(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def cache_control(cache: str) -> dict[str, str]:
+    """The ``cache_control`` value of a cache mark (``CACHE_5M`` or ``CACHE_1H``)."""
+    return {"type": "ephemeral", "ttl": "1h"} if cache == CACHE_1H else {"type": "ephemeral"}
+
+
+def _marked(block: dict[str, Any], part: Part) -> dict[str, Any]:
+    if part.cache:
+        block["cache_control"] = cache_control(part.cache)
+    return block
+
+
 def _blocks(message: Message) -> list[dict[str, Any]]:
     if message.role == Role.TOOL:
-        return [
-            {"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.text}
-        ]
+        result: dict[str, Any] = {
+            "type": "tool_result",
+            "tool_use_id": message.tool_call_id,
+            "content": message.text,
+        }
+        marks = [p.cache for p in message.parts if p.cache]
+        if marks:
+            result["cache_control"] = cache_control(marks[-1])
+        return [result]
     blocks: list[dict[str, Any]] = []
     if message.role == Role.ASSISTANT:
         blocks.extend(b for b in map(reasoning_block, message.reasoning) if b is not None)
     for part in message.parts:
         if isinstance(part, TextPart):
             if part.text:
-                blocks.append({"type": "text", "text": part.text})
+                blocks.append(_marked({"type": "text", "text": part.text}, part))
             continue
         inline = part.inline()
         if inline is not None:
@@ -106,7 +134,7 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
             }
         else:
             source = {"type": "url", "url": part.url}
-        blocks.append({"type": "image", "source": source})
+        blocks.append(_marked({"type": "image", "source": source}, part))
     for call in message.tool_calls:
         blocks.append(
             {
@@ -119,13 +147,28 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
     return blocks
 
 
-def _messages(request: CompletionRequest) -> tuple[list[dict[str, Any]], str]:
-    """Turns with consecutive same-role messages merged (tool results are user turns)."""
-    system: list[str] = []
+def _system(messages: list[Message]) -> str | list[dict[str, Any]]:
+    """The ``system`` value: a string, or text blocks when a part is marked for caching."""
+    if not any(part.cache for message in messages for part in message.parts):
+        return "\n\n".join(message.text for message in messages)
+    return [
+        _marked({"type": "text", "text": part.text}, part)
+        for message in messages
+        for part in message.parts
+        if isinstance(part, TextPart) and part.text
+    ]
+
+
+def _messages(
+    request: CompletionRequest,
+) -> tuple[list[dict[str, Any]], str | list[dict[str, Any]]]:
+    """Turns with consecutive same-role messages merged (tool results are user turns), and
+    the system prompt."""
+    system: list[Message] = []
     turns: list[dict[str, Any]] = []
     for message in request.messages:
         if message.role == Role.SYSTEM:
-            system.append(message.text)
+            system.append(message)
             continue
         role = "assistant" if message.role == Role.ASSISTANT else "user"
         blocks = _blocks(message)
@@ -133,7 +176,7 @@ def _messages(request: CompletionRequest) -> tuple[list[dict[str, Any]], str]:
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
-    return turns, "\n\n".join(system)
+    return turns, _system(system)
 
 
 def _tool_choice(choice: ToolChoice, parallel: bool | None) -> dict[str, Any]:

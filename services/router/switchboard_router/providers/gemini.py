@@ -10,6 +10,12 @@ runs the call; :mod:`.gemini_stream` reads the answer (SSE, or a whole JSON body
 Image links are sent as ``fileData`` with the link as ``fileUri``; inline images as
 ``inlineData``. ``logprobs`` / ``top_logprobs`` are ``responseLogprobs`` / ``logprobs``
 (0..20) and ``n`` is ``candidateCount``: the stream carries every candidate, by ``index``.
+
+Prompt-cache marks (``TextPart.cache`` / ``ImagePart.cache``) are not sent: Gemini 2.5 and later
+cache repeated prefixes implicitly and report the hits as ``cachedContentTokenCount`` (read by
+:mod:`.gemini_stream`), with no per-part marks to take. Explicit caching (creating a
+``cachedContents`` resource and naming it in ``cachedContent``) is a separate, stateful API
+with storage billed per hour; it is out of scope here.
 """
 
 from __future__ import annotations

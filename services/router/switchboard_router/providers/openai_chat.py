@@ -10,6 +10,12 @@ OpenAI-compatible host verifies or needs it (DeepSeek refuses ``reasoning_conten
 history, Mistral takes the history without its thinking), and blocks of another provider's
 format could not be verified anyway. A tool call's ``signature`` is dropped for the same reason.
 
+Prompt-cache marks (``TextPart.cache`` / ``ImagePart.cache``) go only to hosts whose dialect
+takes ``cache_control`` (OpenRouter): a marked message's content is sent as parts, each marked
+part with ``cache_control``. Other hosts cache on their own and get no marks; that is not an
+ignored parameter (the response's ``ignored_parameters`` does not list it), since the prompt
+is still cached there and the hits are reported.
+
 Wire format: https://platform.openai.com/docs/api-reference/chat/streaming
 """
 
@@ -21,9 +27,11 @@ from typing import Any
 import aiohttp
 
 from switchboard_router.canonical import (
+    CACHE_1H,
     AdapterEvent,
     CompletionRequest,
     Message,
+    Part,
     ReasoningConfig,
     ReasoningEffort,
     ResponseFormat,
@@ -46,25 +54,37 @@ from switchboard_router.providers.openai_stream import StreamParser, error_from_
 ROLES = {Role.SYSTEM: "system", Role.USER: "user", Role.ASSISTANT: "assistant", Role.TOOL: "tool"}
 
 
-def _content(message: Message) -> str | list[dict[str, Any]] | None:
-    """A plain string for text-only messages (every host takes that), else content parts."""
-    if not message.has_image:
+def _content(message: Message, marks: bool) -> str | list[dict[str, Any]] | None:
+    """A plain string for text-only messages (every host takes that), else content parts;
+    parts too when ``marks`` are sent and a part is marked."""
+    marked = marks and any(part.cache for part in message.parts)
+    if not message.has_image and not marked:
         text = message.text
         return text if text or not message.tool_calls else None
     parts: list[dict[str, Any]] = []
     for part in message.parts:
         if isinstance(part, TextPart):
-            parts.append({"type": "text", "text": part.text})
+            item: dict[str, Any] = {"type": "text", "text": part.text}
         else:
             image: dict[str, Any] = {"url": part.as_url()}
             if part.detail:
                 image["detail"] = part.detail
-            parts.append({"type": "image_url", "image_url": image})
+            item = {"type": "image_url", "image_url": image}
+        parts.append(_marked(item, part) if marks else item)
     return parts
 
 
-def _message(message: Message) -> dict[str, Any]:
-    item: dict[str, Any] = {"role": ROLES[message.role], "content": _content(message)}
+def _marked(item: dict[str, Any], part: Part) -> dict[str, Any]:
+    if part.cache:
+        item["cache_control"] = {"type": "ephemeral"}
+        if part.cache == CACHE_1H:
+            item["cache_control"]["ttl"] = "1h"
+    return item
+
+
+def _message(message: Message, dialect: Dialect) -> dict[str, Any]:
+    content = _content(message, dialect.cache_control)
+    item: dict[str, Any] = {"role": ROLES[message.role], "content": content}
     if message.name:
         item["name"] = message.name
     if message.tool_call_id:
@@ -103,7 +123,7 @@ def build_body(request: CompletionRequest, target: Target) -> dict[str, Any]:
     dialect = dialect_for(target.dialect)
     body: dict[str, Any] = {
         "model": target.upstream_model,
-        "messages": [_message(m) for m in request.messages],
+        "messages": [_message(m, dialect) for m in request.messages],
         "stream": True,
     }
     if dialect.ask_stream_usage:

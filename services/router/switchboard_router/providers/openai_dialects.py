@@ -16,6 +16,14 @@ Reasoning (``reasoning`` in a row's parameters only when the host can take it):
   ``"none"`` where the host takes it, else the lowest effort it takes.
 - ``"object"``: OpenRouter's ``reasoning`` object, passed as the client gave it.
 
+Prompt-cache marks (``cache_control`` in a row): hosts that take OpenRouter's per-part
+``cache_control`` get each marked part's ``{"type": "ephemeral"}`` (``"ttl": "1h"`` for an hour),
+and a marked message's content as parts. Every other host gets no marks: OpenAI and DeepSeek
+cache prefixes on their own and report the hits (``cached_tokens``, DeepSeek's
+``prompt_cache_hit_tokens``), hosts without a prompt cache have no use for them, and
+Anthropic's OpenAI-compatible endpoint does not take them (its docs send prompt caching to the
+native API, which the Anthropic adapter speaks).
+
 ``logprobs`` / ``top_logprobs`` and ``n`` are listed only for hosts whose reference documents
 them in OpenAI's form (Groq rejects logprobs and n > 1; Together's ``logprobs`` is a count with
 its own response shape; DeepSeek takes no ``n``; Mistral documents no logprobs).
@@ -23,7 +31,7 @@ its own response shape; DeepSeek takes no ``n``; Mistral documents no logprobs).
 Sources: each host's chat-completions reference (OpenAI, Groq, Together, Fireworks,
 DeepInfra, DeepSeek, Mistral and its reasoning page — ``reasoning_effort`` is ``"high"`` or
 ``"none"`` —, vLLM's OpenAI-compatible server, Ollama's OpenAI compatibility page, OpenRouter's
-reasoning-tokens page), as of 2026-11.
+reasoning-tokens and prompt-caching pages), as of 2026-11.
 """
 
 from __future__ import annotations
@@ -76,6 +84,8 @@ class Dialect:
     # Hosted APIs refuse requests without a key, so the router does not try them without one;
     # self-hosted servers may run without (the key is sent when one is configured).
     key_required: bool = True
+    # The host takes OpenRouter's per-part cache_control (see the module doc).
+    cache_control: bool = False
 
 
 # Unknown hosts speak plain OpenAI: logprobs and n are standard fields (a host that rejects
@@ -135,7 +145,13 @@ DIALECTS: dict[str, Dialect] = {
             "ollama", ALL - {"tool_choice", "parallel_tool_calls"}, auth="none", key_required=False
         ),
         # OpenRouter takes its own reasoning object (effort or max_tokens, exclude, enabled).
-        Dialect("openrouter", ALL | LOGPROBS | {"top_k"} | REASONING, reasoning="object"),
+        # and cache_control on content parts, passed on to the providers that need marks.
+        Dialect(
+            "openrouter",
+            ALL | LOGPROBS | {"top_k"} | REASONING,
+            reasoning="object",
+            cache_control=True,
+        ),
         # The offline demo upstream of `make run` (services/demo) checks no key.
         Dialect("switchboard", ALL, key_required=False),
     )
