@@ -23,8 +23,8 @@ from grpc_status import rpc_status
 from switchboard.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
-from switchboard.router.v1 import router_pb2, router_pb2_grpc
-from switchboard_core.money import Price
+from switchboard.router.v1 import account_pb2, router_pb2, router_pb2_grpc
+from switchboard_core.pricing import Counts, PriceSheet
 from tests.e2e.support import PROVIDER_KEYS, auth, ledger_entry, limited_key
 from tests.fakes import anthropic_server, gemini_server, openai_server
 from tests.fakes.script import FakeProvider, Script, ScriptToolCall, ScriptUsage
@@ -32,8 +32,9 @@ from tests.fakes.script import FakeProvider, Script, ScriptToolCall, ScriptUsage
 pytestmark = [pytest.mark.e2e]
 
 CLAUDE = "anthropic/claude-haiku-4.5"
-GEMINI = "google/gemini-2.5-flash"
-R1 = "deepseek/deepseek-r1"
+# Seeded models with no announced retirement: the tests must not depend on the date they run.
+GEMINI = "google/gemini-2.5-flash-lite"
+DEEPSEEK = "deepseek/deepseek-v4-flash"
 
 Fakes = dict[str, FakeProvider]
 
@@ -54,15 +55,9 @@ async def fakes(catalog: catalog_pb2_grpc.CatalogServiceAsyncStub) -> AsyncItera
         yield found
 
 
-async def price_of(catalog: catalog_pb2_grpc.CatalogServiceAsyncStub, model: str) -> Price:
+async def price_of(catalog: catalog_pb2_grpc.CatalogServiceAsyncStub, model: str) -> PriceSheet:
     reply = await catalog.GetModel(catalog_pb2.GetModelRequest(model_id=model))
-    p = reply.model.endpoints[0].pricing
-    return Price.parse(
-        p.prompt_usd_per_mtok,
-        p.completion_usd_per_mtok,
-        p.cached_prompt_usd_per_mtok,
-        p.cache_write_usd_per_mtok,
-    )
+    return PriceSheet.from_proto(reply.model.endpoints[0].pricing)
 
 
 def ask(model: str, text: str = "hi", **fields: object) -> router_pb2.StreamCompletionRequest:
@@ -82,7 +77,10 @@ async def stream(
         try:
             return [m async for m in router.StreamCompletion(request, metadata=auth(key))]
         except grpc.aio.AioRpcError as error:
-            if len(fake.requests) > seen or error.code() != grpc.StatusCode.UNAVAILABLE:
+            # Until the router's catalog points at the fake, the provider's credential is
+            # withheld (FAILED_PRECONDITION) or its old host is unreachable (UNAVAILABLE).
+            waiting = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION)
+            if len(fake.requests) > seen or error.code() not in waiting:
                 raise
             await asyncio.sleep(0.05)
     raise AssertionError("the router never reached the fake provider")
@@ -108,8 +106,9 @@ async def test_anthropic_model_streams_with_exact_cache_aware_cost(
     assert (got.prompt_tokens, got.completion_tokens, got.cached_tokens) == (2000, 40, 1500)
     assert (got.cache_write_tokens, got.estimated) == (300, False)
     price = await price_of(catalog, CLAUDE)
-    assert Decimal(end.cost_usd) == price.cost(2000, 40, 1500, 300)
-    assert price.cached_prompt < price.prompt < price.cache_write  # the seed's real structure
+    assert Decimal(end.cost_usd) == price.cost(Counts(2000, 40, 1500, 300))
+    rates = price.rates(2000)
+    assert rates.cached_prompt < rates.prompt < rates.cache_write  # the seed's real structure
 
     sent = fakes["anthropic"].requests[-1]
     assert sent.headers["x-api-key"] == PROVIDER_KEYS["anthropic"]
@@ -276,7 +275,7 @@ async def test_deepseek_reasoning_streams_apart_from_the_answer(
         text=("4",),
         usage=ScriptUsage(9, 30, reasoning_tokens=25),
     )
-    request = ask(R1, "2+2?", provider=router_pb2.ProviderPreferences(only=["deepseek"]))
+    request = ask(DEEPSEEK, "2+2?", provider=router_pb2.ProviderPreferences(only=["deepseek"]))
     messages = await stream(router, api_key, request, fakes["deepseek"])
     assert messages[0].start.provider == "deepseek"
     deltas = [m.delta for m in messages[1:-1]]
@@ -295,6 +294,7 @@ async def test_deepseek_reasoning_streams_apart_from_the_answer(
 
 async def test_providers_without_a_credential_are_not_tried(
     router: router_pb2_grpc.RouterServiceAsyncStub,
+    catalog: catalog_pb2_grpc.CatalogServiceAsyncStub,
     api_key: metering_pb2.CreateApiKeyResponse,
     fakes: Fakes,
 ) -> None:
@@ -302,7 +302,7 @@ async def test_providers_without_a_credential_are_not_tried(
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await router.CreateCompletion(
             router_pb2.CreateCompletionRequest(
-                model="mistralai/mistral-large",
+                model="mistralai/mistral-large-3",
                 messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="hi")],
             ),
             metadata=auth(api_key),
@@ -314,13 +314,33 @@ async def test_providers_without_a_credential_are_not_tried(
     info = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(info) and info.reason == "PROVIDER_NOT_CONFIGURED"
 
-    # DeepSeek R1 is cheaper on Together and Fireworks, which have no key here: the router
-    # goes straight to DeepSeek, the one provider it has a key for.
-    fakes["deepseek"].script = Script(text=("ok",))
-    before = len(fakes["deepseek"].requests)
-    messages = await stream(router, api_key, ask(R1), fakes["deepseek"])
-    assert messages[0].start.provider == "deepseek"
-    assert len(fakes["deepseek"].requests) == before + 1
+    # A cheaper Together endpoint for the DeepSeek model, and no Together key here: the router
+    # goes straight to DeepSeek, the one provider of the model it has a key for.
+    current = await catalog.GetModel(catalog_pb2.GetModelRequest(model_id=DEEPSEEK))
+    cheaper = catalog_pb2.Endpoint()
+    cheaper.CopyFrom(current.model.endpoints[0])
+    cheaper.id, cheaper.provider_id = f"together:{DEEPSEEK}", "together"
+    cheaper.ClearField("price_version")
+    cheaper.pricing.CopyFrom(
+        common_pb2.Pricing(prompt_usd_per_mtok="0.01", completion_usd_per_mtok="0.02")
+    )
+    await catalog.UpsertEndpoint(catalog_pb2.UpsertEndpointRequest(endpoint=cheaper))
+    try:
+        for _ in range(100):  # until the router's catalog has the new endpoint
+            model = await router.ListModels(
+                account_pb2.ListModelsRequest(provider_id="together"), metadata=auth(api_key)
+            )
+            if DEEPSEEK in {m.id for m in model.models}:
+                break
+            await asyncio.sleep(0.05)
+        fakes["deepseek"].script = Script(text=("ok",))
+        before = len(fakes["deepseek"].requests)
+        messages = await stream(router, api_key, ask(DEEPSEEK), fakes["deepseek"])
+        assert messages[0].start.provider == "deepseek"
+        assert len(fakes["deepseek"].requests) == before + 1
+    finally:
+        cheaper.status = catalog_pb2.ENDPOINT_STATUS_DISABLED
+        await catalog.UpsertEndpoint(catalog_pb2.UpsertEndpointRequest(endpoint=cheaper))
 
 
 # The fakes sign reasoning statelessly: the answer turn keeps the same reasoning, so the fake
@@ -463,7 +483,7 @@ async def test_a_refusal_reaches_the_client_as_its_own_field(
     fake = fakes["deepseek"]
     fake.script = Script(text=(), refusal=("I can't help ", "with that."))
     request = ask(
-        R1, "something harmful", provider=router_pb2.ProviderPreferences(only=["deepseek"])
+        DEEPSEEK, "something harmful", provider=router_pb2.ProviderPreferences(only=["deepseek"])
     )
     messages = await stream(router, api_key, request, fake)
     deltas = [m.delta for m in messages[1:-1]]

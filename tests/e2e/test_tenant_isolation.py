@@ -358,21 +358,21 @@ async def test_a_provider_allow_list_filters_the_routes(
     )
     assert outcome.metadata["rule"] == "allowed_providers"
 
-    # DeepSeek R1 is served by deepseek, together and fireworks; the stack's router has a
-    # credential for deepseek only. A key allowed together and fireworks never reaches
-    # deepseek: the request fails on those two alone.
-    hosts = await new_key(metering, account, allowed_providers=["together", "fireworks"])
+    # Llama 3.3 70B is served by together and deepinfra (its groq and fireworks endpoints are
+    # retired); the stack's router has a credential for neither. A key allowed those two
+    # never reaches a keyed provider: the request fails on those two alone.
+    hosts = await new_key(metering, account, allowed_providers=["together", "deepinfra"])
     outcome = await refused(
-        router.CreateCompletion(ask("deepseek/deepseek-r1"), metadata=auth(hosts))
+        router.CreateCompletion(ask("meta-llama/llama-3.3-70b-instruct"), metadata=auth(hosts))
     )
     assert (outcome.code, outcome.reason) == (
         grpc.StatusCode.FAILED_PRECONDITION,
         "PROVIDER_NOT_CONFIGURED",
     )
-    assert outcome.metadata["providers"] == "fireworks,together"
+    assert outcome.metadata["providers"] == "deepinfra,together"
     listed = await router.ListModels(account_pb2.ListModelsRequest(), metadata=auth(hosts))
     providers = {e.provider_id for model in listed.models for e in model.endpoints}
-    assert providers == {"together", "fireworks"}
+    assert providers == {"together", "deepinfra"}
     assert DEMO not in {model.id for model in listed.models}
 
 
@@ -392,11 +392,11 @@ async def test_the_model_list_needs_only_an_api_key_and_pages(
             break
     ids = [model.id for model in seen]
     assert ids == sorted(set(ids)) and DEMO in ids
-    groq = await router.ListModels(
-        account_pb2.ListModelsRequest(provider_id="groq"), metadata=auth(tenants.a)
+    together = await router.ListModels(
+        account_pb2.ListModelsRequest(provider_id="together"), metadata=auth(tenants.a)
     )
-    assert groq.models and all(
-        any(e.provider_id == "groq" for e in model.endpoints) for model in groq.models
+    assert together.models and all(
+        any(e.provider_id == "together" for e in model.endpoints) for model in together.models
     )
 
 
