@@ -68,3 +68,26 @@ def test_imported_prices_cost_what_the_source_says(row: mapping.ProviderRow) -> 
                     wrong.append((entry.source_model_id, at.hour, example, ours, theirs))
     assert not wrong, wrong[:5]
     assert checked == len(imported) * len(TIMES) * len(EXAMPLES)
+
+
+def test_scheduled_prices_cost_what_the_source_says_once_they_start() -> None:
+    """Each price the source dates in the future (Gemini 4 Argon's 2026-12-01 price, ...)
+    is imported as a scheduled price that, from its time on, costs what genai-prices
+    computes for a request made then."""
+    scheduled = [
+        (entry, change) for entry in SOURCE.models for change in entry.endpoint.scheduled_prices
+    ]
+    assert any(entry.source_model_id == "gemini-4-argon" for entry, _ in scheduled)
+    wrong = []
+    for entry, change in scheduled:
+        provider, model = MODELS[(entry.row.source_id, entry.source_model_id)]
+        sheet = PriceSheet.from_proto(change.pricing)
+        start = change.effective_time.ToDatetime(UTC)
+        for at in [start.replace(hour=hour) for hour in (0, 2, 8, 12, 20)]:
+            for example in EXAMPLES:
+                theirs = model.calc_price(
+                    Usage(**example), provider, genai_request_timestamp=at
+                ).total_price
+                if sheet.cost(counts(example), at) != theirs:
+                    wrong.append((entry.source_model_id, at, example))
+    assert not wrong, wrong[:5]

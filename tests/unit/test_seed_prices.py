@@ -237,3 +237,16 @@ def test_gemini_models_that_retire_say_so() -> None:
     endpoints = _endpoints()
     for endpoint_id in ("google:google/gemini-2.5-pro", "google:google/gemini-2.5-flash"):
         assert endpoints[endpoint_id].retirement_time.ToJsonString() == "2026-12-01T00:00:00Z"
+
+
+def test_gemini_4_argon_is_seeded_with_its_announced_price_from_2026_12_01() -> None:
+    (change,) = _endpoints()["google:google/gemini-4-argon"].scheduled_prices
+    assert change.effective_time.ToDatetime(UTC) == datetime(2026, 12, 1, tzinfo=UTC)
+    sheet = PriceSheet.from_proto(change.pricing)
+    # Google: 4 in, 20 out, 0.2 cached, USD per million tokens.
+    assert sheet.cost(Counts(M, M, cached_tokens=M // 2)) == Decimal("2") + Decimal(
+        "0.1"
+    ) + Decimal("20")
+    assert [e.id for e in _endpoints().values() if e.scheduled_prices] == [
+        "google:google/gemini-4-argon"
+    ]

@@ -1,4 +1,5 @@
-"""Assembles the catalog server: pool, migrations, seed, broadcaster, servicer."""
+"""Assembles the catalog server: pool, migrations, seed, broadcaster, price scheduler,
+servicer."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 
 from switchboard_catalog.config import SERVICE, CatalogConfig
 from switchboard_catalog.importer import CatalogImporter
+from switchboard_catalog.scheduler import PriceScheduler
 from switchboard_catalog.seed import apply_seed, load_seed
 from switchboard_catalog.service import SERVICE_NAME, CatalogService, add_to_server
 from switchboard_catalog.store import CatalogStore
@@ -36,6 +38,7 @@ async def create_app(
     broadcaster = CatalogBroadcaster(
         store, config.database_url, poll_seconds=config.version_poll_seconds
     )
+    scheduler = PriceScheduler(store, max_wait_seconds=config.schedule_max_wait_seconds)
     try:
         await migrate(pool, SERVICE, "switchboard_catalog.migrations")
         await migrate_audit(pool)
@@ -47,8 +50,11 @@ async def create_app(
                 "catalog imported at start",
                 extra={"source": result.source_version, "changes": len(result.changes)},
             )
+        # Before the first snapshot: prices due while no catalog ran are applied first.
+        await scheduler.start()
         await broadcaster.start()
     except BaseException:
+        await scheduler.close()
         await broadcaster.close()
         await pool.close()
         raise
@@ -74,5 +80,5 @@ async def create_app(
         ),
         # Watch streams never end on their own: close them first so routers move at once.
         before_stop=[broadcaster.close],
-        on_stop=[broadcaster.close, pool.close, close_metering],
+        on_stop=[scheduler.close, broadcaster.close, pool.close, close_metering],
     )

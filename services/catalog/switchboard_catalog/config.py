@@ -47,6 +47,9 @@ class CatalogConfig:
     # A source to import at start, after the seed (SWITCHBOARD_CATALOG_IMPORT=genai-prices;
     # empty: none). See switchboard_catalog.importer.
     import_source: str = ""
+    # The longest the price scheduler sleeps between looks at the schedule (it wakes at the
+    # next scheduled time when sooner): a schedule another replica wrote is seen within it.
+    schedule_max_wait_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> CatalogConfig:

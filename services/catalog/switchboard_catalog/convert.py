@@ -112,6 +112,32 @@ def pricing_from_row(row: Row) -> common_pb2.Pricing:
     return pricing
 
 
+PriceColumns = tuple[Decimal | None, Decimal | None, Decimal | None, Decimal | None, str]
+
+
+def price_columns(pricing: common_pb2.Pricing) -> PriceColumns:
+    """The price columns of ``endpoints`` (and ``endpoint_scheduled_prices``) for a valid
+    ``pricing``: prompt, completion, cached prompt, cache write and the ``price_rules`` text."""
+    return (
+        price_to_db(pricing.prompt_usd_per_mtok),
+        price_to_db(pricing.completion_usd_per_mtok),
+        price_to_db(pricing.cached_prompt_usd_per_mtok),
+        price_to_db(pricing.cache_write_usd_per_mtok),
+        price_rules_to_db(pricing),
+    )
+
+
+def scheduled_key(effective_at: datetime, pricing: common_pb2.Pricing) -> tuple[Any, ...]:
+    """What makes two scheduled prices the same (equal decimals, equal rules), so that
+    rewriting a schedule unchanged is no change."""
+    *rates, rules = price_columns(pricing)
+    return (effective_at, *rates, json.loads(rules))
+
+
+def scheduled_key_of_row(row: Row) -> tuple[Any, ...]:
+    return scheduled_key(row["effective_at"], pricing_from_row(row))
+
+
 def time_to_db(message: Any, field: str) -> datetime | None:
     """A Timestamp field as a UTC datetime; None (NULL) when unset."""
     if not message.HasField(field):
@@ -128,8 +154,11 @@ def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return stamp
 
 
-def endpoint_from_row(row: Row) -> catalog_pb2.Endpoint:
+def endpoint_from_row(
+    row: Row, scheduled: Iterable[catalog_pb2.PriceChange] = ()
+) -> catalog_pb2.Endpoint:
     return catalog_pb2.Endpoint(
+        scheduled_prices=scheduled,
         id=row["id"],
         model_id=row["model_id"],
         provider_id=row["provider_id"],
@@ -164,13 +193,26 @@ def model_from_row(row: Row, endpoints: Iterable[catalog_pb2.Endpoint]) -> catal
     )
 
 
+def scheduled_from_rows(rows: Iterable[Row]) -> dict[str, list[catalog_pb2.PriceChange]]:
+    """``endpoint_scheduled_prices`` rows (ordered by time) by endpoint id."""
+    out: dict[str, list[catalog_pb2.PriceChange]] = {}
+    for row in rows:
+        change = catalog_pb2.PriceChange(pricing=pricing_from_row(row))
+        change.effective_time.FromDatetime(row["effective_at"])
+        out.setdefault(row["endpoint_id"], []).append(change)
+    return out
+
+
 def models_from_rows(
-    model_rows: Iterable[Row], endpoint_rows: Iterable[Row]
+    model_rows: Iterable[Row], endpoint_rows: Iterable[Row], scheduled_rows: Iterable[Row] = ()
 ) -> list[catalog_pb2.Model]:
-    """Joins endpoints (in their row order) to their models (in theirs)."""
+    """Joins endpoints (in their row order) to their models (in theirs), and scheduled
+    prices to their endpoints."""
+    scheduled = scheduled_from_rows(scheduled_rows)
     by_model: dict[str, list[catalog_pb2.Endpoint]] = {}
     for row in endpoint_rows:
-        by_model.setdefault(row["model_id"], []).append(endpoint_from_row(row))
+        endpoint = endpoint_from_row(row, scheduled.get(row["id"], ()))
+        by_model.setdefault(row["model_id"], []).append(endpoint)
     return [model_from_row(row, by_model.get(row["id"], ())) for row in model_rows]
 
 

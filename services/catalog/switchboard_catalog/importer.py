@@ -23,6 +23,10 @@ Catalog entries the import meets:
   (and deprecation date) is imported. Its model and provider are left as they are.
 - A source model no endpoint matches becomes a new endpoint ``<provider>:<author>/<slug>``
   (and a new model, when no model has that id). Providers are created, never changed.
+- Prices the source dates in the future become the endpoint's scheduled prices (the
+  catalog applies each at its time: :mod:`.scheduler`); the import makes the endpoint's
+  schedule the source's, and reports each difference as a price change
+  (``scheduled 2026-12-01: prompt 2 -> 4``, ``no longer scheduled 2027-01-01: ...``).
 - An endpoint this source priced before that the source no longer lists is reported
   (``KIND_REMOVED_FROM_SOURCE``) once, and left serving: retiring it is an operator's call.
 
@@ -152,6 +156,15 @@ def _update_endpoint(
         updated.pricing.CopyFrom(entry.endpoint.pricing)
         plan.change(Kind.KIND_PRICE_CHANGE, endpoint.id, price_difference(before, after))
         details.append("price")
+    schedule = schedule_differences(
+        after, endpoint.scheduled_prices, entry.endpoint.scheduled_prices
+    )
+    if schedule:
+        del updated.scheduled_prices[:]
+        updated.scheduled_prices.extend(entry.endpoint.scheduled_prices)
+        for detail in schedule:
+            plan.change(Kind.KIND_PRICE_CHANGE, endpoint.id, detail)
+        details.append("schedule")
     if entry.deprecated and not endpoint.HasField("deprecation_time"):
         updated.deprecation_time.FromDatetime(_midnight(today))
         plan.change(Kind.KIND_LIFECYCLE_CHANGE, endpoint.id, f"deprecated from {today}")
@@ -211,10 +224,16 @@ def _add_endpoint(
         new_endpoint.deprecation_time.FromDatetime(_midnight(today))
     plan.endpoints.append(new_endpoint)
     plan.listed[endpoint.id] = entry.source_model_id
+    sheet = PriceSheet.from_proto(endpoint.pricing)
     plan.change(
         Kind.KIND_NEW_ENDPOINT,
         endpoint.id,
-        f"{endpoint.upstream_model}: {describe(PriceSheet.from_proto(endpoint.pricing))}",
+        "; ".join(
+            [
+                f"{endpoint.upstream_model}: {describe(sheet)}",
+                *schedule_differences(sheet, (), endpoint.scheduled_prices),
+            ]
+        ),
     )
 
 
@@ -270,6 +289,44 @@ def price_difference(before: PriceSheet | None, after: PriceSheet) -> str:
     if before.windows != after.windows:
         parts.append(f"windows [{_windows_text(before)}] -> [{_windows_text(after)}]")
     return "; ".join(parts)
+
+
+def schedule_differences(
+    current: PriceSheet,
+    before: Sequence[catalog_pb2.PriceChange],
+    after: Sequence[catalog_pb2.PriceChange],
+) -> list[str]:
+    """One line per scheduled price that differs: ``scheduled 2026-12-01: prompt 2 -> 4``
+    (against the price before it in the new schedule, the first against ``current``), and
+    ``no longer scheduled <date>: <price>`` for a date the new schedule drops."""
+    old = {_day(change): _sheet_of(change) for change in before}
+    new_days = {_day(change) for change in after}
+    lines = []
+    previous: PriceSheet | None = current
+    for change in after:
+        day, sheet = _day(change), PriceSheet.from_proto(change.pricing)
+        if old.get(day) != sheet:
+            lines.append(f"scheduled {day}: {price_difference(previous, sheet)}")
+        previous = sheet
+    lines += [
+        f"no longer scheduled {day}: {describe(sheet) if sheet else '(unreadable)'}"
+        for day, sheet in old.items()
+        if day not in new_days
+    ]
+    return lines
+
+
+def _day(change: catalog_pb2.PriceChange) -> str:
+    """The scheduled time: a date when it is midnight UTC (as the source's are)."""
+    at = change.effective_time.ToDatetime(tzinfo=UTC)
+    return f"{at:%Y-%m-%d}" if at == _midnight(at.date()) else f"{at:%Y-%m-%dT%H:%M:%SZ}"
+
+
+def _sheet_of(change: catalog_pb2.PriceChange) -> PriceSheet | None:
+    try:
+        return PriceSheet.from_proto(change.pricing)
+    except ValueError:
+        return None
 
 
 def _rates_text(rates: Rates) -> str:

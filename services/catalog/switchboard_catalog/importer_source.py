@@ -12,9 +12,11 @@ proposed model and endpoint with its price as a ``common.v1.Pricing``, or a line
   threshold that any key uses.
 - Conditional prices are read the way genai-prices reads them (last active wins): walking
   back from the last, ``TimeOfDateConstraint`` prices become ``PriceWindow`` s until the first
-  unconstrained or ``StartDateConstraint`` price in force today, which is the base. A start
-  date still to come is a scheduled price, which the catalog does not hold yet: it is
-  reported in ``skipped`` and today's price is imported. A window's price is complete in the
+  unconstrained or ``StartDateConstraint`` price in force today, which is the base. Each
+  start date still to come is a scheduled price (``Endpoint.scheduled_prices``): the whole
+  price genai-prices reads on that date, effective at 00:00 UTC of it (its constraint
+  compares the request's UTC date), left out when it equals the price before it. A window's
+  price is complete in the
   source; in the catalog a window overrides the base rate by rate, so every rate the base
   sets is set in the window too (to the window's own fallback where the source leaves it).
 - ``price_variants`` (batch, service tiers, fast mode) are request options the router does
@@ -116,11 +118,7 @@ def read_genai_prices(
             source.models.append(entry)
             ignored.update(keys)
             variants += bool(info.price_variants)
-            source.skipped.extend(
-                f"{row.catalog_id} {info.id}: a price from {day} is scheduled; today's is"
-                " imported (the catalog holds no future prices yet)"
-                for day in _scheduled(info, today)
-            )
+            source.skipped.extend(_schedule(entry, info, today))
     if variants:
         source.skipped.append(
             f"price variants (batch, service tiers, fast mode) of {variants} models: request"
@@ -300,17 +298,52 @@ def _minute(value: time) -> int:
     return value.hour * 60 + value.minute
 
 
-def _scheduled(info: Any, today: date) -> list[date]:
+def start_of(day: date) -> datetime:
+    """00:00 UTC of ``day``: when a genai-prices start date takes effect."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def scheduled_dates(info: Any, today: date) -> list[date]:
+    """The start dates of ``info``'s prices still to come, in order."""
     from genai_prices import types
 
     if isinstance(info.prices, types.ModelPrice):
         return []
-    return [
-        entry.constraint.start_date
-        for entry in info.prices
-        if isinstance(entry.constraint, types.StartDateConstraint)
-        and entry.constraint.start_date > today
-    ]
+    return sorted(
+        {
+            entry.constraint.start_date
+            for entry in info.prices
+            if isinstance(entry.constraint, types.StartDateConstraint)
+            and entry.constraint.start_date > today
+        }
+    )
+
+
+def _schedule(entry: SourceModel, info: Any, today: date) -> list[str]:
+    """Adds the source's prices still to come to ``entry.endpoint.scheduled_prices``;
+    returns the skipped lines for those the catalog cannot hold."""
+    skipped: list[str] = []
+    where = f"{entry.row.catalog_id} {info.id}"
+    before = PriceSheet.from_proto(entry.endpoint.pricing)
+    for day in scheduled_dates(info, today):
+        if len(entry.endpoint.scheduled_prices) == validate.MAX_SCHEDULED_PRICES:
+            skipped.append(f"{where}: a price from {day}: more than the catalog schedules")
+            continue
+        try:
+            sheet, _ = price_sheet(info, day)
+            pricing = sheet.to_proto()
+            violations = validate.pricing_violations(pricing, "pricing")
+            if violations:
+                raise SourceProblem("; ".join(f"{path}: {why}" for path, why in violations))
+        except SourceProblem as problem:
+            skipped.append(f"{where}: the price from {day} is not imported: {problem}")
+            continue
+        if sheet == before:
+            continue
+        change = entry.endpoint.scheduled_prices.add(pricing=pricing)
+        change.effective_time.FromDatetime(start_of(day))
+        before = sheet
+    return skipped
 
 
 def _price_keys(info: Any) -> set[str]:

@@ -9,7 +9,10 @@ Entries use the proto JSON mapping of ``switchboard.catalog.v1`` (unknown keys a
 prices are decimal strings, never JSON numbers. A price may have every rate of
 ``common.v1.Pricing``, ``tiers`` (``{"prompt_tokens_above": 200000, "pricing": {...}}``) and
 ``windows`` (``{"start_utc": "16:30", "end_utc": "00:30", "pricing": {...}}``). Lifecycle
-dates are RFC 3339 times (``"deprecation_time": "2026-04-22T00:00:00Z"``); a model's
+dates are RFC 3339 times (``"deprecation_time": "2026-04-22T00:00:00Z"``). An endpoint's
+announced price changes are ``scheduled_prices`` (``[{"effective_time":
+"2026-12-01T00:00:00Z", "pricing": {...}}]``, oldest first); one whose time has passed when
+the seed is applied is applied then, effective at its time (the store folds it in). A model's
 ``successor_model_id`` must name a model in the seed. An endpoint's ``id`` may be left out. The
 demo provider's base URL comes from configuration (``SWITCHBOARD_DEMO_BASE_URL``). Every
 provider's base URL, the demo's included, must pass the upstream address policy

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -132,7 +133,9 @@ class CatalogService(catalog_pb2_grpc.CatalogServiceServicer):
     ) -> catalog_pb2.UpsertEndpointResponse:
         if not request.HasField("endpoint"):
             raise InvalidArgument({"endpoint": "required"})
-        violations = validate.endpoint_violations(request.endpoint, "endpoint")
+        violations = validate.endpoint_violations(
+            request.endpoint, "endpoint", now=datetime.now(UTC)
+        )
         if violations:
             raise InvalidArgument(violations)
         endpoint = validate.normalized_endpoint(request.endpoint)

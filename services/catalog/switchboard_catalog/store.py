@@ -10,6 +10,21 @@ transaction that changes any part of a price: migrations 0003 and 0004); an endp
 ``price_version`` is the id of its newest history row, and each history entry carries its
 own. The snapshot carries the part of it the
 ledger may need (:data:`PRICE_HISTORY_MARGIN_DAYS`, :data:`MAX_PRICE_CHANGES`).
+
+Prices announced for later (``Endpoint.scheduled_prices``) live in
+``endpoint_scheduled_prices`` (migration 0006). An endpoint upsert REPLACES the endpoint's
+schedule with the one it carries (so a read-modify-write keeps it; an empty list clears it),
+and only writes when it differs (rewriting the same schedule is no change and bumps nothing).
+A scheduled price the upsert carries that is already due (its time has come, by the
+database's clock: a caller that read the schedule just before) is not stored but applied
+by the upsert itself, as the endpoint's price, effective at its scheduled time.
+:meth:`CatalogStore.apply_due_price` applies one due row (the scheduler's job): moved into
+``endpoints`` in one transaction, its history row effective exactly at the scheduled time
+(the ``switchboard.price_effective_at`` setting the history trigger reads), the row deleted
+and the version bumped. Locks: an upsert locks the endpoint's schedule rows, then the
+endpoint; the scheduler takes the oldest due row of an endpoint ``FOR UPDATE SKIP LOCKED``,
+then the endpoint: the same order, so neither deadlocks, each row is applied once however
+many replicas run the scheduler, and an endpoint's rows are applied oldest first.
 """
 
 from __future__ import annotations
@@ -17,6 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -41,6 +57,11 @@ _SELECT_PROVIDERS = "SELECT id, display_name, api_format, base_url, dialect FROM
 _SELECT_ENDPOINTS = f"""SELECT {_ENDPOINT_COLUMNS},
     (SELECT max(h.id) FROM endpoint_prices h WHERE h.endpoint_id = endpoints.id) AS price_version
     FROM endpoints"""
+
+_SCHEDULED_COLUMNS = """endpoint_id, effective_at, prompt_price, completion_price,
+    cached_prompt_price, cache_write_price, price_rules"""
+_SELECT_SCHEDULED = f"SELECT {_SCHEDULED_COLUMNS} FROM endpoint_scheduled_prices"
+_ORDER_SCHEDULED = "ORDER BY endpoint_id, effective_at"
 
 # Each upsert returns a row only when it inserted or really changed something.
 _UPSERT_PROVIDER = """
@@ -124,9 +145,37 @@ PRICE_HISTORY_MARGIN_DAYS = 1
 # hourly say, would otherwise make every metering snapshot megabytes).
 MAX_PRICE_CHANGES = 1000
 
+# The oldest due scheduled price of an endpoint with no older one (so an endpoint's prices
+# are applied in order, even by several replicas), skipping rows another transaction holds.
+_CLAIM_DUE = f"""{_SELECT_SCHEDULED} s
+WHERE effective_at <= now() AND NOT EXISTS (
+    SELECT 1 FROM endpoint_scheduled_prices o
+    WHERE o.endpoint_id = s.endpoint_id AND o.effective_at < s.effective_at)
+ORDER BY effective_at, endpoint_id LIMIT 1
+FOR UPDATE SKIP LOCKED"""
+
+_APPLY_PRICE = """
+UPDATE endpoints SET prompt_price = $2, completion_price = $3, cached_prompt_price = $4,
+    cache_write_price = $5, price_rules = $6::jsonb, updated_at = now()
+WHERE id = $1 AND (prompt_price, completion_price, cached_prompt_price, cache_write_price,
+    price_rules) IS DISTINCT FROM ($2, $3, $4, $5, $6::jsonb)"""
+
+# The history trigger's effective time for this transaction's price changes (migration 0006);
+# '' restores now().
+_SET_EFFECTIVE_AT = "SELECT set_config('switchboard.price_effective_at', $1, true)"
+
 _BUMP_VERSION = """
 UPDATE catalog_version SET version = version + 1, updated_at = now()
 WHERE singleton RETURNING version"""
+
+
+@dataclass(frozen=True)
+class AppliedPrice:
+    """A scheduled price the scheduler applied."""
+
+    endpoint_id: str
+    effective_at: datetime
+    catalog_version: int
 
 
 @dataclass(frozen=True)
@@ -185,11 +234,12 @@ class CatalogStore:
             providers = await conn.fetch(f"{_SELECT_PROVIDERS} ORDER BY id")
             models = await conn.fetch(f"SELECT {_MODEL_COLUMNS} FROM models ORDER BY id")
             endpoints = await conn.fetch(f"{_SELECT_ENDPOINTS} ORDER BY model_id, id")
+            scheduled = await conn.fetch(f"{_SELECT_SCHEDULED} {_ORDER_SCHEDULED}")
             prices = await conn.fetch(_SELECT_PRICE_HISTORY, self._history_days, MAX_PRICE_CHANGES)
         return catalog_pb2.WatchCatalogResponse(
             version=version,
             providers=[convert.provider_from_row(row) for row in providers],
-            models=convert.models_from_rows(models, endpoints),
+            models=convert.models_from_rows(models, endpoints, scheduled),
             price_history=convert.price_history_from_rows(prices),
         )
 
@@ -216,8 +266,14 @@ class CatalogStore:
             return await _upsert_endpoint(conn, endpoint)
 
         await self._write(write)
-        row = await self._pool.fetchrow(f"{_SELECT_ENDPOINTS} WHERE id = $1", endpoint.id)
-        return convert.endpoint_from_row(row)
+        async with self._pool.acquire() as conn, _read_only(conn):
+            row = await conn.fetchrow(f"{_SELECT_ENDPOINTS} WHERE id = $1", endpoint.id)
+            scheduled = await conn.fetch(
+                f"{_SELECT_SCHEDULED} WHERE endpoint_id = $1 {_ORDER_SCHEDULED}", endpoint.id
+            )
+        return convert.endpoint_from_row(
+            row, convert.scheduled_from_rows(scheduled).get(row["id"], ())
+        )
 
     async def upsert_entries(self, entries: Entries) -> int | None:
         """Upserts a batch in one transaction; returns the new version, or None if unchanged."""
@@ -233,6 +289,51 @@ class CatalogStore:
             return changed
 
         return await self._write(write)
+
+    async def apply_due_price(self) -> AppliedPrice | None:
+        """Applies one due scheduled price (see the module docstring); None when none is
+        due that another transaction does not hold."""
+        applied: list[tuple[str, datetime]] = []
+
+        async def write(conn: asyncpg.Connection) -> bool:
+            row = await conn.fetchrow(_CLAIM_DUE)
+            if row is None:
+                return False
+            await conn.execute(_SET_EFFECTIVE_AT, row["effective_at"].isoformat())
+            pricing = convert.pricing_from_row(row)
+            await conn.execute(_APPLY_PRICE, row["endpoint_id"], *convert.price_columns(pricing))
+            await conn.execute(_SET_EFFECTIVE_AT, "")
+            await conn.execute(
+                """DELETE FROM endpoint_scheduled_prices
+                   WHERE endpoint_id = $1 AND effective_at = $2""",
+                row["endpoint_id"],
+                row["effective_at"],
+            )
+            applied.append((row["endpoint_id"], row["effective_at"]))
+            return True
+
+        version = await self._write(write)
+        if version is None:
+            return None
+        endpoint_id, effective_at = applied[0]
+        log.info(
+            "scheduled price applied",
+            extra={
+                "endpoint_id": endpoint_id,
+                "effective_at": effective_at.isoformat(),
+                "catalog_version": version,
+            },
+        )
+        return AppliedPrice(endpoint_id, effective_at, version)
+
+    async def next_scheduled(self) -> tuple[datetime | None, datetime]:
+        """The earliest scheduled time (None when nothing is scheduled) and the database's
+        clock now, so that waits are measured on the clock the times are compared with."""
+        row = await self._pool.fetchrow(
+            "SELECT min(effective_at) AS next, clock_timestamp() AS now"
+            " FROM endpoint_scheduled_prices"
+        )
+        return row["next"], row["now"]
 
     async def _write(self, write: Callable[[asyncpg.Connection], Awaitable[bool]]) -> int | None:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -258,7 +359,11 @@ async def _with_endpoints(
         f"{_SELECT_ENDPOINTS} WHERE model_id = ANY($1::text[]) ORDER BY model_id, id",
         [row["id"] for row in model_rows],
     )
-    return convert.models_from_rows(model_rows, endpoints)
+    scheduled = await conn.fetch(
+        f"{_SELECT_SCHEDULED} WHERE endpoint_id = ANY($1::text[]) {_ORDER_SCHEDULED}",
+        [row["id"] for row in endpoints],
+    )
+    return convert.models_from_rows(model_rows, endpoints, scheduled)
 
 
 async def _fetch_model(conn: asyncpg.Connection, model_id: str) -> catalog_pb2.Model | None:
@@ -319,18 +424,33 @@ async def _upsert_model(conn: asyncpg.Connection, model: catalog_pb2.Model) -> b
 
 
 async def _upsert_endpoint(conn: asyncpg.Connection, endpoint: catalog_pb2.Endpoint) -> bool:
+    """Upserts the endpoint and replaces its schedule (see the module docstring)."""
+    now: datetime = await conn.fetchval("SELECT now()")
+    schedule = sorted(
+        (
+            (change.effective_time.ToDatetime(tzinfo=UTC), change.pricing)
+            for change in endpoint.scheduled_prices
+        ),
+        key=lambda item: item[0],
+    )
+    due = [item for item in schedule if item[0] <= now]
+    later = [item for item in schedule if item[0] > now]
+    # Lock the schedule first (the scheduler's order: schedule row, then endpoint).
+    stored = await conn.fetch(
+        f"{_SELECT_SCHEDULED} WHERE endpoint_id = $1 ORDER BY effective_at FOR UPDATE",
+        endpoint.id,
+    )
     pricing = endpoint.pricing
+    if due:
+        effective_at, pricing = due[-1]
+        await conn.execute(_SET_EFFECTIVE_AT, effective_at.isoformat())
     row = await conn.fetchval(
         _UPSERT_ENDPOINT,
         endpoint.id,
         endpoint.model_id,
         endpoint.provider_id,
         endpoint.upstream_model,
-        convert.price_to_db(pricing.prompt_usd_per_mtok),
-        convert.price_to_db(pricing.completion_usd_per_mtok),
-        convert.price_to_db(pricing.cached_prompt_usd_per_mtok),
-        convert.price_to_db(pricing.cache_write_usd_per_mtok),
-        convert.price_rules_to_db(pricing),
+        *convert.price_columns(pricing),
         endpoint.context_length,
         endpoint.max_completion_tokens,
         list(endpoint.supported_parameters),
@@ -339,4 +459,15 @@ async def _upsert_endpoint(conn: asyncpg.Connection, endpoint: catalog_pb2.Endpo
         convert.time_to_db(endpoint, "deprecation_time"),
         convert.time_to_db(endpoint, "retirement_time"),
     )
-    return row is not None
+    if due:
+        await conn.execute(_SET_EFFECTIVE_AT, "")
+    wanted = [convert.scheduled_key(at, price) for at, price in later]
+    if [convert.scheduled_key_of_row(r) for r in stored] == wanted:
+        return row is not None
+    await conn.execute("DELETE FROM endpoint_scheduled_prices WHERE endpoint_id = $1", endpoint.id)
+    await conn.executemany(
+        f"""INSERT INTO endpoint_scheduled_prices ({_SCHEDULED_COLUMNS})
+            VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)""",
+        [(endpoint.id, at, *convert.price_columns(price)) for at, price in later],
+    )
+    return True

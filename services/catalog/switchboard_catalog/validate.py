@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from urllib.parse import urlsplit
 
@@ -38,6 +39,11 @@ FEE_QUANTUM = Decimal("0.000000000001")
 _REQUIRED_RATES = ("prompt_usd_per_mtok", "completion_usd_per_mtok")
 # The dearest price a token may have: the ledger's bound (switchboard_core.usage_bounds).
 MAX_USD_PER_MTOK = MAX_USD_PER_TOKEN * 1_000_000
+# Endpoint.scheduled_prices: at most this many, each at least a little in the future when
+# written (a writer's clock may be this far behind the catalog's; a price already due is
+# applied by the write itself: switchboard_catalog.store).
+MAX_SCHEDULED_PRICES = 16
+SCHEDULE_CLOCK_SKEW = timedelta(minutes=5)
 
 
 def endpoint_id(provider_id: str, model_id: str) -> str:
@@ -96,8 +102,12 @@ def model_violations(model: catalog_pb2.Model, prefix: str) -> Violations:
     return out
 
 
-def endpoint_violations(endpoint: catalog_pb2.Endpoint, prefix: str) -> Violations:
-    """Checks every field; an empty ``id`` is allowed (it is filled from the two ids)."""
+def endpoint_violations(
+    endpoint: catalog_pb2.Endpoint, prefix: str, *, now: datetime | None = None
+) -> Violations:
+    """Checks every field; an empty ``id`` is allowed (it is filled from the two ids).
+    ``now``: scheduled prices must be later (:data:`SCHEDULE_CLOCK_SKEW` allowed); None
+    accepts past ones (the seed: the store applies those that are due)."""
     out: Violations = []
     _check(out, f"{prefix}.model_id", model_id_problem(endpoint.model_id))
     _check(out, f"{prefix}.provider_id", provider_id_problem(endpoint.provider_id))
@@ -127,6 +137,41 @@ def endpoint_violations(endpoint: catalog_pb2.Endpoint, prefix: str) -> Violatio
     if endpoint.status not in catalog_pb2.EndpointStatus.values():
         out.append((f"{prefix}.status", "must be a known EndpointStatus"))
     out.extend(lifecycle_violations(endpoint, prefix))
+    out.extend(scheduled_violations(endpoint.scheduled_prices, f"{prefix}.scheduled_prices", now))
+    return out
+
+
+def scheduled_violations(
+    changes: Sequence[catalog_pb2.PriceChange], prefix: str, now: datetime | None
+) -> Violations:
+    """At most :data:`MAX_SCHEDULED_PRICES`, times strictly increasing (and after ``now``
+    less the skew, when given), each pricing valid like an endpoint's. ``price_version`` is
+    ignored (the catalog assigns one when the price takes effect)."""
+    if len(changes) > MAX_SCHEDULED_PRICES:
+        return [(prefix, f"at most {MAX_SCHEDULED_PRICES} scheduled prices")]
+    out: Violations = []
+    previous: datetime | None = None
+    for i, change in enumerate(changes):
+        where = f"{prefix}[{i}]"
+        out.extend(pricing_violations(change.pricing, f"{where}.pricing"))
+        if not change.HasField("effective_time"):
+            out.append((f"{where}.effective_time", "required: when the price takes effect"))
+            continue
+        try:
+            at = change.effective_time.ToDatetime(tzinfo=UTC)
+        except (ValueError, OverflowError):
+            out.append((f"{where}.effective_time", "not a valid time"))
+            continue
+        if previous is not None and at <= previous:
+            out.append((f"{where}.effective_time", "must be later than the one before"))
+        elif now is not None and at <= now - SCHEDULE_CLOCK_SKEW:
+            out.append(
+                (
+                    f"{where}.effective_time",
+                    f"must be in the future (it is {now:%Y-%m-%dT%H:%M:%SZ})",
+                )
+            )
+        previous = at
     return out
 
 
