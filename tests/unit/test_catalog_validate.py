@@ -164,6 +164,24 @@ def test_tiers_and_windows_are_checked_under_their_paths() -> None:
     }
 
 
+def test_a_price_has_a_bounded_number_of_tiers_and_windows() -> None:
+    pricing = common_pb2.Pricing(prompt_usd_per_mtok="1", completion_usd_per_mtok="2")
+    for i in range(validate.MAX_TIERS + 1):
+        pricing.tiers.add(prompt_tokens_above=i * 1000, pricing=common_pb2.Pricing(
+            prompt_usd_per_mtok=str(2 + i)
+        ))  # fmt: skip
+    assert _fields(validate.pricing_violations(pricing, "p")) == {
+        "p.tiers": f"at most {validate.MAX_TIERS} tiers"
+    }
+    del pricing.tiers[validate.MAX_TIERS :]
+    assert validate.pricing_violations(pricing, "p") == []
+    for minute in range(validate.MAX_WINDOWS + 1):
+        pricing.windows.add(start_utc=f"00:{minute:02d}", end_utc=f"00:{minute + 1:02d}")
+    assert _fields(validate.pricing_violations(pricing, "p")) == {
+        "p.windows": f"at most {validate.MAX_WINDOWS} windows"
+    }
+
+
 def test_nested_tiers_are_refused() -> None:
     pricing = common_pb2.Pricing(prompt_usd_per_mtok="1", completion_usd_per_mtok="2")
     tier = pricing.tiers.add(prompt_tokens_above=10)

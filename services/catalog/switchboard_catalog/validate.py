@@ -43,6 +43,10 @@ MAX_USD_PER_MTOK = MAX_USD_PER_TOKEN * 1_000_000
 # written (a writer's clock may be this far behind the catalog's; a price already due is
 # applied by the write itself: switchboard_catalog.store).
 MAX_SCHEDULED_PRICES = 16
+# A price's tiers and windows: far more than any provider publishes (genai-prices' most: 3
+# tiers, 2 windows), and each generation's price walks them.
+MAX_TIERS = 16
+MAX_WINDOWS = 24
 SCHEDULE_CLOCK_SKEW = timedelta(minutes=5)
 
 
@@ -177,9 +181,14 @@ def scheduled_violations(
 
 def pricing_violations(pricing: common_pb2.Pricing, prefix: str) -> Violations:
     """Every rate a non-negative decimal (token rates: at most 6 places and the ledger's
-    bound; fees: at most 12 places), the prompt and completion rates required, tiers and
-    windows well formed (:func:`switchboard_core.pricing.tier_problems`)."""
+    bound; fees: at most 12 places), the prompt and completion rates required, at most
+    :data:`MAX_TIERS` tiers and :data:`MAX_WINDOWS` windows, well formed
+    (:func:`switchboard_core.pricing.tier_problems`)."""
     out = _rate_violations(pricing, prefix, required=True)
+    if len(pricing.tiers) > MAX_TIERS:
+        return [*out, (f"{prefix}.tiers", f"at most {MAX_TIERS} tiers")]
+    if len(pricing.windows) > MAX_WINDOWS:
+        return [*out, (f"{prefix}.windows", f"at most {MAX_WINDOWS} windows")]
     for i, tier in enumerate(pricing.tiers):
         where = f"{prefix}.tiers[{i}]"
         if tier.prompt_tokens_above < 0:
