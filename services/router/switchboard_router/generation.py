@@ -25,7 +25,7 @@ from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.budget import Reservation
 from switchboard_core.money import format_usd
-from switchboard_core.pricing import Counts
+from switchboard_core.pricing import USAGE_COUNTS, Counts
 from switchboard_router.auth import Caller
 from switchboard_router.canonical import (
     CompletionRequest,
@@ -132,40 +132,15 @@ def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
 def usage_message(usage: UsageReport, images: int = 0) -> common_pb2.Usage:
     """``usage`` as the ledger keeps it, with the request's ``images``."""
     return common_pb2.Usage(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        cached_tokens=usage.cached_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
+        **{name: getattr(usage, name) for name in USAGE_COUNTS},
         estimated=usage.estimated,
-        cache_write_1h_tokens=usage.cache_write_1h_tokens,
-        audio_prompt_tokens=usage.audio_prompt_tokens,
-        image_prompt_tokens=usage.image_prompt_tokens,
-        video_prompt_tokens=usage.video_prompt_tokens,
-        cached_audio_tokens=usage.cached_audio_tokens,
-        audio_completion_tokens=usage.audio_completion_tokens,
-        web_searches=usage.web_searches,
         input_images=images,
     )
 
 
 def counts_of(usage: UsageReport, images: int = 0) -> Counts:
     """``usage`` in the cost engine's terms (the same counts as ``Counts.of`` of its event)."""
-    return Counts(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        cached_tokens=usage.cached_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-        cache_write_1h_tokens=usage.cache_write_1h_tokens,
-        audio_prompt_tokens=usage.audio_prompt_tokens,
-        image_prompt_tokens=usage.image_prompt_tokens,
-        video_prompt_tokens=usage.video_prompt_tokens,
-        cached_audio_tokens=usage.cached_audio_tokens,
-        audio_completion_tokens=usage.audio_completion_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
-        web_searches=usage.web_searches,
-        input_images=images,
-    )
+    return Counts.reported(usage, images)
 
 
 def cost_of(

@@ -182,21 +182,33 @@ class Counts:
 
     @classmethod
     def of(cls, usage: common_pb2.Usage) -> Counts:
+        return cls.reported(usage, usage.input_images)
+
+    @classmethod
+    def reported(cls, usage: object, input_images: int = 0) -> Counts:
+        """The counts of anything that names them as ``common.v1.Usage`` does (the proto, the
+        router's ``UsageReport``), with the request's ``input_images``."""
         return cls(
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cached_tokens=usage.cached_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
-            cache_write_1h_tokens=usage.cache_write_1h_tokens,
-            audio_prompt_tokens=usage.audio_prompt_tokens,
-            image_prompt_tokens=usage.image_prompt_tokens,
-            video_prompt_tokens=usage.video_prompt_tokens,
-            cached_audio_tokens=usage.cached_audio_tokens,
-            audio_completion_tokens=usage.audio_completion_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-            web_searches=usage.web_searches,
-            input_images=usage.input_images,
+            **{name: getattr(usage, name) for name in USAGE_COUNTS}, input_images=input_images
         )
+
+
+# The Counts a usage report carries under the same names (all but the request's own:
+# input_images and requests).
+USAGE_COUNTS: tuple[str, ...] = (
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "audio_prompt_tokens",
+    "image_prompt_tokens",
+    "video_prompt_tokens",
+    "cached_audio_tokens",
+    "audio_completion_tokens",
+    "reasoning_tokens",
+    "web_searches",
+)
 
 
 @dataclass(frozen=True, slots=True)
