@@ -12,6 +12,7 @@ import grpc
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
+from tests.fakes.script import FakeProvider
 
 # Credentials the stack's router sends to the fake providers (which check them).
 PROVIDER_KEYS = {
@@ -132,3 +133,27 @@ async def settled(database_url: str, key_id: str, told: Told, timeout: float = 9
         if told.keys() <= rows.keys() or loop.time() > deadline:
             return rows
         await asyncio.sleep(0.2)
+
+
+# Until the router's catalog points a provider at its fake, the provider's credential is
+# withheld from the old host (FAILED_PRECONDITION) or the old host is unreachable
+# (UNAVAILABLE).
+WAITING_FOR_CATALOG = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION)
+
+
+async def stream_to_fake(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    key: metering_pb2.CreateApiKeyResponse,
+    request: router_pb2.StreamCompletionRequest,
+    fake: FakeProvider,
+) -> list[router_pb2.StreamCompletionResponse]:
+    """Stream once the router's catalog points at the fake (the watch takes a moment)."""
+    for _ in range(100):
+        seen = len(fake.requests)
+        try:
+            return [m async for m in router.StreamCompletion(request, metadata=auth(key))]
+        except grpc.aio.AioRpcError as error:
+            if len(fake.requests) > seen or error.code() not in WAITING_FOR_CATALOG:
+                raise
+            await asyncio.sleep(0.05)
+    raise AssertionError("the router never reached the fake provider")

@@ -8,7 +8,6 @@ prompt cache (``Script.prompt_cache``; a block's tokens are its words).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
@@ -19,7 +18,7 @@ from switchboard.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
-from tests.e2e.support import auth, ledger_entry
+from tests.e2e.support import auth, ledger_entry, stream_to_fake
 from tests.fakes import anthropic_server
 from tests.fakes.script import FakeProvider, Script, ScriptUsage
 
@@ -27,7 +26,6 @@ pytestmark = [pytest.mark.e2e]
 
 CLAUDE = "anthropic/claude-haiku-4.5"
 RULES = "rule " * 2000  # 2000 tokens at the fake
-WAITING = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION)
 
 
 @pytest.fixture(scope="module")
@@ -51,33 +49,13 @@ def ask(question: str) -> router_pb2.StreamCompletionRequest:
     return router_pb2.StreamCompletionRequest(model=CLAUDE, messages=[system, user])
 
 
-async def stream(
-    router: router_pb2_grpc.RouterServiceAsyncStub,
-    key: metering_pb2.CreateApiKeyResponse,
-    request: router_pb2.StreamCompletionRequest,
-    fake: FakeProvider,
-) -> list[router_pb2.StreamCompletionResponse]:
-    """Stream once the router's catalog points at the fake (the watch takes a moment)."""
-    for _ in range(100):
-        seen = len(fake.requests)
-        try:
-            return [m async for m in router.StreamCompletion(request, metadata=auth(key))]
-        except grpc.aio.AioRpcError as error:
-            # Until the watch delivers the new base URL the router refuses to send the key to
-            # the old host (FAILED_PRECONDITION) or finds no reachable endpoint (UNAVAILABLE).
-            if len(fake.requests) > seen or error.code() not in WAITING:
-                raise
-            await asyncio.sleep(0.05)
-    raise AssertionError("the router never reached the fake provider")
-
-
 async def test_a_marked_system_prompt_is_written_then_read_and_billed_so(
     router: router_pb2_grpc.RouterServiceAsyncStub,
     metering: metering_pb2_grpc.MeteringServiceAsyncStub,
     api_key: metering_pb2.CreateApiKeyResponse,
     claude: FakeProvider,
 ) -> None:
-    first = (await stream(router, api_key, ask("Summarise the rules."), claude))[-1].end
+    first = (await stream_to_fake(router, api_key, ask("Summarise the rules."), claude))[-1].end
     sent = claude.requests[-1].body
     assert sent["system"] == [
         {"type": "text", "text": RULES, "cache_control": {"type": "ephemeral", "ttl": "1h"}}
@@ -85,7 +63,7 @@ async def test_a_marked_system_prompt_is_written_then_read_and_billed_so(
     assert (first.usage.prompt_tokens, first.usage.cache_write_tokens) == (2003, 2000)
     assert (first.usage.cached_tokens, first.usage.cache_write_1h_tokens) == (0, 2000)
 
-    second_messages = await stream(router, api_key, ask("Which rule is first?"), claude)
+    second_messages = await stream_to_fake(router, api_key, ask("Which rule is first?"), claude)
     second = second_messages[-1].end
     assert (second.usage.prompt_tokens, second.usage.cached_tokens) == (2004, 2000)
     assert second.usage.cache_write_tokens == 0

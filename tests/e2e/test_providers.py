@@ -25,7 +25,7 @@ from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import account_pb2, router_pb2, router_pb2_grpc
 from switchboard_core.pricing import Counts, PriceSheet
-from tests.e2e.support import PROVIDER_KEYS, auth, ledger_entry, limited_key
+from tests.e2e.support import PROVIDER_KEYS, auth, ledger_entry, limited_key, stream_to_fake
 from tests.fakes import anthropic_server, gemini_server, openai_server
 from tests.fakes.script import FakeProvider, Script, ScriptToolCall, ScriptUsage
 
@@ -65,27 +65,6 @@ def ask(model: str, text: str = "hi", **fields: object) -> router_pb2.StreamComp
     return router_pb2.StreamCompletionRequest(model=model, messages=[message], **fields)  # type: ignore[arg-type]
 
 
-async def stream(
-    router: router_pb2_grpc.RouterServiceAsyncStub,
-    key: metering_pb2.CreateApiKeyResponse,
-    request: router_pb2.StreamCompletionRequest,
-    fake: FakeProvider,
-) -> list[router_pb2.StreamCompletionResponse]:
-    """Stream once the router's catalog points at the fake (the watch takes a moment)."""
-    for _ in range(100):
-        seen = len(fake.requests)
-        try:
-            return [m async for m in router.StreamCompletion(request, metadata=auth(key))]
-        except grpc.aio.AioRpcError as error:
-            # Until the router's catalog points at the fake, the provider's credential is
-            # withheld (FAILED_PRECONDITION) or its old host is unreachable (UNAVAILABLE).
-            waiting = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION)
-            if len(fake.requests) > seen or error.code() not in waiting:
-                raise
-            await asyncio.sleep(0.05)
-    raise AssertionError("the router never reached the fake provider")
-
-
 async def test_anthropic_model_streams_with_exact_cache_aware_cost(
     router: router_pb2_grpc.RouterServiceAsyncStub,
     catalog: catalog_pb2_grpc.CatalogServiceAsyncStub,
@@ -95,7 +74,7 @@ async def test_anthropic_model_streams_with_exact_cache_aware_cost(
 ) -> None:
     usage = ScriptUsage(2000, 40, cached_tokens=1500, cache_write_tokens=300)
     fakes["anthropic"].script = Script(text=("Bonjour", " le ", "monde"), usage=usage)
-    messages = await stream(
+    messages = await stream_to_fake(
         router, api_key, ask(CLAUDE, "Say hello in French", seed=3), fakes["anthropic"]
     )
     start, end = messages[0].start, messages[-1].end
@@ -149,7 +128,7 @@ async def test_gemini_tool_call_streams_and_unary_matches_the_stream(
         parameters_json='{"type": "object", "properties": {"city": {"type": "string"}}}',
     )
     request = ask(GEMINI, "Weather in Oslo?", tools=[tool])
-    messages = await stream(router, api_key, request, fakes["google"])
+    messages = await stream_to_fake(router, api_key, request, fakes["google"])
     deltas = [m.delta for m in messages[1:-1]]
     text = "".join(d.text for d in deltas)
     calls = [d.tool_call for d in deltas if d.HasField("tool_call")]
@@ -182,7 +161,7 @@ async def test_an_overloaded_provider_falls_back_to_the_next_model(
     fakes["google"].script = Script(text=("from ", "gemini"))
     request = ask(CLAUDE, fallback_models=[GEMINI])
     overloaded_before = len(fakes["anthropic"].requests)
-    messages = await stream(router, api_key, request, fakes["google"])
+    messages = await stream_to_fake(router, api_key, request, fakes["google"])
     assert messages[0].start.model == GEMINI
     assert "".join(m.delta.text for m in messages[1:-1]) == "from gemini"
     # The ledger row says which upstream try produced the usage.
@@ -228,7 +207,7 @@ async def test_a_provider_that_reports_no_usage_is_estimated_and_marked(
     fakes: Fakes,
 ) -> None:
     fakes["google"].script = Script(text=("twelve chars", " and sixteen more"), usage=None)
-    messages = await stream(router, api_key, ask(GEMINI, "x" * 400), fakes["google"])
+    messages = await stream_to_fake(router, api_key, ask(GEMINI, "x" * 400), fakes["google"])
     end = messages[-1].end
     assert end.usage.estimated
     assert end.usage.completion_tokens == (len("twelve chars and sixteen more") + 3) // 4
@@ -247,18 +226,18 @@ async def test_a_limited_key_without_max_tokens_is_sent_the_bound_it_reserved(
 ) -> None:
     fake = fakes["google"]
     fake.script = Script(text=("bounded",))
-    await stream(router, api_key, ask(GEMINI), fake)
+    await stream_to_fake(router, api_key, ask(GEMINI), fake)
     unlimited = fake.requests[-1].body.get("generationConfig", {})
     assert "maxOutputTokens" not in unlimited  # nothing reserved, nothing imposed
 
     limited = await limited_key(metering, "e2e-bounded", metering_pb2.SpendLimits(daily_usd="5"))
-    await stream(router, limited, ask(GEMINI), fake)
+    await stream_to_fake(router, limited, ask(GEMINI), fake)
     model = await catalog.GetModel(catalog_pb2.GetModelRequest(model_id=GEMINI))
     cap = model.model.endpoints[0].max_completion_tokens
     ceiling = 4096  # SWITCHBOARD_RESERVATION_CEILING_TOKENS's default
     assert fake.requests[-1].body["generationConfig"]["maxOutputTokens"] == min(cap, ceiling)
 
-    await stream(router, limited, ask(GEMINI, max_tokens=77), fake)
+    await stream_to_fake(router, limited, ask(GEMINI, max_tokens=77), fake)
     assert fake.requests[-1].body["generationConfig"]["maxOutputTokens"] == 77
 
 
@@ -276,7 +255,7 @@ async def test_deepseek_reasoning_streams_apart_from_the_answer(
         usage=ScriptUsage(9, 30, reasoning_tokens=25),
     )
     request = ask(DEEPSEEK, "2+2?", provider=router_pb2.ProviderPreferences(only=["deepseek"]))
-    messages = await stream(router, api_key, request, fakes["deepseek"])
+    messages = await stream_to_fake(router, api_key, request, fakes["deepseek"])
     assert messages[0].start.provider == "deepseek"
     deltas = [m.delta for m in messages[1:-1]]
     assert "".join(d.reasoning for d in deltas) == "2 + 2: add the units."
@@ -335,7 +314,7 @@ async def test_providers_without_a_credential_are_not_tried(
             await asyncio.sleep(0.05)
         fakes["deepseek"].script = Script(text=("ok",))
         before = len(fakes["deepseek"].requests)
-        messages = await stream(router, api_key, ask(DEEPSEEK), fakes["deepseek"])
+        messages = await stream_to_fake(router, api_key, ask(DEEPSEEK), fakes["deepseek"])
         assert messages[0].start.provider == "deepseek"
         assert len(fakes["deepseek"].requests) == before + 1
     finally:
@@ -390,7 +369,7 @@ async def tool_turn_then_answer(
     first_request = router_pb2.CreateCompletionRequest(
         model=model, messages=[question], tools=[WEATHER_TOOL], max_tokens=4096, reasoning=reasoning
     )
-    await stream(router, key, ask(model, "warm up"), fake)  # the router reaches the fake
+    await stream_to_fake(router, key, ask(model, "warm up"), fake)  # the router reaches the fake
     first = await create(router, key, first_request)
     call = first.tool_calls[0]
     answered = router_pb2.CreateCompletionRequest(
@@ -485,7 +464,7 @@ async def test_a_refusal_reaches_the_client_as_its_own_field(
     request = ask(
         DEEPSEEK, "something harmful", provider=router_pb2.ProviderPreferences(only=["deepseek"])
     )
-    messages = await stream(router, api_key, request, fake)
+    messages = await stream_to_fake(router, api_key, request, fake)
     deltas = [m.delta for m in messages[1:-1]]
     assert "".join(d.refusal for d in deltas) == "I can't help with that."
     assert not "".join(d.text for d in deltas)
