@@ -51,17 +51,16 @@ class Route:
     price_version: int = 0  # the catalog's id for ``price`` (0: unknown); stamped on events
     # Deprecation and retirement (the endpoint's own dates within its model's; lifecycle.py).
     lifecycle: Lifecycle = NO_LIFECYCLE
+    # The rates of a short prompt outside any time window: what price filters and the
+    # cheapest-first order compare. Resolved once, when the snapshot is built, not per request.
+    base_rates: Resolved = field(init=False, repr=False, compare=False)
 
-    @property
-    def base_rates(self) -> Resolved:
-        """The rates of a short prompt outside any time window: what price filters and the
-        cheapest-first order compare."""
-        return self.price.rates(0)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base_rates", self.price.rates(0))
 
     @property
     def price_key(self) -> Decimal:
-        rates = self.base_rates
-        return rates.prompt + rates.completion
+        return self.base_rates.prompt + self.base_rates.completion
 
 
 @dataclass(frozen=True, slots=True)
