@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -50,12 +51,7 @@ from switchboard_router import metrics
 from switchboard_router.auth import Caller
 from switchboard_router.canonical import CACHE_1H, CACHE_5M, CompletionRequest
 from switchboard_router.catalog_cache import Route
-from switchboard_router.usage_estimate import (
-    cache_marks,
-    input_images,
-    prompt_tokens_bound,
-    reservation_prompt_tokens,
-)
+from switchboard_router.usage_estimate import PromptSize, cache_marks
 
 log = logging.getLogger(__name__)
 
@@ -84,21 +80,34 @@ def _candidates(sheet: PriceSheet, prompt_bound: int) -> list[Resolved]:
     return [sheet.rates(prompt, at) for prompt in prompts for at in times]
 
 
-def worst_case_sheet(sheet: PriceSheet, request: CompletionRequest) -> PriceSheet:
+@dataclass(frozen=True, slots=True)
+class _Asks:
+    """What of a request decides what it may cost (its prompt read once per request)."""
+
+    prompt: PromptSize
+    marks: frozenset[str]  # the cache durations its parts ask for
+
+    @classmethod
+    def of(cls, request: CompletionRequest) -> _Asks:
+        return cls(PromptSize.of(request), cache_marks(request))
+
+
+def worst_case_sheet(
+    sheet: PriceSheet, request: CompletionRequest, asks: _Asks | None = None
+) -> PriceSheet:
     """A flat sheet whose prompt and completion rates and fees are the dearest ``sheet`` could
     apply to ``request`` (see the module docstring)."""
-    candidates = _candidates(sheet, prompt_tokens_bound(request))
-    marks = cache_marks(request)
-    images = input_images(request) > 0
+    asks = asks or _Asks.of(request)
+    candidates = _candidates(sheet, asks.prompt.tokens_bound)
 
     def dearest(*names: str) -> Decimal:
         values: list[Decimal] = [getattr(rates, name) for rates in candidates for name in names]
         return max(values)
 
     inputs = ["prompt"]
-    inputs += ["image_prompt"] if images else []
-    inputs += ["cache_write"] if CACHE_5M in marks else []
-    inputs += ["cache_write_1h"] if CACHE_1H in marks else []
+    inputs += ["image_prompt"] if asks.prompt.images else []
+    inputs += ["cache_write"] if CACHE_5M in asks.marks else []
+    inputs += ["cache_write_1h"] if CACHE_1H in asks.marks else []
     return PriceSheet(
         Rates(
             prompt=dearest(*inputs),
@@ -111,14 +120,15 @@ def worst_case_sheet(sheet: PriceSheet, request: CompletionRequest) -> PriceShee
 
 def worst_case_cost(request: CompletionRequest, routes: list[Route], ceiling: int) -> Decimal:
     """The most the request can cost on any of ``routes``: what admission reserves."""
+    asks = _Asks.of(request)  # the prompt is read once, whatever the number of routes
     counts = Counts(
-        prompt_tokens=reservation_prompt_tokens(request),
+        prompt_tokens=asks.prompt.reservation_tokens,
         completion_tokens=0,
-        input_images=input_images(request),
+        input_images=asks.prompt.images,
     )
     choices = request.n or 1  # each choice may use the whole bound
     costs = [
-        worst_case_sheet(route.price, request).cost(
+        worst_case_sheet(route.price, request, asks).cost(
             dataclasses.replace(
                 counts,
                 completion_tokens=(

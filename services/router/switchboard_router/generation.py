@@ -35,7 +35,7 @@ from switchboard_router.canonical import (
     UsageReport,
 )
 from switchboard_router.catalog_cache import Route
-from switchboard_router.usage_estimate import estimated_usage, input_images
+from switchboard_router.usage_estimate import estimated_usage, image_count
 
 
 def new_generation_id() -> str:
@@ -92,7 +92,7 @@ class Generation:
 
     def cost(self, usage: UsageReport) -> Decimal:
         """What ``usage`` costs on this generation's endpoint at its create_time."""
-        return cost_of(self.route, usage, at=self.create_time, images=input_images(self.request))
+        return cost_of(self.route, usage, at=self.create_time, images=image_count(self.request))
 
     def to_event(
         self, status: int, usage: UsageReport, cost: Decimal, finish: FinishEvent
@@ -108,7 +108,7 @@ class Generation:
             provider_id=self.route.provider_id,
             endpoint_id=self.route.endpoint_id,
             upstream_model=self.route.upstream_model,
-            usage=usage_message(usage, input_images(self.request)),
+            usage=usage_message(usage, image_count(self.request)),
             cost_usd=format_usd(cost),
             finish_reason=int(finish.reason),  # type: ignore[arg-type]
             native_finish_reason=finish.native_reason,

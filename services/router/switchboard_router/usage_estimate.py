@@ -29,12 +29,12 @@ request's reasoning budget, else the completion budget (:func:`completion_budget
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from switchboard_core.usage_bounds import MAX_COMPLETION_TOKENS, MAX_PROMPT_TOKENS, usage_problems
 from switchboard_router.canonical import (
     CompletionRequest,
-    ImagePart,
     PromptUsage,
     ReasoningEffort,
     TextPart,
@@ -84,11 +84,6 @@ def image_count(request: CompletionRequest) -> int:
     return sum(1 for m in request.messages for p in m.parts if type(p) is not TextPart)
 
 
-def input_images(request: CompletionRequest) -> int:
-    """The images in the request: what a price per input image counts."""
-    return sum(1 for m in request.messages for p in m.parts if type(p) is ImagePart)
-
-
 def cache_marks(request: CompletionRequest) -> frozenset[str]:
     """The cache durations the request's parts ask for (``CACHE_5M`` / ``CACHE_1H``)."""
     return frozenset(getattr(p, "cache", "") for m in request.messages for p in m.parts) - {""}
@@ -105,19 +100,36 @@ def estimate_prompt_tokens(request: CompletionRequest) -> int:
     return estimate_tokens(chars) + image_count(request) * IMAGE_TOKEN_ESTIMATE
 
 
+@dataclass(frozen=True, slots=True)
+class PromptSize:
+    """A prompt's UTF-8 size with its framing, and its images: read once, for both the
+    reservation's token count and the bound that picks its price tier."""
+
+    size: int
+    images: int
+
+    @classmethod
+    def of(cls, request: CompletionRequest) -> PromptSize:
+        size = prompt_bytes(request) + MESSAGE_FRAMING_CHARS * len(request.messages)
+        return cls(size, image_count(request))
+
+    @property
+    def reservation_tokens(self) -> int:
+        """A generous prompt token count, for reserving a request's worst-case cost."""
+        return -(-self.size // RESERVATION_BYTES_PER_TOKEN) + self.images * IMAGE_TOKEN_MAX
+
+    @property
+    def tokens_bound(self) -> int:
+        """The most tokens the prompt can be: a token is at least one UTF-8 byte (byte-level
+        BPE, and SentencePiece with byte fallback alike), images at the most any provider
+        charges, plus what providers add of their own. Decides which price tiers a
+        reservation must allow for."""
+        return self.size + self.images * IMAGE_TOKEN_MAX + PROMPT_OVERHEAD_TOKENS
+
+
 def reservation_prompt_tokens(request: CompletionRequest) -> int:
     """A generous prompt token count, for reserving a request's worst-case cost."""
-    size = prompt_bytes(request) + MESSAGE_FRAMING_CHARS * len(request.messages)
-    tokens = -(-size // RESERVATION_BYTES_PER_TOKEN)
-    return tokens + image_count(request) * IMAGE_TOKEN_MAX
-
-
-def prompt_tokens_bound(request: CompletionRequest) -> int:
-    """The most tokens the prompt can be: a token is at least one UTF-8 byte (byte-level BPE,
-    and SentencePiece with byte fallback alike), images at the most any provider charges, plus
-    what providers add of their own. Decides which price tiers a reservation must allow for."""
-    size = prompt_bytes(request) + MESSAGE_FRAMING_CHARS * len(request.messages)
-    return size + image_count(request) * IMAGE_TOKEN_MAX + PROMPT_OVERHEAD_TOKENS
+    return PromptSize.of(request).reservation_tokens
 
 
 def completion_budget(request: CompletionRequest, route: Route) -> int | None:
