@@ -268,7 +268,7 @@ def test_a_providers_finish_reason_is_made_fit_for_the_ledger() -> None:
 
 def test_implausible_early_prompt_counts_are_not_trusted() -> None:
     from switchboard_router.canonical import PromptUsage
-    from switchboard_router.usage_sanity import plausible_prompt
+    from switchboard_router.usage_estimate import plausible_prompt
 
     assert plausible_prompt(PromptUsage(prompt_tokens=100, cached_tokens=20))
     assert not plausible_prompt(PromptUsage(prompt_tokens=2**62))

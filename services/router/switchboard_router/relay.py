@@ -57,11 +57,11 @@ from switchboard_router.providers.credentials import (
     withheld_error,
 )
 from switchboard_router.providers.guard import EventGuard
+from switchboard_router.usage_estimate import plausible_prompt
 from switchboard_router.usage_sanity import (
     checked_running,
     checked_usage,
     clean_finish,
-    plausible_prompt,
 )
 from switchboard_router.usage_sink import UsageSink
 

@@ -197,6 +197,18 @@ def hidden_reasoning_allowance(view: StreamView, now: float, prompt_tokens: int)
     return min(tokens, cap if cap is not None else MAX_COMPLETION_TOKENS)
 
 
+def plausible_prompt(prompt: PromptUsage) -> bool:
+    """Whether the prompt counts a provider sent early are within bounds and add up."""
+    return not usage_problems(
+        prompt.prompt_tokens,
+        0,
+        prompt.cached_tokens,
+        0,
+        prompt.cache_write_tokens,
+        cache_write_1h_tokens=prompt.cache_write_1h_tokens,
+    )
+
+
 def _prompt_side(view: StreamView) -> UsageReport:
     """The prompt's counts (completion zero): the provider's running or early counts when
     plausible, else the estimate."""
@@ -214,14 +226,7 @@ def _prompt_side(view: StreamView) -> UsageReport:
             cached_audio_tokens=running.cached_audio_tokens,
         )
     prompt = view.prompt
-    if prompt is not None and not usage_problems(
-        prompt.prompt_tokens,
-        0,
-        prompt.cached_tokens,
-        0,
-        prompt.cache_write_tokens,
-        cache_write_1h_tokens=prompt.cache_write_1h_tokens,
-    ):
+    if prompt is not None and plausible_prompt(prompt):
         return UsageReport(
             prompt_tokens=prompt.prompt_tokens,
             completion_tokens=0,

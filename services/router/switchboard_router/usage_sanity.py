@@ -50,7 +50,7 @@ from switchboard_core.usage_bounds import (
     usage_problems,
 )
 from switchboard_router import metrics
-from switchboard_router.canonical import FinishEvent, PromptUsage, UsageReport
+from switchboard_router.canonical import FinishEvent, UsageReport
 from switchboard_router.usage_estimate import StreamView, completion_budget, estimated_usage
 
 log = logging.getLogger(__name__)
@@ -107,18 +107,6 @@ def report_problems(report: UsageReport) -> list[UsageProblem]:
         cached_audio_tokens=report.cached_audio_tokens,
         audio_completion_tokens=report.audio_completion_tokens,
         web_searches=report.web_searches,
-    )
-
-
-def plausible_prompt(prompt: PromptUsage) -> bool:
-    """Whether the prompt counts a provider sent early are within bounds and add up."""
-    return not usage_problems(
-        prompt.prompt_tokens,
-        0,
-        prompt.cached_tokens,
-        0,
-        prompt.cache_write_tokens,
-        cache_write_1h_tokens=prompt.cache_write_1h_tokens,
     )
 
 
