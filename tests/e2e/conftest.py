@@ -21,21 +21,40 @@ from tests.secure import test_pki
 
 
 @pytest.fixture(scope="module")
+def stack_ports() -> Ports:
+    """The module's stack's ports (fault tests aim their proxies at them)."""
+    return Ports.free()
+
+
+def _service_env(request: pytest.FixtureRequest) -> dict[str, dict[str, str]]:
+    """A module's per-service settings: its ``stack_service_env`` fixture when it has one
+    (fault tests: the proxies it builds), else its ``STACK_SERVICE_ENV``."""
+    try:
+        found: dict[str, dict[str, str]] = request.getfixturevalue("stack_service_env")
+    except pytest.FixtureLookupError:
+        found = getattr(request.module, "STACK_SERVICE_ENV", {})
+    return found
+
+
+@pytest.fixture(scope="module")
 async def stack(
     request: pytest.FixtureRequest,
+    stack_ports: Ports,
     database_url: str,
     redis_url: str,
     redis_prefix: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
-    """The module's stack; a module may set ``STACK_ENV`` to override settings, and
+    """The module's stack; a module may set ``STACK_ENV`` to override settings,
+    ``STACK_SERVICE_ENV`` ({service: {name: value}}) or a module-scoped
+    ``stack_service_env`` fixture to override them for one service, and
     ``STACK_PLAINTEXT = True`` to run it without TLS (service keys instead)."""
     logs: Path = tmp_path_factory.mktemp("e2e-logs")
     running = Stack(
         database_url,
         redis_url,
         test_pki(),
-        ports=Ports.free(),
+        ports=stack_ports,
         log_dir=logs,
         extra_env={
             "SWITCHBOARD_USAGE_STREAM": redis_prefix + "usage",
@@ -53,6 +72,7 @@ async def stack(
             **getattr(request.module, "STACK_ENV", {}),
         },
         plaintext=getattr(request.module, "STACK_PLAINTEXT", False),
+        service_env=_service_env(request),
     )
     try:
         await running.start(timeout=60)

@@ -52,6 +52,9 @@ class Stack:
     ports: Ports = field(default_factory=Ports)
     log_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Settings for one service only, over extra_env (fault tests point one service's link
+    # at a fault proxy: {"router": {"REDIS_URL": ...}}).
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # An operator key holding every operator scope, made once metering is up.
     admin_key: str = field(default="", repr=False)
@@ -91,6 +94,7 @@ class Stack:
         elif name != "demo":
             env.update(self.pki.env(name))
         env.update(self.extra_env)
+        env.update(self.service_env.get(name, {}))
         return env
 
     def address(self, service: str) -> str:
