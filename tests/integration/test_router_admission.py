@@ -1,6 +1,7 @@
 """Router admission against a real Redis, and against one that is down: limits that cannot be
 checked are not waived, keys without limits never touch Redis, and a settle that cannot reach
-Redis neither fails the request nor is forgotten by the metrics."""
+Redis (and has no spool: test_redis_deadlines.py spools it) neither fails the request nor is
+forgotten by the metrics."""
 
 from __future__ import annotations
 
@@ -83,9 +84,7 @@ async def test_a_settle_that_cannot_reach_redis_is_counted_not_raised(
     assert reservation.amount == worst_case_cost(REQUEST, [ROUTE], 4096)
 
     client = create_redis(f"redis://127.0.0.1:{dead_port()}/0")
-    broken = Admission(
-        BudgetStore(client, prefix), ceiling_tokens=4096, ttl_seconds=60, settle_retry_delays=()
-    )
+    broken = Admission(BudgetStore(client, prefix), ceiling_tokens=4096, ttl_seconds=60)
     before = metrics.BUDGET_SETTLE_FAILURES._value.get()
     await broken.settle(reservation, Decimal("0.0001"))
     assert metrics.BUDGET_SETTLE_FAILURES._value.get() == before + 1

@@ -31,32 +31,45 @@ seen (or to 0) within the heartbeat TTL plus the sweep interval, ~15 s
 (:mod:`switchboard_core.liveness`); expiring after the longest a request may take is only the
 fallback when nothing sweeps. Keys without limits skip all this: no Redis round trip on their
 path.
+
+Every Redis call here is bounded by the router's Redis deadline
+(``SWITCHBOARD_REDIS_TIMEOUT_SECONDS``, retries included; :class:`RedisDeadline`): a limited
+key is refused ``UNAVAILABLE``/``BUDGET_STORE_UNAVAILABLE`` with a retry delay within it when
+Redis is unreachable or silent, at once while Redis is known to be down. A settle that cannot
+reach Redis goes to the local spool (:mod:`.spool`) and releases its reservation seconds after
+Redis answers again, rather than when it expires.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
+import json
 import logging
+import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from redis import exceptions as redis_errors
 
 from switchboard_core.budget import BudgetExceeded, BudgetStore, Limits, Reservation
 from switchboard_core.errors import Unavailable
 from switchboard_core.pricing import Counts, PriceSheet, Rates, Resolved
+from switchboard_core.redis_client import RedisDeadline
 from switchboard_router import metrics
 from switchboard_router.auth import Caller
 from switchboard_router.canonical import CACHE_1H, CACHE_5M, CompletionRequest
 from switchboard_router.catalog_cache import Route
 from switchboard_router.usage_estimate import PromptSize, cache_marks
 
+if TYPE_CHECKING:
+    from switchboard_router.spool import Spool
+
 log = logging.getLogger(__name__)
 
-# Pauses between settle attempts while Redis is unreachable: 12.7 s in all.
-SETTLE_RETRY_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)
+SPOOL_KIND = "settle"
+DEFAULT_REDIS_SECONDS = 0.5
 
 
 def completion_bound(request: CompletionRequest, route: Route, ceiling: int) -> int:
@@ -142,21 +155,37 @@ def worst_case_cost(request: CompletionRequest, routes: list[Route], ceiling: in
     return max(costs, default=Decimal(0))
 
 
+def _settle_body(reservation: Reservation, cost: Decimal) -> bytes:
+    """A spooled settle: the reservation and its cost (kept for the record: a late settle
+    counts nothing)."""
+    fields = dataclasses.asdict(reservation)
+    return json.dumps({**fields, "amount": str(reservation.amount), "cost": str(cost)}).encode()
+
+
+def _open_settle(body: bytes) -> tuple[Reservation, Decimal]:
+    fields = json.loads(body)
+    cost = Decimal(fields.pop("cost"))
+    fields.update(amount=Decimal(fields["amount"]), epochs=tuple(fields["epochs"]))
+    return Reservation(**fields), cost
+
+
 class Admission:
     def __init__(
         self,
         store: BudgetStore,
         ceiling_tokens: int,
         ttl_seconds: float,
-        settle_retry_delays: tuple[float, ...] = SETTLE_RETRY_DELAYS,
         *,
         holder: str = "",
+        deadline: RedisDeadline | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self._store = store
         self._ceiling = ceiling_tokens
         self._ttl = ttl_seconds
-        self._settle_retry_delays = settle_retry_delays
         self._holder = holder  # this router's id: reservations name it
+        self._deadline = deadline or RedisDeadline(DEFAULT_REDIS_SECONDS)
+        self._spool = spool
 
     async def admit(
         self, caller: Caller, request: CompletionRequest, routes: list[Route]
@@ -166,18 +195,21 @@ class Admission:
             return None
         amount = worst_case_cost(request, routes, self._ceiling)
         try:
-            reservation = await self._store.reserve(
-                caller.key_id,
-                caller.account_id,
-                amount,
-                limits,
-                ttl_seconds=self._ttl,
-                holder=self._holder,
+            reservation = await self._deadline.run(
+                "reserve",
+                lambda: self._store.reserve(
+                    caller.key_id,
+                    caller.account_id,
+                    amount,
+                    limits,
+                    ttl_seconds=self._ttl,
+                    holder=self._holder,
+                ),
             )
         except BudgetExceeded as refused:
             metrics.BUDGET_ADMISSIONS.labels(refused.window).inc()
             raise
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+        except (redis_errors.RedisError, OSError):
             metrics.BUDGET_ADMISSIONS.labels("unavailable").inc()
             # Limits that cannot be checked are not waived.
             raise Unavailable(
@@ -198,18 +230,39 @@ class Admission:
         )
 
     async def settle(self, reservation: Reservation, cost: Decimal) -> None:
-        """Settle, retrying for about 12 s while Redis is unreachable (a settle counts once
-        however often it runs). Runs in the background: the client is not kept waiting."""
-        for delay in (*self._settle_retry_delays, None):
+        """Settle within the Redis deadline, else keep the settle in the spool, which applies
+        it (late: :meth:`BudgetStore.settle`) once Redis answers. Runs in the background: the
+        client is not kept waiting."""
+        now = datetime.now(UTC)
+        try:
+            await self._deadline.run(
+                "settle", lambda: self._store.settle(reservation, cost, now=now)
+            )
+            return
+        except (redis_errors.RedisError, OSError) as error:
+            cause = type(error).__name__
+        if self._spool is not None:
             try:
-                await self._store.settle(reservation, cost)
+                await self._spool.put(SPOOL_KIND, _settle_body(reservation, cost))
                 return
-            except (redis_errors.RedisError, OSError):
-                if delay is None:
-                    break
-                await asyncio.sleep(delay)
+            except (sqlite3.Error, OSError) as error:
+                cause = type(error).__name__
         metrics.BUDGET_SETTLE_FAILURES.inc()
         # Metering's sweep settles the reservation when this router leaves or dies (it expires
         # by itself otherwise); the spend is in the ledger, and metering's resync raises the
         # Redis counters to it within a minute.
-        log.warning("reservation not settled", extra={"reservation": reservation.id})
+        log.warning(
+            "reservation not settled", extra={"reservation": reservation.id, "error": cause}
+        )
+
+    async def deliver_spooled(self, body: bytes) -> bool:
+        """Apply a spooled settle (:class:`.spool.Replayer`): releases the reservation if it
+        is still held; whether it was or not, the entry is done once Redis answered."""
+        reservation, cost = _open_settle(body)
+        try:
+            await self._deadline.run(
+                "replay", lambda: self._store.settle(reservation, cost, late=True)
+            )
+        except (redis_errors.RedisError, OSError):
+            return False
+        return True

@@ -126,17 +126,23 @@ class InFlight:
         self._tracked[field] = _Tracked(generation)
         self._wake.set()
 
+    def untrack(self, field: str) -> None:
+        """Stop updating a generation's records (its event is being published); they stay
+        until the event is delivered."""
+        self._tracked.pop(field, None)
+
     async def release(self, field: str) -> None:
         """Stop tracking a generation whose event is being published; returns once no write
         in progress includes it."""
-        self._tracked.pop(field, None)
+        self.untrack(field)
         write = self._write
         if write is not None and field in self._writing:
             await asyncio.wait({write})
 
-    def forget(self, pipe: Any, field: str) -> None:
-        """Add the deletion of the generation's records to the MULTI that adds its event."""
-        self._liveness.forget(pipe, self.router_id, field)
+    def forget(self, pipe: Any, field: str, router_id: str | None = None) -> None:
+        """Add the deletion of the generation's records to the MULTI that adds its event
+        (records another router process wrote when ``router_id`` names it: a spool replay)."""
+        self._liveness.forget(pipe, router_id or self.router_id, field)
 
     def forget_later(self, field: str) -> None:
         """The event went straight to metering: delete the records with the next write."""

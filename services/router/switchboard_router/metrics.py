@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 GENERATIONS = Counter(
     "switchboard_router_generations_total",
@@ -45,6 +45,31 @@ BUDGET_SETTLE_FAILURES = Counter(
 )
 for _result in ("admitted", "total", "daily", "monthly", "credit", "unavailable"):
     BUDGET_ADMISSIONS.labels(_result)  # export zeros before the first request
+REDIS_FAILURES = Counter(
+    "switchboard_router_redis_failures_total",
+    "Request-path Redis calls that failed, by operation (reserve, settle, usage, replay) and"
+    " cause: deadline (cut at SWITCHBOARD_REDIS_TIMEOUT_SECONDS), error (refused or dropped)"
+    " or known_down (failed at once: Redis failed moments before).",
+    ["operation", "cause"],
+)
+SPOOL_WRITES = Counter(
+    "switchboard_router_spool_writes_total",
+    "Usage events and settles kept in the local spool because Redis (and, for usage,"
+    " metering) could not take them, by kind (usage, settle).",
+    ["kind"],
+)
+SPOOL_REPLAYS = Counter(
+    "switchboard_router_spool_replays_total",
+    "Spooled entries delivered and deleted from the spool, by kind (usage, settle).",
+    ["kind"],
+)
+SPOOL_DEPTH = Gauge(
+    "switchboard_router_spool_depth",
+    "Entries waiting in the local spool (this process's view, updated as it writes and replays).",
+)
+for _kind in ("usage", "settle"):
+    SPOOL_WRITES.labels(_kind)
+    SPOOL_REPLAYS.labels(_kind)
 USAGE_REPORTS_DISTRUSTED = Counter(
     "switchboard_router_usage_reports_distrusted_total",
     "Provider usage reports not taken as sent (usage_sanity.py), by provider and reason:"

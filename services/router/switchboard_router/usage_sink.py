@@ -3,15 +3,23 @@
 The normal path is one ``XADD`` to the Redis usage outbox, which metering drains in batches,
 in a MULTI/EXEC that also deletes the generation's in-flight records (:mod:`.inflight`): a
 crash leaves the records (metering's sweep then records the generation) or the event, never
-neither. If Redis cannot take it, the event goes straight to metering's ``RecordUsage``
-(idempotent on generation id) and the records are deleted later. Only when both fail does the
-caller get an error; the records then stay, so the generation is recorded (as FAILED) when
-this router is swept.
+neither. Each step is bounded, so the final message waits about a second at most:
+
+1. the outbox, within the Redis deadline (``SWITCHBOARD_REDIS_TIMEOUT_SECONDS``; skipped at
+   once while Redis is known to be down);
+2. metering's ``RecordUsage`` (idempotent on generation id), within
+   ``SWITCHBOARD_USAGE_FALLBACK_SECONDS``; the records are deleted later;
+3. the local durable spool (:mod:`.spool`, which says why no event is lost or counted twice);
+   the records stay until the spooled event is delivered.
+
+Only when all three fail does the client get ``USAGE_NOT_RECORDED``; the records then stay,
+so the generation is recorded (as FAILED) when this router is swept.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import TYPE_CHECKING
 
 import grpc
@@ -21,13 +29,30 @@ from redis.exceptions import RedisError
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard_core.errors import Unavailable
 from switchboard_core.liveness import generation_field
+from switchboard_core.redis_client import RedisDeadline
 from switchboard_core.usage_outbox import EVENT_FIELD
 from switchboard_router.metrics import USAGE_SINK_FALLBACKS
 
 if TYPE_CHECKING:
     from switchboard_router.inflight import InFlight
+    from switchboard_router.spool import Spool
 
 log = logging.getLogger(__name__)
+
+SPOOL_KIND = "usage"
+DEFAULT_REDIS_SECONDS = 0.5
+DEFAULT_FALLBACK_SECONDS = 0.5
+
+
+def _envelope(router_id: str, field: str, payload: bytes) -> bytes:
+    """A spooled event: the router whose records hold it, their field, then the event."""
+    return f"{router_id or '-'} {field}\n".encode() + payload
+
+
+def _open(body: bytes) -> tuple[str, str, bytes]:
+    header, _, payload = body.partition(b"\n")
+    router_id, _, field = header.decode().partition(" ")
+    return ("" if router_id == "-" else router_id), field, payload
 
 
 class UsageSink:
@@ -37,45 +62,93 @@ class UsageSink:
         stream: str,
         metering: grpc.aio.Channel,
         inflight: InFlight | None = None,
+        *,
+        deadline: RedisDeadline | None = None,
+        fallback_seconds: float = DEFAULT_FALLBACK_SECONDS,
+        spool: Spool | None = None,
     ) -> None:
         self._redis = client
         self._stream = stream
         self._metering = metering_pb2_grpc.MeteringServiceStub(metering)
         self._inflight = inflight
+        self._deadline = deadline or RedisDeadline(DEFAULT_REDIS_SECONDS)
+        self._fallback_seconds = fallback_seconds
+        self._spool = spool
 
-    async def _add(self, payload: bytes, field: str) -> None:
+    async def _add(self, payload: bytes, field: str, router_id: str) -> None:
         if self._inflight is None:
             await self._redis.xadd(self._stream, {EVENT_FIELD: payload})
             return
-        await self._inflight.release(field)
+        if router_id == self._inflight.router_id:
+            await self._inflight.release(field)  # no write in progress brings them back
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xadd(self._stream, {EVENT_FIELD: payload})
-            self._inflight.forget(pipe, field)
+            self._inflight.forget(pipe, field, router_id)
             await pipe.execute()
+
+    async def _to_outbox(self, payload: bytes, field: str, router_id: str, operation: str) -> bool:
+        try:
+            await self._deadline.run(operation, lambda: self._add(payload, field, router_id))
+        except (RedisError, OSError) as error:
+            log.warning("usage outbox unavailable", extra={"error": type(error).__name__})
+            return False
+        return True
+
+    async def _to_metering(self, event: metering_pb2.UsageEvent) -> bool:
+        try:
+            await self._metering.RecordUsage(
+                metering_pb2.RecordUsageRequest(events=[event]), timeout=self._fallback_seconds
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning(
+                "usage not recorded by metering",
+                extra={"generation_id": event.generation_id, "grpc_code": error.code().name},
+            )
+            return False
+        return True
+
+    def _forget_later(self, field: str, router_id: str) -> None:
+        """The event went straight to metering: its records go with this router's next
+        write (another process's are swept, and the sweep's event is then the duplicate)."""
+        if self._inflight is not None and router_id == self._inflight.router_id:
+            self._inflight.forget_later(field)
 
     async def publish(self, event: metering_pb2.UsageEvent) -> None:
         payload = event.SerializeToString()
         field = generation_field(event.generation_id, event.attempt)
-        try:
-            await self._add(payload, field)
+        router_id = ""
+        if self._inflight is not None:
+            router_id = self._inflight.router_id
+            self._inflight.untrack(field)
+        if await self._to_outbox(payload, field, router_id, "usage"):
             return
-        except RedisError as error:
-            log.warning("usage outbox unavailable", extra={"error": type(error).__name__})
         USAGE_SINK_FALLBACKS.inc()
-        try:
-            await self._metering.RecordUsage(
-                metering_pb2.RecordUsageRequest(events=[event]), timeout=5.0
-            )
-            if self._inflight is not None:
-                self._inflight.forget_later(field)
-        except grpc.aio.AioRpcError as error:
-            log.error(
-                "usage could not be recorded",
-                extra={"generation_id": event.generation_id, "grpc_code": error.code().name},
-            )
-            raise Unavailable(
-                "usage could not be recorded; the generation is not billed",
-                reason="USAGE_NOT_RECORDED",
-                metadata={"generation_id": event.generation_id},
-                retry_after_seconds=1.0,
-            ) from None
+        if await self._to_metering(event):
+            self._forget_later(field, router_id)
+            return
+        if self._spool is not None:
+            try:
+                await self._spool.put(SPOOL_KIND, _envelope(router_id, field, payload))
+            except (sqlite3.Error, OSError) as error:
+                log.error("usage spool failed", extra={"error": type(error).__name__})
+            else:
+                log.warning("usage event spooled", extra={"generation_id": event.generation_id})
+                return
+        log.error("usage could not be recorded", extra={"generation_id": event.generation_id})
+        raise Unavailable(
+            "usage could not be recorded; the generation is not billed",
+            reason="USAGE_NOT_RECORDED",
+            metadata={"generation_id": event.generation_id},
+            retry_after_seconds=1.0,
+        )
+
+    async def deliver_spooled(self, body: bytes) -> bool:
+        """Deliver a spooled event (:class:`.spool.Replayer`): to the outbox with the deletion
+        of its records, else to ``RecordUsage``."""
+        router_id, field, payload = _open(body)
+        if await self._to_outbox(payload, field, router_id, "replay"):
+            return True
+        if await self._to_metering(metering_pb2.UsageEvent.FromString(payload)):
+            self._forget_later(field, router_id)
+            return True
+        return False

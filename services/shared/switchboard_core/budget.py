@@ -16,8 +16,10 @@ reservation is admitted only below a limit, so no counter can pass it.
 Layout, under a prefix (``switchboard:budget:``):
 
 - ``key:<key id>`` hash: ``spent_total``, ``spent_d:<YYYYMMDD>``, ``spent_m:<YYYYMM>`` (UTC),
-  ``reserved``, and ``loaded`` once metering loaded its spend from the ledger;
-- ``acct:<account id>`` hash: ``credit`` (granted), ``spent``, ``reserved``, ``loaded``;
+  ``reserved``, ``loaded`` once metering loaded its spend from the ledger, and ``raises``, how
+  many times metering loaded or raised its counters (a late settle's test);
+- ``acct:<account id>`` hash: ``credit`` (granted), ``spent``, ``reserved``, ``loaded``,
+  ``raises``;
 - ``res:<reservation id>``: "<key id> <account id> <amount>"; ``res_exp``: a sorted set of
   reservation ids by expiry (ms). Every reserve first releases up to 100 expired
   reservations: the fallback that returns a dead router's reservations when nothing swept them;
@@ -25,17 +27,21 @@ Layout, under a prefix (``switchboard:budget:``):
   removes), so metering can settle a dead router's reservations within seconds
   (:mod:`switchboard_core.liveness`, whose keys share this prefix);
 - ``settled:<reservation id>`` (kept 10 minutes, a day when a sweep settled it) and
-  ``grant:<grant id>`` (a day): markers that make a settle and a credit grant count once. The
+  ``grant:<grant id>`` (a day): markers that make a settle and a credit grant count once. A
+  *late* settle (replayed from a router's spool after an outage) settles only a reservation
+  still held, and counts its cost only where metering has not raised the counters since, so
+  it cannot count twice however late it comes (:meth:`BudgetStore.settle`). The
   client retries a command whose connection dropped (:mod:`switchboard_core.redis_client`), so
   every script here is safe to run twice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -53,7 +59,7 @@ MAX_BUDGET_USD = Decimal(9_000_000)
 _RESERVE = """
 local prefix = ARGV[1]
 if redis.call('EXISTS', prefix .. 'res:' .. ARGV[2]) == 1 then
-  return {1, '', '0'}  -- a retry of a reserve that went through
+  return {1, '?', '?'}  -- a retry of a reserve that went through (epochs unknown)
 end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[4], 'LIMIT', 0, 100)
 for _, rid in ipairs(expired) do
@@ -93,7 +99,9 @@ if ARGV[14] and ARGV[14] ~= '' then
 end
 redis.call('HINCRBY', KEYS[1], 'reserved', amount)
 redis.call('HINCRBY', KEYS[2], 'reserved', amount)
-return {1, '', '0'}
+-- the hashes' epochs: how often metering loaded or raised them (a late settle's test)
+local key_raises = redis.call('HGET', KEYS[1], 'raises') or '0'
+return {1, key_raises, redis.call('HGET', KEYS[2], 'raises') or '0'}
 """
 
 # settle(prefix, reservation id, key hash, account hash, expiry set, actual, day field, month
@@ -127,6 +135,25 @@ _SETTLE = (
 if ARGV[6] and ARGV[6] ~= '' then
   redis.call('SREM', ARGV[1] .. 'held:' .. ARGV[6], ARGV[2])
 end
+if ARGV[7] == '1' then
+  -- late (replayed from a router's spool): only a reservation still held; the cost counts on
+  -- a hash no resync or load raised since the reservation (ARGV[8], ARGV[9]: its epochs)
+  if redis.call('EXISTS', ARGV[1] .. 'res:' .. ARGV[2]) == 0 then
+    return 0
+  end
+  if settle(ARGV[1], ARGV[2], KEYS[1], KEYS[2], KEYS[3], '0', ARGV[4], ARGV[5]) == 0 then
+    return 0
+  end
+  if (redis.call('HGET', KEYS[1], 'raises') or '0') == ARGV[8] then
+    redis.call('HINCRBY', KEYS[1], 'spent_total', ARGV[3])
+    redis.call('HINCRBY', KEYS[1], ARGV[4], ARGV[3])
+    redis.call('HINCRBY', KEYS[1], ARGV[5], ARGV[3])
+  end
+  if (redis.call('HGET', KEYS[2], 'raises') or '0') == ARGV[9] then
+    redis.call('HINCRBY', KEYS[2], 'spent', ARGV[3])
+  end
+  return 1
+end
 return settle(ARGV[1], ARGV[2], KEYS[1], KEYS[2], KEYS[3], ARGV[3], ARGV[4], ARGV[5])
 """
 )
@@ -142,6 +169,7 @@ for i = 2, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 redis.call('HSET', KEYS[1], 'loaded', '1')
+redis.call('HINCRBY', KEYS[1], 'raises', 1)
 return 1
 """
 LOADED_FIELD = "loaded"
@@ -179,6 +207,9 @@ for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
   if windowed and not current[field] then
     redis.call('HDEL', KEYS[1], field)
   end
+end
+if raised > 0 then
+  redis.call('HINCRBY', KEYS[1], 'raises', 1)
 end
 return raised
 """
@@ -222,6 +253,9 @@ class Reservation:
     account_id: str
     amount: Decimal
     holder: str = ""  # the router holding it (``held:<holder>``); "" when none is named
+    # How often metering had loaded or raised the key's and the account's counters when it
+    # was reserved ("?": not known): a late settle counts its cost only where that is still so.
+    epochs: tuple[str, str] = field(default=("?", "?"), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,18 +364,33 @@ class BudgetStore:
                 holder,
             ],
         )
+        text = remaining.decode() if isinstance(remaining, bytes) else str(remaining)
+        window = window.decode() if isinstance(window, bytes) else str(window)
         if not int(ok):
-            text = remaining.decode() if isinstance(remaining, bytes) else str(remaining)
-            window = window.decode() if isinstance(window, bytes) else str(window)
             raise BudgetExceeded(window, Decimal(text) / PICO, amount)
-        return reservation
+        return dataclasses.replace(reservation, epochs=(window, text))
 
     async def settle(
-        self, reservation: Reservation, actual: Decimal, *, now: datetime | None = None
-    ) -> None:
-        """Release the reservation and count the actual cost (once per reservation)."""
+        self,
+        reservation: Reservation,
+        actual: Decimal,
+        *,
+        now: datetime | None = None,
+        late: bool = False,
+    ) -> bool:
+        """Release the reservation and count the actual cost (once per reservation); returns
+        whether this call did it.
+
+        ``late``: a settle replayed after an outage (the router's spool). It only settles a
+        reservation that is still held: one settled, swept or expired meanwhile is left alone
+        (its marker may be gone after 10 minutes; its record is gone for good). And it counts
+        the cost only on a hash (the key's, the account's) whose counters metering has not
+        loaded or raised since the reservation was made (``raises``, an epoch both bump): a
+        resync since then may have raised them to a ledger that already holds the generation,
+        so counting again could count it twice; spend left uncounted that way is raised to
+        the ledger by the next resync (a minute)."""
         now = now or datetime.now(UTC)
-        await self._settle(
+        done = await self._settle(
             keys=self._keys(reservation.key_id, reservation.account_id),
             args=[
                 self._prefix,
@@ -350,8 +399,11 @@ class BudgetStore:
                 day_field(now),
                 month_field(now),
                 reservation.holder,
+                "1" if late else "0",
+                *reservation.epochs,
             ],
         )
+        return bool(int(done))
 
     async def key_spend(self, key_id: str, now: datetime | None = None) -> KeySpend:
         now = now or datetime.now(UTC)

@@ -1,27 +1,143 @@
-"""Redis access through ``redis.asyncio`` (the maintained successor of aioredis)."""
+"""Redis access through ``redis.asyncio``, with explicit socket, connect and retry budgets.
+
+redis-py nests its retries: a command is attempted ``1 + retries`` times, each attempt on a
+connection that must (re)connect waits up to the socket timeout for the handshake, and a
+connection idle past ``health_check_interval`` first sends a PING retried the same way, each
+try on a fresh connection. With the former settings (two retries on connection errors and
+timeouts, 5 s socket timeouts) a silent Redis held a script or a MULTI 15 s on a pooled
+connection and 45 s (9 timeouts) once the pool's connections were idle past their health
+check (tests/integration/test_redis_deadlines.py counts the attempts against a blackholed
+proxy). So here:
+
+- only connection errors are retried (once, 10-50 ms later: a connection Redis dropped
+  when it restarted, or an idle socket closed); a timeout means a silent peer, and trying
+  again only waits again. Connect and handshake are bounded by ``connect_timeout`` and
+  ``timeout``, so a call waits at most about their sum (a fresh connection) even unbounded;
+- a caller that must answer quickly wraps its calls in a :class:`RedisDeadline`: one
+  ``asyncio.timeout`` over the whole call, retries included, and a short memo of an outage so
+  that a burst of requests does not each hold a pooled connection for the full deadline.
+
+Cutting a command short is safe: redis-py disconnects a connection whose read or write is
+interrupted (any ``BaseException``, so the cancellation too) before it goes back to the pool,
+so the next command on the pool never reads the stale reply of the one that was cut (tested).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 import redis.asyncio as redis
+from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-# A command that hits a dropped connection (Redis restarted, an idle socket closed) is retried
-# twice on a fresh one, 10-50 ms apart; then the caller decides what an outage means (the
-# router falls back to metering's RPC or refuses a limited key, metering backs off). Without
-# it the first command after a restart fails; with redis-py's default for Redis() (ten
-# retries) a request would wait about 3.5 s to learn that Redis is down.
-RETRIES = 2
+T = TypeVar("T")
+
+RETRIES = 1
+# Socket timeout when the caller does not say: longer than any blocking read.
+DEFAULT_TIMEOUT_SECONDS = 5.0
+# After a failure, request-path calls fail at once this long (then one call probes).
+DOWN_MEMO_SECONDS = 1.0
 
 
-def create_redis(url: str) -> redis.Redis:
+def create_redis(
+    url: str,
+    *,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    connect_timeout: float | None = None,
+    retries: int = RETRIES,
+    max_connections: int = 256,
+) -> redis.Redis:
+    """A client whose every read waits at most ``timeout`` (give more than the longest
+    blocking command the caller issues) and every TCP connect ``connect_timeout`` (default:
+    ``timeout``); connection errors are retried ``retries`` times, timeouts never."""
     return redis.Redis.from_url(
         url,
         decode_responses=False,
-        socket_connect_timeout=5,
-        # Longer than any blocking read (the outbox consumer's XREADGROUP blocks 1 s).
-        socket_timeout=5,
+        socket_connect_timeout=timeout if connect_timeout is None else connect_timeout,
+        socket_timeout=timeout,
         health_check_interval=30,
-        max_connections=256,
-        retry=Retry(ExponentialWithJitterBackoff(cap=0.05, base=0.01), RETRIES),
+        max_connections=max_connections,
+        retry=Retry(
+            ExponentialWithJitterBackoff(cap=0.05, base=0.01),
+            retries,
+            supported_errors=(redis_errors.ConnectionError,),
+        ),
     )
+
+
+class RedisKnownDown(redis_errors.ConnectionError):
+    """Refused without asking Redis: a call failed less than the memo's time ago."""
+
+
+# (operation, cause): cause is "deadline" (the call ran out of time), "error" (Redis refused
+# or dropped it) or "known_down" (failed at once by the memo).
+FailureHook = Callable[[str, str], None]
+
+
+class RedisDeadline:
+    """Bounds the calls a client is waiting on: each runs at most ``seconds``, retries
+    included, and raises a ``redis`` ``TimeoutError`` when cut.
+
+    After a call fails for want of Redis (a timeout or a connection error; not a refusal such
+    as a script error), calls fail at once with :class:`RedisKnownDown` for ``down_seconds``:
+    without that memo each request of a burst would hold a pooled connection (and, against a
+    silent Redis, a fresh TCP connection) for the whole deadline. When the memo lapses one call
+    probes (the others keep failing at once until it answers); its success clears the memo.
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        down_seconds: float = DOWN_MEMO_SECONDS,
+        on_failure: FailureHook | None = None,
+    ) -> None:
+        self.seconds = seconds
+        self._down_seconds = down_seconds
+        self._on_failure = on_failure
+        self._down_until = 0.0
+
+    @property
+    def known_down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def _remember_down(self) -> None:
+        if self._down_seconds > 0:  # 0: no memo, every call asks Redis
+            self._down_until = time.monotonic() + self._down_seconds
+
+    def _fail(self, operation: str, cause: str) -> None:
+        if self._on_failure is not None:
+            self._on_failure(operation, cause)
+
+    async def run(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` within the deadline; ``operation`` names it for the failure hook."""
+        now = time.monotonic()
+        if now < self._down_until:
+            self._fail(operation, "known_down")
+            raise RedisKnownDown("redis failed moments ago; not asked again yet")
+        probing = self._down_until > 0.0
+        if probing:  # the others fail at once while this call finds out
+            self._down_until = now + self.seconds
+        try:
+            async with asyncio.timeout(self.seconds):
+                result = await call()
+        except TimeoutError:
+            self._remember_down()
+            self._fail(operation, "deadline")
+            raise redis_errors.TimeoutError(
+                f"redis did not answer within {self.seconds:g} s"
+            ) from None
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+            self._remember_down()
+            self._fail(operation, "error")
+            raise
+        except BaseException:
+            if probing:  # a refusal is an answer: Redis is up
+                self._down_until = 0.0
+            raise
+        self._down_until = 0.0
+        return result
