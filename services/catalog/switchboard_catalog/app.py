@@ -33,7 +33,7 @@ async def create_app(
         seed = load_seed(
             config.seed_path, policy=config.upstream_policy, demo_base_url=config.demo_base_url
         )
-    pool = await create_pool(config.database_url)
+    pool = await create_pool(config.database_url, timeouts=config.database_timeouts)
     store = CatalogStore(pool, price_history_days=config.price_history_days)
     broadcaster = CatalogBroadcaster(
         store, config.database_url, poll_seconds=config.version_poll_seconds

@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from switchboard_core.config import EnvReader, ServerConfig, read_database_url
+from switchboard_core.db import DatabaseTimeouts
 from switchboard_core.upstreams import UpstreamPolicy, read_upstream_policy
 from switchboard_core.usage_bounds import DEFAULT_MAX_EVENT_AGE_DAYS
 
@@ -50,12 +51,15 @@ class CatalogConfig:
     # The longest the price scheduler sleeps between looks at the schedule (it wakes at the
     # next scheduled time when sooner): a schedule another replica wrote is seen within it.
     schedule_max_wait_seconds: float = 60.0
+    # Postgres connect and statement timeouts (SWITCHBOARD_DB_*_TIMEOUT_SECONDS).
+    database_timeouts: DatabaseTimeouts = field(default_factory=DatabaseTimeouts)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> CatalogConfig:
         reader = EnvReader(env)
         server = ServerConfig.read(reader, SERVICE, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT)
         database_url = read_database_url(reader)
+        database_timeouts = DatabaseTimeouts.read(reader)
         seed_path = _read_seed_path(reader)
         demo_base_url = reader.url(
             "SWITCHBOARD_DEMO_BASE_URL", ("http", "https"), DEFAULT_DEMO_BASE_URL
@@ -84,6 +88,7 @@ class CatalogConfig:
             metering_addr=metering_addr,
             price_history_days=price_history_days,
             import_source=import_source,
+            database_timeouts=database_timeouts,
         )
 
 

@@ -33,8 +33,8 @@ SERVICE_NAME = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_
 MIGRATIONS = "switchboard_metering.migrations"
 
 
-async def _open_database(url: str) -> asyncpg.Pool:
-    pool = await create_pool(url)
+async def _open_database(config: MeteringConfig) -> asyncpg.Pool:
+    pool = await create_pool(config.database_url, timeouts=config.database_timeouts)
     try:
         await migrate(pool, "metering", MIGRATIONS)
         await migrate_audit(pool)
@@ -46,7 +46,7 @@ async def _open_database(url: str) -> asyncpg.Pool:
 
 async def create_app(config: MeteringConfig) -> GrpcServer:
     """The metering server, not yet serving; its outbox consumer is already running."""
-    pool = await _open_database(config.database_url)
+    pool = await _open_database(config)
     partitions = Partitions(pool, config.retention, config.event_window)
     try:
         await partitions.maintain()
@@ -54,13 +54,16 @@ async def create_app(config: MeteringConfig) -> GrpcServer:
         await pool.close()
         raise
     partitions.start()
-    client: redis.Redis = create_redis(config.redis_url)
+    # Reads wait longer than the outbox consumer's blocking XREADGROUP; connects 2 s at most.
+    client: redis.Redis = create_redis(
+        config.redis_url, timeout=config.outbox.block_ms / 1000 + 2.0, connect_timeout=2.0
+    )
     prices = CatalogPrices.open(config)  # usage costs are checked against the catalog's
     ledger = Ledger(pool, partitions, cost_check=prices.check if prices else None)
     consumer = OutboxConsumer(client, ledger, config.outbox)
     consumer.start(prices.ready() if prices else None)
 
-    keys = KeyStore(pool)
+    keys = KeyStore(pool, verify_timeout_seconds=config.key_verify_db_seconds)
     budgets = Budgets(pool, keys, BudgetStore(client, config.budget_prefix))
     budgets.start()
     sweeper = Sweeper(
@@ -96,7 +99,14 @@ async def create_app(config: MeteringConfig) -> GrpcServer:
 
     operators = OperatorKeyStore(pool)
     audit_log = AuditLog(pool, "metering")  # admin changes, and ListAuditEvents
-    servicer = MeteringServicer(keys, ledger, budgets, operators, announce)
+    servicer = MeteringServicer(
+        keys,
+        ledger,
+        budgets,
+        operators,
+        announce,
+        verify_timeout_seconds=config.key_verify_db_seconds,
+    )
     authenticator = Authenticator(
         config.server.tls,
         LocalCredentials(keys, operators),

@@ -16,6 +16,7 @@ from switchboard_core.config import (
     read_database_url,
     read_redis_url,
 )
+from switchboard_core.db import DatabaseTimeouts
 from switchboard_core.liveness import (
     DEFAULT_HEARTBEAT_TTL_SECONDS,
     DEFAULT_SWEEP_SECONDS,
@@ -39,6 +40,8 @@ DEFAULT_USAGE_GROUP = "metering"
 # Thirteen months: a year of invoices plus the month being billed.
 DEFAULT_RETENTION_DAYS = 400
 DEFAULT_CATALOG_ADDR = "127.0.0.1:50052"
+# Under the routers' default SWITCHBOARD_KEY_VERIFY_TIMEOUT_SECONDS (0.8).
+DEFAULT_KEY_VERIFY_DB_SECONDS = 0.5
 # The routers' own default for SWITCHBOARD_MAX_REQUEST_SECONDS.
 DEFAULT_MAX_REQUEST_SECONDS = 600.0
 
@@ -98,6 +101,12 @@ class MeteringConfig:
     price_lag_seconds: int = DEFAULT_PRICE_LAG_SECONDS
     # How long a catalog change may take to reach metering while it watches the catalog.
     price_settle_seconds: float = DEFAULT_PRICE_SETTLE_SECONDS
+    # Postgres connect and statement timeouts (SWITCHBOARD_DB_*_TIMEOUT_SECONDS): the bound
+    # of every query that sets none of its own, the ledger's batch writes included.
+    database_timeouts: DatabaseTimeouts = field(default_factory=DatabaseTimeouts)
+    # The longest key verification (VerifyApiKey, VerifyOperatorKey) waits on Postgres
+    # before answering UNAVAILABLE: under the routers' SWITCHBOARD_KEY_VERIFY_TIMEOUT_SECONDS.
+    key_verify_db_seconds: float = DEFAULT_KEY_VERIFY_DB_SECONDS
 
     @property
     def price_lag(self) -> float:
@@ -121,6 +130,10 @@ class MeteringConfig:
         reader = EnvReader(env)
         server = ServerConfig.read(reader, SERVICE, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT)
         database_url = read_database_url(reader)
+        database_timeouts = DatabaseTimeouts.read(reader)
+        key_verify_db_seconds = reader.float(
+            "SWITCHBOARD_KEY_VERIFY_DB_SECONDS", DEFAULT_KEY_VERIFY_DB_SECONDS, min_value=0.05
+        )
         redis_url = read_redis_url(reader)
         outbox = OutboxSettings(
             stream=reader.str("SWITCHBOARD_USAGE_STREAM", DEFAULT_USAGE_STREAM),
@@ -173,4 +186,6 @@ class MeteringConfig:
             max_request_seconds=max_request_seconds,
             price_lag_seconds=price_lag_seconds,
             price_settle_seconds=price_settle_seconds,
+            database_timeouts=database_timeouts,
+            key_verify_db_seconds=key_verify_db_seconds,
         )

@@ -24,6 +24,7 @@ import asyncpg
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.auth import actor
 from switchboard_core.catalog_ids import MODEL_VARIANTS, model_id_problem, provider_id_problem
+from switchboard_core.db import fetchrow_within
 from switchboard_core.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from switchboard_core.key_format import (
     INFERENCE_PREFIX,
@@ -42,6 +43,7 @@ SECRET_PREFIX = INFERENCE_PREFIX
 MAX_NAME_LENGTH = 128
 _ACCOUNT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _INVALID_KEY = "invalid API key"
+DEFAULT_VERIFY_TIMEOUT_SECONDS = 0.5
 # How many models, and providers, one key's allow-list may name.
 MAX_ALLOWED = 64
 
@@ -211,8 +213,13 @@ async def newest_first_page(
 class KeyStore:
     """API keys in Postgres (tables ``accounts`` and ``api_keys``)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, verify_timeout_seconds: float = DEFAULT_VERIFY_TIMEOUT_SECONDS
+    ) -> None:
         self._pool = pool
+        # The longest :meth:`verify` waits on Postgres before answering UNAVAILABLE: within
+        # the routers' own deadline on VerifyApiKey, so they get an answer, not a timeout.
+        self._verify_timeout = verify_timeout_seconds
 
     async def create(
         self,
@@ -333,10 +340,14 @@ class KeyStore:
     async def verify(self, secret: str) -> metering_pb2.ApiKey:
         """The active key with this secret; UNAUTHENTICATED otherwise. Only an expired key
         is told why (``API_KEY_EXPIRED``): whoever holds its secret is the one who has to
-        get a new key, and an unknown or revoked secret learns nothing."""
+        get a new key, and an unknown or revoked secret learns nothing. Postgres silent or
+        unreachable: UNAVAILABLE (``DATABASE_UNAVAILABLE``) within the verify timeout."""
         if not is_well_formed(secret):
             raise Unauthenticated(_INVALID_KEY)
-        row = await self._pool.fetchrow(
+        row = await fetchrow_within(
+            self._pool,
+            self._verify_timeout,
+            "verifying the API key",
             f"""SELECT {_COLUMNS}, expires_at <= now() AS expired FROM api_keys
                 WHERE secret_sha256 = $1 AND revoked_at IS NULL""",
             hash_secret(secret),

@@ -11,9 +11,11 @@ from google.protobuf import timestamp_pb2
 
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard_core.auth import OperatorPrincipal, current_principal
+from switchboard_core.db import within
 from switchboard_core.errors import InvalidArgument
+from switchboard_core.key_changes import account_subject, key_subject, operator_subject
 from switchboard_metering.budgets import Budgets
-from switchboard_metering.keys import KeyStore
+from switchboard_metering.keys import DEFAULT_VERIFY_TIMEOUT_SECONDS, KeyStore
 from switchboard_metering.ledger import Ledger
 from switchboard_metering.operators import OperatorKeyStore
 from switchboard_metering.tenant_scope import TenantScope
@@ -64,6 +66,8 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         budgets: Budgets,
         operators: OperatorKeyStore,
         announce: Callable[[str], Awaitable[None]] | None = None,
+        *,
+        verify_timeout_seconds: float = DEFAULT_VERIFY_TIMEOUT_SECONDS,
     ) -> None:
         self._keys = keys
         self._ledger = ledger
@@ -73,6 +77,8 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         self._scope = TenantScope(keys)
         # Tells routers a key changed, so that they drop their cached copy at once.
         self._announce = announce or _no_announcement
+        # The longest VerifyOperatorKey waits on Postgres (KeyStore bounds VerifyApiKey).
+        self._verify_timeout = verify_timeout_seconds
 
     async def CreateApiKey(
         self, request: metering_pb2.CreateApiKeyRequest, context: Context
@@ -107,7 +113,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         self, request: metering_pb2.RevokeApiKeyRequest, context: Context
     ) -> metering_pb2.RevokeApiKeyResponse:
         key = await self._keys.revoke(request.key_id)
-        await self._announce(f"key:{key.id}")
+        await self._announce(key_subject(key.id))
         return metering_pb2.RevokeApiKeyResponse(api_key=key)
 
     async def VerifyApiKey(
@@ -149,7 +155,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         self, request: metering_pb2.SetKeyLimitsRequest, context: Context
     ) -> metering_pb2.SetKeyLimitsResponse:
         key = await self._budgets.set_limits(request.key_id, request.limits)
-        await self._announce(f"key:{key.id}")
+        await self._announce(key_subject(key.id))
         return metering_pb2.SetKeyLimitsResponse(api_key=key)
 
     async def AddCredits(
@@ -159,7 +165,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             request.account_id, request.amount_usd, request.note, request.request_id
         )
         if not duplicate:  # the account may have just become prepaid
-            await self._announce(f"account:{balance.account_id}")
+            await self._announce(account_subject(balance.account_id))
         return metering_pb2.AddCreditsResponse(balance=balance, duplicate=duplicate)
 
     async def GetBalance(
@@ -194,11 +200,13 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         self, request: metering_pb2.RevokeOperatorKeyRequest, context: Context
     ) -> metering_pb2.RevokeOperatorKeyResponse:
         key = await self._operators.revoke(request.key_id)
-        await self._announce(f"operator:{key.id}")
+        await self._announce(operator_subject(key.id))
         return metering_pb2.RevokeOperatorKeyResponse(operator_key=key)
 
     async def VerifyOperatorKey(
         self, request: metering_pb2.VerifyOperatorKeyRequest, context: Context
     ) -> metering_pb2.VerifyOperatorKeyResponse:
-        key = await self._operators.verify(request.secret)
+        key = await within(
+            self._verify_timeout, self._operators.verify(request.secret), "verifying the key"
+        )
         return metering_pb2.VerifyOperatorKeyResponse(operator_key=key)

@@ -1,8 +1,12 @@
-"""API-key authentication: metering verifies, the router caches the answer briefly.
+"""API-key authentication: metering verifies, the router keeps the answer.
 
-The cache is keyed by the secret's SHA-256 so no plaintext key is kept. Concurrent requests
-with the same uncached key share one VerifyApiKey call. Metering announces key changes
-(:mod:`switchboard_core.key_changes`); :meth:`KeyVerifier.invalidate` then drops the cache.
+:class:`KeyVerifier` asks metering's ``VerifyApiKey`` (within
+``SWITCHBOARD_KEY_VERIFY_TIMEOUT_SECONDS``) and keeps good answers in a
+:class:`~switchboard_core.verified_cache.VerifiedCache`: fresh for
+``SWITCHBOARD_KEY_CACHE_SECONDS``, then re-verified, and served from the last-known-good copy
+for up to ``SWITCHBOARD_KEY_STALE_SECONDS`` while metering is unreachable. Metering announces
+key changes (:mod:`switchboard_core.key_changes`); :meth:`RouterCredentials.key_changed`
+evicts the keys a change names (``key:<id>``, ``account:<id>``, ``operator:<id>``).
 
 :class:`RouterCredentials` is what the shared interceptor uses to authenticate a call on the
 router's port: an end user's API key through :class:`KeyVerifier`, an operator key (which may
@@ -12,9 +16,7 @@ finds its :class:`Caller` with :func:`caller_of`.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import time
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -31,11 +33,22 @@ from switchboard_core.auth import (
 )
 from switchboard_core.budget import Limits
 from switchboard_core.errors import Unauthenticated
+from switchboard_core.key_changes import (
+    ACCOUNT,
+    KEY,
+    OPERATOR,
+    account_subject,
+    key_subject,
+    subject_kind,
+)
 from switchboard_core.remote_credentials import MeteringCredentials, verification_error
+from switchboard_core.verified_cache import Verified, VerifiedCache
 from switchboard_router.key_rules import KeyRules
 
+log = logging.getLogger(__name__)
+
 MAX_CACHED_KEYS = 100_000
-VERIFY_TIMEOUT_SECONDS = 5.0
+VERIFY_TIMEOUT_SECONDS = 0.8
 MISSING_KEY = "missing API key: send metadata 'authorization: Bearer <key>'"
 # Metering's reasons for refusing the API key it was asked about.
 API_KEY_VERDICTS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_REVOKED"})
@@ -84,41 +97,39 @@ def caller_of(principal: Principal | None) -> Caller:
 
 
 class KeyVerifier:
-    def __init__(self, channel: grpc.aio.Channel, ttl_seconds: float) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        ttl_seconds: float,
+        *,
+        stale_seconds: float = 0.0,
+        timeout_seconds: float = VERIFY_TIMEOUT_SECONDS,
+    ) -> None:
         self._stub = metering_pb2_grpc.MeteringServiceStub(channel)
-        self._ttl = ttl_seconds
-        self._cache: dict[bytes, tuple[float, Caller]] = {}
-        self._pending: dict[bytes, asyncio.Task[Caller]] = {}
-        # Bumped by invalidate(): an answer fetched before a change is not cached after it.
-        self._generation = 0
+        self._timeout = timeout_seconds
+        self.cache: VerifiedCache[Caller] = VerifiedCache(
+            "api_key",
+            self._fetch,
+            ttl_seconds=ttl_seconds,
+            stale_seconds=stale_seconds,
+            max_entries=MAX_CACHED_KEYS,
+        )
+
+    def evict(self, subject: str) -> None:
+        """Forget the keys an announced ``key:<id>`` or ``account:<id>`` names."""
+        self.cache.evict(subject)
 
     def invalidate(self) -> None:
-        """Forget every cached key (a key or an account changed)."""
-        self._generation += 1
-        self._cache.clear()
-        self._pending.clear()
+        """Forget every cached key."""
+        self.cache.evict_all()
 
     async def verify_secret(self, secret: str) -> Caller:
-        digest = hashlib.sha256(secret.encode()).digest()
-        hit = self._cache.get(digest)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        task = self._pending.get(digest)
-        if task is None:
-            task = asyncio.create_task(self._fetch(secret, digest))
-            self._pending[digest] = task
-            task.add_done_callback(lambda done: self._forget_pending(digest, done))
-        return await asyncio.shield(task)
+        return await self.cache.get(secret)
 
-    def _forget_pending(self, digest: bytes, task: asyncio.Task[Caller]) -> None:
-        if self._pending.get(digest) is task:  # not a newer fetch started after invalidate()
-            del self._pending[digest]
-
-    async def _fetch(self, secret: str, digest: bytes) -> Caller:
-        generation = self._generation
+    async def _fetch(self, secret: str) -> Verified[Caller]:
         try:
             reply = await self._stub.VerifyApiKey(
-                metering_pb2.VerifyApiKeyRequest(secret=secret), timeout=VERIFY_TIMEOUT_SECONDS
+                metering_pb2.VerifyApiKeyRequest(secret=secret), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as error:
             raise verification_error(error, "API key", API_KEY_VERDICTS) from None
@@ -132,18 +143,8 @@ class KeyVerifier:
             if key.HasField("expire_time")
             else None,
         )
-        if generation != self._generation:
-            return caller  # answered before a change; serve it once, cache nothing
-        # Never past the key's expiry: metering refuses it from then on.
-        ttl = self._ttl
-        if caller.expire_time is not None:
-            ttl = min(ttl, caller.expire_time - time.time())
-        if ttl <= 0:
-            return caller
-        if len(self._cache) >= MAX_CACHED_KEYS:
-            self._cache.clear()
-        self._cache[digest] = (time.monotonic() + ttl, caller)
-        return caller
+        subjects = (key_subject(key.id), account_subject(key.account_id))
+        return Verified(caller, subjects, caller.expire_time)
 
 
 class RouterCredentials:
@@ -153,10 +154,24 @@ class RouterCredentials:
         self.keys = keys
         self.operators = operators
 
-    def invalidate(self) -> None:
-        """Forget every cached key of either kind (metering announced a change)."""
-        self.keys.invalidate()
-        self.operators.invalidate()
+    def key_changed(self, subject: str) -> None:
+        """Metering announced a change to ``subject``: evict the keys it names (every key,
+        of both kinds, for a subject this router does not know)."""
+        kind = subject_kind(subject)
+        if kind in (KEY, ACCOUNT):
+            self.keys.evict(subject)
+        elif kind == OPERATOR:
+            self.operators.evict(subject)
+        else:
+            log.warning("unknown key change announced; forgetting every cached key")
+            self.keys.invalidate()
+            self.operators.invalidate()
+
+    def resubscribed(self) -> None:
+        """The change listener (re)subscribed and may have missed announcements: every
+        cached key is re-verified on its next use (still usable stale meanwhile)."""
+        self.keys.cache.mark_all_due()
+        self.operators.cache.mark_all_due()
 
     async def operator(self, secret: str) -> OperatorPrincipal:
         return await self.operators.operator(secret)

@@ -4,9 +4,12 @@ catalog cache and metering's price view share.
 :class:`CatalogWatch` is a background task holding one ``WatchCatalog`` stream open. Each
 snapshot the catalog sends goes to :meth:`CatalogWatch.apply`, which a subclass defines (and
 which must not block: it runs on the event loop, between two reads of the stream). When the
-stream breaks (the catalog restarting, the network) the task reconnects after a capped,
-jittered backoff (0.2 s, doubling to 5 s, back to 0.2 s after a snapshot) and the last
-snapshot keeps serving meanwhile. Nothing here is on a request path.
+stream breaks (the catalog restarting, the network) the task resubscribes after a capped,
+jittered backoff (0.2 s, doubling to 2 s, back to 0.2 s after a snapshot) and the last
+snapshot keeps serving meanwhile. The call waits for the channel to be ready
+(``wait_for_ready``) rather than failing while it reconnects, so the channel's own reconnect
+backoff (``switchboard_core.channels``, at most 1 s) decides how soon a link that came back
+is used. Nothing here is on a request path.
 
 The catalog sends a snapshot at once when the caller's :meth:`~CatalogWatch.known_version`
 differs from its own (0 always does), then one after each change. :attr:`streaming` is True
@@ -14,8 +17,15 @@ from the first snapshot of a stream until that stream breaks, and :attr:`broken_
 since when it has been broken (wall clock). A watcher that needs to know how current its copy
 is (metering) keeps ``known_version`` at 0: each connection then starts with the current
 snapshot, so while it is streaming it has every change up to the catalog's propagation delay.
-A stream that dies silently (a half-open connection) looks alive until gRPC's keepalive
-(``switchboard_core.channels``, 30 s) notices.
+A stream that dies silently (a half-open connection: a partition) looks alive until the
+channel's keepalive notices, within ``KEEPALIVE_SECONDS + KEEPALIVE_TIMEOUT_SECONDS`` (7 s;
+``switchboard_core.channels``).
+
+``switchboard_catalog_snapshot_age_seconds{watch}`` says how old the copy may be: 0 while the
+stream is up (the copy then lags the catalog by its propagation delay only), else the
+seconds since the stream broke (or since :meth:`~CatalogWatch.start` when no stream has yet
+delivered a snapshot). ``watch`` is the task's name: ``catalog-watch`` in the router,
+``catalog-price-watch`` in metering.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import time
 from collections.abc import Callable
 
 import grpc
+from prometheus_client import Gauge
 
 from switchboard.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from switchboard_core.periodic import BackgroundTask
@@ -35,7 +46,15 @@ from switchboard_core.periodic import BackgroundTask
 log = logging.getLogger(__name__)
 
 FIRST_RETRY_SECONDS = 0.2
-MAX_RETRY_SECONDS = 5.0
+MAX_RETRY_SECONDS = 2.0
+
+SNAPSHOT_AGE = Gauge(
+    "switchboard_catalog_snapshot_age_seconds",
+    "How old this service's copy of the catalog may be: 0 while its WatchCatalog stream is up,"
+    " else seconds since the stream broke (or since the watch started, before a first"
+    " snapshot).",
+    ["watch"],
+)
 
 
 class CatalogWatch(BackgroundTask):
@@ -58,6 +77,19 @@ class CatalogWatch(BackgroundTask):
         self.streaming = False
         # When the last stream broke (``clock`` seconds); None until one has.
         self.broken_at: float | None = None
+        self._started_at = clock()
+
+    def start(self) -> None:
+        self._started_at = self._clock()
+        SNAPSHOT_AGE.labels(self.name).set_function(self.snapshot_age)
+        super().start()
+
+    def snapshot_age(self) -> float:
+        """0 while streaming, else seconds since the stream broke (see the module doc)."""
+        if self.streaming:
+            return 0.0
+        since = self.broken_at if self.broken_at is not None else self._started_at
+        return max(0.0, self._clock() - since)
 
     @property
     def loaded(self) -> bool:
@@ -94,7 +126,7 @@ class CatalogWatch(BackgroundTask):
                 include_price_history=self.include_price_history,
             )
             try:
-                async for message in self._stub.WatchCatalog(request):
+                async for message in self._stub.WatchCatalog(request, wait_for_ready=True):
                     self.apply(message)
                     self._set_streaming(True)
                     delay = FIRST_RETRY_SECONDS

@@ -1,5 +1,29 @@
 """gRPC client channels between services: mutual TLS with the calling service's certificate,
-or, where TLS is explicitly off, plaintext carrying the service's service key."""
+or, where TLS is explicitly off, plaintext carrying the service's service key.
+
+Channels between services notice a silent peer and come back promptly (docs/RELIABILITY.md):
+
+- **Keepalive**: a ping every ``KEEPALIVE_SECONDS``, with or without calls in flight and
+  with or without data (``grpc.http2.max_pings_without_data`` 0: no cap); an answer not
+  back within ``KEEPALIVE_TIMEOUT_SECONDS`` (``grpc.keepalive_timeout_ms``, and
+  ``grpc.http2.ping_timeout_ms`` for a ping already in flight) closes the connection,
+  failing its calls (``UNAVAILABLE``) and the long-lived streams on it (the catalog watch).
+  A half-open connection is so noticed within ``KEEPALIVE_SECONDS +
+  KEEPALIVE_TIMEOUT_SECONDS`` (7 s). Servers accept pings this often
+  (``switchboard_core.server.SERVER_OPTIONS``); otherwise they would answer GOAWAY
+  ``too_many_pings``. The interval is fixed here rather than a setting: every service's
+  channels and servers must agree on it.
+- **Reconnecting** (gRPC core's connection backoff, doc/connection-backoff.md in grpc/grpc):
+  ``grpc.initial_reconnect_backoff_ms`` is the wait after the first failed attempt (default
+  1 s), growing 1.6 times per attempt, with jitter, up to ``grpc.max_reconnect_backoff_ms``
+  (default 120 s); ``grpc.min_reconnect_backoff_ms`` is in fact the *minimum connect
+  timeout* (default 20 s): how long one attempt may take. A link that comes back is used
+  within about ``MAX_RECONNECT_BACKOFF_MS`` after a refusal, and within
+  ``CONNECT_TIMEOUT_MS`` after a silent partition (the attempt caught by it is given up).
+
+Clients of Switchboard (:func:`client_channel`: the CLI, tools) keep gRPC's gentler
+defaults for reconnecting, over networks slower than a data centre's.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +34,35 @@ import grpc
 
 from switchboard_core.tls import TlsConfig, call_metadata
 
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_permit_without_calls", 1),
+KEEPALIVE_SECONDS = 5.0
+KEEPALIVE_TIMEOUT_SECONDS = 2.0
+INITIAL_RECONNECT_BACKOFF_MS = 250
+MAX_RECONNECT_BACKOFF_MS = 1_000
+CONNECT_TIMEOUT_MS = 3_000
+
+_COMMON_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.enable_retries", 1),
+]
+# Between services.
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    *_COMMON_OPTIONS,
+    ("grpc.keepalive_time_ms", int(KEEPALIVE_SECONDS * 1000)),
+    ("grpc.keepalive_timeout_ms", int(KEEPALIVE_TIMEOUT_SECONDS * 1000)),
+    # Any ping (keepalive or gRPC's own flow-control probes) unanswered this long closes the
+    # connection: a probe already in flight defers keepalive's, and waits 1 minute otherwise.
+    ("grpc.http2.ping_timeout_ms", int(KEEPALIVE_TIMEOUT_SECONDS * 1000)),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
+    ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+    ("grpc.min_reconnect_backoff_ms", CONNECT_TIMEOUT_MS),
+]
+# From clients of Switchboard.
+CLIENT_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    *_COMMON_OPTIONS,
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
 ]
 
 
@@ -82,7 +130,7 @@ def client_channel(
     if plaintext:
         metadata = (("authorization", f"Bearer {bearer}"),) if bearer else ()
         return grpc.aio.insecure_channel(
-            address, options=CHANNEL_OPTIONS, interceptors=_adding(metadata)
+            address, options=CLIENT_CHANNEL_OPTIONS, interceptors=_adding(metadata)
         )
     if bool(cert) != bool(key):  # gRPC's core aborts the process on half a key pair
         raise ValueError("a client certificate needs its key, and a key its certificate")
@@ -93,4 +141,4 @@ def client_channel(
         credentials = grpc.composite_channel_credentials(
             credentials, grpc.access_token_call_credentials(bearer)
         )
-    return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(address, credentials, options=CLIENT_CHANNEL_OPTIONS)

@@ -1,10 +1,17 @@
 """Tells routers at once that an API key changed (revoked, limits set, its account's credit).
 
-Routers cache verified keys for ``SWITCHBOARD_KEY_CACHE_SECONDS``. Metering publishes a
-message on a Redis channel after each change; every router listens and drops its cache, so a
-revoked key or a new limit applies on the next request rather than after the cache time. The
-cache time stays the bound when a message is lost (Redis down): a listener that lost its
-connection drops its cache again when it is back, since it may have missed messages.
+Routers cache verified keys (:mod:`switchboard_core.verified_cache`). Metering publishes a
+*subject* on a Redis channel after each change: ``key:<id>`` (a key revoked or its limits
+set), ``account:<id>`` (an account's credit, which every key of it carries) or
+``operator:<id>`` (an operator key revoked). Every router listens and evicts only the cached
+keys the subject names, so a revoked key or a new limit applies on the next request rather
+than after the cache time, and no other key has to go back to metering.
+
+The cache time stays the bound when a message is lost (Redis down): a listener that
+(re)subscribes calls ``on_resubscribe``, since it may have missed messages; the router then
+marks every cached key due for re-verification (see the cache's module doc for why it does
+not drop them). Publishing is bounded (``PUBLISH_TIMEOUT_SECONDS``): a silent Redis does not
+hold the admin call that made the change.
 """
 
 from __future__ import annotations
@@ -22,6 +29,27 @@ from switchboard_core.periodic import BackgroundTask
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 1.0
+PUBLISH_TIMEOUT_SECONDS = 1.0
+KEY = "key"
+ACCOUNT = "account"
+OPERATOR = "operator"
+
+
+def key_subject(key_id: str) -> str:
+    return f"{KEY}:{key_id}"
+
+
+def account_subject(account_id: str) -> str:
+    return f"{ACCOUNT}:{account_id}"
+
+
+def operator_subject(key_id: str) -> str:
+    return f"{OPERATOR}:{key_id}"
+
+
+def subject_kind(subject: str) -> str:
+    """``key``, ``account``, ``operator``, or what else precedes the first ``:``."""
+    return subject.partition(":")[0]
 
 
 def channel_name(budget_prefix: str) -> str:
@@ -29,27 +57,42 @@ def channel_name(budget_prefix: str) -> str:
     return f"{budget_prefix}key-changes"
 
 
-async def publish_key_change(client: redis.Redis, channel: str, subject: str) -> None:
-    """Announce a change to ``subject`` (``key:<id>`` or ``account:<id>``); never raises: the
+async def publish_key_change(
+    client: redis.Redis,
+    channel: str,
+    subject: str,
+    *,
+    timeout_seconds: float = PUBLISH_TIMEOUT_SECONDS,
+) -> None:
+    """Announce a change to ``subject`` within ``timeout_seconds``; never raises: the
     routers' cache time bounds a change that could not be announced."""
     try:
-        await client.publish(channel, subject)
-    except (RedisError, OSError) as error:
+        async with asyncio.timeout(timeout_seconds):
+            await client.publish(channel, subject)
+    except (RedisError, OSError, TimeoutError) as error:
         log.warning(
             "key change not announced; routers apply it within their cache time",
-            extra={"error": type(error).__name__},
+            extra={"error": type(error).__name__, "subject_kind": subject_kind(subject)},
         )
 
 
 class KeyChangeListener(BackgroundTask):
-    """Calls ``on_change`` for every announced change, and after every reconnection."""
+    """Calls ``on_change(subject)`` for every announced change, and ``on_resubscribe()``
+    after every (re)subscription (messages may have been missed while not subscribed)."""
 
     name = "key-change-listener"
 
-    def __init__(self, client: redis.Redis, channel: str, on_change: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        channel: str,
+        on_change: Callable[[str], None],
+        on_resubscribe: Callable[[], None],
+    ) -> None:
         self._redis = client
         self._channel = channel
         self._on_change = on_change
+        self._on_resubscribe = on_resubscribe
         self.subscribed = asyncio.Event()
 
     async def _run(self) -> None:
@@ -57,12 +100,12 @@ class KeyChangeListener(BackgroundTask):
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
-                self._on_change()  # anything may have changed while we were not listening
+                self._on_resubscribe()  # anything may have changed while we were not listening
                 self.subscribed.set()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
-                        self._on_change()
+                        self._on_change(_text(message.get("data")))
             except (RedisError, OSError) as error:
                 self.subscribed.clear()
                 log.warning(
@@ -73,3 +116,9 @@ class KeyChangeListener(BackgroundTask):
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _text(data: object) -> str:
+    if isinstance(data, bytes):
+        return data.decode("utf-8", "replace")
+    return str(data)

@@ -37,13 +37,22 @@ from switchboard_core.tls import describe
 
 log = logging.getLogger(__name__)
 
-# Generous message sizes (long prompts), and keepalive so idle streams survive proxies.
+# Generous message sizes (long prompts). Keepalive both ways: the server pings its clients
+# (so a dead watcher's stream ends and idle streams survive proxies), and accepts the pings
+# of the services' channels (switchboard_core.channels: every KEEPALIVE_SECONDS, calls or
+# not). A client pinging more often than min_recv_ping_interval_without_data_ms gets a
+# strike, and GOAWAY too_many_pings after grpc.http2.max_ping_strikes (2): the bound sits
+# well under the services' interval.
 SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", 32 * 1024 * 1024),
     ("grpc.max_send_message_length", 32 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.ping_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1_000),
+    ("grpc.http2.max_ping_strikes", 2),
 ]
 
 
