@@ -78,6 +78,8 @@ async def play(request: web.Request, fake: FakeProvider, playlist: Playlist) -> 
         if script.cut_after is not None and sent == script.cut_after:
             cut(request, fake)
             return response
+        if script.stall_after is not None and sent == script.stall_after:
+            await asyncio.Event().wait()  # silent until the client disconnects (cancelled)
         if script.chunk_delay:
             await asyncio.sleep(script.chunk_delay)
         for event in item:

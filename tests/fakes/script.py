@@ -79,6 +79,9 @@ class Script:
     cut_after: int | None = None
     chunk_delay: float = 0.0  # seconds before each chunk
     headers_delay: float = 0.0  # seconds before the response starts (for timeouts)
+    # After this many content chunks, go silent with the connection open (a stalled upstream),
+    # until the client hangs up.
+    stall_after: int | None = None
     # Odd but legal streams: keep-alive comments / pings between events, empty deltas, usage
     # only in the last chunk, events split across network writes.
     odd: bool = False

@@ -154,6 +154,13 @@ def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return stamp
 
 
+def stall_limits_from_row(row: Row) -> catalog_pb2.StallLimits | None:
+    """The row's stall limits (migration 0007); None (unset) when both inherit."""
+    if not row["first_byte_ms"] and not row["idle_ms"]:
+        return None
+    return catalog_pb2.StallLimits(first_byte_ms=row["first_byte_ms"], idle_ms=row["idle_ms"])
+
+
 def endpoint_from_row(
     row: Row, scheduled: Iterable[catalog_pb2.PriceChange] = ()
 ) -> catalog_pb2.Endpoint:
@@ -172,6 +179,7 @@ def endpoint_from_row(
         price_version=row["price_version"] or 0,
         deprecation_time=_timestamp(row["deprecation_at"]),
         retirement_time=_timestamp(row["retirement_at"]),
+        stall_limits=stall_limits_from_row(row),
     )
 
 
@@ -190,6 +198,7 @@ def model_from_row(row: Row, endpoints: Iterable[catalog_pb2.Endpoint]) -> catal
         deprecation_time=_timestamp(row["deprecation_at"]),
         retirement_time=_timestamp(row["retirement_at"]),
         successor_model_id=row["successor_model_id"],
+        stall_limits=stall_limits_from_row(row),
     )
 
 

@@ -48,9 +48,11 @@ NOTIFY_CHANNEL = "switchboard_catalog"
 
 _ENDPOINT_COLUMNS = """id, model_id, provider_id, upstream_model, prompt_price, completion_price,
     cached_prompt_price, cache_write_price, price_rules, context_length, max_completion_tokens,
-    supported_parameters, quantization, status, deprecation_at, retirement_at"""
+    supported_parameters, quantization, status, deprecation_at, retirement_at, first_byte_ms,
+    idle_ms"""
 _MODEL_COLUMNS = """id, display_name, description, context_length, input_modalities,
-    output_modalities, updated_at, deprecation_at, retirement_at, successor_model_id"""
+    output_modalities, updated_at, deprecation_at, retirement_at, successor_model_id,
+    first_byte_ms, idle_ms"""
 _SELECT_PROVIDERS = "SELECT id, display_name, api_format, base_url, dialect FROM providers"
 # An endpoint's price version is its newest endpoint_prices row: the trigger appends one in
 # the transaction of every price change, so the newest is the one in effect.
@@ -77,19 +79,21 @@ RETURNING id"""
 _UPSERT_MODEL = """
 INSERT INTO models AS m
     (id, display_name, description, context_length, input_modalities, output_modalities,
-     deprecation_at, retirement_at, successor_model_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+     deprecation_at, retirement_at, successor_model_id, first_byte_ms, idle_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (id) DO UPDATE SET
     display_name = EXCLUDED.display_name, description = EXCLUDED.description,
     context_length = EXCLUDED.context_length, input_modalities = EXCLUDED.input_modalities,
     output_modalities = EXCLUDED.output_modalities, deprecation_at = EXCLUDED.deprecation_at,
     retirement_at = EXCLUDED.retirement_at, successor_model_id = EXCLUDED.successor_model_id,
-    updated_at = now()
+    first_byte_ms = EXCLUDED.first_byte_ms, idle_ms = EXCLUDED.idle_ms, updated_at = now()
 WHERE (m.display_name, m.description, m.context_length, m.input_modalities,
-       m.output_modalities, m.deprecation_at, m.retirement_at, m.successor_model_id)
+       m.output_modalities, m.deprecation_at, m.retirement_at, m.successor_model_id,
+       m.first_byte_ms, m.idle_ms)
     IS DISTINCT FROM (EXCLUDED.display_name, EXCLUDED.description, EXCLUDED.context_length,
        EXCLUDED.input_modalities, EXCLUDED.output_modalities, EXCLUDED.deprecation_at,
-       EXCLUDED.retirement_at, EXCLUDED.successor_model_id)
+       EXCLUDED.retirement_at, EXCLUDED.successor_model_id, EXCLUDED.first_byte_ms,
+       EXCLUDED.idle_ms)
 RETURNING id"""
 
 _UPSERT_ENDPOINT = """
@@ -97,8 +101,8 @@ INSERT INTO endpoints AS e
     (id, model_id, provider_id, upstream_model, prompt_price, completion_price,
      cached_prompt_price, cache_write_price, price_rules, context_length,
      max_completion_tokens, supported_parameters, quantization, status, deprecation_at,
-     retirement_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13, $14, $15, $16)
+     retirement_at, first_byte_ms, idle_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13, $14, $15, $16, $17, $18)
 ON CONFLICT (id) DO UPDATE SET
     upstream_model = EXCLUDED.upstream_model, prompt_price = EXCLUDED.prompt_price,
     completion_price = EXCLUDED.completion_price,
@@ -109,15 +113,17 @@ ON CONFLICT (id) DO UPDATE SET
     supported_parameters = EXCLUDED.supported_parameters,
     quantization = EXCLUDED.quantization, status = EXCLUDED.status,
     deprecation_at = EXCLUDED.deprecation_at, retirement_at = EXCLUDED.retirement_at,
-    updated_at = now()
+    first_byte_ms = EXCLUDED.first_byte_ms, idle_ms = EXCLUDED.idle_ms, updated_at = now()
 WHERE (e.upstream_model, e.prompt_price, e.completion_price, e.cached_prompt_price,
        e.cache_write_price, e.price_rules, e.context_length, e.max_completion_tokens,
-       e.supported_parameters, e.quantization, e.status, e.deprecation_at, e.retirement_at)
+       e.supported_parameters, e.quantization, e.status, e.deprecation_at, e.retirement_at,
+       e.first_byte_ms, e.idle_ms)
     IS DISTINCT FROM (EXCLUDED.upstream_model, EXCLUDED.prompt_price,
        EXCLUDED.completion_price, EXCLUDED.cached_prompt_price, EXCLUDED.cache_write_price,
        EXCLUDED.price_rules, EXCLUDED.context_length, EXCLUDED.max_completion_tokens,
        EXCLUDED.supported_parameters, EXCLUDED.quantization, EXCLUDED.status,
-       EXCLUDED.deprecation_at, EXCLUDED.retirement_at)
+       EXCLUDED.deprecation_at, EXCLUDED.retirement_at, EXCLUDED.first_byte_ms,
+       EXCLUDED.idle_ms)
 RETURNING id"""
 
 # The price history a snapshot carries: the changes of the last ``$1`` days (the ledger's
@@ -419,6 +425,8 @@ async def _upsert_model(conn: asyncpg.Connection, model: catalog_pb2.Model) -> b
         convert.time_to_db(model, "deprecation_time"),
         convert.time_to_db(model, "retirement_time"),
         model.successor_model_id,
+        model.stall_limits.first_byte_ms,
+        model.stall_limits.idle_ms,
     )
     return row is not None
 
@@ -458,6 +466,8 @@ async def _upsert_endpoint(conn: asyncpg.Connection, endpoint: catalog_pb2.Endpo
         convert.status_to_db(endpoint.status),
         convert.time_to_db(endpoint, "deprecation_time"),
         convert.time_to_db(endpoint, "retirement_time"),
+        endpoint.stall_limits.first_byte_ms,
+        endpoint.stall_limits.idle_ms,
     )
     if due:
         await conn.execute(_SET_EFFECTIVE_AT, "")

@@ -48,6 +48,10 @@ MAX_SCHEDULED_PRICES = 16
 MAX_TIERS = 16
 MAX_WINDOWS = 24
 SCHEDULE_CLOCK_SKEW = timedelta(minutes=5)
+# StallLimits, in milliseconds when set (0 inherits): below 100 ms a healthy stream would be
+# cut between two tokens; above an hour it is no limit (migration 0007 checks the same).
+MIN_STALL_MS = 100
+MAX_STALL_MS = 3_600_000
 
 
 def endpoint_id(provider_id: str, model_id: str) -> str:
@@ -97,6 +101,7 @@ def model_violations(model: catalog_pb2.Model, prefix: str) -> Violations:
             out.append((f"{prefix}.{name}", "at least one, e.g. 'text'"))
         out.extend(_list_violations(f"{prefix}.{name}", values, _MODALITY, "a modality"))
     out.extend(lifecycle_violations(model, prefix))
+    out.extend(stall_violations(model.stall_limits, f"{prefix}.stall_limits"))
     if model.successor_model_id:
         problem = model_id_problem(model.successor_model_id)
         if problem:
@@ -141,6 +146,7 @@ def endpoint_violations(
     if endpoint.status not in catalog_pb2.EndpointStatus.values():
         out.append((f"{prefix}.status", "must be a known EndpointStatus"))
     out.extend(lifecycle_violations(endpoint, prefix))
+    out.extend(stall_violations(endpoint.stall_limits, f"{prefix}.stall_limits"))
     out.extend(scheduled_violations(endpoint.scheduled_prices, f"{prefix}.scheduled_prices", now))
     return out
 
@@ -248,6 +254,21 @@ def _rate_violations(pricing: common_pb2.Pricing, prefix: str, *, required: bool
                     f"{prefix}.{name}",
                     f"at most {MAX_USD_PER_MTOK} USD per million tokens (the ledger refuses"
                     " generations dearer than that per token)",
+                )
+            )
+    return out
+
+
+def stall_violations(limits: catalog_pb2.StallLimits, prefix: str) -> Violations:
+    """Each limit 0 (inherit) or from :data:`MIN_STALL_MS` to :data:`MAX_STALL_MS`."""
+    out: Violations = []
+    for name in ("first_byte_ms", "idle_ms"):
+        value: int = getattr(limits, name)
+        if value and not MIN_STALL_MS <= value <= MAX_STALL_MS:
+            out.append(
+                (
+                    f"{prefix}.{name}",
+                    f"0 (inherit) or from {MIN_STALL_MS} to {MAX_STALL_MS} milliseconds (an hour)",
                 )
             )
     return out

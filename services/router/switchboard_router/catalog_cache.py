@@ -28,6 +28,7 @@ from switchboard_router.lifecycle import (
     of_endpoint,
     of_model,
 )
+from switchboard_router.providers.base import DEFAULT_STALL, StallLimits
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class Route:
     price_version: int = 0  # the catalog's id for ``price`` (0: unknown); stamped on events
     # Deprecation and retirement (the endpoint's own dates within its model's; lifecycle.py).
     lifecycle: Lifecycle = NO_LIFECYCLE
+    # How long the endpoint's stream may be silent (:func:`stall_limits`).
+    stall: StallLimits = DEFAULT_STALL
     # The rates of a short prompt outside any time window: what price filters and the
     # cheapest-first order compare. Resolved once, when the snapshot is built, not per request.
     base_rates: Resolved = field(init=False, repr=False, compare=False)
@@ -83,8 +86,12 @@ class Snapshot:
 
     @classmethod
     def from_proto(
-        cls, message: catalog_pb2.WatchCatalogResponse, now: datetime | None = None
+        cls,
+        message: catalog_pb2.WatchCatalogResponse,
+        now: datetime | None = None,
+        stall: StallLimits = DEFAULT_STALL,
     ) -> Snapshot:
+        """``stall``: the router's stall limits, for endpoints and models that set none."""
         now = now or now_utc()
         providers = {p.id: p for p in message.providers}
         routes: dict[str, tuple[Route, ...]] = {}
@@ -93,6 +100,7 @@ class Snapshot:
         for model in message.models:
             found = []
             model_lifecycle = of_model(model)
+            model_stall = stall_limits(stall, model.stall_limits)
             serving: list[Lifecycle] = []
             for e in model.endpoints:
                 provider = providers.get(e.provider_id)
@@ -118,6 +126,7 @@ class Snapshot:
                         supported_parameters=frozenset(e.supported_parameters),
                         input_modalities=frozenset(model.input_modalities or ("text",)),
                         lifecycle=lifecycle,
+                        stall=stall_limits(model_stall, e.stall_limits),
                     )
                 )
             routes[model.id] = tuple(found)
@@ -133,11 +142,25 @@ class Snapshot:
         )
 
 
-class CatalogCache(CatalogWatch):
-    """The router's copy of the catalog, kept fresh by a WatchCatalog stream (the task)."""
+def stall_limits(inherited: StallLimits, limits: catalog_pb2.StallLimits) -> StallLimits:
+    """``inherited`` with each limit the catalog sets (milliseconds, 0 = inherit) in its
+    place: applied to the router's defaults with the model's, then with the endpoint's, the
+    most specific wins."""
+    if not limits.first_byte_ms and not limits.idle_ms:
+        return inherited
+    return StallLimits(
+        limits.first_byte_ms / 1000 if limits.first_byte_ms else inherited.first_byte,
+        limits.idle_ms / 1000 if limits.idle_ms else inherited.idle,
+    )
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+
+class CatalogCache(CatalogWatch):
+    """The router's copy of the catalog, kept fresh by a WatchCatalog stream (the task).
+    ``stall``: the router's stall limits, resolved into each route when a snapshot is built."""
+
+    def __init__(self, channel: grpc.aio.Channel, stall: StallLimits = DEFAULT_STALL) -> None:
         super().__init__(channel)
+        self._stall = stall
         self._snapshot = Snapshot.empty()
         self._message: catalog_pb2.WatchCatalogResponse | None = None
         self.clock = now_utc
@@ -150,7 +173,7 @@ class CatalogCache(CatalogWatch):
         if snapshot.fresh_until is not None and self._message is not None:
             now = self.clock()
             if now >= snapshot.fresh_until:
-                self._snapshot = snapshot = Snapshot.from_proto(self._message, now)
+                self._snapshot = snapshot = Snapshot.from_proto(self._message, now, self._stall)
         return snapshot
 
     @snapshot.setter
@@ -164,7 +187,7 @@ class CatalogCache(CatalogWatch):
 
     def apply(self, message: catalog_pb2.WatchCatalogResponse) -> None:
         try:
-            snapshot = Snapshot.from_proto(message, self.clock())
+            snapshot = Snapshot.from_proto(message, self.clock(), self._stall)
         except ValueError:
             log.exception("catalog snapshot rejected", extra={"version": message.version})
             return

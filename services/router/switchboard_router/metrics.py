@@ -14,6 +14,12 @@ UPSTREAM_ERRORS = Counter(
     "Failed upstream attempts, by provider and error reason.",
     ["provider", "reason"],
 )
+UPSTREAM_STALLS = Counter(
+    "switchboard_router_upstream_stalls_total",
+    "Upstream streams silent past a stall limit, by provider and phase: first_byte (no body"
+    " yet; the request moved on to the next endpoint) or idle (silent after the body began).",
+    ["provider", "phase"],
+)
 FALLBACKS = Counter(
     "switchboard_router_fallbacks_total",
     "Requests served by an endpoint other than the first planned one.",

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeGuard
@@ -50,7 +50,7 @@ from switchboard_router.canonical import (
 from switchboard_router.catalog_cache import Route
 from switchboard_router.generation import Generation, Hold, new_generation_id
 from switchboard_router.provider_metadata import merged_metadata
-from switchboard_router.providers.base import Adapter, Target, UpstreamError
+from switchboard_router.providers.base import Adapter, Target, UpstreamError, UpstreamStalled
 from switchboard_router.providers.credentials import (
     ProviderCredentials,
     Withheld,
@@ -104,6 +104,12 @@ RelayEvent = (
 )
 
 
+# Told how each upstream attempt ended: its route and None once its first event came, else
+# the error that ended it (before the first event: the relay moved on; after it: the stream
+# was cut, reported after the None). For live endpoint statistics and circuit breakers; it
+# runs on the request path, so it must be quick and must not block.
+AttemptObserver = Callable[[Route, UpstreamError | None], None]
+
 # How long shutdown waits for budget settles once the usage events are written.
 SETTLE_DRAIN_SECONDS = 1.0
 
@@ -122,8 +128,10 @@ class Relay:
         sink: UsageSink,
         admission: Admission,
         inflight: InFlight | None = None,
+        observer: AttemptObserver | None = None,
     ) -> None:
         self._adapters = adapters
+        self._observer = observer
         self._credentials = credentials
         self._sink = sink
         self._admission = admission
@@ -146,7 +154,16 @@ class Relay:
             key,
             dialect=route.dialect,
             max_completion_tokens=route.max_completion_tokens,
+            stall=route.stall,
         )
+
+    def _failed(self, route: Route, error: UpstreamError) -> None:
+        """Count an attempt's failure (stalls by phase too) and tell the observer."""
+        metrics.UPSTREAM_ERRORS.labels(route.provider_id, error.reason).inc()
+        if type(error) is UpstreamStalled:
+            metrics.UPSTREAM_STALLS.labels(route.provider_id, error.phase).inc()
+        if self._observer is not None:
+            self._observer(route, error)
 
     @staticmethod
     def _unsupported(request: CompletionRequest, route: Route, adapter: Adapter) -> frozenset[str]:
@@ -242,7 +259,7 @@ class Relay:
                 except Exception as crash:  # an adapter's bug: the provider's stream, unread
                     raise guard.failure(crash) from crash
             except UpstreamError as error:
-                metrics.UPSTREAM_ERRORS.labels(route.provider_id, error.reason).inc()
+                self._failed(route, error)
                 log.info(
                     "upstream attempt failed",
                     extra={"endpoint": route.endpoint_id, "reason": error.reason},
@@ -253,6 +270,8 @@ class Relay:
                 continue
             if attempt:
                 metrics.FALLBACKS.inc()
+            if self._observer is not None:
+                self._observer(route, None)
             generation = Generation(
                 id=new_generation_id(),
                 attempt=attempt,
@@ -366,7 +385,7 @@ class Relay:
             )
         except UpstreamError as error:
             status = metering_pb2.GENERATION_STATUS_FAILED
-            metrics.UPSTREAM_ERRORS.labels(generation.route.provider_id, error.reason).inc()
+            self._failed(generation.route, error)
             raise
         finally:
             if not done and status != metering_pb2.GENERATION_STATUS_COMPLETED:

@@ -78,6 +78,7 @@ class AnthropicMessagesAdapter:
             headers,
             provider=provider,
             timeout=timeout,
+            stall=target.stall,
             error_from_body=error_from_body,
         ) as upstream:
             if upstream.is_json:

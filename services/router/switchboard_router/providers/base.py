@@ -20,6 +20,21 @@ from switchboard_router.canonical import AdapterEvent, CompletionRequest
 
 
 @dataclass(frozen=True, slots=True)
+class StallLimits:
+    """How long an upstream stream may be silent before it is called stalled, in seconds:
+    until the first byte of the response body (``first_byte``), and between two reads after
+    it (``idle``). The defaults are the router's (``SWITCHBOARD_UPSTREAM_FIRST_BYTE_SECONDS``,
+    ``SWITCHBOARD_UPSTREAM_IDLE_SECONDS``); the catalog may set either per model or endpoint
+    (:func:`switchboard_router.catalog_cache.stall_limits` resolves them)."""
+
+    first_byte: float = 15.0
+    idle: float = 30.0
+
+
+DEFAULT_STALL = StallLimits()
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     """Where and as what an adapter sends one request."""
 
@@ -33,6 +48,8 @@ class Target:
     # The endpoint's output cap from the catalog, 0 when unknown (for providers that require
     # max_tokens, such as Anthropic).
     max_completion_tokens: int = 0
+    # How long the stream may be silent (the endpoint's limits, resolved).
+    stall: StallLimits = DEFAULT_STALL
 
 
 class Adapter(Protocol):
@@ -76,6 +93,26 @@ class UpstreamError(SwitchboardError):
 
 class UpstreamUnavailable(UpstreamError):
     """5xx, connection errors, overload: another endpoint may well succeed."""
+
+
+class UpstreamStalled(UpstreamUnavailable):
+    """The provider sent nothing for longer than a stall limit. ``phase`` says which:
+    ``first_byte`` (nothing of the body yet: the relay moves on to the next endpoint) or
+    ``idle`` (silent after it began)."""
+
+    reason = "UPSTREAM_STALLED"
+
+    def __init__(self, provider_id: str, phase: str, limit: float) -> None:
+        if phase == "first_byte":
+            what = f"nothing of its answer came within {limit:g} s"
+        else:
+            what = f"its stream went silent for {limit:g} s"
+        super().__init__(
+            f"{provider_id} stalled: {what} (the {phase} stall limit)", provider_id=provider_id
+        )
+        self.metadata["stall_phase"] = phase
+        self.phase = phase
+        self.limit = limit
 
 
 class UpstreamRateLimited(UpstreamError):

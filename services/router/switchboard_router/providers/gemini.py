@@ -197,6 +197,7 @@ class GeminiAdapter:
             headers,
             provider=provider,
             timeout=timeout,
+            stall=target.stall,
             error_from_body=error_from_body,
         ) as upstream:
             state = StreamState(provider)

@@ -19,6 +19,14 @@ check cannot see what a name resolves to later:
 
 A refusal becomes :class:`UpstreamAddressRefused` (``UNAVAILABLE``), so the relay moves on to
 the next endpoint. Logs name the host and addresses, never keys or prompts.
+
+Stalls are timed by aiohttp's own read timer (``sock_read``), which the connection's protocol
+already restarts on every read, so timing them costs nothing per chunk. :func:`open_sse` sets
+it to the endpoint's first-byte limit for the request; once the headers are in, it becomes
+the idle limit for every read after the body's first (the timer running then, started by the
+headers' read, still bounds the wait for that first body byte). A silence past either limit is
+an :class:`UpstreamStalled` naming the phase: ``first_byte`` before any body byte (the relay
+then tries the next endpoint), ``idle`` after.
 """
 
 from __future__ import annotations
@@ -36,8 +44,10 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from switchboard_core.upstreams import UpstreamPolicy
 from switchboard_router.providers.base import (
+    StallLimits,
     UpstreamError,
     UpstreamProtocolError,
+    UpstreamStalled,
     UpstreamTimeout,
     UpstreamUnavailable,
     parse_retry_after,
@@ -46,8 +56,6 @@ from switchboard_router.providers.sse import SseEvent, iter_sse_batches
 
 log = logging.getLogger(__name__)
 
-# Longest silence tolerated between two bytes of a stream.
-READ_IDLE_SECONDS = 120.0
 # Largest whole (non-streamed) JSON answer read: far above any completion a model returns.
 MAX_JSON_BODY_BYTES = 64 * 1024 * 1024
 
@@ -191,13 +199,15 @@ async def open_sse(
     *,
     provider: str,
     timeout: float | None,
+    stall: StallLimits,
     error_from_body: ErrorFromBody,
 ) -> AsyncIterator[SseStream]:
     """POST ``body`` and yield the stream; any status but 200 raises the provider's error.
 
-    Timeouts become ``DEADLINE_EXCEEDED`` and connection trouble ``UNAVAILABLE``, whether they
-    happen before the response or while it streams. A redirect is not followed (nothing is
-    re-sent) and an address the policy refuses is not connected to: both ``UNAVAILABLE``.
+    The deadline (``timeout``) becomes ``DEADLINE_EXCEEDED``, a silence past a ``stall`` limit
+    :class:`UpstreamStalled` and connection trouble ``UNAVAILABLE``, whether they happen
+    before the response or while it streams. A redirect is not followed (nothing is re-sent)
+    and an address the policy refuses is not connected to: both ``UNAVAILABLE``.
     """
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream", **headers}
     try:
@@ -205,9 +215,11 @@ async def open_sse(
             url,
             data=orjson.dumps(body),
             headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout, sock_read=READ_IDLE_SECONDS),
+            timeout=aiohttp.ClientTimeout(total=timeout, sock_read=stall.first_byte),
             allow_redirects=False,
         )
+    except aiohttp.SocketTimeoutError:
+        raise UpstreamStalled(provider, "first_byte", stall.first_byte) from None
     except TimeoutError:
         raise UpstreamTimeout(f"{provider} did not answer in time", provider_id=provider) from None
     except AddressRefused as error:
@@ -218,6 +230,7 @@ async def open_sse(
         raise UpstreamUnavailable(
             f"could not reach {provider}: {type(error).__name__}", provider_id=provider
         ) from None
+    _time_idle(response, stall.idle)
     stream = SseStream(response)
     try:
         if 300 <= response.status < 400:
@@ -232,6 +245,10 @@ async def open_sse(
             retry = parse_retry_after(response.headers.get("retry-after"))
             raise error_from_body(response.status, await response.read(), provider, retry)
         yield stream
+    except aiohttp.SocketTimeoutError:
+        if response.content.total_raw_bytes:
+            raise UpstreamStalled(provider, "idle", stall.idle) from None
+        raise UpstreamStalled(provider, "first_byte", stall.first_byte) from None
     except TimeoutError:
         raise UpstreamTimeout(f"{provider} stream timed out", provider_id=provider) from None
     except aiohttp.ClientError as error:
@@ -243,6 +260,19 @@ async def open_sse(
             response.release()
         else:  # cancelled or failed: drop the connection so the provider stops generating
             response.close()
+
+
+def _time_idle(response: aiohttp.ClientResponse, idle: float) -> None:
+    """From the body's first read on, the read timer bounds silences by ``idle``. When that
+    read came with the headers, the timer restarts now; else the one running (the first-byte
+    limit, since the headers) ends at the first body byte, and the next starts at ``idle``."""
+    connection = response.connection
+    protocol = connection.protocol if connection is not None else None
+    if protocol is None:  # the whole body is in already: nothing more to wait for
+        return
+    protocol.read_timeout = idle
+    if response.content.total_raw_bytes:
+        protocol.start_timeout()
 
 
 def ended_early(provider: str) -> UpstreamUnavailable:

@@ -222,6 +222,7 @@ class OpenAIChatAdapter:
             headers,
             provider=provider,
             timeout=timeout,
+            stall=target.stall,
             error_from_body=error_from_body,
         ) as upstream:
             parser = StreamParser(provider)
