@@ -75,6 +75,10 @@ class Generation:
     # Reasoning pieces that must go back to the provider, by choice (see reasoning_blocks).
     signed: dict[int, list[ReasoningDelta]] = field(default_factory=dict)
     metadata: dict[str, Any] | None = None
+    # The streamed output, for the tokenizer should the stream be cut (usage_estimate.cut_usage):
+    # text, tool calls and refusals; and reasoning.
+    visible_texts: list[str] = field(default_factory=list)
+    reasoning_texts: list[str] = field(default_factory=list)
 
     @property
     def hides_reasoning(self) -> bool:

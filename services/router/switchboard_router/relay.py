@@ -57,7 +57,7 @@ from switchboard_router.providers.credentials import (
     withheld_error,
 )
 from switchboard_router.providers.guard import EventGuard
-from switchboard_router.usage_estimate import plausible_prompt
+from switchboard_router.usage_estimate import cut_usage, plausible_prompt
 from switchboard_router.usage_sanity import (
     checked_running,
     checked_usage,
@@ -320,24 +320,28 @@ class Relay:
             while event is not None:
                 if type(event) is TextDelta:
                     generation.text_chars += len(event.text)
+                    generation.visible_texts.append(event.text)
                     if not generation.visible_at:
                         generation.visible_at = time.monotonic()
                     yield event
                 elif type(event) is ReasoningDelta:
                     generation.text_chars += len(event.text)  # reasoning is billed output too
                     generation.reasoning_chars += len(event.text)
+                    generation.reasoning_texts.append(event.text)
                     if event.format:  # to go back to the provider on the next turn
                         generation.signed.setdefault(event.choice, []).append(event)
                     if event.text and not hide_reasoning:
                         yield event
                 elif type(event) is ToolCallDelta:
                     generation.text_chars += len(event.name) + len(event.arguments)
+                    generation.visible_texts += (event.name, event.arguments)
                     if not generation.visible_at:
                         generation.visible_at = time.monotonic()
                     guard.called(event)
                     yield event
                 elif type(event) is RefusalDelta:
                     generation.text_chars += len(event.text)
+                    generation.visible_texts.append(event.text)
                     if not generation.visible_at:
                         generation.visible_at = time.monotonic()
                     yield event
@@ -396,15 +400,20 @@ class Relay:
                     await close()
 
     def _record_cut_short(self, generation: Generation, status: int) -> None:
-        """Meter a generation that did not finish, without blocking a cancelled task."""
-        usage = generation.final_usage()
+        """Meter a generation that did not finish, in the background: a cancelled task does
+        not wait, and its output is counted with the model's tokenizer off the event loop
+        (:func:`.usage_estimate.cut_usage`)."""
+        self._spawn(self._meter_cut_short(generation, status, time.monotonic()))
+
+    async def _meter_cut_short(self, generation: Generation, status: int, now: float) -> None:
+        usage = await cut_usage(generation, now)
         cancelled = status == metering_pb2.GENERATION_STATUS_CANCELLED
         reason = Finish.CANCELLED if cancelled else Finish.ERROR
         cost = generation.cost(usage)
         event = generation.to_event(status, usage, cost, FinishEvent(reason, ""))
         self._count(generation, status, usage)
-        self._spawn(self._publish_quietly(event))
         self._settle(generation.hold, cost)
+        await self._publish_quietly(event)
 
     def _settle(self, hold: Hold | None, cost: Decimal) -> None:
         """Settle once, in the background (a cancelled request cannot cut it short)."""

@@ -6,11 +6,15 @@ is billed with :func:`estimated_usage`, marked ``estimated``:
 
 - *Prompt*: the provider's own counts when it sent them early (Anthropic's ``message_start``,
   Gemini's running ``usageMetadata``), else :func:`estimate_prompt_tokens`.
-- *Visible output*: about four streamed characters a token (:func:`estimate_tokens`), at
-  least what the provider's running counts said (Gemini's ``candidatesTokenCount``).
+- *Visible output*: the streamed text counted with the model's own tokenizer where one runs
+  here (:mod:`.token_count`: OpenAI's models and Llama 3, by :func:`cut_usage`), else about
+  four streamed characters a token (:func:`estimate_tokens`); at least what the provider's
+  running counts said (Gemini's ``candidatesTokenCount``). The prompt, when the provider sent
+  no counts of it, is counted the same way, with OpenAI's chat framing
+  (:data:`TOKENS_PER_MESSAGE`, :data:`TOKENS_PER_REPLY`).
 - *Reasoning*: the provider may be thinking without streaming what it thinks (Gemini's
   thoughts without ``includeThoughts``, OpenAI's reasoning models, Anthropic's summarised
-  thinking, billed in full). Billed as the most of: the streamed reasoning characters' estimate;
+  thinking, billed in full). Billed as the most of: the streamed reasoning's count;
   the provider's running count when it sends one (Gemini's ``thoughtsTokenCount``: exact up to
   its last chunk); else, when reasoning is known to be on (the request asked for it, or the
   provider streamed some), :func:`hidden_reasoning_allowance`: a lower bound from the time the
@@ -28,7 +32,7 @@ request's reasoning budget, else the completion budget (:func:`completion_budget
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,6 +45,7 @@ from switchboard_router.canonical import (
     UsageReport,
 )
 from switchboard_router.catalog_cache import Route
+from switchboard_router.token_count import count_tokens
 
 # Characters counted per message for its role and framing.
 MESSAGE_FRAMING_CHARS = 16
@@ -60,6 +65,15 @@ PROMPT_OVERHEAD_TOKENS = 1024
 REASONING_TOKENS_PER_SECOND = 20
 PREFILL_BASE_SECONDS = 1.0
 PREFILL_TOKENS_PER_SECOND = 5000
+# OpenAI's chat framing, for a prompt counted with the tokenizer: each message's separators
+# (3) and role (1), and the priming of the reply (OpenAI's cookbook; the recorded gpt-4o
+# prompt "What's the weather like in SF?", 7 tokens, was billed 7 + 4 + 3 = 14).
+TOKENS_PER_MESSAGE = 4
+TOKENS_PER_REPLY = 3
+# How long a cut stream's usage (its ledger event and settle, not the client) waits for the
+# tokenizer before the characters decide: the first cut starts its worker and reads the
+# encoding (~0.5 s on an idle machine).
+TOKEN_COUNT_TIMEOUT_SECONDS = 5.0
 
 
 def estimate_tokens(chars: int) -> int:
@@ -209,9 +223,17 @@ def plausible_prompt(prompt: PromptUsage) -> bool:
     )
 
 
-def _prompt_side(view: StreamView) -> UsageReport:
+def _provider_counted_prompt(view: StreamView) -> bool:
+    """Whether the provider sent counts of the prompt that :func:`_prompt_side` uses."""
+    running, prompt = view.running, view.prompt
+    return (running is not None and running.prompt_tokens > 0) or (
+        prompt is not None and plausible_prompt(prompt)
+    )
+
+
+def _prompt_side(view: StreamView, counted: int | None = None) -> UsageReport:
     """The prompt's counts (completion zero): the provider's running or early counts when
-    plausible, else the estimate."""
+    plausible, else the tokenizer's count (``counted``), else the estimate."""
     running = view.running
     if running is not None and running.prompt_tokens > 0:
         return UsageReport(
@@ -234,19 +256,31 @@ def _prompt_side(view: StreamView) -> UsageReport:
             cache_write_tokens=prompt.cache_write_tokens,
             cache_write_1h_tokens=prompt.cache_write_1h_tokens,
         )
-    return UsageReport(
-        prompt_tokens=min(estimate_prompt_tokens(view.request), MAX_PROMPT_TOKENS),
-        completion_tokens=0,
-    )
+    estimate = estimate_prompt_tokens(view.request) if counted is None else counted
+    return UsageReport(prompt_tokens=min(estimate, MAX_PROMPT_TOKENS), completion_tokens=0)
 
 
-def estimated_usage(view: StreamView, now: float) -> UsageReport:
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """Counts from the model's tokenizer: the prompt's (None: not counted, as when the
+    provider sent its own), the visible output's and the streamed reasoning's."""
+
+    prompt: int | None
+    visible: int
+    reasoning: int
+
+
+def estimated_usage(view: StreamView, now: float, counted: Counted | None = None) -> UsageReport:
     """What a generation without the provider's final usage is billed, marked estimated: see
-    the module docstring. ``now`` (monotonic) is when it was cut, or is being recorded."""
-    prompt = _prompt_side(view)
+    the module docstring. ``now`` (monotonic) is when it was cut, or is being recorded;
+    ``counted``, the tokenizer's counts (else characters are counted)."""
+    prompt = _prompt_side(view, counted.prompt if counted is not None else None)
     reasoning_chars = min(view.reasoning_chars, view.text_chars)
-    visible = estimate_tokens(view.text_chars - reasoning_chars)
-    reasoning = estimate_tokens(reasoning_chars)
+    if counted is not None:
+        visible, reasoning = counted.visible, counted.reasoning
+    else:
+        visible = estimate_tokens(view.text_chars - reasoning_chars)
+        reasoning = estimate_tokens(reasoning_chars)
     running = view.running
     audio_out = web_searches = 0
     if running is not None:
@@ -271,3 +305,45 @@ def estimated_usage(view: StreamView, now: float) -> UsageReport:
         audio_completion_tokens=min(audio_out, completion - min(reasoning, completion)),
         web_searches=web_searches,
     )
+
+
+# --- counted with the tokenizer ----------------------------------------------------------
+
+
+class CutView(StreamView, Protocol):
+    """What :func:`cut_usage` reads besides :class:`StreamView` (``Generation`` provides it)."""
+
+    @property
+    def usage(self) -> UsageReport | None: ...  # the provider's final usage, if it came
+    @property
+    def visible_texts(self) -> Sequence[str]: ...  # streamed text, tool calls, refusals
+    @property
+    def reasoning_texts(self) -> Sequence[str]: ...  # streamed reasoning
+
+
+def prompt_token_count(request: CompletionRequest, texts: Sequence[int]) -> int:
+    """The prompt's tokens from its texts' counts (``_prompt_texts`` order): OpenAI's chat
+    framing added, images at :data:`IMAGE_TOKEN_ESTIMATE`."""
+    framing = TOKENS_PER_MESSAGE * len(request.messages) + TOKENS_PER_REPLY
+    return sum(texts) + framing + image_count(request) * IMAGE_TOKEN_ESTIMATE
+
+
+async def count_cut(view: CutView, timeout: float = TOKEN_COUNT_TIMEOUT_SECONDS) -> Counted | None:
+    """The tokenizer's counts of a generation cut short, or None where no tokenizer fits the
+    model or it did not answer in ``timeout`` seconds (:func:`.token_count.count_tokens`)."""
+    prompt = () if _provider_counted_prompt(view) else tuple(_prompt_texts(view.request))
+    parts = [tuple(view.visible_texts), tuple(view.reasoning_texts), *((t,) for t in prompt)]
+    counts = await count_tokens(view.route.upstream_model or view.route.model_id, parts, timeout)
+    if counts is None:
+        return None
+    visible, reasoning, *texts = counts
+    return Counted(prompt_token_count(view.request, texts) if prompt else None, visible, reasoning)
+
+
+async def cut_usage(view: CutView, now: float) -> UsageReport:
+    """What a generation cut short at ``now`` (monotonic) is billed: the provider's final
+    usage if it came, else :func:`estimated_usage` with the output (and the prompt, if the
+    provider sent no counts of it) counted by the model's tokenizer where one fits."""
+    if view.usage is not None:
+        return view.usage
+    return estimated_usage(view, now, await count_cut(view))
