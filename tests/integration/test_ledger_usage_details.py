@@ -192,7 +192,8 @@ async def test_the_migration_applies_to_a_ledger_with_rows(
             T0,
         )
         assert await migrate(pool, "metering", MIGRATIONS) == [
-            "0006_usage_details_and_price_version.sql"
+            "0006_usage_details_and_price_version.sql",
+            "0007_swept_generations.sql",
         ]
         ledger = Ledger(
             pool, Partitions(pool, window=EventWindow(clock=lambda: T0 + timedelta(days=1)))

@@ -142,3 +142,18 @@ async def test_a_forwarded_key_reads_its_account_and_operators_read_all(
         metering_pb2.GetBalanceRequest(account_id=mine), metadata=as_tenant(a)
     )
     assert balance.account.account_id == mine
+
+
+async def test_record_usage_refuses_a_swept_event(metering: Metering) -> None:
+    """Only metering's sweep records a swept (provisional) row: a caller of RecordUsage may
+    not, or it could have its own later event replace what it recorded."""
+    key = await metering.stub.CreateApiKey(metering_pb2.CreateApiKeyRequest(account_id=account()))
+    event = usage_event(key.api_key.id)
+    event.swept = True
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await metering.router.RecordUsage(metering_pb2.RecordUsageRequest(events=[event]))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(refused.value) == ["events[0].swept"]
+    event.swept = False
+    recorded = await metering.router.RecordUsage(metering_pb2.RecordUsageRequest(events=[event]))
+    assert recorded.recorded_count == 1

@@ -3,7 +3,8 @@
 :meth:`Ledger.record` writes a batch of ``UsageEvent`` in one statement (so one transaction
 and one round trip): new generations are inserted, replayed ones are skipped, and only the
 new rows are added to ``usage_rollups``. Replaying any event any number of times, in any
-order or batch, leaves the ledger and the rollups as if it had been recorded once.
+order or batch, leaves the ledger and the rollups as if it had been recorded once; but a swept
+row is provisional, replaced once by its router's own event (:mod:`.ledger_corrections`).
 
 A row is keyed by ``(generation_id, attempt, created_at)``: ``generations`` is partitioned by
 month of ``created_at`` (:mod:`switchboard_metering.partitions`), and Postgres keys a
@@ -51,6 +52,7 @@ from switchboard_metering.event_rules import (
     check_event,
     validate_events,
 )
+from switchboard_metering.ledger_corrections import correct, correction_sql
 from switchboard_metering.partitions import Partitions
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,7 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("latency_ms", "bigint"),
     ("ttft_ms", "bigint"),
     ("price_version", "bigint"),
+    ("swept", "boolean"),
 )
 _NAMES = ", ".join(name for name, _ in _COLUMNS)
 _CREATED_AT = [name for name, _ in _COLUMNS].index("created_at")
@@ -128,14 +131,15 @@ _COUNTS = ", ".join(COUNT_FIELDS)
 _MAX_SETTLE_ROUNDS = 5
 
 _KEY = "generation_id, attempt, created_at"
-# Duplicates inside the batch are dropped first (the first occurrence wins), and events
-# dated before the retention horizon are set aside; rows are inserted in key order so that
-# concurrent writers take locks in the same order.
+# Duplicates inside the batch are dropped first (the first occurrence wins, but a router's
+# own event over a swept one), and events dated before the retention horizon are set aside;
+# rows are inserted in key order so that concurrent writers take locks in the same order.
+# ``skipped``: events not swept and not inserted (duplicates, or corrections of swept rows).
 _RECORD_SQL = f"""
 WITH input AS (
     SELECT DISTINCT ON ({_KEY}) {_NAMES}
     FROM unnest({_ARRAYS}) WITH ORDINALITY AS e({_NAMES}, ord)
-    ORDER BY {_KEY}, ord
+    ORDER BY {_KEY}, swept, ord
 ),
 horizon AS (SELECT retained_from FROM ledger_retention),
 inserted AS (
@@ -143,7 +147,7 @@ inserted AS (
     SELECT {_NAMES} FROM input WHERE created_at >= (SELECT retained_from FROM horizon)
     ORDER BY {_KEY}
     ON CONFLICT ({_KEY}) DO NOTHING
-    RETURNING key_id, model_id, provider_id, created_at, {_COUNTS}, cost
+    RETURNING key_id, model_id, provider_id, created_at, {_COUNTS}, cost, swept
 ),
 rolled AS (
     INSERT INTO usage_rollups
@@ -156,8 +160,12 @@ rolled AS (
 )
 SELECT (SELECT count(*) FROM inserted) AS recorded,
        (SELECT count(*) FROM input WHERE created_at < (SELECT retained_from FROM horizon))
-           AS expired
+           AS expired,
+       (SELECT count(*) FROM input
+        WHERE NOT swept AND created_at >= (SELECT retained_from FROM horizon))
+       - (SELECT count(*) FROM inserted WHERE NOT swept) AS skipped
 """
+_CORRECT_SQL = correction_sql(_COLUMNS)
 
 _QUERY_SQL = f"""
 SELECT date_trunc($4, bucket_start, 'UTC') AS bucket_start, model_id, provider_id,
@@ -180,6 +188,7 @@ class WriteResult:
     recorded: int
     duplicates: int
     expired: int = 0  # dated before the retention horizon: ignored
+    corrected: int = 0  # replaced a swept row (ledger_corrections)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +224,7 @@ def _row(event: metering_pb2.UsageEvent) -> tuple[Any, ...]:
         event.latency_ms,
         event.time_to_first_token_ms,
         event.price_version,
+        event.swept,
     )
 
 
@@ -239,6 +249,7 @@ def _event_from_row(row: asyncpg.Record) -> metering_pb2.UsageEvent:
         time_to_first_token_ms=row["ttft_ms"],
         streamed=row["streamed"],
         price_version=row["price_version"],
+        swept=row["swept"],
     )
     event.create_time.FromDatetime(row["created_at"])
     return event
@@ -355,8 +366,14 @@ class Ledger:
             written = await self._pool.fetchrow(_RECORD_SQL, *columns)
         assert written is not None
         recorded, expired = int(written["recorded"]), int(written["expired"])
+        corrected = 0
+        if written["skipped"]:  # perhaps swept rows to replace (a second statement)
+            corrected = await correct(self._pool, _CORRECT_SQL, columns, source)
         result = WriteResult(
-            recorded=recorded, duplicates=batch.size - recorded - expired, expired=expired
+            recorded=recorded,
+            duplicates=batch.size - recorded - expired - corrected,
+            expired=expired,
+            corrected=corrected,
         )
         EVENTS_INGESTED.labels(source).inc(result.recorded)
         EVENTS_DUPLICATE.labels(source).inc(result.duplicates)

@@ -126,9 +126,17 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     ) -> metering_pb2.RecordUsageResponse:
         if len(request.events) > MAX_EVENTS_PER_REQUEST:
             raise InvalidArgument({"events": f"at most {MAX_EVENTS_PER_REQUEST} per request"})
+        swept = {
+            f"events[{i}].swept": "only metering's sweep records swept events"
+            for i, event in enumerate(request.events)
+            if event.swept
+        }
+        if swept:  # a swept row is provisional: a caller must not make its own so
+            raise InvalidArgument(swept)
         result = await self._ledger.record(request.events, source="rpc")
         return metering_pb2.RecordUsageResponse(
-            recorded_count=result.recorded, duplicate_count=result.duplicates
+            recorded_count=result.recorded + result.corrected,
+            duplicate_count=result.duplicates,
         )
 
     async def GetGeneration(

@@ -54,6 +54,9 @@ def _failed_event(generation: Generation) -> tuple[metering_pb2.UsageEvent, int]
         metering_pb2.GENERATION_STATUS_FAILED, usage, cost, FinishEvent(Finish.ERROR, "")
     )
     event.usage.estimated = True  # what the router knew at its last heartbeat
+    # Provisional: the router's own event for the generation replaces the ledger row. The
+    # template keeps the flag and the progress never sets it, so the sweep's merge keeps it.
+    event.swept = True
     return event, to_pico(cost)
 
 

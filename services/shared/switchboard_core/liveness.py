@@ -38,10 +38,15 @@ the records or the event, never neither.
 Timing: a killed router's heartbeat expires after the TTL and metering sweeps every ``sweep``
 seconds (5 s), so its reservations return and its generations are recorded within TTL + sweep
 (~15 s) of the kill. Death cannot be told from silence: a router cut off from Redis for longer
-than the TTL (a partition, a long pause) is swept too. Its later events share the ledger key of
-the swept ones, so the ledger keeps one row per generation, and its late settles count
-nothing (the settled markers); when it beats again it logs the lapse and registers its
-generations again. Keys expire by the clock while Redis is down, so metering sweeps nothing
+than the TTL (a partition, a long pause) is swept too. So the swept events are provisional:
+the template carries ``swept`` (the progress never sets it, so the merge keeps it), and the
+router's own later event for the same generation and attempt, which is what its client was
+told, replaces the swept ledger row once, rollups corrected
+(:mod:`switchboard_metering.ledger_corrections`); a swept event after the router's own is a
+duplicate. Its late settles count nothing (the settled markers), so the key's Redis spend
+keeps the swept cost until metering's resync raises it to the ledger's (a real cost below the
+swept one stays counted at the swept one); when it beats again it logs the lapse and registers
+its generations again. Keys expire by the clock while Redis is down, so metering sweeps nothing
 until Redis has been up for a TTL (live routers have beaten again by then).
 
 Idempotency: a sweep deletes what it acts on in the same script, so a second sweep, or another
