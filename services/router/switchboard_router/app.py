@@ -10,20 +10,23 @@ from switchboard_core.budget import BudgetStore
 from switchboard_core.channels import service_channel
 from switchboard_core.key_changes import KeyChangeListener, channel_name
 from switchboard_core.liveness import Liveness, new_router_id
-from switchboard_core.redis_client import create_redis
+from switchboard_core.redis_client import RedisDeadline, create_redis
 from switchboard_core.remote_credentials import MeteringCredentials
 from switchboard_core.server import GrpcServer, Registration
+from switchboard_router import metrics
 from switchboard_router.account import AccountReads
 from switchboard_router.admission import Admission
 from switchboard_router.auth import KeyVerifier, RouterCredentials
 from switchboard_router.catalog_cache import CatalogCache
 from switchboard_router.config import RouterConfig
 from switchboard_router.inflight import InFlight
+from switchboard_router.providers.base import StallLimits
 from switchboard_router.providers.credentials import ProviderCredentials
 from switchboard_router.providers.http import create_session
 from switchboard_router.providers.registry import build_adapters
 from switchboard_router.relay import Relay
 from switchboard_router.service import RouterServicer
+from switchboard_router.spool import Replayer, Spool, spool_dir
 from switchboard_router.usage_sink import UsageSink
 
 log = logging.getLogger(__name__)
@@ -32,9 +35,12 @@ log = logging.getLogger(__name__)
 async def create_app(config: RouterConfig) -> GrpcServer:
     catalog_channel = service_channel(config.catalog_addr, config.internal_tls)
     metering_channel = service_channel(config.metering_addr, config.internal_tls)
-    redis = create_redis(config.redis_url)
+    redis = create_redis(config.redis_url, timeout=config.redis_timeout_seconds)
     session = create_session(config.upstream_policy)
-    catalog = CatalogCache(catalog_channel)
+    catalog = CatalogCache(
+        catalog_channel,
+        StallLimits(config.upstream_first_byte_seconds, config.upstream_idle_seconds),
+    )
     catalog.start()
     inflight = InFlight(  # this router's heartbeat and generations, for metering's sweep
         Liveness(redis, config.budget_prefix),
@@ -42,25 +48,59 @@ async def create_app(config: RouterConfig) -> GrpcServer:
         config.heartbeat_seconds,
         config.heartbeat_ttl_seconds,
     )
+    # Request-path Redis calls: bounded, and failing at once while Redis is known down.
+    redis_deadline = RedisDeadline(
+        config.redis_timeout_seconds,
+        on_failure=lambda operation, cause: metrics.REDIS_FAILURES.labels(operation, cause).inc(),
+    )
+    spool = await Spool.open(  # usage events and settles that could not be delivered
+        spool_dir(config.spool_dir, redis, config.usage_stream, config.budget_prefix)
+    )
     admission = Admission(
         BudgetStore(redis, config.budget_prefix),
         config.reservation_ceiling_tokens,
         ttl_seconds=config.max_request_seconds + 60,  # the fallback when nothing sweeps
         holder=inflight.router_id,
+        deadline=redis_deadline,
+        spool=spool,
     )
+    sink = UsageSink(
+        redis,
+        config.usage_stream,
+        metering_channel,
+        inflight,
+        deadline=redis_deadline,
+        fallback_seconds=config.usage_fallback_seconds,
+        spool=spool,
+    )
+    replayer = Replayer(spool, {"usage": sink.deliver_spooled, "settle": admission.deliver_spooled})
+    replayer.start()  # at once: what a previous process left first
     relay = Relay(
         build_adapters(session),
         ProviderCredentials(config.provider_keys, config.provider_hosts),
-        UsageSink(redis, config.usage_stream, metering_channel, inflight),
+        sink,
         admission,
         inflight,
     )
     credentials = RouterCredentials(
-        KeyVerifier(metering_channel, config.key_cache_seconds),
-        MeteringCredentials(metering_channel, ttl_seconds=config.key_cache_seconds),
+        KeyVerifier(
+            metering_channel,
+            config.key_cache_seconds,
+            stale_seconds=config.key_stale_seconds,
+            timeout_seconds=config.key_verify_timeout_seconds,
+        ),
+        MeteringCredentials(
+            metering_channel,
+            ttl_seconds=config.key_cache_seconds,
+            stale_seconds=config.key_stale_seconds,
+            timeout_seconds=config.key_verify_timeout_seconds,
+        ),
     )
     key_changes = KeyChangeListener(
-        redis, channel_name(config.budget_prefix), credentials.invalidate
+        redis,
+        channel_name(config.budget_prefix),
+        credentials.key_changed,
+        credentials.resubscribed,
     )
     key_changes.start()
     inflight.start()
@@ -77,9 +117,11 @@ async def create_app(config: RouterConfig) -> GrpcServer:
     async def close() -> None:
         await key_changes.stop()
         await relay.drain()
+        await replayer.finish()  # delivers what it can, so leaving leaves fewer records
         await inflight.stop()  # only once drained: what is left gets swept
         await catalog.stop()
         await session.close()
+        spool.close()
         await redis.aclose()
         await catalog_channel.close(None)
         await metering_channel.close(None)

@@ -49,6 +49,24 @@ class RouterConfig:
     # How the router calls catalog and metering (its own certificate); ``server.tls`` is how
     # it serves its public port.
     internal_tls: TlsConfig = field(default_factory=TlsConfig)
+    # Bounded waits on dependencies (docs/RELIABILITY.md). The longest a request-path Redis
+    # call (a reservation, the usage outbox) may take, retries included, before the router
+    # treats Redis as unavailable.
+    redis_timeout_seconds: float = 0.5
+    # The longest the usage write may wait on metering's RecordUsage when the outbox failed,
+    # before the event goes to the local spool.
+    usage_fallback_seconds: float = 0.5
+    # Where usage events and settles that could not reach Redis or metering are kept until
+    # they can ("" = the spool module's default).
+    spool_dir: str = ""
+    # How long a key metering verified before keeps serving while metering is unreachable.
+    key_stale_seconds: float = 600.0
+    # The longest a request waits on metering to verify a key it has never seen.
+    key_verify_timeout_seconds: float = 0.8
+    # Upstream stalls, unless the catalog sets them per endpoint or model: the longest wait
+    # for a provider's first byte, and the longest silence between two reads after it.
+    upstream_first_byte_seconds: float = 15.0
+    upstream_idle_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RouterConfig:
@@ -74,6 +92,23 @@ class RouterConfig:
             ),
             heartbeat_seconds=heartbeat_seconds,
             heartbeat_ttl_seconds=heartbeat_ttl_seconds,
+            redis_timeout_seconds=reader.float(
+                "SWITCHBOARD_REDIS_TIMEOUT_SECONDS", 0.5, min_value=0.05
+            ),
+            usage_fallback_seconds=reader.float(
+                "SWITCHBOARD_USAGE_FALLBACK_SECONDS", 0.5, min_value=0.05
+            ),
+            spool_dir=reader.str("SWITCHBOARD_SPOOL_DIR", ""),
+            key_stale_seconds=reader.float("SWITCHBOARD_KEY_STALE_SECONDS", 600.0, min_value=0),
+            key_verify_timeout_seconds=reader.float(
+                "SWITCHBOARD_KEY_VERIFY_TIMEOUT_SECONDS", 0.8, min_value=0.05
+            ),
+            upstream_first_byte_seconds=reader.float(
+                "SWITCHBOARD_UPSTREAM_FIRST_BYTE_SECONDS", 15.0, min_value=0.1
+            ),
+            upstream_idle_seconds=reader.float(
+                "SWITCHBOARD_UPSTREAM_IDLE_SECONDS", 30.0, min_value=0.1
+            ),
         )
         reader.finish()
         return config
