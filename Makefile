@@ -56,6 +56,10 @@ soak: install ## Crash soak: 5,000 streamed generations while metering, router, 
 fuzz: install ## Bad input to every RPC of every server: CALLS per server (30000), SEED for another run
 	SWITCHBOARD_FUZZ_CALLS=$(or $(CALLS),30000) SWITCHBOARD_FUZZ_SEED=$(SEED) $(PY) -m pytest tests/e2e/test_fuzz.py -v -s
 
+.PHONY: chaos
+chaos: install ## Network faults on each link under load, one table row per scenario (FAULT_SECONDS=20, ONLY=name part)
+	$(PY) -m tests.chaos --fault-seconds $(or $(FAULT_SECONDS),20) $(foreach o,$(ONLY),--only $(o)) $(CHAOS_ARGS)
+
 .PHONY: reconcile
 reconcile: install ## Recompute usage rollups from the ledger and report differences (FIX=1 repairs)
 	$(PY) -m switchboard_metering reconcile $(if $(FIX),--fix,)
