@@ -10,8 +10,11 @@ than after the cache time, and no other key has to go back to metering.
 The cache time stays the bound when a message is lost (Redis down): a listener that
 (re)subscribes calls ``on_resubscribe``, since it may have missed messages; the router then
 marks every cached key due for re-verification (see the cache's module doc for why it does
-not drop them). Publishing is bounded (``PUBLISH_TIMEOUT_SECONDS``): a silent Redis does not
-hold the admin call that made the change.
+not drop them). A subscribed connection to a silent Redis looks idle, so the listener pings
+every ``PING_SECONDS`` of quiet and resubscribes when no answer comes within
+``PONG_TIMEOUT_SECONDS``: a partition is noticed within ~8 s. Publishing is bounded
+(``PUBLISH_TIMEOUT_SECONDS``): a silent Redis does not hold the admin call that made the
+change.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 import redis.asyncio as redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from switchboard_core.periodic import BackgroundTask
@@ -30,6 +36,10 @@ log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 1.0
 PUBLISH_TIMEOUT_SECONDS = 1.0
+# A subscribed connection quiet this long is pinged; no answer this long after means it is
+# lost (a silent Redis).
+PING_SECONDS = 5.0
+PONG_TIMEOUT_SECONDS = 3.0
 KEY = "key"
 ACCOUNT = "account"
 OPERATOR = "operator"
@@ -102,10 +112,7 @@ class KeyChangeListener(BackgroundTask):
                 await pubsub.subscribe(self._channel)
                 self._on_resubscribe()  # anything may have changed while we were not listening
                 self.subscribed.set()
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self._on_change(_text(message.get("data")))
+                await self._listen(pubsub)
             except (RedisError, OSError) as error:
                 self.subscribed.clear()
                 log.warning(
@@ -116,6 +123,26 @@ class KeyChangeListener(BackgroundTask):
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        """Hand every message to ``on_change``; raise ``ConnectionError`` when a ping gets no
+        answer within :data:`PONG_TIMEOUT_SECONDS` (a silent Redis: nothing else would tell a
+        subscribed connection from an idle one)."""
+        heard = time.monotonic()  # when Redis last said anything on this connection
+        pinged: float | None = None  # when the unanswered ping went out
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            now = time.monotonic()
+            if message is not None:
+                heard, pinged = now, None
+                if message.get("type") == "message":
+                    self._on_change(_text(message.get("data")))
+            elif pinged is not None and now - pinged > PONG_TIMEOUT_SECONDS:
+                raise RedisConnectionError("redis did not answer the listener's ping")
+            elif pinged is None and now - heard > PING_SECONDS:
+                await pubsub.ping()
+                pinged = now
 
 
 def _text(data: object) -> str:
