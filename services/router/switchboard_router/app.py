@@ -13,7 +13,7 @@ from switchboard_core.liveness import Liveness, new_router_id
 from switchboard_core.redis_client import RedisDeadline, create_redis
 from switchboard_core.remote_credentials import MeteringCredentials
 from switchboard_core.server import GrpcServer, Registration
-from switchboard_router import metrics
+from switchboard_router import metrics, token_count
 from switchboard_router.account import AccountReads
 from switchboard_router.admission import Admission
 from switchboard_router.auth import KeyVerifier, RouterCredentials
@@ -118,6 +118,7 @@ async def create_app(config: RouterConfig) -> GrpcServer:
         await key_changes.stop()
         await relay.drain()
         await replayer.finish()  # delivers what it can, so leaving leaves fewer records
+        token_count.shutdown()  # the tokenizer worker, once no cut stream is left to count
         await inflight.stop()  # only once drained: what is left gets swept
         await catalog.stop()
         await session.close()

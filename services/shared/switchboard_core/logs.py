@@ -43,6 +43,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class ExpectedFailure(logging.Filter):
+    """Writes the exception of an expected, retried failure as its type and message instead
+    of a traceback: asyncpg's pool logs one each time it cannot restore its connections while
+    Postgres is unreachable, which is an outage to report, not a bug to debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.levelno < logging.ERROR:
+            error = record.exc_info[1]
+            cause = error.__cause__ if error is not None else None
+            record.__dict__["error"] = " <- ".join(
+                f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                for e in (error, cause)
+                if e is not None
+            )
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+# Loggers whose warnings carry the exceptions of failures they retry (ExpectedFailure).
+RETRYING_LOGGERS = ("asyncpg.pool",)
+
+
 def configure(service: str, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
@@ -51,3 +74,7 @@ def configure(service: str, level: str = "INFO") -> None:
     root.setLevel(level)
     for noisy in ("asyncio", "aiohttp.access"):
         logging.getLogger(noisy).setLevel("WARNING")
+    for retrying in RETRYING_LOGGERS:
+        logger = logging.getLogger(retrying)
+        if not any(isinstance(f, ExpectedFailure) for f in logger.filters):
+            logger.addFilter(ExpectedFailure())
