@@ -124,7 +124,6 @@ class KeyChangeListener(BackgroundTask):
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-
     async def _listen(self, pubsub: PubSub) -> None:
         """Hand every message to ``on_change``; raise ``ConnectionError`` when a ping gets no
         answer within :data:`PONG_TIMEOUT_SECONDS` (a silent Redis: nothing else would tell a
