@@ -70,7 +70,8 @@ import redis.asyncio as redis
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
-from switchboard_core.budget import DEFAULT_PREFIX, SETTLE_FUNCTION, day_field, month_field
+from switchboard_core.budget import DEFAULT_PREFIX, day_field, month_field
+from switchboard_core.budget_scripts import SETTLE_FUNCTION
 from switchboard_core.config import EnvReader
 
 DEFAULT_HEARTBEAT_SECONDS = 2.0
