@@ -36,7 +36,14 @@ from switchboard_core.upstreams import UpstreamPolicy
 from switchboard_core.usage_outbox import EVENT_FIELD
 from switchboard_router.admission import Admission
 from switchboard_router.auth import Caller
-from switchboard_router.canonical import CompletionRequest, Message, Role, TextDelta
+from switchboard_router.canonical import (
+    CompletionRequest,
+    Message,
+    ReasoningConfig,
+    ReasoningEffort,
+    Role,
+    TextDelta,
+)
 from switchboard_router.catalog_cache import Route, Snapshot
 from switchboard_router.providers.base import StallLimits, UpstreamError, UpstreamStalled
 from switchboard_router.providers.credentials import ProviderCredentials
@@ -108,9 +115,11 @@ def stream(redis_prefix: str) -> str:
     return f"{redis_prefix}usage-stalls-{uuid.uuid4().hex}"
 
 
-async def run(relay: Relay, routes: list[Route], into: list[RelayEvent]) -> None:
+async def run(
+    relay: Relay, routes: list[Route], into: list[RelayEvent], request: CompletionRequest = REQUEST
+) -> None:
     caller = Caller(key_id="key-1", account_id="account-1")
-    async for event in relay.run(REQUEST, routes, caller, timeout=30, streamed=True):
+    async for event in relay.run(request, routes, caller, timeout=30, streamed=True):
         into.append(event)
 
 
@@ -379,3 +388,47 @@ async def test_a_longer_model_limit_lets_a_slow_thinker_through(
         {"first_byte_ms": 3000}, {"first_byte_ms": 300}, redis_client, stream
     )
     assert error is not None and error.limit == 0.3
+
+
+THINKING = StallLimits(first_byte=3.0, idle=3.0)
+
+
+def thinking_resolved(model: dict[str, int], endpoint: dict[str, int]) -> StallLimits:
+    message = catalog_message("http://127.0.0.1:9/v1", model, endpoint)
+    return (
+        Snapshot.from_proto(message, stall=SHORT, thinking=THINKING).routes["x/y"][0].thinking_stall
+    )
+
+
+def test_a_thinking_request_gets_the_thinking_defaults_under_the_catalogs_limits() -> None:
+    assert thinking_resolved({}, {}) == THINKING
+    # What the catalog sets still wins, field by field.
+    assert thinking_resolved({"first_byte_ms": 1000}, {}) == StallLimits(1.0, 3.0)
+    assert thinking_resolved({}, {"idle_ms": 700}) == StallLimits(3.0, 0.7)
+    assert ReasoningConfig(effort=ReasoningEffort.HIGH).thinks
+    assert ReasoningConfig().thinks  # the provider's default amount of thinking
+    assert not ReasoningConfig(effort=ReasoningEffort.NONE).thinks
+    assert not ReasoningConfig(enabled=False).thinks
+
+
+async def test_a_request_that_asks_to_think_waits_the_thinking_limit(
+    redis_client: redis.Redis, stream: str
+) -> None:
+    """A provider silent 1 s: past the 0.5 s default, within the 3 s thinking default."""
+    thinking = CompletionRequest(
+        model="x/y",
+        messages=(Message.of(Role.USER, "hi"),),
+        max_tokens=64,
+        reasoning=ReasoningConfig(effort=ReasoningEffort.HIGH),
+    )
+    async with (
+        openai_server.serve(Script(headers_delay=1.0)) as fake,
+        relay_for(redis_client, stream, Attempts()) as relay,
+    ):
+        message = catalog_message(fake.base_url, {}, {})
+        routes = list(Snapshot.from_proto(message, stall=SHORT, thinking=THINKING).routes["x/y"])
+        with pytest.raises(UpstreamStalled):
+            await run(relay, routes, [])
+        events: list[RelayEvent] = []
+        await run(relay, routes, events, thinking)
+    assert isinstance(events[-1], Completed)

@@ -40,6 +40,9 @@ async def create_app(config: RouterConfig) -> GrpcServer:
     catalog = CatalogCache(
         catalog_channel,
         StallLimits(config.upstream_first_byte_seconds, config.upstream_idle_seconds),
+        StallLimits(
+            config.upstream_thinking_first_byte_seconds, config.upstream_thinking_idle_seconds
+        ),
     )
     catalog.start()
     inflight = InFlight(  # this router's heartbeat and generations, for metering's sweep

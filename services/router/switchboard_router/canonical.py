@@ -209,6 +209,11 @@ class ReasoningConfig:
     exclude: bool = False
     enabled: bool = True
 
+    @property
+    def thinks(self) -> bool:
+        """Whether this asks the model to think (it may then be silent a long while)."""
+        return self.enabled and self.effort != ReasoningEffort.NONE
+
 
 @dataclass(frozen=True, slots=True)
 class ProviderPrefs:

@@ -52,8 +52,10 @@ class Route:
     price_version: int = 0  # the catalog's id for ``price`` (0: unknown); stamped on events
     # Deprecation and retirement (the endpoint's own dates within its model's; lifecycle.py).
     lifecycle: Lifecycle = NO_LIFECYCLE
-    # How long the endpoint's stream may be silent (:func:`stall_limits`).
+    # How long the endpoint's stream may be silent (:func:`stall_limits`), and the same for a
+    # request that asks the model to think (the router's thinking defaults under the catalog's).
     stall: StallLimits = DEFAULT_STALL
+    thinking_stall: StallLimits = DEFAULT_STALL
     # The rates of a short prompt outside any time window: what price filters and the
     # cheapest-first order compare. Resolved once, when the snapshot is built, not per request.
     base_rates: Resolved = field(init=False, repr=False, compare=False)
@@ -90,9 +92,12 @@ class Snapshot:
         message: catalog_pb2.WatchCatalogResponse,
         now: datetime | None = None,
         stall: StallLimits = DEFAULT_STALL,
+        thinking: StallLimits | None = None,
     ) -> Snapshot:
-        """``stall``: the router's stall limits, for endpoints and models that set none."""
+        """``stall``: the router's stall limits, for endpoints and models that set none;
+        ``thinking``: the same for requests that ask the model to think (``stall`` if None)."""
         now = now or now_utc()
+        thinking = stall if thinking is None else thinking
         providers = {p.id: p for p in message.providers}
         routes: dict[str, tuple[Route, ...]] = {}
         lifecycles: dict[str, Lifecycle] = {}
@@ -101,6 +106,7 @@ class Snapshot:
             found = []
             model_lifecycle = of_model(model)
             model_stall = stall_limits(stall, model.stall_limits)
+            model_thinking = stall_limits(thinking, model.stall_limits)
             serving: list[Lifecycle] = []
             for e in model.endpoints:
                 provider = providers.get(e.provider_id)
@@ -127,6 +133,7 @@ class Snapshot:
                         input_modalities=frozenset(model.input_modalities or ("text",)),
                         lifecycle=lifecycle,
                         stall=stall_limits(model_stall, e.stall_limits),
+                        thinking_stall=stall_limits(model_thinking, e.stall_limits),
                     )
                 )
             routes[model.id] = tuple(found)
@@ -156,11 +163,18 @@ def stall_limits(inherited: StallLimits, limits: catalog_pb2.StallLimits) -> Sta
 
 class CatalogCache(CatalogWatch):
     """The router's copy of the catalog, kept fresh by a WatchCatalog stream (the task).
-    ``stall``: the router's stall limits, resolved into each route when a snapshot is built."""
+    ``stall`` and ``thinking``: the router's stall limits (for requests that ask the model to
+    think: ``thinking``, else ``stall``), resolved into each route when a snapshot is built."""
 
-    def __init__(self, channel: grpc.aio.Channel, stall: StallLimits = DEFAULT_STALL) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        stall: StallLimits = DEFAULT_STALL,
+        thinking: StallLimits | None = None,
+    ) -> None:
         super().__init__(channel)
         self._stall = stall
+        self._thinking = thinking
         self._snapshot = Snapshot.empty()
         self._message: catalog_pb2.WatchCatalogResponse | None = None
         self.clock = now_utc
@@ -173,7 +187,9 @@ class CatalogCache(CatalogWatch):
         if snapshot.fresh_until is not None and self._message is not None:
             now = self.clock()
             if now >= snapshot.fresh_until:
-                self._snapshot = snapshot = Snapshot.from_proto(self._message, now, self._stall)
+                self._snapshot = snapshot = Snapshot.from_proto(
+                    self._message, now, self._stall, self._thinking
+                )
         return snapshot
 
     @snapshot.setter
@@ -187,7 +203,7 @@ class CatalogCache(CatalogWatch):
 
     def apply(self, message: catalog_pb2.WatchCatalogResponse) -> None:
         try:
-            snapshot = Snapshot.from_proto(message, self.clock(), self._stall)
+            snapshot = Snapshot.from_proto(message, self.clock(), self._stall, self._thinking)
         except ValueError:
             log.exception("catalog snapshot rejected", extra={"version": message.version})
             return

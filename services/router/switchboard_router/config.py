@@ -67,6 +67,10 @@ class RouterConfig:
     # for a provider's first byte, and the longest silence between two reads after it.
     upstream_first_byte_seconds: float = 15.0
     upstream_idle_seconds: float = 30.0
+    # The same for a request that asks the model to think (``reasoning``), which may be silent
+    # for minutes before its first token; the catalog's limits still win.
+    upstream_thinking_first_byte_seconds: float = 300.0
+    upstream_thinking_idle_seconds: float = 120.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RouterConfig:
@@ -108,6 +112,12 @@ class RouterConfig:
             ),
             upstream_idle_seconds=reader.float(
                 "SWITCHBOARD_UPSTREAM_IDLE_SECONDS", 30.0, min_value=0.1
+            ),
+            upstream_thinking_first_byte_seconds=reader.float(
+                "SWITCHBOARD_UPSTREAM_THINKING_FIRST_BYTE_SECONDS", 300.0, min_value=0.1
+            ),
+            upstream_thinking_idle_seconds=reader.float(
+                "SWITCHBOARD_UPSTREAM_THINKING_IDLE_SECONDS", 120.0, min_value=0.1
             ),
         )
         reader.finish()

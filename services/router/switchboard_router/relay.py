@@ -146,7 +146,8 @@ class Relay:
         )
 
     @staticmethod
-    def _target(route: Route, key: Secret) -> Target:
+    def _target(route: Route, key: Secret, request: CompletionRequest) -> Target:
+        thinks = request.reasoning is not None and request.reasoning.thinks
         return Target(
             route.provider_id,
             route.base_url,
@@ -154,7 +155,7 @@ class Relay:
             key,
             dialect=route.dialect,
             max_completion_tokens=route.max_completion_tokens,
-            stall=route.stall,
+            stall=route.thinking_stall if thinks else route.stall,
         )
 
     def _failed(self, route: Route, error: UpstreamError) -> None:
@@ -237,7 +238,9 @@ class Relay:
                 sent = self._admission.bounded(sent, route)
             sent_at = time.monotonic()
             events = adapter.stream(
-                sent, self._target(route, key), timeout=max(0.001, deadline - time.monotonic())
+                sent,
+                self._target(route, key, sent),
+                timeout=max(0.001, deadline - time.monotonic()),
             )
             # Inline rather than a wrapping generator: one less hop per event.
             guard = EventGuard(route.provider_id)
