@@ -1,5 +1,6 @@
-"""Metering's key verification with Postgres silent: a clear UNAVAILABLE within its bound
-(0.5 s), under the routers' own 0.8 s deadline, rather than a wait on the database."""
+"""Metering's key verification with Postgres silent (API keys for routers, operator keys for
+every admin call): a clear UNAVAILABLE within its bound (0.5 s), under the routers' own 0.8 s
+deadline, rather than a wait on the database."""
 
 from __future__ import annotations
 
@@ -37,6 +38,15 @@ async def test_verify_api_key_answers_unavailable_quickly_when_postgres_is_silen
                 assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
                 assert error_reason(raised.value) == "DATABASE_UNAVAILABLE"
                 assert elapsed < 1.0, elapsed
+            # An operator's admin call: its key's check is bounded the same way.
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await metering.stub.CreateApiKey(
+                    metering_pb2.CreateApiKeyRequest(account_id="pg-silent", name="k2"), timeout=5
+                )
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert error_reason(raised.value) == "DATABASE_UNAVAILABLE"
+            assert time.monotonic() - started < 1.0
             proxy.set("reset")  # free the stuck connections, so that stopping is quick
             proxy.set("pass")
     finally:

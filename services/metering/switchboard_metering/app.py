@@ -97,16 +97,9 @@ async def create_app(config: MeteringConfig) -> GrpcServer:
     async def announce(subject: str) -> None:
         await publish_key_change(client, channel, subject)
 
-    operators = OperatorKeyStore(pool)
+    operators = OperatorKeyStore(pool, verify_timeout_seconds=config.key_verify_db_seconds)
     audit_log = AuditLog(pool, "metering")  # admin changes, and ListAuditEvents
-    servicer = MeteringServicer(
-        keys,
-        ledger,
-        budgets,
-        operators,
-        announce,
-        verify_timeout_seconds=config.key_verify_db_seconds,
-    )
+    servicer = MeteringServicer(keys, ledger, budgets, operators, announce)
     authenticator = Authenticator(
         config.server.tls,
         LocalCredentials(keys, operators),

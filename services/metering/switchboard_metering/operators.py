@@ -20,11 +20,15 @@ from switchboard.metering.v1 import metering_pb2
 from switchboard_core.audit import event_for
 from switchboard_core.audit_log import AuditLog, migrate_audit
 from switchboard_core.auth import OperatorPrincipal, actor
-from switchboard_core.db import create_pool, migrate
+from switchboard_core.db import create_pool, fetchrow_within, migrate
 from switchboard_core.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from switchboard_core.key_format import KeyKind, hash_secret, kind_of, new_secret, shown_prefix
 from switchboard_core.rpc_owners import ALL_SCOPES, RPC_OWNERS, known_scope
-from switchboard_metering.keys import MAX_NAME_LENGTH, newest_first_page
+from switchboard_metering.keys import (
+    DEFAULT_VERIFY_TIMEOUT_SECONDS,
+    MAX_NAME_LENGTH,
+    newest_first_page,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +89,13 @@ def check_scopes(scopes: Sequence[str], granter: OperatorPrincipal | None) -> li
 class OperatorKeyStore:
     """Operator keys in Postgres (table ``operator_keys``)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, verify_timeout_seconds: float = DEFAULT_VERIFY_TIMEOUT_SECONDS
+    ) -> None:
         self._pool = pool
+        # The longest :meth:`verify` waits on Postgres (acquire and query) before answering
+        # UNAVAILABLE: metering's own admin calls and the other services' VerifyOperatorKey.
+        self._verify_timeout = verify_timeout_seconds
 
     async def create(
         self,
@@ -153,7 +162,10 @@ class OperatorKeyStore:
         otherwise, without saying why."""
         if kind_of(secret) is not KeyKind.OPERATOR:
             raise Unauthenticated(_INVALID, reason="OPERATOR_KEY_INVALID")
-        row = await self._pool.fetchrow(
+        row = await fetchrow_within(
+            self._pool,
+            self._verify_timeout,
+            "verifying the key",
             f"""SELECT {_COLUMNS} FROM operator_keys
                 WHERE secret_sha256 = $1 AND revoked_at IS NULL
                   AND (expires_at IS NULL OR expires_at > now())""",

@@ -11,11 +11,10 @@ from google.protobuf import timestamp_pb2
 
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard_core.auth import OperatorPrincipal, current_principal
-from switchboard_core.db import within
 from switchboard_core.errors import InvalidArgument
 from switchboard_core.key_changes import account_subject, key_subject, operator_subject
 from switchboard_metering.budgets import Budgets
-from switchboard_metering.keys import DEFAULT_VERIFY_TIMEOUT_SECONDS, KeyStore
+from switchboard_metering.keys import KeyStore
 from switchboard_metering.ledger import Ledger
 from switchboard_metering.operators import OperatorKeyStore
 from switchboard_metering.tenant_scope import TenantScope
@@ -66,8 +65,6 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         budgets: Budgets,
         operators: OperatorKeyStore,
         announce: Callable[[str], Awaitable[None]] | None = None,
-        *,
-        verify_timeout_seconds: float = DEFAULT_VERIFY_TIMEOUT_SECONDS,
     ) -> None:
         self._keys = keys
         self._ledger = ledger
@@ -77,8 +74,6 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         self._scope = TenantScope(keys)
         # Tells routers a key changed, so that they drop their cached copy at once.
         self._announce = announce or _no_announcement
-        # The longest VerifyOperatorKey waits on Postgres (KeyStore bounds VerifyApiKey).
-        self._verify_timeout = verify_timeout_seconds
 
     async def CreateApiKey(
         self, request: metering_pb2.CreateApiKeyRequest, context: Context
@@ -214,7 +209,5 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def VerifyOperatorKey(
         self, request: metering_pb2.VerifyOperatorKeyRequest, context: Context
     ) -> metering_pb2.VerifyOperatorKeyResponse:
-        key = await within(
-            self._verify_timeout, self._operators.verify(request.secret), "verifying the key"
-        )
+        key = await self._operators.verify(request.secret)  # bounded by the store
         return metering_pb2.VerifyOperatorKeyResponse(operator_key=key)
