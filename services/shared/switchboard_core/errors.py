@@ -200,17 +200,36 @@ def error_reason(error: grpc.aio.AioRpcError) -> str:
         return ""
 
 
+# The domain error a failed call's code is rebuilt as (from_rpc_error). INVALID_ARGUMENT is
+# not among them: its field violations are the callee's, not this service's caller's.
+_REBUILT: dict[grpc.StatusCode, type[SwitchboardError]] = {
+    cls.code: cls
+    for cls in (
+        Unauthenticated,
+        PermissionDenied,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unavailable,
+        DeadlineExceeded,
+        Internal,
+    )
+}
+
+
 def from_rpc_error(error: grpc.aio.AioRpcError) -> SwitchboardError:
-    """Rebuild a domain error from a failed call to another Switchboard service."""
+    """Rebuild a domain error from a failed call to another Switchboard service; a code
+    without a domain error of its own becomes ``UNAVAILABLE`` (``UPSTREAM_SERVICE_ERROR``)."""
     reason, metadata, retry = _error_details(error)
-    for cls in SwitchboardError.__subclasses__():
-        if cls.code == error.code() and cls is not InvalidArgument:
-            return cls(
-                error.details() or "",
-                reason=reason or None,
-                metadata=metadata,
-                retry_after_seconds=retry,
-            )
+    cls = _REBUILT.get(error.code())
+    if cls is not None:
+        return cls(
+            error.details() or "",
+            reason=reason or None,
+            metadata=metadata,
+            retry_after_seconds=retry,
+        )
     return Unavailable(
         error.details() or "upstream service failed",
         reason=reason or "UPSTREAM_SERVICE_ERROR",
