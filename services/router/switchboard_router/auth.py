@@ -32,7 +32,7 @@ from switchboard_core.auth import (
     header,
 )
 from switchboard_core.budget import Limits
-from switchboard_core.errors import Unauthenticated
+from switchboard_core.errors import Unauthenticated, Unavailable
 from switchboard_core.key_changes import (
     ACCOUNT,
     KEY,
@@ -41,6 +41,7 @@ from switchboard_core.key_changes import (
     key_subject,
     subject_kind,
 )
+from switchboard_core.money import MoneyFormatError, parse_usd
 from switchboard_core.remote_credentials import MeteringCredentials, verification_error
 from switchboard_core.verified_cache import Verified, VerifiedCache
 from switchboard_router.key_rules import KeyRules
@@ -68,8 +69,19 @@ class Caller:
 
 
 def _limits(key: metering_pb2.ApiKey) -> Limits:
+    """The key's spend limits; a malformed amount (never sent by a sound metering) makes the
+    key unverifiable rather than unlimited."""
+
     def usd(text: str) -> Decimal | None:
-        return Decimal(text) if text else None
+        if not text:
+            return None
+        try:
+            return parse_usd(text)
+        except MoneyFormatError:
+            log.error("metering sent a malformed key limit", extra={"key_id": key.id})
+            raise Unavailable(
+                "the key's limits could not be read", reason="KEY_SERVICE_UNAVAILABLE"
+            ) from None
 
     return Limits(
         total=usd(key.limits.total_usd),

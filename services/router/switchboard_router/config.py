@@ -26,7 +26,7 @@ PROVIDER_HOSTS_PREFIX = "SWITCHBOARD_PROVIDER_HOSTS_"
 @dataclass(frozen=True)
 class RouterConfig:
     server: ServerConfig
-    redis_url: str
+    redis_url: str = field(repr=False)  # may hold a password
     catalog_addr: str
     metering_addr: str
     usage_stream: str = DEFAULT_USAGE_STREAM

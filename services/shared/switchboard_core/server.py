@@ -15,7 +15,6 @@ to start, so an admin change is never made unrecorded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -142,8 +141,10 @@ class GrpcServer:
             await self._auditor.flush()
         cleanups, self.on_stop = list(self.on_stop), []
         for cleanup in cleanups:
-            with contextlib.suppress(Exception):
+            try:
                 await cleanup()
+            except Exception:  # the others still run; the traceback says what did not close
+                log.exception("cleanup failed while stopping")
         log.info("stopped")
 
     async def run_until_signal(self) -> None:
