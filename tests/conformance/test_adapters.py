@@ -2,7 +2,8 @@
 
 Each adapter runs against a local fake of its provider (``tests/fakes/<provider>_server.py``)
 that renders the same provider-neutral :class:`Script` in the provider's real wire format; each
-fake is itself checked by the provider's official SDK (``tests/integration/test_*_fake_sdk.py``).
+fake is itself checked by the provider's official SDK
+(``tests/integration/test_fakes_official_sdks.py``).
 So every case here asks all adapters the same question and expects the same canonical answer.
 """
 

@@ -1,4 +1,4 @@
-"""The catalog's configuration, read once from the environment (see docs/CONTRACTS.md)."""
+"""The catalog's configuration, read once from the environment (docs/CONFIGURATION.md)."""
 
 from __future__ import annotations
 

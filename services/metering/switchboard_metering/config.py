@@ -1,4 +1,4 @@
-"""Metering configuration, read once from the environment (see docs/CONTRACTS.md)."""
+"""Metering configuration, read once from the environment (docs/CONFIGURATION.md)."""
 
 from __future__ import annotations
 
