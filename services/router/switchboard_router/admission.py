@@ -69,7 +69,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SPOOL_KIND = "settle"
-DEFAULT_REDIS_SECONDS = 0.5
 
 
 def completion_bound(request: CompletionRequest, route: Route, ceiling: int) -> int:
@@ -184,7 +183,7 @@ class Admission:
         self._ceiling = ceiling_tokens
         self._ttl = ttl_seconds
         self._holder = holder  # this router's id: reservations name it
-        self._deadline = deadline or RedisDeadline(DEFAULT_REDIS_SECONDS)
+        self._deadline = deadline or RedisDeadline()
         self._spool = spool
 
     async def admit(

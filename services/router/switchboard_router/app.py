@@ -15,6 +15,7 @@ from switchboard_core.remote_credentials import MeteringCredentials
 from switchboard_core.server import GrpcServer, Registration
 from switchboard_router import metrics, token_count
 from switchboard_router.account import AccountReads
+from switchboard_router.admission import SPOOL_KIND as SETTLE_KIND
 from switchboard_router.admission import Admission
 from switchboard_router.auth import KeyVerifier, RouterCredentials
 from switchboard_router.catalog_cache import CatalogCache
@@ -27,6 +28,7 @@ from switchboard_router.providers.registry import build_adapters
 from switchboard_router.relay import Relay
 from switchboard_router.service import RouterServicer
 from switchboard_router.spool import Replayer, Spool, spool_dir
+from switchboard_router.usage_sink import SPOOL_KIND as USAGE_KIND
 from switchboard_router.usage_sink import UsageSink
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,10 @@ async def create_app(config: RouterConfig) -> GrpcServer:
         fallback_seconds=config.usage_fallback_seconds,
         spool=spool,
     )
-    replayer = Replayer(spool, {"usage": sink.deliver_spooled, "settle": admission.deliver_spooled})
+    replayer = Replayer(
+        spool,
+        {USAGE_KIND: sink.deliver_spooled, SETTLE_KIND: admission.deliver_spooled},
+    )
     replayer.start()  # at once: what a previous process left first
     relay = Relay(
         build_adapters(session),

@@ -12,6 +12,7 @@ from switchboard_core.liveness import (
     DEFAULT_HEARTBEAT_TTL_SECONDS,
     read_heartbeat,
 )
+from switchboard_core.redis_client import DEFAULT_DEADLINE_SECONDS
 from switchboard_core.tls import TlsConfig
 from switchboard_core.upstreams import UpstreamPolicy, parse_host_entry, read_upstream_policy
 from switchboard_core.usage_outbox import DEFAULT_USAGE_STREAM
@@ -52,7 +53,7 @@ class RouterConfig:
     # Bounded waits on dependencies (docs/RELIABILITY.md). The longest a request-path Redis
     # call (a reservation, the usage outbox) may take, retries included, before the router
     # treats Redis as unavailable.
-    redis_timeout_seconds: float = 0.5
+    redis_timeout_seconds: float = DEFAULT_DEADLINE_SECONDS
     # The longest the usage write may wait on metering's RecordUsage when the outbox failed,
     # before the event goes to the local spool.
     usage_fallback_seconds: float = 0.5
@@ -97,7 +98,7 @@ class RouterConfig:
             heartbeat_seconds=heartbeat_seconds,
             heartbeat_ttl_seconds=heartbeat_ttl_seconds,
             redis_timeout_seconds=reader.float(
-                "SWITCHBOARD_REDIS_TIMEOUT_SECONDS", 0.5, min_value=0.05
+                "SWITCHBOARD_REDIS_TIMEOUT_SECONDS", DEFAULT_DEADLINE_SECONDS, min_value=0.05
             ),
             usage_fallback_seconds=reader.float(
                 "SWITCHBOARD_USAGE_FALLBACK_SECONDS", 0.5, min_value=0.05

@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SPOOL_KIND = "usage"
-DEFAULT_REDIS_SECONDS = 0.5
 DEFAULT_FALLBACK_SECONDS = 0.5
 
 
@@ -71,7 +70,7 @@ class UsageSink:
         self._stream = stream
         self._metering = metering_pb2_grpc.MeteringServiceStub(metering)
         self._inflight = inflight
-        self._deadline = deadline or RedisDeadline(DEFAULT_REDIS_SECONDS)
+        self._deadline = deadline or RedisDeadline()
         self._fallback_seconds = fallback_seconds
         self._spool = spool
 

@@ -41,6 +41,8 @@ RETRIES = 1
 DEFAULT_TIMEOUT_SECONDS = 5.0
 # After a failure, request-path calls fail at once this long (then one call probes).
 DOWN_MEMO_SECONDS = 1.0
+# The router's deadline on a request-path call (SWITCHBOARD_REDIS_TIMEOUT_SECONDS).
+DEFAULT_DEADLINE_SECONDS = 0.5
 
 
 def create_redis(
@@ -91,7 +93,7 @@ class RedisDeadline:
 
     def __init__(
         self,
-        seconds: float,
+        seconds: float = DEFAULT_DEADLINE_SECONDS,
         *,
         down_seconds: float = DOWN_MEMO_SECONDS,
         on_failure: FailureHook | None = None,
