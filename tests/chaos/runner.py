@@ -25,8 +25,7 @@ from pathlib import Path
 
 import redis.asyncio as redis
 
-from switchboard.catalog.v1 import catalog_pb2, catalog_pb2_grpc
-from switchboard.common.v1 import common_pb2
+from switchboard.catalog.v1 import catalog_pb2_grpc
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2_grpc
 from switchboard_devstack.stack import Ports, Stack
@@ -34,7 +33,7 @@ from tests.chaos.ledger import check, wait_released
 from tests.chaos.load import Call, Load, ask, stream_once
 from tests.chaos.report import Marks, Outcome
 from tests.chaos.scenarios import LINKS, Link, Scenario
-from tests.e2e.support import limited_key
+from tests.e2e.support import add_demo_model, limited_key
 from tests.faults.links import tcp_target, through
 from tests.faults.proxy import FaultProxy
 from tests.secure import test_pki
@@ -211,7 +210,7 @@ class _Scenario:
             self.notes.append("an unused key's limits changed 1 s in")
         added: asyncio.Task[float | None] | None = None
         if sc.action == "add-model":
-            model = await add_model(catalog, f"chaos/added-{self.rig._runs}")
+            model = await add_demo_model(catalog, f"chaos/added-{self.rig._runs}")
             added = asyncio.create_task(self._routable(router, keys["chaos-probe"], model, marks))
         await asyncio.sleep(marks.fault + s.fault - loop.time())
         proxy.set("pass")
@@ -298,36 +297,6 @@ class _Scenario:
                 self.probes.append(call)  # started and cut: its row is checked too
             await asyncio.sleep(0.25)
         return None
-
-
-async def add_model(catalog: catalog_pb2_grpc.CatalogServiceAsyncStub, model_id: str) -> str:
-    """A new model served by the demo upstream, through the catalog's admin API."""
-    await catalog.UpsertModel(
-        catalog_pb2.UpsertModelRequest(
-            model=catalog_pb2.Model(
-                id=model_id,
-                display_name="Chaos model",
-                context_length=8192,
-                input_modalities=["text"],
-                output_modalities=["text"],
-            )
-        )
-    )
-    await catalog.UpsertEndpoint(
-        catalog_pb2.UpsertEndpointRequest(
-            endpoint=catalog_pb2.Endpoint(
-                id=f"switchboard:{model_id}",
-                model_id=model_id,
-                provider_id="switchboard",
-                upstream_model="demo",
-                pricing=common_pb2.Pricing(prompt_usd_per_mtok="1", completion_usd_per_mtok="2"),
-                context_length=8192,
-                supported_parameters=["max_tokens"],
-                status=catalog_pb2.ENDPOINT_STATUS_ACTIVE,
-            )
-        )
-    )
-    return model_id
 
 
 async def cleanup_redis(redis_url: str, prefix: str) -> None:

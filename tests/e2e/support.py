@@ -9,6 +9,7 @@ from decimal import Decimal
 import asyncpg
 import grpc
 
+from switchboard.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
@@ -157,3 +158,33 @@ async def stream_to_fake(
                 raise
             await asyncio.sleep(0.05)
     raise AssertionError("the router never reached the fake provider")
+
+
+async def add_demo_model(catalog: catalog_pb2_grpc.CatalogServiceAsyncStub, model_id: str) -> str:
+    """A new model served by the demo upstream, added through the catalog's admin API."""
+    await catalog.UpsertModel(
+        catalog_pb2.UpsertModelRequest(
+            model=catalog_pb2.Model(
+                id=model_id,
+                display_name=f"Test model {model_id}",
+                context_length=8192,
+                input_modalities=["text"],
+                output_modalities=["text"],
+            )
+        )
+    )
+    await catalog.UpsertEndpoint(
+        catalog_pb2.UpsertEndpointRequest(
+            endpoint=catalog_pb2.Endpoint(
+                id=f"switchboard:{model_id}",
+                model_id=model_id,
+                provider_id="switchboard",
+                upstream_model="demo",
+                pricing=common_pb2.Pricing(prompt_usd_per_mtok="1", completion_usd_per_mtok="2"),
+                context_length=8192,
+                supported_parameters=["max_tokens"],
+                status=catalog_pb2.ENDPOINT_STATUS_ACTIVE,
+            )
+        )
+    )
+    return model_id

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from switchboard.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from switchboard.catalog.v1 import catalog_pb2_grpc
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard_devstack.stack import Ports, Stack
-from tests.e2e.support import auth
+from tests.e2e.support import add_demo_model, auth
 from tests.faults.proxy import FaultProxy
 
 pytestmark = [pytest.mark.e2e]
@@ -72,32 +72,6 @@ async def snapshot_age(stack: Stack) -> float:
     return await asyncio.to_thread(_scrape_age, stack.ports.router_metrics)
 
 
-async def add_model(catalog: catalog_pb2_grpc.CatalogServiceAsyncStub) -> None:
-    """A new model served by the demo provider."""
-    await catalog.UpsertModel(
-        catalog_pb2.UpsertModelRequest(
-            model=catalog_pb2.Model(
-                id=NEW_MODEL,
-                display_name="Partition test model",
-                context_length=8192,
-                input_modalities=["text"],
-                output_modalities=["text"],
-            )
-        )
-    )
-    await catalog.UpsertEndpoint(
-        catalog_pb2.UpsertEndpointRequest(
-            endpoint=catalog_pb2.Endpoint(
-                model_id=NEW_MODEL,
-                provider_id="switchboard",
-                upstream_model="demo",
-                pricing=common_pb2.Pricing(prompt_usd_per_mtok="1", completion_usd_per_mtok="1"),
-                context_length=8192,
-            )
-        )
-    )
-
-
 async def test_a_model_added_during_a_partition_is_routable_soon_after_it(
     stack: Stack,
     router: router_pb2_grpc.RouterServiceAsyncStub,
@@ -109,7 +83,7 @@ async def test_a_model_added_during_a_partition_is_routable_soon_after_it(
     assert await snapshot_age(stack) == 0.0
     catalog_link.set("blackhole")
     try:
-        await add_model(catalog)
+        await add_demo_model(catalog, NEW_MODEL)
         started = time.monotonic()
         highest = 0.0
         while time.monotonic() - started < PARTITION_SECONDS:
