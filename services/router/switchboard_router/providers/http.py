@@ -222,14 +222,8 @@ async def open_sse(
         raise UpstreamStalled(provider, "first_byte", stall.first_byte) from None
     except TimeoutError:
         raise UpstreamTimeout(f"{provider} did not answer in time", provider_id=provider) from None
-    except AddressRefused as error:
-        raise UpstreamAddressRefused(
-            f"the router refused to connect to {provider}: {error}", provider_id=provider
-        ) from None
     except aiohttp.ClientError as error:
-        raise UpstreamUnavailable(
-            f"could not reach {provider}: {type(error).__name__}", provider_id=provider
-        ) from None
+        raise unreachable(provider, error) from None
     _time_idle(response, stall.idle)
     stream = SseStream(response)
     try:
@@ -260,6 +254,18 @@ async def open_sse(
             response.release()
         else:  # cancelled or failed: drop the connection so the provider stops generating
             response.close()
+
+
+def unreachable(provider: str, error: aiohttp.ClientError) -> UpstreamUnavailable:
+    """What a request that could not reach ``provider`` raises: the address policy's
+    refusal, or the connection's failure (named by type, never by its text)."""
+    if isinstance(error, AddressRefused):
+        return UpstreamAddressRefused(
+            f"the router refused to connect to {provider}: {error}", provider_id=provider
+        )
+    return UpstreamUnavailable(
+        f"could not reach {provider}: {type(error).__name__}", provider_id=provider
+    )
 
 
 def _time_idle(response: aiohttp.ClientResponse, idle: float) -> None:

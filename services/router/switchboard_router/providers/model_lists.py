@@ -41,14 +41,12 @@ from switchboard_router.providers.base import (
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
-    UpstreamUnavailable,
     parse_retry_after,
 )
 from switchboard_router.providers.http import (
-    AddressRefused,
     ErrorFromBody,
-    UpstreamAddressRefused,
     UpstreamRedirectRefused,
+    unreachable,
 )
 from switchboard_router.providers.openai_dialects import dialect_for
 
@@ -184,14 +182,8 @@ async def _get_page(
             if response.status != 200:
                 retry = parse_retry_after(response.headers.get("retry-after"))
                 raise lister.error_from_body(response.status, payload, provider, retry)
-    except AddressRefused as error:
-        raise UpstreamAddressRefused(
-            f"refused to connect to {provider}: {error}", provider_id=provider
-        ) from None
     except aiohttp.ClientError as error:
-        raise UpstreamUnavailable(
-            f"could not reach {provider}: {type(error).__name__}", provider_id=provider
-        ) from None
+        raise unreachable(provider, error) from None
     try:
         return lister.parse(orjson.loads(payload))
     except (orjson.JSONDecodeError, ValueError) as error:
