@@ -88,8 +88,14 @@ class Attempts:
     def __init__(self) -> None:
         self.seen: list[tuple[str, str]] = []
 
-    def __call__(self, attempt: Route, error: UpstreamError | None) -> None:
-        self.seen.append((attempt.provider_id, "ok" if error is None else error.reason))
+    def first_token(self, attempt: Route, seconds: float) -> None:
+        self.seen.append((attempt.provider_id, "ok"))
+
+    def failed(self, attempt: Route, error: UpstreamError, *, started: bool) -> None:
+        self.seen.append((attempt.provider_id, error.reason))
+
+    def finished(self, attempt: Route, completion_tokens: int, seconds: float) -> None:
+        pass
 
 
 @asynccontextmanager

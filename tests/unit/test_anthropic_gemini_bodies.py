@@ -206,7 +206,7 @@ def test_anthropic_stream_state_tool_indices_and_usage() -> None:
         )
     )
     assert isinstance(failing.error, UpstreamRateLimited)
-    assert str(failing.error) == "anthropic answered HTTP 429: slow down"
+    assert str(failing.error) == "upstream provider anthropic answered HTTP 429: slow down"
 
 
 def test_gemini_body() -> None:

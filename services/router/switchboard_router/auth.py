@@ -42,6 +42,7 @@ from switchboard_core.key_changes import (
     subject_kind,
 )
 from switchboard_core.money import MoneyFormatError, parse_usd
+from switchboard_core.rate_limits import NO_RATE_LIMITS, RateLimits
 from switchboard_core.remote_credentials import MeteringCredentials, verification_error
 from switchboard_core.verified_cache import Verified, VerifiedCache
 from switchboard_router.key_rules import KeyRules
@@ -66,6 +67,9 @@ class Caller:
     rules: KeyRules = field(default_factory=KeyRules)
     # When the key expires (Unix seconds); None when it does not.
     expire_time: float | None = None
+    # The key's own traffic limits, and its account's (shared by the account's keys).
+    rate_limits: RateLimits = NO_RATE_LIMITS
+    account_rate_limits: RateLimits = NO_RATE_LIMITS
 
 
 def _limits(key: metering_pb2.ApiKey) -> Limits:

@@ -216,6 +216,31 @@ class ReasoningConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Cutoffs:
+    """Cut-offs on an endpoint's live figures by percentile (router.v1 PerformanceCutoffs):
+    throughput in output tokens per second, latency in seconds; None where not set."""
+
+    p50: float | None = None
+    p75: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HedgePolicy:
+    """Hedging as resolved from ``common.v1.Hedging`` (the request's, else the model's, else
+    the router's default). ``delay`` in seconds; ``percentile`` 0 for a fixed delay, else the
+    live time-to-first-token percentile that replaces ``delay`` once the endpoint has figures."""
+
+    enabled: bool = False
+    delay: float = 0.0
+    percentile: int = 0
+
+
+NO_HEDGE = HedgePolicy()
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderPrefs:
     order: tuple[str, ...] = ()
     only: frozenset[str] = frozenset()
@@ -225,6 +250,15 @@ class ProviderPrefs:
     max_prompt_price: Decimal | None = None  # USD per million tokens
     max_completion_price: Decimal | None = None
     require_parameters: bool = False
+    # Data policy filters (OpenRouter data_collection "deny", zdr, quantizations).
+    deny_data_collection: bool = False
+    zdr: bool = False
+    quantizations: frozenset[str] = frozenset()
+    # Live-figure preferences: endpoints missing a cut-off are demoted, not dropped.
+    min_throughput: Cutoffs | None = None
+    max_latency: Cutoffs | None = None
+    # The request's hedging; None: inherit the model's, else the router's default.
+    hedge: HedgePolicy | None = None
 
 
 # Optional request fields, by the parameter names the catalog's `supported_parameters` uses

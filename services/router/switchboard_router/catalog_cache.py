@@ -34,6 +34,21 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
+class Capacity:
+    """An endpoint's caps across all routers (catalog ``EndpointCapacity``); 0: no cap."""
+
+    max_concurrent: int = 0
+    requests_per_minute: int = 0
+
+    @property
+    def capped(self) -> bool:
+        return bool(self.max_concurrent or self.requests_per_minute)
+
+
+NO_CAPACITY = Capacity()
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One endpoint as the router needs it."""
 
@@ -56,6 +71,12 @@ class Route:
     # request that asks the model to think (the router's thinking defaults under the catalog's).
     stall: StallLimits = DEFAULT_STALL
     thinking_stall: StallLimits = DEFAULT_STALL
+    # The operator's caps on the endpoint, shared by every router (catalog EndpointCapacity).
+    capacity: Capacity = NO_CAPACITY
+    # The catalog's Endpoint.quantization ("" when unknown) and DataPolicy.
+    quantization: str = ""
+    retains_prompts: bool = False
+    zero_data_retention: bool = False
     # The rates of a short prompt outside any time window: what price filters and the
     # cheapest-first order compare. Resolved once, when the snapshot is built, not per request.
     base_rates: Resolved = field(init=False, repr=False, compare=False)
@@ -134,6 +155,12 @@ class Snapshot:
                         lifecycle=lifecycle,
                         stall=stall_limits(model_stall, e.stall_limits),
                         thinking_stall=stall_limits(model_thinking, e.stall_limits),
+                        capacity=Capacity(
+                            e.capacity.max_concurrent, e.capacity.requests_per_minute
+                        ),
+                        quantization=e.quantization,
+                        retains_prompts=e.data_policy.retains_prompts,
+                        zero_data_retention=e.data_policy.zero_data_retention,
                     )
                 )
             routes[model.id] = tuple(found)

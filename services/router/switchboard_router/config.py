@@ -72,6 +72,38 @@ class RouterConfig:
     # for minutes before its first token; the catalog's limits still win.
     upstream_thinking_first_byte_seconds: float = 300.0
     upstream_thinking_idle_seconds: float = 120.0
+    # Traffic control (docs/ROUTING.md, docs/LIMITS.md).
+    # How long a request waits for an endpoint at its capacity cap when no other endpoint of
+    # the plan can take it, before RESOURCE_EXHAUSTED.
+    endpoint_queue_seconds: float = 2.0
+    # A concurrency slot (key, account or endpoint) is a lease this long, renewed while the
+    # request runs: a router that dies frees its slots within it.
+    concurrency_lease_seconds: float = 30.0
+    # Live endpoint statistics: the sliding window, how often this router adds its counts to
+    # the shared ones in Redis, and how often it reads everyone's back.
+    stats_window_seconds: float = 300.0
+    stats_flush_seconds: float = 1.0
+    stats_refresh_seconds: float = 2.0
+    # Circuit breaker: opens when, over the last breaker_window_seconds, at least
+    # breaker_min_requests attempts were made and breaker_failure_rate of them failed, or
+    # after breaker_consecutive_failures failures in a row; stays open breaker_open_seconds,
+    # then lets breaker_probes requests through (half-open) and closes on a success.
+    breaker_window_seconds: float = 30.0
+    breaker_min_requests: int = 10
+    breaker_failure_rate: float = 0.5
+    breaker_consecutive_failures: int = 5
+    breaker_open_seconds: float = 30.0
+    breaker_probes: int = 3
+    # Hedging for requests and models that do not set it: "off", "fixed" (after
+    # hedge_delay_seconds) or "live" (the endpoint's live TTFT at hedge_percentile, else
+    # hedge_delay_seconds).
+    hedge_mode: str = "off"
+    hedge_delay_seconds: float = 2.0
+    hedge_percentile: int = 90
+    # Extra upstream requests (fallbacks after an error, hedges) allowed on top of first
+    # attempts: retry_budget_ratio of them, plus retry_budget_min_per_second, over 10 s.
+    retry_budget_ratio: float = 0.1
+    retry_budget_min_per_second: float = 1.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RouterConfig:
@@ -120,7 +152,51 @@ class RouterConfig:
             upstream_thinking_idle_seconds=reader.float(
                 "SWITCHBOARD_UPSTREAM_THINKING_IDLE_SECONDS", 120.0, min_value=0.1
             ),
+            endpoint_queue_seconds=reader.float(
+                "SWITCHBOARD_ENDPOINT_QUEUE_SECONDS", 2.0, min_value=0
+            ),
+            concurrency_lease_seconds=reader.float(
+                "SWITCHBOARD_CONCURRENCY_LEASE_SECONDS", 30.0, min_value=1
+            ),
+            stats_window_seconds=reader.float(
+                "SWITCHBOARD_STATS_WINDOW_SECONDS", 300.0, min_value=10
+            ),
+            stats_flush_seconds=reader.float(
+                "SWITCHBOARD_STATS_FLUSH_SECONDS", 1.0, min_value=0.05
+            ),
+            stats_refresh_seconds=reader.float(
+                "SWITCHBOARD_STATS_REFRESH_SECONDS", 2.0, min_value=0.05
+            ),
+            breaker_window_seconds=reader.float(
+                "SWITCHBOARD_BREAKER_WINDOW_SECONDS", 30.0, min_value=1
+            ),
+            breaker_min_requests=reader.int("SWITCHBOARD_BREAKER_MIN_REQUESTS", 10, min_value=1),
+            breaker_failure_rate=reader.float(
+                "SWITCHBOARD_BREAKER_FAILURE_RATE", 0.5, min_value=0.01
+            ),
+            breaker_consecutive_failures=reader.int(
+                "SWITCHBOARD_BREAKER_CONSECUTIVE_FAILURES", 5, min_value=1
+            ),
+            breaker_open_seconds=reader.float(
+                "SWITCHBOARD_BREAKER_OPEN_SECONDS", 30.0, min_value=0.1
+            ),
+            breaker_probes=reader.int("SWITCHBOARD_BREAKER_PROBES", 3, min_value=1),
+            hedge_mode=reader.str("SWITCHBOARD_HEDGE_MODE", "off"),
+            hedge_delay_seconds=reader.float(
+                "SWITCHBOARD_HEDGE_DELAY_SECONDS", 2.0, min_value=0.01
+            ),
+            hedge_percentile=reader.int("SWITCHBOARD_HEDGE_PERCENTILE", 90, min_value=50),
+            retry_budget_ratio=reader.float("SWITCHBOARD_RETRY_BUDGET_RATIO", 0.1, min_value=0),
+            retry_budget_min_per_second=reader.float(
+                "SWITCHBOARD_RETRY_BUDGET_MIN_PER_SECOND", 1.0, min_value=0
+            ),
         )
+        if config.hedge_mode not in ("off", "fixed", "live"):
+            reader.problems.append("SWITCHBOARD_HEDGE_MODE: one of off, fixed, live")
+        if config.breaker_failure_rate > 1:
+            reader.problems.append("SWITCHBOARD_BREAKER_FAILURE_RATE: at most 1")
+        if config.hedge_percentile > 99:
+            reader.problems.append("SWITCHBOARD_HEDGE_PERCENTILE: at most 99")
         reader.finish()
         return config
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.budget import Reservation
@@ -104,11 +104,21 @@ RelayEvent = (
 )
 
 
-# Told how each upstream attempt ended: its route and None once its first event came, else
-# the error that ended it (before the first event: the relay moved on; after it: the stream
-# was cut, reported after the None). For live endpoint statistics and circuit breakers; it
-# runs on the request path, so it must be quick and must not block.
-AttemptObserver = Callable[[Route, UpstreamError | None], None]
+class AttemptObserver(Protocol):
+    """Told how each upstream attempt went, for live endpoint statistics and circuit
+    breakers. It runs on the request path, so each call must be quick and must not block."""
+
+    def first_token(self, route: Route, seconds: float) -> None:
+        """The attempt's first event came ``seconds`` after it was sent."""
+
+    def failed(self, route: Route, error: UpstreamError, *, started: bool) -> None:
+        """The attempt failed: before its first event (``started`` False: the relay moves on)
+        or after it (the stream was cut)."""
+
+    def finished(self, route: Route, completion_tokens: int, seconds: float) -> None:
+        """The generation completed: ``completion_tokens`` in ``seconds`` after the first
+        event (its throughput)."""
+
 
 # How long shutdown waits for budget settles once the usage events are written.
 SETTLE_DRAIN_SECONDS = 1.0
@@ -158,13 +168,13 @@ class Relay:
             stall=route.thinking_stall if thinks else route.stall,
         )
 
-    def _failed(self, route: Route, error: UpstreamError) -> None:
+    def _failed(self, route: Route, error: UpstreamError, *, started: bool) -> None:
         """Count an attempt's failure (stalls by phase too) and tell the observer."""
         metrics.UPSTREAM_ERRORS.labels(route.provider_id, error.reason).inc()
         if type(error) is UpstreamStalled:
             metrics.UPSTREAM_STALLS.labels(route.provider_id, error.phase).inc()
         if self._observer is not None:
-            self._observer(route, error)
+            self._observer.failed(route, error, started=started)
 
     @staticmethod
     def _unsupported(request: CompletionRequest, route: Route, adapter: Adapter) -> frozenset[str]:
@@ -262,7 +272,7 @@ class Relay:
                 except Exception as crash:  # an adapter's bug: the provider's stream, unread
                     raise guard.failure(crash) from crash
             except UpstreamError as error:
-                self._failed(route, error)
+                self._failed(route, error, started=False)
                 log.info(
                     "upstream attempt failed",
                     extra={"endpoint": route.endpoint_id, "reason": error.reason},
@@ -273,8 +283,6 @@ class Relay:
                 continue
             if attempt:
                 metrics.FALLBACKS.inc()
-            if self._observer is not None:
-                self._observer(route, None)
             generation = Generation(
                 id=new_generation_id(),
                 attempt=attempt,
@@ -294,6 +302,8 @@ class Relay:
             metrics.TIME_TO_FIRST_TOKEN.labels(route.provider_id).observe(
                 generation.first_event_at - started
             )
+            if self._observer is not None:
+                self._observer.first_token(route, generation.first_event_at - sent_at)
             yield Started(generation.id, route, generation.create_time, tuple(sorted(unsupported)))
             async for out in self._relay(generation, first, events, guard):
                 yield out
@@ -382,6 +392,12 @@ class Relay:
             done = True
             self._settle(generation.hold, cost)
             self._count(generation, status, usage)
+            if self._observer is not None:
+                self._observer.finished(
+                    generation.route,
+                    usage.completion_tokens,
+                    time.monotonic() - generation.first_event_at,
+                )
             yield Completed(
                 finish,
                 usage,
@@ -392,7 +408,7 @@ class Relay:
             )
         except UpstreamError as error:
             status = metering_pb2.GENERATION_STATUS_FAILED
-            self._failed(generation.route, error)
+            self._failed(generation.route, error, started=True)
             raise
         finally:
             if not done and status != metering_pb2.GENERATION_STATUS_COMPLETED:

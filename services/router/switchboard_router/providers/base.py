@@ -161,7 +161,8 @@ def error_for_status(
     context_length: bool = False,
 ) -> UpstreamError:
     """The shared HTTP status table. Adapters say when the body means the prompt was too long;
-    the message names the provider, since the client cannot see which one answered."""
+    the message names the provider and says the refusal came from upstream, not from the
+    gateway (the upstream status is in the details too: ``http_status``)."""
     cls: type[UpstreamError]
     if context_length:
         cls = UpstreamContextLengthExceeded
@@ -177,7 +178,7 @@ def error_for_status(
         cls = UpstreamRateLimited
     else:
         cls = UpstreamUnavailable
-    text = f"{provider_id} answered HTTP {status}: {message}"
+    text = f"upstream provider {provider_id} answered HTTP {status}: {message}"
     return cls(text, provider_id=provider_id, status=status, retry_after_seconds=retry_after)
 
 
