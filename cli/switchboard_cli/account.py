@@ -16,6 +16,7 @@ import grpc
 
 from switchboard.metering.v1 import metering_pb2
 from switchboard.router.v1 import account_pb2, router_pb2_grpc
+from switchboard_cli import rate_limits
 from switchboard_cli.budgets import WINDOWS, account_lines, window_row
 from switchboard_cli.connection import UNARY_TIMEOUT, bearer
 from switchboard_cli.errors import CliError
@@ -51,7 +52,7 @@ def register(
         "key",
         aliases=["whoami"],
         parents=[common],
-        help="your API key: its limits, expiry, allow-lists, spend and account balance",
+        help="your API key: its limits, rate limits, expiry, allow-lists, spend and balance",
     )
     key.set_defaults(handler=show_key, service="router")
 
@@ -73,6 +74,9 @@ async def show_key(args: argparse.Namespace, channel: grpc.aio.Channel, output: 
         numeric={1, 2, 3},
     )
     output.line(f"reserved: {response.spend.reserved_usd or '0'} USD (requests in flight)")
+    output.line()
+    # The key's own rate limits, and its account's, which all of the account's keys share.
+    output.table(["RATE LIMIT", "KEY", "ACCOUNT"], rate_limits.table_rows(response.api_key))
     output.line()
     account_lines(output, response.account)
     return 0

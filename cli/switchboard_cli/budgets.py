@@ -1,7 +1,9 @@
 """``switchboard keys limits``, ``credits add`` and ``balance``: spend limits and prepaid credit.
 
 The metering service keeps them. Money is a decimal string in USD both ways, as in the protos;
-the CLI checks the format before sending and never turns amounts into floats.
+the CLI checks the format before sending and never turns amounts into floats. ``keys limits``
+sets a key's rate limits too (``--rpm``, ``--tpm``, ``--concurrent``:
+:mod:`switchboard_cli.rate_limits`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 import grpc
 
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
+from switchboard_cli import rate_limits
 from switchboard_cli.connection import UNARY_TIMEOUT
 from switchboard_cli.errors import CliError
 from switchboard_cli.output import Output
@@ -36,8 +39,9 @@ WINDOWS = (
     Window("monthly", "monthly_usd", "spent_this_month_usd", "this month", "per UTC month"),
 )
 LIMITS_EPILOG = (
-    "Limits not named keep their current value. A limit of 0 blocks every request; routers "
-    "apply a change on their next request. `switchboard balance --key KEY_ID` shows them."
+    "Limits not named keep their current value. A spend limit of 0 blocks every request; a "
+    "rate limit of 0 is no limit. Routers apply a change on their next request. "
+    "`switchboard balance --key KEY_ID` shows the spend limits."
 )
 
 
@@ -73,7 +77,10 @@ def register_limits(
 ) -> None:
     """``keys limits``: an action of the ``keys`` command (:mod:`switchboard_cli.keys`)."""
     limits = actions.add_parser(
-        "limits", parents=[common], help="set or clear a key's spend limits", epilog=LIMITS_EPILOG
+        "limits",
+        parents=[common],
+        help="set or clear a key's spend and rate limits",
+        epilog=LIMITS_EPILOG,
     )
     limits.add_argument("key_id", metavar="KEY_ID", help="e.g. key_0123456789abcdef")
     for window in WINDOWS:
@@ -84,6 +91,7 @@ def register_limits(
         group.add_argument(
             f"--clear-{window.option}", action="store_true", help=f"no {window.option} limit"
         )
+    rate_limits.add_options(limits, "key")
     limits.set_defaults(handler=set_key_limits, service="metering")
 
 
@@ -115,15 +123,25 @@ async def set_key_limits(
         value: str | None = getattr(args, window.option)
         if value is not None or getattr(args, f"clear_{window.option}"):
             changes[window.limit_field] = value or ""
-    if not changes:
+    rates = bool(rate_limits.named(args)) or args.clear_rate_limits
+    if not changes and not rates:
         options = [f"--{window.option} USD" for window in WINDOWS]
         options += [f"--clear-{window.option}" for window in WINDOWS]
+        options += rate_limits.OPTIONS
         raise CliError(f"nothing to change: give one of {', '.join(options)}", exit_code=2)
     stub = metering_pb2_grpc.MeteringServiceStub(channel)
     limits = metering_pb2.SpendLimits()
-    if len(changes) < len(WINDOWS):
-        # SetKeyLimits replaces all three limits: start from the key's current ones. Not
-        # atomic: a change made by someone else in between is overwritten.
+    current_rates: metering_pb2.RateLimits | None = None
+    # SetKeyLimits replaces all three spend limits, and all three rate limits when it sends
+    # any: start from the key's current ones. Not atomic: a change made by someone else in
+    # between is overwritten.
+    if rates and not rate_limits.complete(args):
+        current = await stub.GetApiKey(
+            metering_pb2.GetApiKeyRequest(key_id=args.key_id), timeout=UNARY_TIMEOUT
+        )
+        limits.CopyFrom(current.api_key.limits)
+        current_rates = current.api_key.rate_limits
+    elif len(changes) < len(WINDOWS):
         balance = await stub.GetBalance(
             metering_pb2.GetBalanceRequest(key_id=args.key_id), timeout=UNARY_TIMEOUT
         )
@@ -131,6 +149,10 @@ async def set_key_limits(
     for field, value in changes.items():
         setattr(limits, field, value)
     request = metering_pb2.SetKeyLimitsRequest(key_id=args.key_id, limits=limits)
+    wanted = rate_limits.requested(args, current_rates)
+    if wanted is not None:  # unset keeps the key's rate limits; empty removes them
+        request.rate_limits.SetInParent()
+        request.rate_limits.CopyFrom(wanted)
     response = await stub.SetKeyLimits(request, timeout=UNARY_TIMEOUT)
     if output.json:
         output.emit(response)
@@ -140,6 +162,11 @@ async def set_key_limits(
     for window in WINDOWS:
         amount = getattr(key.limits, window.limit_field)
         output.line(f"  {window.option + ':':<8} {f'{amount} USD' if amount else 'none'}")
+    if rates or rate_limits.enforced(key.rate_limits):
+        output.line(f"  {'rate:':<8} {rate_limits.summary(key.rate_limits)}")
+    if rate_limits.enforced(key.account_rate_limits):
+        shared = rate_limits.summary(key.account_rate_limits)
+        output.line(f"  {'account:':<8} {shared} (shared by the account's keys)")
     if key.account_prepaid:
         output.note(f"account {key.account_id} is prepaid: its credit bounds this key too")
     return 0

@@ -3,7 +3,8 @@
 ``keys create`` may give a key an expiry (``--expires-in-days``) and allow-lists of models
 (``--model``) and providers (``--provider``), which routers enforce.
 
-``keys limits`` lives with credits and balances in :mod:`switchboard_cli.budgets`.
+``keys limits`` lives with credits and balances in :mod:`switchboard_cli.budgets`. A key's rate
+limits, and its account's, read as :mod:`switchboard_cli.rate_limits` writes them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
-from switchboard_cli import budgets
+from switchboard_cli import budgets, rate_limits
 from switchboard_cli.connection import UNARY_TIMEOUT
 from switchboard_cli.output import Output, format_time, to_dict
 from switchboard_cli.paging import PAGE_SIZE, collect
@@ -93,6 +94,8 @@ async def create_key(args: argparse.Namespace, channel: grpc.aio.Channel, output
         output.line(f"models:    {', '.join(key.allowed_models)}")
     if key.allowed_providers:
         output.line(f"providers: {', '.join(key.allowed_providers)}")
+    if rate_limits.enforced(key.account_rate_limits):
+        output.line(f"account rate limits: {rate_limits.summary(key.account_rate_limits)}")
     output.note("Store the secret now: it is shown only once. Use it with --api-key or")
     output.note("SWITCHBOARD_API_KEY.")
     return 0
@@ -115,8 +118,13 @@ async def list_keys(args: argparse.Namespace, channel: grpc.aio.Channel, output:
     if not keys:
         output.note(f"account {args.account} has no keys")
         return 0
-    rows = [[k.id, k.name, k.prefix, format_time(k.create_time), _state(k)] for k in keys]
-    output.table(["ID", "NAME", "PREFIX", "CREATED (UTC)", "STATE"], rows)
+    rows = [
+        [k.id, k.name, k.prefix, format_time(k.create_time), _rates(k), _state(k)] for k in keys
+    ]
+    output.table(["ID", "NAME", "PREFIX", "CREATED (UTC)", "RATE LIMITS", "STATE"], rows)
+    shared = keys[0].account_rate_limits  # the account's: the same on each of its keys
+    if rate_limits.enforced(shared):
+        output.line(f"account {args.account} rate limits: {rate_limits.summary(shared)}")
     return 0
 
 
@@ -130,6 +138,10 @@ async def revoke_key(args: argparse.Namespace, channel: grpc.aio.Channel, output
     key = response.api_key
     output.line(f"revoked {key.id} ({key.prefix}...) at {format_time(key.revoke_time)} UTC")
     return 0
+
+
+def _rates(key: metering_pb2.ApiKey) -> str:
+    return rate_limits.summary(key.rate_limits) if rate_limits.enforced(key.rate_limits) else "-"
 
 
 def _state(key: metering_pb2.ApiKey, now: datetime | None = None) -> str:

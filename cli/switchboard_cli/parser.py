@@ -15,11 +15,12 @@ from switchboard_cli import (
     health,
     keys,
     models,
+    rate_limits,
     usage,
 )
 from switchboard_cli.connection import DEFAULT_ADDRESSES
 
-DESCRIPTION = "Switchboard: keys, models, chat, usage and budgets over gRPC."
+DESCRIPTION = "Switchboard: keys, models, chat, usage, budgets and rate limits over gRPC."
 EPILOG = "Global options may also follow the sub-command, e.g. `switchboard models list --json`."
 
 
@@ -40,6 +41,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         usage,
         generations,
         budgets,
+        rate_limits,
         audit,
         health,
     ):

@@ -441,7 +441,13 @@ def templates(known: Known) -> dict[str, Message]:
             key_id=known.tenant_key_id, bucket=metering_pb2.TIME_BUCKET_HOUR
         ),
         metering + "SetKeyLimits": metering_pb2.SetKeyLimitsRequest(
-            key_id=known.victim_key_id, limits=metering_pb2.SpendLimits(daily_usd="5")
+            key_id=known.victim_key_id,
+            limits=metering_pb2.SpendLimits(daily_usd="5"),
+            rate_limits=metering_pb2.RateLimits(requests_per_minute=600, max_concurrent=4),
+        ),
+        metering + "SetAccountLimits": metering_pb2.SetAccountLimitsRequest(
+            account_id=known.victim_account,
+            rate_limits=metering_pb2.RateLimits(tokens_per_minute=100_000),
         ),
         metering + "AddCredits": metering_pb2.AddCreditsRequest(
             account_id=known.victim_account, amount_usd="1.5", note="fuzz"

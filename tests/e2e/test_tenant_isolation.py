@@ -247,8 +247,10 @@ async def test_nobody_but_the_router_may_forward_a_key(stack: Stack, tenants: Te
 
 
 NO_SPEND = metering_pb2.SpendLimits(total_usd="0")
+ONE_RPM = metering_pb2.RateLimits(requests_per_minute=1)
 ADMIN_CALLS: list[tuple[str, Message]] = [
     ("SetKeyLimits", metering_pb2.SetKeyLimitsRequest(limits=NO_SPEND)),
+    ("SetAccountLimits", metering_pb2.SetAccountLimitsRequest(rate_limits=ONE_RPM)),
     ("RevokeApiKey", metering_pb2.RevokeApiKeyRequest()),
     ("AddCredits", metering_pb2.AddCreditsRequest(amount_usd="1000")),
     ("CreateApiKey", metering_pb2.CreateApiKeyRequest(name="escalated")),
@@ -265,6 +267,7 @@ async def test_an_api_key_calls_no_admin_rpc_on_any_port(
     b = tenants.b.api_key
     targets = {
         "SetKeyLimits": {"key_id": b.id},
+        "SetAccountLimits": {"account_id": b.account_id},
         "RevokeApiKey": {"key_id": b.id},
         "AddCredits": {"account_id": tenants.a.api_key.account_id},
         "CreateApiKey": {"account_id": b.account_id},
@@ -292,6 +295,8 @@ async def test_an_api_key_calls_no_admin_rpc_on_any_port(
     # Nothing changed: B's key still works, without limits; A's account got no credit.
     balance = await metering.GetBalance(metering_pb2.GetBalanceRequest(key_id=b.id))
     assert not balance.key.limits.total_usd and not balance.account.prepaid
+    unlimited = await metering.GetApiKey(metering_pb2.GetApiKeyRequest(key_id=b.id))
+    assert not unlimited.api_key.HasField("account_rate_limits")
     await router.CreateCompletion(ask(), metadata=auth(tenants.b))
     mine = await router.GetKey(account_pb2.GetKeyRequest(), metadata=auth(tenants.a))
     assert not mine.account.prepaid

@@ -194,6 +194,7 @@ async def test_the_migration_applies_to_a_ledger_with_rows(
         assert await migrate(pool, "metering", MIGRATIONS) == [
             "0006_usage_details_and_price_version.sql",
             "0007_swept_generations.sql",
+            "0008_rate_limits.sql",
         ]
         ledger = Ledger(
             pool, Partitions(pool, window=EventWindow(clock=lambda: T0 + timedelta(days=1)))

@@ -7,6 +7,13 @@ A key may expire (``expires_at``; from then on :meth:`KeyStore.verify` answers
 ``UNAUTHENTICATED`` with reason ``API_KEY_EXPIRED``) and may be limited to some models and
 providers (``allowed_models``, ``allowed_providers``; NULL means any). Metering stores and
 returns the allow-lists; routers enforce them (``switchboard_router.key_rules``).
+
+Rate limits, the key's own (``rate_*`` columns of ``api_keys``) and its account's (the same
+columns of ``accounts``, set by :mod:`switchboard_metering.account_limits`), travel the same
+way: every ApiKey this module returns carries both, and routers enforce them in Redis
+(:mod:`switchboard_core.rate_limits`). An ApiKey's ``rate_limits`` and
+``account_rate_limits`` are set only when at least one of their limits is, as ``limits`` is
+for spend.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from switchboard_core.key_format import (
 from switchboard_core.key_format import new_secret as _new_secret
 from switchboard_core.money import MoneyFormatError, format_usd, parse_usd
 from switchboard_core.paging import decode_token, encode_token, page_size
+from switchboard_core.rate_limits import RateLimits
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +55,14 @@ DEFAULT_VERIFY_TIMEOUT_SECONDS = 0.5
 # How many models, and providers, one key's allow-list may name.
 MAX_ALLOWED = 64
 
-_COLUMNS = """id, account_id, name, prefix, created_at, revoked_at,
+# A key's or an account's rate limits, in RateLimits field order (migration 0008).
+RATE_COLUMNS = ("rate_requests_per_minute", "rate_tokens_per_minute", "rate_max_concurrent")
+_COLUMNS = f"""id, account_id, name, prefix, created_at, revoked_at,
     limit_total, limit_daily, limit_monthly, expires_at, allowed_models, allowed_providers,
-    coalesce((SELECT prepaid FROM accounts a WHERE a.id = api_keys.account_id), false) AS prepaid"""
+    {", ".join(RATE_COLUMNS)},
+    coalesce((SELECT prepaid FROM accounts a WHERE a.id = api_keys.account_id), false) AS prepaid,
+    (SELECT ARRAY[{", ".join(f"a.{c}" for c in RATE_COLUMNS)}] FROM accounts a
+     WHERE a.id = api_keys.account_id) AS account_rates"""
 LIMIT_FIELDS = (
     ("total_usd", "limit_total"),
     ("daily_usd", "limit_daily"),
@@ -69,9 +82,15 @@ def is_well_formed(secret: str) -> bool:
     return kind_of(secret) is KeyKind.INFERENCE
 
 
-def validate_account_id(account_id: str) -> None:
+def account_id_problem(account_id: str) -> str | None:
     if not _ACCOUNT_ID.fullmatch(account_id):
-        raise InvalidArgument({"account_id": "1-64 characters of A-Z, a-z, 0-9, '_', '.', '-'"})
+        return "1-64 characters of A-Z, a-z, 0-9, '_', '.', '-'"
+    return None
+
+
+def validate_account_id(account_id: str) -> None:
+    if (problem := account_id_problem(account_id)) is not None:
+        raise InvalidArgument({"account_id": problem})
 
 
 def validate_name(name: str) -> None:
@@ -133,6 +152,16 @@ def check_key_rules(
     return models, providers
 
 
+def rate_limits_of(values: Sequence[int] | None) -> RateLimits:
+    """The limits in :data:`RATE_COLUMNS` order; none for a missing row (NULL)."""
+    return RateLimits(*values) if values is not None else RateLimits()
+
+
+def _set_rate_limits(field: metering_pb2.RateLimits, limits: RateLimits) -> None:
+    if limits.enforced:
+        field.CopyFrom(limits.to_proto())
+
+
 def _to_proto(row: asyncpg.Record) -> metering_pb2.ApiKey:
     key = metering_pb2.ApiKey(
         id=row["id"], account_id=row["account_id"], name=row["name"], prefix=row["prefix"]
@@ -148,6 +177,8 @@ def _to_proto(row: asyncpg.Record) -> metering_pb2.ApiKey:
         key.expire_time.FromDatetime(row["expires_at"])
     key.allowed_models.extend(row["allowed_models"] or ())
     key.allowed_providers.extend(row["allowed_providers"] or ())
+    _set_rate_limits(key.rate_limits, rate_limits_of([row[c] for c in RATE_COLUMNS]))
+    _set_rate_limits(key.account_rate_limits, rate_limits_of(row["account_rates"]))
     return key
 
 
@@ -220,6 +251,12 @@ class KeyStore:
         # The longest :meth:`verify` waits on Postgres before answering UNAVAILABLE: within
         # the routers' own deadline on VerifyApiKey, so they get an answer, not a timeout.
         self._verify_timeout = verify_timeout_seconds
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The database of keys and accounts, for the stores of their other columns
+        (:class:`switchboard_metering.account_limits.AccountLimits`)."""
+        return self._pool
 
     async def create(
         self,
@@ -302,12 +339,7 @@ class KeyStore:
             *values,
         )
         if row is None:
-            if await self._pool.fetchval("SELECT true FROM api_keys WHERE id = $1", key_id):
-                raise FailedPrecondition(
-                    f"API key {key_id!r} is revoked: its limits can no longer change",
-                    reason="API_KEY_REVOKED",
-                )
-            raise key_not_found(key_id)
+            raise await self._unchangeable(key_id)
         log.info(
             "api key limits set",
             extra={
@@ -321,6 +353,43 @@ class KeyStore:
             },
         )
         return _to_proto(row)
+
+    async def set_rate_limits(self, key_id: str, limits: RateLimits) -> metering_pb2.ApiKey:
+        """Replace the key's rate limits (within their bounds: the caller checked them with
+        :func:`switchboard_core.rate_limits.rate_limit_problems`)."""
+        if not key_id:
+            raise InvalidArgument({"key_id": "required"})
+        assignments = ", ".join(f"{c} = ${i}" for i, c in enumerate(RATE_COLUMNS, start=2))
+        row = await self._pool.fetchrow(
+            f"""UPDATE api_keys SET {assignments}
+                WHERE id = $1 AND revoked_at IS NULL RETURNING {_COLUMNS}""",
+            key_id,
+            limits.requests_per_minute,
+            limits.tokens_per_minute,
+            limits.max_concurrent,
+        )
+        if row is None:
+            raise await self._unchangeable(key_id)
+        log.info(
+            "api key rate limits set",
+            extra={
+                "key_id": key_id,
+                "actor": actor(),
+                "requests_per_minute": limits.requests_per_minute,
+                "tokens_per_minute": limits.tokens_per_minute,
+                "max_concurrent": limits.max_concurrent,
+            },
+        )
+        return _to_proto(row)
+
+    async def _unchangeable(self, key_id: str) -> FailedPrecondition | NotFound:
+        """Why a change to key ``key_id`` found no active key: revoked, or none at all."""
+        if await self._pool.fetchval("SELECT true FROM api_keys WHERE id = $1", key_id):
+            return FailedPrecondition(
+                f"API key {key_id!r} is revoked: its limits can no longer change",
+                reason="API_KEY_REVOKED",
+            )
+        return key_not_found(key_id)
 
     async def get(self, key_id: str) -> metering_pb2.ApiKey:
         if not key_id:

@@ -13,8 +13,10 @@ from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard_core.auth import OperatorPrincipal, current_principal
 from switchboard_core.errors import InvalidArgument
 from switchboard_core.key_changes import account_subject, key_subject, operator_subject
+from switchboard_core.rate_limits import RateLimits, rate_limit_problems
+from switchboard_metering.account_limits import AccountLimits
 from switchboard_metering.budgets import Budgets
-from switchboard_metering.keys import KeyStore
+from switchboard_metering.keys import KeyStore, parse_limits
 from switchboard_metering.ledger import Ledger
 from switchboard_metering.operators import OperatorKeyStore
 from switchboard_metering.tenant_scope import TenantScope
@@ -57,6 +59,22 @@ async def _no_announcement(subject: str) -> None:
     return None
 
 
+def requested_rate_limits(request: metering_pb2.SetKeyLimitsRequest) -> RateLimits | None:
+    """The key's new rate limits; None when the request keeps them (``rate_limits`` unset).
+    INVALID_ARGUMENT names every bad field, the spend limits' too: nothing is written until
+    the whole request is known to be good."""
+    if not request.HasField("rate_limits"):
+        return None
+    problems = rate_limit_problems(request.rate_limits, "rate_limits")
+    if problems:
+        try:
+            parse_limits(request.limits)
+        except InvalidArgument as bad:
+            problems = bad.violations + problems
+        raise InvalidArgument(problems)
+    return RateLimits.from_proto(request.rate_limits)
+
+
 class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     def __init__(
         self,
@@ -70,6 +88,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         self._ledger = ledger
         self._budgets = budgets
         self._operators = operators
+        self._account_limits = AccountLimits(keys.pool)
         # An API key the router forwards reads only its own account (operators: anything).
         self._scope = TenantScope(keys)
         # Tells routers a key changed, so that they drop their cached copy at once.
@@ -157,9 +176,24 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def SetKeyLimits(
         self, request: metering_pb2.SetKeyLimitsRequest, context: Context
     ) -> metering_pb2.SetKeyLimitsResponse:
+        rate_limits = requested_rate_limits(request)
+        # Spend limits first: Budgets checks them (and their bound) before writing anything,
+        # and the rate limits are checked already. Two statements, each a whole replacement:
+        # a retry after a failure in between sets both.
         key = await self._budgets.set_limits(request.key_id, request.limits)
+        if rate_limits is not None:
+            key = await self._keys.set_rate_limits(request.key_id, rate_limits)
         await self._announce(key_subject(key.id))
         return metering_pb2.SetKeyLimitsResponse(api_key=key)
+
+    async def SetAccountLimits(
+        self, request: metering_pb2.SetAccountLimitsRequest, context: Context
+    ) -> metering_pb2.SetAccountLimitsResponse:
+        limits = await self._account_limits.set(request.account_id, request.rate_limits)
+        await self._announce(account_subject(request.account_id))
+        return metering_pb2.SetAccountLimitsResponse(
+            account_id=request.account_id, rate_limits=limits.to_proto()
+        )
 
     async def AddCredits(
         self, request: metering_pb2.AddCreditsRequest, context: Context

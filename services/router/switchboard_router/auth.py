@@ -42,7 +42,7 @@ from switchboard_core.key_changes import (
     subject_kind,
 )
 from switchboard_core.money import MoneyFormatError, parse_usd
-from switchboard_core.rate_limits import NO_RATE_LIMITS, RateLimits
+from switchboard_core.rate_limits import NO_RATE_LIMITS, RateLimits, rate_limit_problems
 from switchboard_core.remote_credentials import MeteringCredentials, verification_error
 from switchboard_core.verified_cache import Verified, VerifiedCache
 from switchboard_router.key_rules import KeyRules
@@ -93,6 +93,17 @@ def _limits(key: metering_pb2.ApiKey) -> Limits:
         monthly=usd(key.limits.monthly_usd),
         prepaid=key.account_prepaid,
     )
+
+
+def _rate_limits(key: metering_pb2.ApiKey, field: str) -> RateLimits:
+    """The key's (``rate_limits``) or its account's (``account_rate_limits``) rate limits. One
+    above its bound (never sent by a sound metering) makes the key unverifiable rather than
+    limited by a number nothing checked, as a malformed spend limit does."""
+    limits: metering_pb2.RateLimits = getattr(key, field)
+    if rate_limit_problems(limits, field):
+        log.error("metering sent a rate limit out of bounds", extra={"key_id": key.id})
+        raise Unavailable("the key's limits could not be read", reason="KEY_SERVICE_UNAVAILABLE")
+    return RateLimits.from_proto(limits)
 
 
 def secret_of(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
@@ -158,6 +169,8 @@ class KeyVerifier:
             expire_time=key.expire_time.ToNanoseconds() / 1e9
             if key.HasField("expire_time")
             else None,
+            rate_limits=_rate_limits(key, "rate_limits"),
+            account_rate_limits=_rate_limits(key, "account_rate_limits"),
         )
         subjects = (key_subject(key.id), account_subject(key.account_id))
         return Verified(caller, subjects, caller.expire_time)

@@ -178,6 +178,9 @@ RPC_OWNERS: Mapping[str, Owner] = {
     f"/{METERING}/SetKeyLimits": Owner(
         scope=Scope.LIMITS_WRITE, audit=Audit("api_key", "request.key_id")
     ),
+    f"/{METERING}/SetAccountLimits": Owner(
+        scope=Scope.LIMITS_WRITE, audit=Audit("account", "request.account_id")
+    ),
     f"/{METERING}/AddCredits": Owner(
         # "duplicate": a retried request_id added nothing.
         scope=Scope.CREDITS_WRITE,
