@@ -8,9 +8,13 @@ authorization interceptor; the interceptor's own cost per call is measured apart
 Then for each concurrency it runs the same 20-chunk streaming completions (1) straight at the
 demo upstream over HTTP/SSE, (2) through each router over gRPC with a key without limits and
 (3) through the TLS router with a key with a daily spend limit (each request reserves and
-settles in Redis), and prints time-to-first-token p50/p99, completions per second and the
-router's CPU milliseconds per completion (from the router process's own CPU time), then the
-TLS/plaintext ratios. It fails only if requests fail.
+settles in Redis) and (4) with a key whose key and account both have rate limits (requests
+and tokens per minute, concurrency) too high to refuse anything, so each request runs the
+rate-limit script and releases its concurrency leases and corrects its tokens in Redis, and
+prints time-to-first-token p50/p99, completions per second and the router's CPU milliseconds
+per completion (from the router process's own CPU time), then the TLS/plaintext ratios and
+what the rate-limit check adds. It fails if requests fail, or if the rate-limited rows were
+not checked (the router's ``switchboard_router_rate_limit_checks_total`` did not move).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.interceptor import interceptor_microseconds
 from switchboard.common.v1 import common_pb2
@@ -179,6 +184,13 @@ class Deployment:
     channel: grpc.aio.Channel
     unlimited: str  # an API key without limits
     limited: str  # an API key with a daily limit
+    rate_limited: str  # an API key (and account) with rate limits that never refuse
+
+
+# Rate limits at their bounds (switchboard_core.rate_limits): checked, never reached.
+NEVER_REFUSING = metering_pb2.RateLimits(
+    requests_per_minute=1_000_000, tokens_per_minute=10_000_000_000, max_concurrent=100_000
+)
 
 
 async def deploy(
@@ -215,6 +227,18 @@ async def deploy(
                 key_id=limited.api_key.id, limits=metering_pb2.SpendLimits(daily_usd="5000")
             )
         )
+        # A key whose key and account limits are all set: one script checks six limits.
+        rated = await metering.CreateApiKey(
+            metering_pb2.CreateApiKeyRequest(account_id="bench-rate", name="bench")
+        )
+        await metering.SetKeyLimits(
+            metering_pb2.SetKeyLimitsRequest(key_id=rated.api_key.id, rate_limits=NEVER_REFUSING)
+        )
+        await metering.SetAccountLimits(
+            metering_pb2.SetAccountLimitsRequest(
+                account_id="bench-rate", rate_limits=NEVER_REFUSING
+            )
+        )
     return Deployment(
         name,
         stack,
@@ -224,7 +248,25 @@ async def deploy(
         stack.channel("router", bearer=""),
         reply.secret,
         limited.secret,
+        rated.secret,
     )
+
+
+async def rate_checks(session: aiohttp.ClientSession, deployment: Deployment) -> float:
+    """The router's count of admitted rate-limit checks (its Prometheus endpoint)."""
+    url = f"http://127.0.0.1:{deployment.stack.ports.router_metrics}/metrics"
+    async with session.get(url) as response:
+        text = await response.text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name == "switchboard_router_rate_limit_checks_total"
+                and labels.get("scope") == "caller"
+                and labels.get("outcome") == "admitted"
+            ):
+                return float(sample.value)
+    return 0.0
 
 
 async def measured(deployment: Deployment, name: str, key: str, level: int, total: int) -> Result:
@@ -255,6 +297,7 @@ async def run(levels: list[int], requests: int, token_delay: float) -> int:
         for deployment in deployments:  # warm-up: connections, caches, lazy imports
             await measured(deployment, "warm", deployment.unlimited, 8, 100)
         await measured(tls, "warm", tls.limited, 8, 100)
+        await measured(tls, "warm", tls.rate_limited, 8, 100)
         await drive(direct, 100, 8)
         print(
             f"\n20-chunk streaming completions, {requests} per row, upstream token gap "
@@ -263,6 +306,9 @@ async def run(levels: list[int], requests: int, token_delay: float) -> int:
         print(f"interceptor (in process): {interceptor_microseconds():.1f} us per call\n")
         print(HEADER)
         ratios: list[str] = []
+        rate_costs: list[str] = []
+        checks_before = await rate_checks(session, tls)
+        rated_completions = 0
         for level in levels:
             total = max(requests, level * 4)
             ttft, seconds, failures = await drive(direct, total, level)
@@ -271,11 +317,18 @@ async def run(levels: list[int], requests: int, token_delay: float) -> int:
                 await measured(tls, "router tls", tls.unlimited, level, total),
                 await measured(plain, "router plain", plain.unlimited, level, total),
                 await measured(tls, "tls+limit", tls.limited, level, total),
+                await measured(tls, "tls+rate", tls.rate_limited, level, total),
             ]
+            rated_completions += len(rows[3].ttft)
             for row in rows:
                 print(row.row(), flush=True)
                 failed += row.failures
-            secure, bare = rows[0], rows[1]
+            secure, bare, rated = rows[0], rows[1], rows[3]
+            rate_costs.append(
+                f"  C={level:<4} router CPU/completion "
+                f"{(rated.cpu_ms_per_completion or 0) - (secure.cpu_ms_per_completion or 0):+.2f}"
+                f" ms, TTFT p50 {rated.ttft_p50_ms() - secure.ttft_p50_ms():+.2f} ms"
+            )
             ratios.append(
                 f"  C={level:<4} router CPU/completion TLS/plaintext "
                 f"{(secure.cpu_ms_per_completion or 0) / (bare.cpu_ms_per_completion or 1):.2f}x"
@@ -283,6 +336,12 @@ async def run(levels: list[int], requests: int, token_delay: float) -> int:
             )
         print("\nTLS and mutual TLS versus plaintext (same run):")
         print("\n".join(ratios))
+        print("\nRate limits (tls+rate versus router tls, same run):")
+        print("\n".join(rate_costs))
+        checked = await rate_checks(session, tls) - checks_before
+        if checked < rated_completions:
+            print(f"rate limits were not checked ({checked:g} of {rated_completions})")
+            failed += 1
         await session.close()
     finally:
         for deployment in deployments:
