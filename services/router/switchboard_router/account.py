@@ -12,7 +12,10 @@ client's deadline is nearer); metering unreachable is ``UNAVAILABLE`` with ``Ret
 ``ListModels`` is served from the router's copy of the catalog (no catalog RPC): the models the
 caller can use, each with only the endpoints the router routes to. A key with allow-lists sees
 only the models and providers it may use (hidden, not marked: the list answers "what can this
-key call"). An operator key with ``catalog:read`` sees every routable model.
+key call"). An operator key with ``catalog:read`` sees every routable model. Each endpoint
+carries its live statistics (``Endpoint.stats``: latency, throughput, uptime, 429s and the
+circuit breaker, across every router; :mod:`.endpoint_stats`) when the router has any for it,
+read from the router's local snapshot (no I/O).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from switchboard_core.paging import decode_token, encode_token, page_size
 from switchboard_core.rpc_owners import FORWARDED_AUTHORIZATION
 from switchboard_router.auth import MISSING_KEY, Caller, secret_of
 from switchboard_router.catalog_cache import CatalogCache, Snapshot
+from switchboard_router.endpoint_stats import CLOSED, NO_LIVE_VIEW, LiveView
 from switchboard_router.key_rules import KeyRules
 
 log = logging.getLogger(__name__)
@@ -118,10 +122,12 @@ class AccountReads:
         metering: grpc.aio.Channel,
         catalog: CatalogCache,
         timeout_seconds: float = METERING_TIMEOUT_SECONDS,
+        live: LiveView = NO_LIVE_VIEW,
     ) -> None:
         self._metering = metering_pb2_grpc.MeteringServiceStub(metering)
         self._catalog = catalog
         self._timeout = timeout_seconds
+        self._live = live
 
     async def _ask(
         self,
@@ -211,8 +217,41 @@ class AccountReads:
         models, more = usable_models(
             self._catalog.snapshot, rules, request.provider_id, after, size
         )
+        for model in models:
+            for endpoint in model.endpoints:
+                with_stats(endpoint, self._live)
         next_token = encode_token(models[-1].id) if more and models else ""
         return account_pb2.ListModelsResponse(models=models, next_page_token=next_token)
+
+
+# EndpointStats' millisecond fields are uint32.
+_MAX_MS = 2**32 - 1
+
+
+def _ms(seconds: float) -> int:
+    return min(_MAX_MS, max(0, round(seconds * 1000)))
+
+
+def with_stats(endpoint: catalog_pb2.Endpoint, live: LiveView) -> None:
+    """Set ``endpoint.stats`` from the live view (left unset when there is nothing to say:
+    no figures and a closed breaker)."""
+    figures = live.figures(endpoint.id)
+    breaker = live.breaker(endpoint.id)
+    if figures is None and breaker == CLOSED:
+        return
+    stats = catalog_pb2.EndpointStats(breaker=breaker, uptime=1.0)
+    if figures is not None:
+        stats.window_seconds = round(figures.window_seconds)
+        stats.requests = figures.requests
+        stats.uptime = figures.uptime
+        stats.rate_limited = figures.rate_limited
+        if figures.ttft is not None:
+            stats.ttft_p50_ms = _ms(figures.ttft.p50)
+            stats.ttft_p90_ms = _ms(figures.ttft.p90)
+        if figures.throughput is not None:
+            stats.throughput_p50 = figures.throughput.p50
+            stats.throughput_p90 = figures.throughput.p90
+    endpoint.stats.CopyFrom(stats)
 
 
 def usable_models(
