@@ -161,6 +161,50 @@ def stall_limits_from_row(row: Row) -> catalog_pb2.StallLimits | None:
     return catalog_pb2.StallLimits(first_byte_ms=row["first_byte_ms"], idle_ms=row["idle_ms"])
 
 
+def capacity_from_row(row: Row) -> catalog_pb2.EndpointCapacity | None:
+    """The endpoint's caps (migration 0008); None (unset) when it has none."""
+    if not row["max_concurrent"] and not row["requests_per_minute"]:
+        return None
+    return catalog_pb2.EndpointCapacity(
+        max_concurrent=row["max_concurrent"], requests_per_minute=row["requests_per_minute"]
+    )
+
+
+def data_policy_from_row(row: Row) -> catalog_pb2.DataPolicy | None:
+    """The endpoint's data policy (migration 0008); None (unset) when nothing is known."""
+    if not row["retains_prompts"] and not row["zero_data_retention"]:
+        return None
+    return catalog_pb2.DataPolicy(
+        retains_prompts=row["retains_prompts"], zero_data_retention=row["zero_data_retention"]
+    )
+
+
+_HEDGE_PREFIX = "MODE_"
+
+
+def hedge_columns(hedge: common_pb2.Hedging) -> tuple[str, int, int]:
+    """A valid ``Hedging`` as the ``models`` columns: the mode's lower-case name ('' for
+    unspecified: inherit), the delay and the percentile."""
+    mode = ""
+    if hedge.mode != common_pb2.Hedging.MODE_UNSPECIFIED:
+        mode = common_pb2.Hedging.Mode.Name(hedge.mode).removeprefix(_HEDGE_PREFIX).lower()
+    return mode, hedge.delay_ms, hedge.ttft_percentile
+
+
+def hedge_from_row(row: Row) -> common_pb2.Hedging | None:
+    """The model's hedging (migration 0008); None (unset: inherit) when its mode is ''. A mode
+    a newer replica wrote and this one does not know reads as unset."""
+    if not row["hedge_mode"]:
+        return None
+    try:
+        mode = common_pb2.Hedging.Mode.Value(_HEDGE_PREFIX + row["hedge_mode"].upper())
+    except ValueError:
+        return None
+    return common_pb2.Hedging(
+        mode=mode, delay_ms=row["hedge_delay_ms"], ttft_percentile=row["hedge_ttft_percentile"]
+    )
+
+
 def endpoint_from_row(
     row: Row, scheduled: Iterable[catalog_pb2.PriceChange] = ()
 ) -> catalog_pb2.Endpoint:
@@ -180,6 +224,8 @@ def endpoint_from_row(
         deprecation_time=_timestamp(row["deprecation_at"]),
         retirement_time=_timestamp(row["retirement_at"]),
         stall_limits=stall_limits_from_row(row),
+        capacity=capacity_from_row(row),
+        data_policy=data_policy_from_row(row),
     )
 
 
@@ -199,6 +245,7 @@ def model_from_row(row: Row, endpoints: Iterable[catalog_pb2.Endpoint]) -> catal
         retirement_time=_timestamp(row["retirement_at"]),
         successor_model_id=row["successor_model_id"],
         stall_limits=stall_limits_from_row(row),
+        hedge=hedge_from_row(row),
     )
 
 

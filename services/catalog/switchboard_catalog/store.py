@@ -25,6 +25,11 @@ and the version bumped. Locks: an upsert locks the endpoint's schedule rows, the
 endpoint; the scheduler takes the oldest due row of an endpoint ``FOR UPDATE SKIP LOCKED``,
 then the endpoint: the same order, so neither deadlocks, each row is applied once however
 many replicas run the scheduler, and an endpoint's rows are applied oldest first.
+
+An endpoint's ``capacity`` and ``data_policy`` and a model's ``hedge`` are plain columns
+(migration 0008), written by every upsert like the rest of the entry; ``Endpoint.stats`` is
+the routers' live measurement: no column holds it, so a write carrying it stores nothing of it
+and is no change on its own.
 """
 
 from __future__ import annotations
@@ -49,10 +54,10 @@ NOTIFY_CHANNEL = "switchboard_catalog"
 _ENDPOINT_COLUMNS = """id, model_id, provider_id, upstream_model, prompt_price, completion_price,
     cached_prompt_price, cache_write_price, price_rules, context_length, max_completion_tokens,
     supported_parameters, quantization, status, deprecation_at, retirement_at, first_byte_ms,
-    idle_ms"""
+    idle_ms, max_concurrent, requests_per_minute, retains_prompts, zero_data_retention"""
 _MODEL_COLUMNS = """id, display_name, description, context_length, input_modalities,
     output_modalities, updated_at, deprecation_at, retirement_at, successor_model_id,
-    first_byte_ms, idle_ms"""
+    first_byte_ms, idle_ms, hedge_mode, hedge_delay_ms, hedge_ttft_percentile"""
 _SELECT_PROVIDERS = "SELECT id, display_name, api_format, base_url, dialect FROM providers"
 # An endpoint's price version is its newest endpoint_prices row: the trigger appends one in
 # the transaction of every price change, so the newest is the one in effect.
@@ -79,21 +84,25 @@ RETURNING id"""
 _UPSERT_MODEL = """
 INSERT INTO models AS m
     (id, display_name, description, context_length, input_modalities, output_modalities,
-     deprecation_at, retirement_at, successor_model_id, first_byte_ms, idle_ms)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+     deprecation_at, retirement_at, successor_model_id, first_byte_ms, idle_ms, hedge_mode,
+     hedge_delay_ms, hedge_ttft_percentile)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 ON CONFLICT (id) DO UPDATE SET
     display_name = EXCLUDED.display_name, description = EXCLUDED.description,
     context_length = EXCLUDED.context_length, input_modalities = EXCLUDED.input_modalities,
     output_modalities = EXCLUDED.output_modalities, deprecation_at = EXCLUDED.deprecation_at,
     retirement_at = EXCLUDED.retirement_at, successor_model_id = EXCLUDED.successor_model_id,
-    first_byte_ms = EXCLUDED.first_byte_ms, idle_ms = EXCLUDED.idle_ms, updated_at = now()
+    first_byte_ms = EXCLUDED.first_byte_ms, idle_ms = EXCLUDED.idle_ms,
+    hedge_mode = EXCLUDED.hedge_mode, hedge_delay_ms = EXCLUDED.hedge_delay_ms,
+    hedge_ttft_percentile = EXCLUDED.hedge_ttft_percentile, updated_at = now()
 WHERE (m.display_name, m.description, m.context_length, m.input_modalities,
        m.output_modalities, m.deprecation_at, m.retirement_at, m.successor_model_id,
-       m.first_byte_ms, m.idle_ms)
+       m.first_byte_ms, m.idle_ms, m.hedge_mode, m.hedge_delay_ms, m.hedge_ttft_percentile)
     IS DISTINCT FROM (EXCLUDED.display_name, EXCLUDED.description, EXCLUDED.context_length,
        EXCLUDED.input_modalities, EXCLUDED.output_modalities, EXCLUDED.deprecation_at,
        EXCLUDED.retirement_at, EXCLUDED.successor_model_id, EXCLUDED.first_byte_ms,
-       EXCLUDED.idle_ms)
+       EXCLUDED.idle_ms, EXCLUDED.hedge_mode, EXCLUDED.hedge_delay_ms,
+       EXCLUDED.hedge_ttft_percentile)
 RETURNING id"""
 
 _UPSERT_ENDPOINT = """
@@ -101,8 +110,10 @@ INSERT INTO endpoints AS e
     (id, model_id, provider_id, upstream_model, prompt_price, completion_price,
      cached_prompt_price, cache_write_price, price_rules, context_length,
      max_completion_tokens, supported_parameters, quantization, status, deprecation_at,
-     retirement_at, first_byte_ms, idle_ms)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+     retirement_at, first_byte_ms, idle_ms, max_concurrent, requests_per_minute, retains_prompts,
+     zero_data_retention)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+        $19, $20, $21, $22)
 ON CONFLICT (id) DO UPDATE SET
     upstream_model = EXCLUDED.upstream_model, prompt_price = EXCLUDED.prompt_price,
     completion_price = EXCLUDED.completion_price,
@@ -113,17 +124,22 @@ ON CONFLICT (id) DO UPDATE SET
     supported_parameters = EXCLUDED.supported_parameters,
     quantization = EXCLUDED.quantization, status = EXCLUDED.status,
     deprecation_at = EXCLUDED.deprecation_at, retirement_at = EXCLUDED.retirement_at,
-    first_byte_ms = EXCLUDED.first_byte_ms, idle_ms = EXCLUDED.idle_ms, updated_at = now()
+    first_byte_ms = EXCLUDED.first_byte_ms, idle_ms = EXCLUDED.idle_ms,
+    max_concurrent = EXCLUDED.max_concurrent, requests_per_minute = EXCLUDED.requests_per_minute,
+    retains_prompts = EXCLUDED.retains_prompts,
+    zero_data_retention = EXCLUDED.zero_data_retention, updated_at = now()
 WHERE (e.upstream_model, e.prompt_price, e.completion_price, e.cached_prompt_price,
        e.cache_write_price, e.price_rules, e.context_length, e.max_completion_tokens,
        e.supported_parameters, e.quantization, e.status, e.deprecation_at, e.retirement_at,
-       e.first_byte_ms, e.idle_ms)
+       e.first_byte_ms, e.idle_ms, e.max_concurrent, e.requests_per_minute, e.retains_prompts,
+       e.zero_data_retention)
     IS DISTINCT FROM (EXCLUDED.upstream_model, EXCLUDED.prompt_price,
        EXCLUDED.completion_price, EXCLUDED.cached_prompt_price, EXCLUDED.cache_write_price,
        EXCLUDED.price_rules, EXCLUDED.context_length, EXCLUDED.max_completion_tokens,
        EXCLUDED.supported_parameters, EXCLUDED.quantization, EXCLUDED.status,
        EXCLUDED.deprecation_at, EXCLUDED.retirement_at, EXCLUDED.first_byte_ms,
-       EXCLUDED.idle_ms)
+       EXCLUDED.idle_ms, EXCLUDED.max_concurrent, EXCLUDED.requests_per_minute,
+       EXCLUDED.retains_prompts, EXCLUDED.zero_data_retention)
 RETURNING id"""
 
 # The price history a snapshot carries: the changes of the last ``$1`` days (the ledger's
@@ -427,6 +443,7 @@ async def _upsert_model(conn: asyncpg.Connection, model: catalog_pb2.Model) -> b
         model.successor_model_id,
         model.stall_limits.first_byte_ms,
         model.stall_limits.idle_ms,
+        *convert.hedge_columns(model.hedge),
     )
     return row is not None
 
@@ -468,6 +485,10 @@ async def _upsert_endpoint(conn: asyncpg.Connection, endpoint: catalog_pb2.Endpo
         convert.time_to_db(endpoint, "retirement_time"),
         endpoint.stall_limits.first_byte_ms,
         endpoint.stall_limits.idle_ms,
+        endpoint.capacity.max_concurrent,
+        endpoint.capacity.requests_per_minute,
+        endpoint.data_policy.retains_prompts,
+        endpoint.data_policy.zero_data_retention,
     )
     if due:
         await conn.execute(_SET_EFFECTIVE_AT, "")

@@ -16,8 +16,10 @@ from switchboard.catalog.v1 import catalog_pb2
 from switchboard.common.v1 import common_pb2
 from switchboard_core.catalog_ids import model_id_problem as model_id_problem
 from switchboard_core.catalog_ids import provider_id_problem as provider_id_problem
+from switchboard_core.hedging import hedging_violations
 from switchboard_core.money import MoneyFormatError, parse_usd
 from switchboard_core.pricing import ALL_RATES, FEES, HH_MM, PriceSheet, tier_problems
+from switchboard_core.rate_limits import MAX_CONCURRENT, MAX_REQUESTS_PER_MINUTE
 from switchboard_core.upstreams import STRICT, UpstreamPolicy
 from switchboard_core.usage_bounds import MAX_USD_PER_TOKEN
 
@@ -52,6 +54,10 @@ SCHEDULE_CLOCK_SKEW = timedelta(minutes=5)
 # cut between two tokens; above an hour it is no limit (migration 0007 checks the same).
 MIN_STALL_MS = 100
 MAX_STALL_MS = 3_600_000
+# EndpointCapacity: the same ceilings as a key's or an account's rate limits
+# (switchboard_core.rate_limits; migration 0008 checks the same).
+MAX_ENDPOINT_CONCURRENT = MAX_CONCURRENT
+MAX_ENDPOINT_REQUESTS_PER_MINUTE = MAX_REQUESTS_PER_MINUTE
 
 
 def endpoint_id(provider_id: str, model_id: str) -> str:
@@ -102,6 +108,7 @@ def model_violations(model: catalog_pb2.Model, prefix: str) -> Violations:
         out.extend(_list_violations(f"{prefix}.{name}", values, _MODALITY, "a modality"))
     out.extend(lifecycle_violations(model, prefix))
     out.extend(stall_violations(model.stall_limits, f"{prefix}.stall_limits"))
+    out.extend(hedging_violations(model.hedge, f"{prefix}.hedge"))
     if model.successor_model_id:
         problem = model_id_problem(model.successor_model_id)
         if problem:
@@ -147,6 +154,14 @@ def endpoint_violations(
         out.append((f"{prefix}.status", "must be a known EndpointStatus"))
     out.extend(lifecycle_violations(endpoint, prefix))
     out.extend(stall_violations(endpoint.stall_limits, f"{prefix}.stall_limits"))
+    out.extend(capacity_violations(endpoint.capacity, f"{prefix}.capacity"))
+    if endpoint.data_policy.retains_prompts and endpoint.data_policy.zero_data_retention:
+        out.append(
+            (
+                f"{prefix}.data_policy.zero_data_retention",
+                "a zero-data-retention endpoint keeps nothing: retains_prompts must be false",
+            )
+        )
     out.extend(scheduled_violations(endpoint.scheduled_prices, f"{prefix}.scheduled_prices", now))
     return out
 
@@ -271,6 +286,19 @@ def stall_violations(limits: catalog_pb2.StallLimits, prefix: str) -> Violations
                     f"0 (inherit) or from {MIN_STALL_MS} to {MAX_STALL_MS} milliseconds (an hour)",
                 )
             )
+    return out
+
+
+def capacity_violations(capacity: catalog_pb2.EndpointCapacity, prefix: str) -> Violations:
+    """Each cap 0 (none) or at most its ceiling. ``Endpoint.stats`` is not checked: it is
+    output only, and a write ignores it."""
+    out: Violations = []
+    for name, ceiling in (
+        ("max_concurrent", MAX_ENDPOINT_CONCURRENT),
+        ("requests_per_minute", MAX_ENDPOINT_REQUESTS_PER_MINUTE),
+    ):
+        if getattr(capacity, name) > ceiling:
+            out.append((f"{prefix}.{name}", f"at most {ceiling:,} (0: no cap)"))
     return out
 
 
