@@ -27,7 +27,8 @@ MINI = "openai/gpt-4o-mini"
 def test_no_allow_lists_allow_everything() -> None:
     rules = KeyRules.from_key(metering_pb2.ApiKey(id="key_1"))
     assert rules == KeyRules()
-    planned = allowed_plan(rules, request(fallback_models=(MINI,)), SNAPSHOT)
+    by_price = request(fallback_models=(MINI,), prefs={"sort": "price"})
+    planned = allowed_plan(rules, by_price, SNAPSHOT)
     assert providers(planned) == ["deepinfra", "groq", "together", "openai"]
 
 
@@ -56,7 +57,8 @@ def test_the_allow_list_is_checked_before_the_catalog() -> None:
 
 def test_routes_of_other_providers_are_dropped_keeping_the_order() -> None:
     rules = KeyRules(providers=frozenset({"together", "groq", "openai"}))
-    planned = allowed_plan(rules, request(fallback_models=(MINI,)), SNAPSHOT)
+    by_price = request(fallback_models=(MINI,), prefs={"sort": "price"})
+    planned = allowed_plan(rules, by_price, SNAPSHOT)
     assert providers(planned) == ["groq", "together", "openai"]
     ordered = request(prefs={"order": ("together",)})
     assert providers(allowed_plan(rules, ordered, SNAPSHOT)) == ["together", "groq"]

@@ -1,4 +1,6 @@
-"""Endpoint planning: filters, price order, provider order, fallbacks, variants."""
+"""Endpoint planning: filters, price order, provider order, fallbacks, variants. The default
+order (weighted by price, on live figures) is tests/unit/test_router_live_routing.py's; these
+ask for ``sort=price`` where they check a strict order."""
 
 from __future__ import annotations
 
@@ -72,8 +74,12 @@ def providers(routes: list[Route]) -> list[str]:
     return [r.provider_id for r in routes]
 
 
-def test_cheapest_first_by_default() -> None:
-    assert providers(plan(request(), SNAPSHOT)) == ["deepinfra", "groq", "together"]
+def test_sort_price_and_floor_are_cheapest_first() -> None:
+    by_price = ["deepinfra", "groq", "together"]
+    assert providers(plan(request(prefs={"sort": "price"}), SNAPSHOT)) == by_price
+    assert providers(plan(request(LLAMA + ":floor"), SNAPSHOT)) == by_price
+    # The default draws an order (weighted by price) but always plans every endpoint.
+    assert sorted(providers(plan(request(), SNAPSHOT))) == sorted(by_price)
 
 
 def test_order_moves_providers_first_and_allow_fallbacks_false_drops_the_rest() -> None:
@@ -90,27 +96,28 @@ def test_only_ignore_and_max_price() -> None:
     from decimal import Decimal
 
     assert providers(plan(request(prefs={"only": frozenset({"groq"})}), SNAPSHOT)) == ["groq"]
-    assert providers(plan(request(prefs={"ignore": frozenset({"deepinfra"})}), SNAPSHOT)) == [
-        "groq",
-        "together",
-    ]
-    cheap = request(prefs={"max_prompt_price": Decimal("0.6")})
+    ignore = request(prefs={"ignore": frozenset({"deepinfra"}), "sort": "price"})
+    assert providers(plan(ignore, SNAPSHOT)) == ["groq", "together"]
+    cheap = request(prefs={"max_prompt_price": Decimal("0.6"), "sort": "price"})
     assert providers(plan(cheap, SNAPSHOT)) == ["deepinfra", "groq"]
 
 
 def test_require_parameters_keeps_endpoints_that_support_them() -> None:
-    needs_seed = request(seed=1, prefs={"require_parameters": True})
+    needs_seed = request(seed=1, prefs={"require_parameters": True, "sort": "price"})
     assert providers(plan(needs_seed, SNAPSHOT)) == ["deepinfra", "together"]
 
 
 def test_fallback_models_follow_the_main_model() -> None:
-    planned = plan(request(fallback_models=("openai/gpt-4o-mini",)), SNAPSHOT)
+    planned = plan(
+        request(fallback_models=("openai/gpt-4o-mini",), prefs={"sort": "price"}), SNAPSHOT
+    )
     assert providers(planned) == ["deepinfra", "groq", "together", "openai"]
 
 
 def test_variants_resolve_to_the_base_model() -> None:
     assert split_variant(LLAMA + ":floor") == (LLAMA, "floor")
     assert split_variant("mistralai/ministral-8b:2410") == ("mistralai/ministral-8b:2410", "")
+    # :nitro sorts by live throughput; with no figures yet, the cheapest leads.
     assert providers(plan(request(LLAMA + ":nitro"), SNAPSHOT))[0] == "deepinfra"
 
 
@@ -129,6 +136,7 @@ def test_preferences_that_match_nothing() -> None:
     with pytest.raises(NotFound) as none:
         plan(request(prefs={"only": frozenset({"nobody"})}), SNAPSHOT)
     assert none.value.reason == "NO_ENDPOINT_MATCHES"
+    assert none.value.metadata == {"model": LLAMA, "filter": "provider.only"}
 
 
 def test_require_parameters_that_no_endpoint_supports_names_the_missing_ones() -> None:

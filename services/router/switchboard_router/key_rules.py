@@ -19,6 +19,7 @@ use. Pure functions: no I/O.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from switchboard.metering.v1 import metering_pb2
 from switchboard_core.errors import PermissionDenied
 from switchboard_router.canonical import CompletionRequest
 from switchboard_router.catalog_cache import Route, Snapshot
+from switchboard_router.endpoint_stats import NO_LIVE_VIEW, LiveView
 from switchboard_router.routing import plan, split_variant
 
 
@@ -87,7 +89,16 @@ class KeyRules:
         return kept
 
 
-def allowed_plan(rules: KeyRules, request: CompletionRequest, snapshot: Snapshot) -> list[Route]:
-    """The endpoints to try, in order, among those the key may use (see the module doc)."""
+def allowed_plan(
+    rules: KeyRules,
+    request: CompletionRequest,
+    snapshot: Snapshot,
+    live: LiveView = NO_LIVE_VIEW,
+    rng: random.Random | None = None,
+) -> list[Route]:
+    """The endpoints to try, in order, among those the key may use (see the module doc).
+    ``live`` and ``rng``: the live endpoint figures and the load balancer's randomness
+    (:func:`~switchboard_router.routing.plan`). Dropping the providers a key may not use
+    after the weighted draw leaves the others in the order a draw among them alone gives."""
     rules.check_models(request)
-    return rules.filter_routes(plan(request, snapshot), request)
+    return rules.filter_routes(plan(request, snapshot, live=live, rng=rng), request)

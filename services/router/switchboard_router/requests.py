@@ -2,7 +2,8 @@
 
 Every problem is collected and reported together in one ``INVALID_ARGUMENT`` whose
 ``BadRequest`` names each field by its proto path. A part's ``cache_control`` becomes its
-``cache`` (``CACHE_5M`` / ``CACHE_1H``), under the rules :mod:`.request_options` states.
+``cache`` (``CACHE_5M`` / ``CACHE_1H``), under the rules :mod:`.request_options` states; the
+``provider`` object is :mod:`.provider_prefs`'s.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -19,13 +19,11 @@ from switchboard.common.v1 import common_pb2
 from switchboard.router.v1 import router_pb2
 from switchboard_core.catalog_ids import MODEL_ID
 from switchboard_core.errors import InvalidArgument
-from switchboard_core.money import MoneyFormatError, parse_usd
 from switchboard_router.canonical import (
     CompletionRequest,
     ImagePart,
     Message,
     Part,
-    ProviderPrefs,
     ResponseFormat,
     ResponseFormatKind,
     Role,
@@ -35,6 +33,7 @@ from switchboard_router.canonical import (
     ToolChoice,
     ToolChoiceMode,
 )
+from switchboard_router.provider_prefs import provider_prefs
 from switchboard_router.request_options import (
     MAX_SIGNATURE_CHARS,
     CacheMark,
@@ -75,12 +74,6 @@ RESPONSE_FORMATS = {
 }
 MAX_STOP = 4
 MAX_FALLBACKS = 5
-SORTS = {
-    router_pb2.PROVIDER_SORT_UNSPECIFIED: "",
-    router_pb2.PROVIDER_SORT_PRICE: "price",
-    router_pb2.PROVIDER_SORT_THROUGHPUT: "throughput",
-    router_pb2.PROVIDER_SORT_LATENCY: "latency",
-}
 
 AnyCompletionRequest = router_pb2.StreamCompletionRequest | router_pb2.CreateCompletionRequest
 
@@ -115,7 +108,7 @@ def parse_request(request: AnyCompletionRequest) -> CompletionRequest:
     tools = _tools(request, problems)
     tool_choice = _tool_choice(request, tools, problems)
     response_format = _response_format(request, problems)
-    prefs = _prefs(request.provider, problems)
+    prefs = provider_prefs(request.provider, problems)
     reasoning = reasoning_config(request, problems)
     logprobs, top_logprobs, n = sampling_options(request, problems)
     if problems:
@@ -365,34 +358,3 @@ def _response_format(
     if schema is None:
         problems.append(("response_format.schema_json", "must be a JSON Schema object"))
     return ResponseFormat(kind, fmt.name, schema, fmt.strict)
-
-
-def _price(field: str, text: str, problems: list[tuple[str, str]]) -> Decimal | None:
-    if not text:
-        return None
-    try:
-        return parse_usd(text)
-    except MoneyFormatError as error:
-        problems.append((field, str(error)))
-        return None
-
-
-def _prefs(p: router_pb2.ProviderPreferences, problems: list[tuple[str, str]]) -> ProviderPrefs:
-    if p.sort not in SORTS:
-        problems.append(("provider.sort", "unknown sort"))
-    return ProviderPrefs(
-        order=tuple(p.order),
-        only=frozenset(p.only),
-        ignore=frozenset(p.ignore),
-        allow_fallbacks=p.allow_fallbacks if p.HasField("allow_fallbacks") else True,
-        sort=SORTS.get(p.sort, ""),
-        max_prompt_price=_price(
-            "provider.max_price.prompt_usd_per_mtok", p.max_price.prompt_usd_per_mtok, problems
-        ),
-        max_completion_price=_price(
-            "provider.max_price.completion_usd_per_mtok",
-            p.max_price.completion_usd_per_mtok,
-            problems,
-        ),
-        require_parameters=p.require_parameters,
-    )
