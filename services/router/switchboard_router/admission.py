@@ -20,6 +20,11 @@ endpoint's price sheet could apply to the request (:func:`worst_case_sheet`):
   audio-output rates; plus the per-request fee and the per-image fee for each image. Web
   searches are not reserved: no request field asks for them.
 
+A hedged request (:mod:`.hedging`) may meter two attempts, the generation served and the
+attempt that lost the race, each for what it consumed; the relay keeps at most two in flight,
+so it reserves the sum of the two dearest routes' worst cases, and the relay settles to the
+sum of both ledger rows.
+
 A request whose
 reservation does not fit is refused with ``RESOURCE_EXHAUSTED``
 (``KEY_LIMIT_EXCEEDED`` or ``INSUFFICIENT_CREDIT``). A reserved request that sets no
@@ -59,7 +64,13 @@ from switchboard_core.pricing import Counts, PriceSheet, Rates, Resolved
 from switchboard_core.redis_client import RedisDeadline
 from switchboard_router import metrics
 from switchboard_router.auth import Caller
-from switchboard_router.canonical import CACHE_1H, CACHE_5M, CompletionRequest
+from switchboard_router.canonical import (
+    CACHE_1H,
+    CACHE_5M,
+    NO_HEDGE,
+    CompletionRequest,
+    HedgePolicy,
+)
 from switchboard_router.catalog_cache import Route
 from switchboard_router.usage_estimate import PromptSize, cache_marks
 
@@ -130,8 +141,12 @@ def worst_case_sheet(
     )
 
 
-def worst_case_cost(request: CompletionRequest, routes: list[Route], ceiling: int) -> Decimal:
-    """The most the request can cost on any of ``routes``: what admission reserves."""
+def worst_case_cost(
+    request: CompletionRequest, routes: list[Route], ceiling: int, *, hedged: bool = False
+) -> Decimal:
+    """The most the request can cost on any of ``routes``: what admission reserves. A
+    ``hedged`` request may meter two attempts (the relay keeps at most two in flight): the
+    sum of the two dearest routes' worst cases."""
     asks = _Asks.of(request)  # the prompt is read once, whatever the number of routes
     counts = Counts(
         prompt_tokens=asks.prompt.reservation_tokens,
@@ -151,6 +166,8 @@ def worst_case_cost(request: CompletionRequest, routes: list[Route], ceiling: in
         )
         for route in routes
     ]
+    if hedged:
+        return sum(sorted(costs, reverse=True)[:2], Decimal(0))
     return max(costs, default=Decimal(0))
 
 
@@ -187,12 +204,20 @@ class Admission:
         self._spool = spool
 
     async def admit(
-        self, caller: Caller, request: CompletionRequest, routes: list[Route]
+        self,
+        caller: Caller,
+        request: CompletionRequest,
+        routes: list[Route],
+        *,
+        hedge: HedgePolicy = NO_HEDGE,
     ) -> Reservation | None:
+        """Reserve the request's worst case; ``hedge``, the policy the relay will run it with
+        (:func:`.hedging.resolve`): a hedged request reserves for two attempts."""
         limits: Limits = caller.limits
         if not limits.enforced:
             return None
-        amount = worst_case_cost(request, routes, self._ceiling)
+        hedged = hedge.enabled and len(routes) > 1
+        amount = worst_case_cost(request, routes, self._ceiling, hedged=hedged)
         try:
             reservation = await self._deadline.run(
                 "reserve",

@@ -18,7 +18,9 @@ import grpc
 
 from switchboard.catalog.v1 import catalog_pb2
 from switchboard_core.catalog_watch import CatalogWatch
+from switchboard_core.hedging import hedging_violations
 from switchboard_core.pricing import PriceSheet, Resolved
+from switchboard_router.canonical import HedgePolicy
 from switchboard_router.lifecycle import (
     NO_LIFECYCLE,
     Lifecycle,
@@ -28,6 +30,7 @@ from switchboard_router.lifecycle import (
     of_endpoint,
     of_model,
 )
+from switchboard_router.provider_prefs import hedge_policy
 from switchboard_router.providers.base import DEFAULT_STALL, StallLimits
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,9 @@ class Snapshot:
     # ``fresh_until``, the next deprecation or retirement time (CatalogCache.snapshot).
     lifecycles: Mapping[str, Lifecycle] = field(default_factory=dict)
     fresh_until: datetime | None = None
+    # Model id -> its default hedging (catalog Model.hedge), for the models that set one
+    # (MODE_UNSPECIFIED inherits the router's: absent here). Resolved by hedging.resolve.
+    hedges: Mapping[str, HedgePolicy] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> Snapshot:
@@ -122,6 +128,7 @@ class Snapshot:
         providers = {p.id: p for p in message.providers}
         routes: dict[str, tuple[Route, ...]] = {}
         lifecycles: dict[str, Lifecycle] = {}
+        hedges: dict[str, HedgePolicy] = {}
         every: list[Lifecycle] = []
         for model in message.models:
             found = []
@@ -166,6 +173,9 @@ class Snapshot:
             routes[model.id] = tuple(found)
             lifecycles[model.id] = model_retirement(model_lifecycle, serving)
             every += [lifecycles[model.id], *serving]
+            hedge = model_hedge(model)
+            if hedge is not None:
+                hedges[model.id] = hedge
         return cls(
             version=message.version,
             routes=routes,
@@ -173,7 +183,22 @@ class Snapshot:
             models=tuple(sorted(message.models, key=lambda model: model.id)),
             lifecycles=lifecycles,
             fresh_until=next_change(every, now),
+            hedges=hedges,
         )
+
+
+def model_hedge(model: catalog_pb2.Model) -> HedgePolicy | None:
+    """The model's default hedging, None when it inherits the router's. The catalog checks
+    a model's setting when it is written (switchboard_core.hedging); one that breaks the rules
+    anyway (written before them, or by hand) is ignored, and said so, rather than applied."""
+    problems = hedging_violations(model.hedge, "model.hedge")
+    if problems:
+        log.warning(
+            "model hedging ignored",
+            extra={"model": model.id, "field": problems[0][0], "problem": problems[0][1]},
+        )
+        return None
+    return hedge_policy(model.hedge)
 
 
 def stall_limits(inherited: StallLimits, limits: catalog_pb2.StallLimits) -> StallLimits:

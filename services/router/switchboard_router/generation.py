@@ -44,10 +44,40 @@ def new_generation_id() -> str:
 
 @dataclass
 class Hold:
-    """A request's budget reservation and whether it has been settled."""
+    """A request's budget reservation, settled once to the sum of what its attempts cost.
+
+    A request may meter more than one attempt: the generation it served and, with hedging,
+    the attempt that lost the race (each its own ledger row). Each metered attempt is
+    expected (:meth:`expect`) before its cost is known, and added when it is (:meth:`add`,
+    often in the background: a cut stream is counted with the tokenizer); once the request
+    can start no more attempts (:meth:`close`) and nothing is still expected, the hold is
+    due: settled to ``spent``, the sum of the ledger rows the request wrote."""
 
     reservation: Reservation
     settled: bool = False
+    spent: Decimal = Decimal(0)  # the costs of the attempts metered so far
+    pending: int = 0  # attempts expected whose cost is not known yet
+    closed: bool = False  # the request starts no more attempts
+
+    def expect(self) -> None:
+        self.pending += 1
+
+    def add(self, cost: Decimal) -> bool:
+        """An expected attempt cost ``cost``; whether the hold is now due."""
+        self.spent += cost
+        self.pending -= 1
+        return self._due()
+
+    def close(self) -> bool:
+        """No attempt will start any more; whether the hold is now due."""
+        self.closed = True
+        return self._due()
+
+    def _due(self) -> bool:
+        if self.settled or not self.closed or self.pending > 0:
+            return False
+        self.settled = True
+        return True
 
 
 @dataclass

@@ -1,41 +1,45 @@
-"""The attempt loop and the relay of one generation.
+"""The relay of one request: its attempts, then the generation that answered.
 
-Endpoints are tried in plan order until one yields its first event; an error before that
-moves on to the next endpoint, so the client sees one stream. After the first event the
-generation is committed to that endpoint: deltas pass straight through, and at the end the
-usage event is made durable before the final event is yielded. A generation cut short (the
-client cancelled, or the upstream failed midway) is metered for what was generated, with
-estimated usage when the provider reported none (:func:`.usage_estimate.estimated_usage`:
-the provider's running counts where it sent them, hidden reasoning allowed for). An adapter's
-``UsageReport`` marked ``estimated`` is such a running count, kept as a floor; the final,
-unmarked one replaces it. A generation is tracked as in flight
-(:mod:`.inflight`) from its first token until its event is published, so metering records it
-if this router dies first.
+Which endpoints the request is sent to, when, and which answer it keeps is
+:mod:`.attempts`' (plan order, circuit breakers, endpoint capacity slots, the retry budget,
+hedging); the client sees one stream. After the first event the generation is committed to
+that endpoint: deltas pass straight through, and at the end the usage event is made durable
+before the final event is yielded. A generation cut short (the client cancelled, or the
+upstream failed midway) is metered for what was generated, with estimated usage when the
+provider reported none (:func:`.usage_estimate.estimated_usage`: the provider's running
+counts where it sent them, hidden reasoning allowed for). An adapter's ``UsageReport`` marked
+``estimated`` is such a running count, kept as a floor; the final, unmarked one replaces it. A
+generation is tracked as in flight (:mod:`.inflight`) from its first token until its event is
+published, so metering records it if this router dies first.
+
+An attempt abandoned before it won (a hedge's loser) is metered as its own attempt, and the
+request's reservation settles to the sum of what its attempts cost: :mod:`.billing`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
+from typing import TYPE_CHECKING, Any, Protocol
 
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.budget import Reservation
-from switchboard_core.config import Secret
-from switchboard_core.errors import NotFound, Unavailable
 from switchboard_router import metrics
 from switchboard_router.admission import Admission
+from switchboard_router.attempts import Attempts, Leg, Upstreams
 from switchboard_router.auth import Caller
+from switchboard_router.billing import Billing, count, lost_generation_id
 from switchboard_router.canonical import (
+    NO_HEDGE,
     AdapterEvent,
     CompletionRequest,
     Finish,
     FinishEvent,
+    HedgePolicy,
     LogprobsDelta,
     PromptUsage,
     ProviderMetadata,
@@ -47,17 +51,16 @@ from switchboard_router.canonical import (
     UsageReport,
     reasoning_blocks,
 )
+from switchboard_router.capacity import OPEN_GATE, EndpointGate
 from switchboard_router.catalog_cache import Route
+from switchboard_router.endpoint_stats import NO_LIVE_VIEW, LiveView
 from switchboard_router.generation import Generation, Hold, new_generation_id
 from switchboard_router.provider_metadata import merged_metadata
-from switchboard_router.providers.base import Adapter, Target, UpstreamError, UpstreamStalled
-from switchboard_router.providers.credentials import (
-    ProviderCredentials,
-    Withheld,
-    withheld_error,
-)
+from switchboard_router.providers.base import Adapter, UpstreamError, UpstreamStalled
+from switchboard_router.providers.credentials import ProviderCredentials
 from switchboard_router.providers.guard import EventGuard
-from switchboard_router.usage_estimate import cut_usage, plausible_prompt
+from switchboard_router.retry_budget import RetryBudget
+from switchboard_router.usage_estimate import plausible_prompt
 from switchboard_router.usage_sanity import (
     checked_running,
     checked_usage,
@@ -69,12 +72,6 @@ if TYPE_CHECKING:
     from switchboard_router.inflight import InFlight
 
 log = logging.getLogger(__name__)
-
-STATUS_NAMES: dict[int, str] = {
-    metering_pb2.GENERATION_STATUS_COMPLETED: "completed",
-    metering_pb2.GENERATION_STATUS_CANCELLED: "cancelled",
-    metering_pb2.GENERATION_STATUS_FAILED: "failed",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,16 +117,6 @@ class AttemptObserver(Protocol):
         event (its throughput)."""
 
 
-# How long shutdown waits for budget settles once the usage events are written.
-SETTLE_DRAIN_SECONDS = 1.0
-
-
-def _running(event: AdapterEvent) -> TypeGuard[UsageReport]:
-    """An adapter's running usage counts (a ``UsageReport`` marked estimated, sent before the
-    final one: Gemini's running ``usageMetadata``): not output, and not the final word."""
-    return type(event) is UsageReport and event.estimated
-
-
 class Relay:
     def __init__(
         self,
@@ -139,34 +126,32 @@ class Relay:
         admission: Admission,
         inflight: InFlight | None = None,
         observer: AttemptObserver | None = None,
+        *,
+        gate: EndpointGate = OPEN_GATE,
+        live: LiveView = NO_LIVE_VIEW,
+        retry_budget: RetryBudget | None = None,
+        queue_seconds: float = 2.0,
+        circuit_retry_seconds: float = 5.0,
     ) -> None:
-        self._adapters = adapters
+        """``gate``: endpoint capacity caps; ``live``: breakers and live figures;
+        ``retry_budget``: the router's budget for extra attempts (None: unbounded);
+        ``queue_seconds``: the longest wait for an endpoint at its cap;
+        ``circuit_retry_seconds``: the retry delay given when every endpoint's circuit is
+        open."""
+        self._upstreams = Upstreams(
+            adapters,
+            credentials,
+            gate,
+            live,
+            retry_budget,
+            queue_seconds=queue_seconds,
+            circuit_retry_seconds=circuit_retry_seconds,
+        )
+        self._gate = gate
         self._observer = observer
-        self._credentials = credentials
-        self._sink = sink
         self._admission = admission
         self._inflight = inflight
-        self._background: set[asyncio.Task[None]] = set()
-        self._settles: set[asyncio.Task[None]] = set()
-
-    def _key_for(self, route: Route, adapter: Adapter) -> Secret | Withheld:
-        """The provider's key if its endpoint's host is declared for it (else why not)."""
-        return self._credentials.lookup(
-            route.provider_id, route.base_url, required=adapter.requires_credential(route.dialect)
-        )
-
-    @staticmethod
-    def _target(route: Route, key: Secret, request: CompletionRequest) -> Target:
-        thinks = request.reasoning is not None and request.reasoning.thinks
-        return Target(
-            route.provider_id,
-            route.base_url,
-            route.upstream_model,
-            key,
-            dialect=route.dialect,
-            max_completion_tokens=route.max_completion_tokens,
-            stall=route.thinking_stall if thinks else route.stall,
-        )
+        self._billing = Billing(sink, admission)
 
     def _failed(self, route: Route, error: UpstreamError, *, started: bool) -> None:
         """Count an attempt's failure (stalls by phase too) and tell the observer."""
@@ -176,17 +161,9 @@ class Relay:
         if self._observer is not None:
             self._observer.failed(route, error, started=started)
 
-    @staticmethod
-    def _unsupported(request: CompletionRequest, route: Route, adapter: Adapter) -> frozenset[str]:
-        """Parameters the request sets that this endpoint cannot honour.
-
-        The catalog says what the endpoint supports (an empty list means unknown: trust the
-        adapter); the adapter says what it can translate for the host's dialect.
-        """
-        supported = adapter.parameters(route.dialect)
-        if route.supported_parameters:
-            supported &= route.supported_parameters
-        return request.set_parameters() - supported
+    def _first_token(self, leg: Leg) -> None:
+        if self._observer is not None:
+            self._observer.first_token(leg.route, leg.first_at - leg.sent_at)
 
     async def run(
         self,
@@ -197,15 +174,19 @@ class Relay:
         timeout: float,
         streamed: bool,
         reservation: Reservation | None = None,
+        hedge: HedgePolicy = NO_HEDGE,
     ) -> AsyncIterator[RelayEvent]:
-        """Try the routes in order and relay the first that answers. A ``reservation`` is
-        settled to the generation's cost, or released when no generation started."""
+        """Try the routes (:mod:`.attempts`: in order, hedged as ``hedge`` says) and relay the
+        first that answers. A ``reservation`` is settled to the sum of the costs of the
+        attempts metered (the generation, and a hedge's loser), or released when none was."""
         hold = Hold(reservation) if reservation is not None else None
         try:
-            async for event in self._attempts(request, routes, caller, timeout, streamed, hold):
+            async for event in self._attempts(
+                request, routes, caller, timeout, streamed, hold, hedge
+            ):
                 yield event
         finally:
-            self._settle(hold, Decimal(0))  # no-op when the generation settled it
+            self._billing.close(hold)  # settles now when no attempt is still being metered
 
     async def _attempts(
         self,
@@ -215,110 +196,78 @@ class Relay:
         timeout: float,
         streamed: bool,
         hold: Hold | None,
+        hedge: HedgePolicy,
     ) -> AsyncIterator[RelayEvent]:
         started = time.monotonic()
-        deadline = started + timeout
-        last_error: UpstreamError | None = None
-        refused: NotFound | None = None
-        tries = 0  # requests sent upstream so far
-        withheld: list[Withheld] = []  # endpoints skipped: no credential, or undeclared host
-        for route in routes:
-            adapter = self._adapters.get(route.api_format)
-            if adapter is None:
-                log.warning("no adapter for endpoint", extra={"endpoint": route.endpoint_id})
-                continue
-            key = self._key_for(route, adapter)
-            if isinstance(key, Withheld):
-                withheld.append(key)
-                continue
-            unsupported = self._unsupported(request, route, adapter)
-            if unsupported and request.provider.require_parameters:
-                skipped = ", ".join(sorted(unsupported))
-                refused = NotFound(
-                    f"{route.endpoint_id} cannot honour: {skipped}"
-                    " (provider.require_parameters is on)",
-                    reason="NO_ENDPOINT_SUPPORTS_PARAMETERS",
-                    metadata={"endpoint": route.endpoint_id},
-                )
-                continue
-            attempt = tries
-            tries += 1
-            sent = request.without(unsupported)
-            if hold is not None and "max_tokens" not in unsupported:
-                sent = self._admission.bounded(sent, route)
-            sent_at = time.monotonic()
-            events = adapter.stream(
-                sent,
-                self._target(route, key, sent),
-                timeout=max(0.001, deadline - time.monotonic()),
+        generation_id = new_generation_id()
+
+        def lost(leg: Leg, cause: str) -> None:
+            self._billing.lost(
+                Generation(
+                    id=lost_generation_id(generation_id, leg.attempt),
+                    attempt=leg.attempt,
+                    caller=caller,
+                    request=request,
+                    route=leg.route,
+                    started=started,
+                    create_time=leg.sent_wall,
+                    streamed=streamed,
+                    first_event_at=leg.first_at,
+                    hold=hold,
+                    prompt=leg.prompt,
+                    sent_at=leg.sent_at,
+                ),
+                leg,
             )
-            # Inline rather than a wrapping generator: one less hop per event.
-            guard = EventGuard(route.provider_id)
-            prompt: PromptUsage | None = None
-            running: UsageReport | None = None  # the provider's running counts, if any
-            try:
-                try:
-                    first = await anext(events)
-                    while True:  # usage counts are no output: the first token is to come
-                        if type(first) is PromptUsage:
-                            prompt = first if plausible_prompt(first) else prompt
-                        elif _running(first):
-                            running = first
-                        else:
-                            break
-                        first = await anext(events)
-                except (UpstreamError, StopAsyncIteration):
-                    raise
-                except Exception as crash:  # an adapter's bug: the provider's stream, unread
-                    raise guard.failure(crash) from crash
-            except UpstreamError as error:
-                self._failed(route, error, started=False)
-                log.info(
-                    "upstream attempt failed",
-                    extra={"endpoint": route.endpoint_id, "reason": error.reason},
-                )
-                last_error = error
-                continue
-            except StopAsyncIteration:
-                continue
-            if attempt:
-                metrics.FALLBACKS.inc()
-            generation = Generation(
-                id=new_generation_id(),
-                attempt=attempt,
-                caller=caller,
-                request=request,
-                route=route,
-                started=started,
-                create_time=time.time(),
-                streamed=streamed,
-                first_event_at=time.monotonic(),
-                hold=hold,
-                prompt=prompt,
-                sent_at=sent_at,
-            )
-            if running is not None:
-                generation.running = checked_running(running, generation)
-            metrics.TIME_TO_FIRST_TOKEN.labels(route.provider_id).observe(
-                generation.first_event_at - started
-            )
-            if self._observer is not None:
-                self._observer.first_token(route, generation.first_event_at - sent_at)
-            yield Started(generation.id, route, generation.create_time, tuple(sorted(unsupported)))
-            async for out in self._relay(generation, first, events, guard):
+
+        attempts = Attempts(
+            self._upstreams,
+            request,
+            routes,
+            hedge=hedge,
+            deadline=started + timeout,
+            bound=self._admission.bounded if hold is not None else None,
+            failed=lambda route, error: self._failed(route, error, started=False),
+            first_token=self._first_token,
+            lost=lost,
+        )
+        leg = await attempts.winner()
+        if leg.attempt:
+            metrics.FALLBACKS.inc()
+        assert leg.first is not None  # a winner has its first event
+        generation = Generation(
+            id=generation_id,
+            attempt=leg.attempt,
+            caller=caller,
+            request=request,
+            route=leg.route,
+            started=started,
+            create_time=time.time(),
+            streamed=streamed,
+            first_event_at=leg.first_at,
+            hold=hold,
+            prompt=leg.prompt,
+            sent_at=leg.sent_at,
+        )
+        if leg.running is not None:
+            generation.running = checked_running(leg.running, generation)
+        if hold is not None:
+            hold.expect()  # this generation's cost
+            hold.close()  # no attempt starts any more
+        metrics.TIME_TO_FIRST_TOKEN.labels(leg.route.provider_id).observe(
+            generation.first_event_at - started
+        )
+        opening = Started(generation.id, leg.route, generation.create_time, leg.unsupported)
+        try:
+            async for out in self._relay(generation, opening, leg.first, leg.events, leg.guard):
                 yield out
-            return
-        if last_error is not None:
-            raise last_error
-        if refused is not None:
-            raise refused
-        if withheld:
-            raise withheld_error(withheld)
-        raise Unavailable("no endpoint could serve the request", reason="NO_ENDPOINT_AVAILABLE")
+        finally:
+            self._gate.release(leg.slot)
 
     async def _relay(
         self,
         generation: Generation,
+        opening: Started,
         first: AdapterEvent,
         events: AsyncIterator[AdapterEvent],
         guard: EventGuard,
@@ -328,6 +277,7 @@ class Relay:
         if self._inflight is not None:  # no round trip: written in the background
             self._inflight.track(generation)
         try:
+            yield opening  # within the try: a client gone by now still gets it metered
             event: AdapterEvent | None = first
             hide_reasoning = generation.hides_reasoning
             while event is not None:
@@ -385,13 +335,14 @@ class Relay:
             usage = generation.final_usage()
             cost = generation.cost(usage)
             status = metering_pb2.GENERATION_STATUS_COMPLETED
-            # Shielded: a cancel arriving now must not leave the event half-written.
+            # Shielded: a cancel arriving now must not leave the event half-written (nor its
+            # cost uncharged: the task charges it once the event is written).
+            event_out = generation.to_event(status, usage, cost, finish)
             await asyncio.shield(
-                self._spawn(self._sink.publish(generation.to_event(status, usage, cost, finish)))
+                self._billing.spawn(self._billing.completed(generation, event_out, cost))
             )
             done = True
-            self._settle(generation.hold, cost)
-            self._count(generation, status, usage)
+            count(generation, status, usage)
             if self._observer is not None:
                 self._observer.finished(
                     generation.route,
@@ -412,63 +363,12 @@ class Relay:
             raise
         finally:
             if not done and status != metering_pb2.GENERATION_STATUS_COMPLETED:
-                self._record_cut_short(generation, status)
+                self._billing.cut_short(generation, status)
             if not done:  # close the upstream now rather than when the generator is collected
                 close = getattr(events, "aclose", None)
                 if close is not None:
                     await close()
 
-    def _record_cut_short(self, generation: Generation, status: int) -> None:
-        """Meter a generation that did not finish, in the background: a cancelled task does
-        not wait, and its output is counted with the model's tokenizer off the event loop
-        (:func:`.usage_estimate.cut_usage`)."""
-        self._spawn(self._meter_cut_short(generation, status, time.monotonic()))
-
-    async def _meter_cut_short(self, generation: Generation, status: int, now: float) -> None:
-        usage = await cut_usage(generation, now)
-        cancelled = status == metering_pb2.GENERATION_STATUS_CANCELLED
-        reason = Finish.CANCELLED if cancelled else Finish.ERROR
-        cost = generation.cost(usage)
-        event = generation.to_event(status, usage, cost, FinishEvent(reason, ""))
-        self._count(generation, status, usage)
-        self._settle(generation.hold, cost)
-        await self._publish_quietly(event)
-
-    def _settle(self, hold: Hold | None, cost: Decimal) -> None:
-        """Settle once, in the background (a cancelled request cannot cut it short)."""
-        if hold is None or hold.settled:
-            return
-        hold.settled = True
-        self._spawn(self._admission.settle(hold.reservation, cost), self._settles)
-
-    def _spawn(
-        self, work: Coroutine[None, None, None], tracked: set[asyncio.Task[None]] | None = None
-    ) -> asyncio.Task[None]:
-        """Run usage writes as tasks the relay tracks, so a cancelled request cannot cut them."""
-        tasks = self._background if tracked is None else tracked
-        task = asyncio.get_running_loop().create_task(work)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        return task
-
-    async def _publish_quietly(self, event: metering_pb2.UsageEvent) -> None:
-        with contextlib.suppress(Unavailable):  # the sink logged it, with the generation id
-            await self._sink.publish(event)
-
     async def drain(self) -> None:
-        """Wait for usage events of cut-short generations still being written, then give
-        settles a moment; a settle still retrying then (Redis down) is dropped, and metering's
-        sweep settles its reservation once this router has left (:mod:`.inflight`)."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
-        if self._settles:
-            _, late = await asyncio.wait(self._settles, timeout=SETTLE_DRAIN_SECONDS)
-            for task in late:
-                task.cancel()
-
-    @staticmethod
-    def _count(generation: Generation, status: int, usage: UsageReport) -> None:
-        provider = generation.route.provider_id
-        metrics.GENERATIONS.labels(provider, STATUS_NAMES[status]).inc()
-        metrics.TOKENS.labels(provider, "input").inc(usage.prompt_tokens)
-        metrics.TOKENS.labels(provider, "output").inc(usage.completion_tokens)
+        """Wait for the usage writes and settles in flight (:meth:`.billing.Billing.drain`)."""
+        await self._billing.drain()
