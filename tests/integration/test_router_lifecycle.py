@@ -25,7 +25,12 @@ from switchboard_router import metrics
 from switchboard_router.account import AccountReads
 from switchboard_router.admission import Admission
 from switchboard_router.auth import Caller
-from switchboard_router.canonical import Finish, FinishEvent, TextDelta, UsageReport
+from switchboard_router.canonical import (
+    Finish,
+    FinishEvent,
+    TextDelta,
+    UsageReport,
+)
 from switchboard_router.catalog_cache import CatalogCache, Route, Snapshot
 from switchboard_router.relay import Completed, Relay, RelayEvent, Started
 from switchboard_router.service import RouterServicer
@@ -69,7 +74,7 @@ class FakeRelay:
 
 
 class FakeAdmission:
-    async def admit(self, *_: Any) -> None:
+    async def admit(self, *_: Any, **__: Any) -> None:
         return None
 
 

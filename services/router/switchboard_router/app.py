@@ -10,6 +10,7 @@ from switchboard_core.budget import BudgetStore
 from switchboard_core.channels import service_channel
 from switchboard_core.key_changes import KeyChangeListener, channel_name
 from switchboard_core.liveness import Liveness, new_router_id
+from switchboard_core.rate_limits import RateLimiter
 from switchboard_core.redis_client import RedisDeadline, create_redis
 from switchboard_core.remote_credentials import MeteringCredentials
 from switchboard_core.server import GrpcServer, Registration
@@ -18,16 +19,22 @@ from switchboard_router.account import AccountReads
 from switchboard_router.admission import SPOOL_KIND as SETTLE_KIND
 from switchboard_router.admission import Admission
 from switchboard_router.auth import KeyVerifier, RouterCredentials
+from switchboard_router.capacity import RedisEndpointGate
 from switchboard_router.catalog_cache import CatalogCache
 from switchboard_router.config import RouterConfig
+from switchboard_router.endpoint_stats import LiveSettings, LiveStats
+from switchboard_router.hedging import HedgeDefaults
 from switchboard_router.inflight import InFlight
+from switchboard_router.leases import LeaseKeeper
 from switchboard_router.providers.base import StallLimits
 from switchboard_router.providers.credentials import ProviderCredentials
 from switchboard_router.providers.http import create_session
 from switchboard_router.providers.registry import build_adapters
 from switchboard_router.relay import Relay
+from switchboard_router.retry_budget import RetryBudget
 from switchboard_router.service import RouterServicer
 from switchboard_router.spool import Replayer, Spool, spool_dir
+from switchboard_router.traffic import TrafficControl
 from switchboard_router.usage_sink import SPOOL_KIND as USAGE_KIND
 from switchboard_router.usage_sink import UsageSink
 
@@ -83,12 +90,30 @@ async def create_app(config: RouterConfig) -> GrpcServer:
         {USAGE_KIND: sink.deliver_spooled, SETTLE_KIND: admission.deliver_spooled},
     )
     replayer.start()  # at once: what a previous process left first
+    # Rate limits (keys, accounts) and endpoint caps, shared by every router in Redis; their
+    # concurrency leases renewed by one task (docs/LIMITS.md).
+    rate_limiter = RateLimiter(redis, config.budget_prefix)
+    leases = LeaseKeeper(rate_limiter, redis_deadline, config.concurrency_lease_seconds)
+    traffic = TrafficControl(rate_limiter, leases, redis_deadline)
+    endpoint_gate = RedisEndpointGate(rate_limiter, leases, redis_deadline)  # for the Relay
+    leases.start()
+    # Live endpoint statistics and circuit breakers, shared by every router through Redis
+    # (endpoint_stats.py): the relay reports each attempt to ``live``; routing, hedging and
+    # the model list read it (local, no I/O).
+    live = LiveStats(redis, LiveSettings.from_config(config))
+    live.start()
     relay = Relay(
         build_adapters(session),
         ProviderCredentials(config.provider_keys, config.provider_hosts),
         sink,
         admission,
         inflight,
+        observer=live,
+        gate=endpoint_gate,
+        live=live,
+        retry_budget=RetryBudget(config.retry_budget_ratio, config.retry_budget_min_per_second),
+        queue_seconds=config.endpoint_queue_seconds,
+        circuit_retry_seconds=config.breaker_open_seconds,
     )
     credentials = RouterCredentials(
         KeyVerifier(
@@ -117,7 +142,10 @@ async def create_app(config: RouterConfig) -> GrpcServer:
         relay,
         admission,
         config.max_request_seconds,
-        AccountReads(metering_channel, catalog),
+        AccountReads(metering_channel, catalog, live=live),
+        traffic=traffic,
+        live=live,
+        hedging=HedgeDefaults.of(config),
     )
     if not await catalog.wait_loaded(config.catalog_wait_seconds):
         log.warning("catalog not loaded yet; requests get UNAVAILABLE until it is")
@@ -125,9 +153,13 @@ async def create_app(config: RouterConfig) -> GrpcServer:
     async def close() -> None:
         await key_changes.stop()
         await relay.drain()
+        await traffic.drain()  # the requests' releases, then the attempts'
+        await endpoint_gate.drain()
+        await leases.stop()
         await replayer.finish()  # delivers what it can, so leaving leaves fewer records
         token_count.shutdown()  # the tokenizer worker, once no cut stream is left to count
         await inflight.stop()  # only once drained: what is left gets swept
+        await live.stop()  # its last counts written, bounded
         await catalog.stop()
         await session.close()
         spool.close()

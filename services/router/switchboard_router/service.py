@@ -1,8 +1,10 @@
-"""RouterService: authenticate, validate, plan, relay. The logic lives in the modules it calls."""
+"""RouterService: authenticate, validate, plan, check rate limits, reserve, relay. The logic
+lives in the modules it calls."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -14,17 +16,18 @@ from switchboard_core.errors import Unavailable
 from switchboard_router.account import AccountReads
 from switchboard_router.admission import Admission
 from switchboard_router.auth import Caller, caller_of
-from switchboard_router.canonical import (
-    CompletionRequest,
-)
+from switchboard_router.canonical import NO_HEDGE, CompletionRequest, HedgePolicy, UsageReport
 from switchboard_router.catalog_cache import CatalogCache, Route
 from switchboard_router.context_window import within_context
+from switchboard_router.endpoint_stats import NO_LIVE_VIEW, LiveView
+from switchboard_router.hedging import HEDGE_OFF, HedgeDefaults, resolve
 from switchboard_router.key_rules import allowed_plan
 from switchboard_router.lifecycle import DEPRECATED_HEADER, deprecation_notice, now_utc
 from switchboard_router.metrics import DEPRECATED_REQUESTS
-from switchboard_router.relay import Relay, RelayEvent, Started
+from switchboard_router.relay import Completed, Relay, RelayEvent, Started
 from switchboard_router.requests import AnyCompletionRequest, parse_request
 from switchboard_router.responses import WholeCompletion, stream_message
+from switchboard_router.traffic import NOTHING_SENT, Ticket, TrafficControl
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -40,6 +43,26 @@ def note_deprecation(event: RelayEvent, context: Context) -> None:
     DEPRECATED_REQUESTS.labels(route.model_id).inc()
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A request ready for the relay: whom for, what, where, how long, and what it holds (a
+    spend reservation, a rate-limit ticket)."""
+
+    caller: Caller
+    request: CompletionRequest
+    routes: list[Route]
+    timeout: float
+    reservation: Reservation | None
+    ticket: Ticket | None
+    hedge: HedgePolicy = NO_HEDGE  # resolved once: admission reserved for it, the relay runs it
+
+    def finish(self, usage: UsageReport | None) -> None:
+        """The request ended: its rate-limit ticket is given back with the final usage (None:
+        the estimate stands). Never raises, never blocks."""
+        if self.ticket is not None:
+            self.ticket.finish(usage)
+
+
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(
         self,
@@ -48,16 +71,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         admission: Admission,
         max_request_seconds: float,
         account: AccountReads,
+        traffic: TrafficControl | None = None,
+        live: LiveView = NO_LIVE_VIEW,
+        hedging: HedgeDefaults = HEDGE_OFF,
     ) -> None:
         self._account = account  # the caller's own key, generations, usage; the model list
         self._catalog = catalog
         self._relay = relay
         self._admission = admission
+        self._traffic = traffic  # rate limits; None: none are enforced (tests)
         self._max_seconds = max_request_seconds
+        self._live = live  # live endpoint figures and breakers, for the plan's order
+        self._hedging = hedging  # the router's default hedging
 
-    async def _prepare(
-        self, request: AnyCompletionRequest, context: Context
-    ) -> tuple[Caller, CompletionRequest, list[Route], float, Reservation | None]:
+    async def _prepare(self, request: AnyCompletionRequest, context: Context) -> Prepared:
         caller = caller_of(current_principal())  # authenticated by the server's interceptor
         parsed = parse_request(request)
         if not self._catalog.loaded:
@@ -67,32 +94,62 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 retry_after_seconds=1.0,
             )
         # The key's allow-lists first: nothing is planned, reserved or sent that it may not use.
-        routes = within_context(parsed, allowed_plan(caller.rules, parsed, self._catalog.snapshot))
+        snapshot = self._catalog.snapshot
+        routes = within_context(
+            parsed, allowed_plan(caller.rules, parsed, snapshot, live=self._live)
+        )
+        hedge = resolve(parsed, snapshot.hedges, self._hedging)  # request, model or router
         remaining = context.time_remaining()
         timeout = self._max_seconds if remaining is None else min(self._max_seconds, remaining)
-        reservation = await self._admission.admit(caller, parsed, routes)
-        return caller, parsed, routes, timeout, reservation
+        # Rate limits before the spend reservation: a request they refuse reserves nothing.
+        ticket = None if self._traffic is None else await self._traffic.admit(caller, parsed)
+        try:
+            reservation = await self._admission.admit(caller, parsed, routes, hedge=hedge)
+        except BaseException:  # refused (or cut short): nothing goes upstream
+            if ticket is not None:
+                ticket.finish(NOTHING_SENT)
+            raise
+        return Prepared(caller, parsed, routes, timeout, reservation, ticket, hedge)
+
+    def _relayed(self, prepared: Prepared, *, streamed: bool) -> AsyncIterator[RelayEvent]:
+        return self._relay.run(
+            prepared.request,
+            prepared.routes,
+            prepared.caller,
+            timeout=prepared.timeout,
+            streamed=streamed,
+            reservation=prepared.reservation,
+            hedge=prepared.hedge,
+        )
 
     async def StreamCompletion(
         self, request: router_pb2.StreamCompletionRequest, context: Context
     ) -> AsyncIterator[router_pb2.StreamCompletionResponse]:
-        caller, parsed, routes, timeout, reservation = await self._prepare(request, context)
-        async for event in self._relay.run(
-            parsed, routes, caller, timeout=timeout, streamed=True, reservation=reservation
-        ):
-            note_deprecation(event, context)
-            yield stream_message(event)
+        prepared = await self._prepare(request, context)
+        usage: UsageReport | None = None
+        try:
+            async for event in self._relayed(prepared, streamed=True):
+                if isinstance(event, Completed):
+                    usage = event.usage
+                note_deprecation(event, context)
+                yield stream_message(event)
+        finally:  # however it ends: done, failed, or the client went away
+            prepared.finish(usage)
 
     async def CreateCompletion(
         self, request: router_pb2.CreateCompletionRequest, context: Context
     ) -> router_pb2.CreateCompletionResponse:
-        caller, parsed, routes, timeout, reservation = await self._prepare(request, context)
+        prepared = await self._prepare(request, context)
+        usage: UsageReport | None = None
         whole = WholeCompletion()
-        async for event in self._relay.run(
-            parsed, routes, caller, timeout=timeout, streamed=False, reservation=reservation
-        ):
-            note_deprecation(event, context)
-            whole.add(event)
+        try:
+            async for event in self._relayed(prepared, streamed=False):
+                if isinstance(event, Completed):
+                    usage = event.usage
+                note_deprecation(event, context)
+                whole.add(event)
+        finally:
+            prepared.finish(usage)
         return whole.result()
 
     async def GetKey(
