@@ -76,6 +76,10 @@ bench-ingest: install ## Usage events/s into the ledger through the outbox vs ba
 bench-http: install ## HTTP client candidates for provider streams (aiohttp vs httpx)
 	$(PY) -m bench.http_clients $(BENCH_ARGS)
 
+.PHONY: bench-resilience
+bench-resilience: install ## One model, 3 upstreams (30% 5xx, 2 s TTFT, healthy): price order vs live routing vs hedging
+	$(PY) -m bench.resilience $(BENCH_ARGS)
+
 .PHONY: fmt
 fmt: install ## Format the code
 	$(PY) -m ruff format $(SRC_DIRS) tests bench

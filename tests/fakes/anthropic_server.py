@@ -35,7 +35,17 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes import anthropic_cache
-from tests.fakes.http_fake import Handler, Playlist, Sse, json_response, play, serve_routes, sse
+from tests.fakes.faults import NO_FAULTS, Faults
+from tests.fakes.http_fake import (
+    Handler,
+    Playlist,
+    Sse,
+    json_response,
+    play,
+    script_for,
+    serve_routes,
+    sse,
+)
 from tests.fakes.model_list_pages import DEFAULT_MODELS, page_after, requested_size
 from tests.fakes.script import FakeProvider, Script, ScriptUsage, signature_for
 
@@ -253,7 +263,7 @@ def render_whole(script: Script, model: str, write_1h: int | None = None) -> dic
 
 
 async def messages(request: web.Request, body: Any, fake: FakeProvider) -> web.StreamResponse:
-    script = fake.script
+    script = script_for(request, fake)  # with the request's drawn fault
     # The API takes the key as x-api-key; the official SDK (2.x) sends a bearer token.
     if not (request.headers.get("x-api-key") or request.headers.get("authorization")):
         message = "x-api-key header is required"
@@ -379,9 +389,14 @@ def model_list(models: Sequence[str], page_size: int) -> Handler:
 
 @asynccontextmanager
 async def serve(
-    script: Script, *, models: Sequence[str] = DEFAULT_MODELS, page_size: int = 1000
+    script: Script,
+    *,
+    models: Sequence[str] = DEFAULT_MODELS,
+    page_size: int = 1000,
+    faults: Faults = NO_FAULTS,
 ) -> AsyncIterator[FakeProvider]:
-    """``models``: what ``GET /v1/models`` lists, at most ``page_size`` a page."""
+    """``models``: what ``GET /v1/models`` lists, at most ``page_size`` a page; ``faults``:
+    how it misbehaves (:mod:`tests.fakes.faults`; ``fake.inject`` switches them later)."""
     routes = [("/messages", messages), ("GET /models", model_list(models, page_size))]
-    async with serve_routes(script, "/v1", routes) as fake:
+    async with serve_routes(script, "/v1", routes, faults) as fake:
         yield fake

@@ -25,7 +25,16 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.http_fake import Handler, Playlist, json_response, play, serve_routes, sse
+from tests.fakes.faults import NO_FAULTS, Faults
+from tests.fakes.http_fake import (
+    Handler,
+    Playlist,
+    json_response,
+    play,
+    script_for,
+    serve_routes,
+    sse,
+)
 from tests.fakes.model_list_pages import DEFAULT_MODELS, page_after, requested_size
 from tests.fakes.script import FakeProvider, Script, ScriptUsage, signature_for
 
@@ -189,7 +198,7 @@ def unsigned_call(script: Script, body: Any) -> web.Response | None:
 
 
 async def generate(request: web.Request, body: Any, fake: FakeProvider) -> web.StreamResponse:
-    script = fake.script
+    script = script_for(request, fake)  # with the request's drawn fault
     if not (request.headers.get("x-goog-api-key") or request.query.get("key")):
         message = "Method doesn't allow unregistered callers. Please use an API key."
         return json_response(error_json(403, message), 403)
@@ -242,9 +251,14 @@ def model_list(models: Sequence[str], page_size: int) -> Handler:
 
 @asynccontextmanager
 async def serve(
-    script: Script, *, models: Sequence[str] = DEFAULT_MODELS, page_size: int = 1000
+    script: Script,
+    *,
+    models: Sequence[str] = DEFAULT_MODELS,
+    page_size: int = 1000,
+    faults: Faults = NO_FAULTS,
 ) -> AsyncIterator[FakeProvider]:
-    """``models``: what ``GET /v1beta/models`` lists, at most ``page_size`` a page."""
+    """``models``: what ``GET /v1beta/models`` lists, at most ``page_size`` a page; ``faults``:
+    how it misbehaves (:mod:`tests.fakes.faults`; ``fake.inject`` switches them later)."""
     routes = [("/models/{call}", generate), ("GET /models", model_list(models, page_size))]
-    async with serve_routes(script, "/v1beta", routes) as fake:
+    async with serve_routes(script, "/v1beta", routes, faults) as fake:
         yield fake

@@ -21,7 +21,16 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.http_fake import Handler, Playlist, json_response, play, serve_routes, sse
+from tests.fakes.faults import NO_FAULTS, Faults
+from tests.fakes.http_fake import (
+    Handler,
+    Playlist,
+    json_response,
+    play,
+    script_for,
+    serve_routes,
+    sse,
+)
 from tests.fakes.model_list_pages import DEFAULT_MODELS
 from tests.fakes.script import FakeProvider, Script, ScriptUsage
 
@@ -194,7 +203,7 @@ def unknown_message_field(body: Any) -> str:
 async def chat_completions(
     request: web.Request, body: Any, fake: FakeProvider
 ) -> web.StreamResponse:
-    script = fake.script
+    script = script_for(request, fake)  # with the request's drawn fault
     if not request.headers.get("Authorization", "").startswith("Bearer "):
         return json_response(
             {
@@ -241,9 +250,10 @@ def model_list(models: Sequence[str]) -> Handler:
 
 @asynccontextmanager
 async def serve(
-    script: Script, *, models: Sequence[str] = DEFAULT_MODELS
+    script: Script, *, models: Sequence[str] = DEFAULT_MODELS, faults: Faults = NO_FAULTS
 ) -> AsyncIterator[FakeProvider]:
-    """``models``: what ``GET /v1/models`` lists."""
+    """``models``: what ``GET /v1/models`` lists; ``faults``: how it misbehaves
+    (:mod:`tests.fakes.faults`; ``fake.inject`` switches them later)."""
     routes = [("/chat/completions", chat_completions), ("GET /models", model_list(models))]
-    async with serve_routes(script, "/v1", routes) as fake:
+    async with serve_routes(script, "/v1", routes, faults) as fake:
         yield fake

@@ -11,7 +11,8 @@ Every fake module exposes::
     async def serve(script: Script) -> AsyncIterator[FakeProvider]: ...
 
 and the yielded :class:`FakeProvider`'s ``base_url`` goes into ``Target.base_url`` unchanged.
-Set ``fake.script`` to change what later requests get.
+Set ``fake.script`` to change what later requests get, and ``fake.inject(Faults(...))`` to
+make it fail or dawdle request by request (:mod:`tests.fakes.faults`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import base64
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
+
+from tests.fakes.faults import FaultInjector, Faults
 
 
 @dataclass(frozen=True)
@@ -132,3 +135,9 @@ class FakeProvider:
     disconnected_at: float = 0.0
     # Loop time the last response's final byte (or cut) was written.
     finished_at: float = 0.0
+    # How it misbehaves, request by request (tests/fakes/faults.py); none by default.
+    faults: FaultInjector = field(default_factory=FaultInjector)
+
+    def inject(self, faults: Faults) -> None:
+        """Misbehave as ``faults`` say from the next request on (restarting their draw)."""
+        self.faults.reset(faults)

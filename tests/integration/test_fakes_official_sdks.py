@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import time
 
 import anthropic
 import openai
@@ -19,6 +20,7 @@ from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
 from tests.fakes import anthropic_server, gemini_server, openai_server
+from tests.fakes.faults import Faults
 from tests.fakes.script import FakeProvider, Script, ScriptToolCall, ScriptUsage, signature_for
 
 USAGE = ScriptUsage(300, 40, cached_tokens=200, cache_write_tokens=50, reasoning_tokens=10)
@@ -312,3 +314,28 @@ async def test_openai_sdk_reads_the_refusal_of_the_fake_stream_and_answer() -> N
         assert message.refusal == "I'm sorry, I can't help with that."
         assert message.content is None
     assert final.choices[0].finish_reason == "stop"
+
+
+async def test_openai_sdk_reads_injected_faults_as_it_would_a_provider_s() -> None:
+    """A 429 burst with Retry-After, then a slow first token with spaced chunks: the SDK
+    raises its RateLimitError, then reads the slow stream whole."""
+    faults = Faults(
+        burst=1, error_status=429, retry_after="2", first_token_delay=0.2, chunk_gap=0.01
+    )
+    async with (
+        openai_server.serve(SCRIPTS["text"], faults=faults) as fake,
+        openai_client(fake) as client,
+    ):
+        with pytest.raises(openai.RateLimitError) as limited:
+            await client.chat.completions.create(model="m", messages=[])
+        assert limited.value.response.headers["retry-after"] == "2"
+        started = time.monotonic()
+        async with client.chat.completions.stream(
+            model="gpt-x",
+            messages=[{"role": "user", "content": "hi"}],
+            stream_options={"include_usage": True},
+        ) as stream:
+            final = await stream.get_final_completion()
+        assert time.monotonic() - started >= 0.2
+    assert final.choices[0].message.content == SCRIPTS["text"].full_text
+    assert final.usage is not None and final.usage.completion_tokens == 40
