@@ -37,12 +37,21 @@ def _service_env(request: pytest.FixtureRequest) -> dict[str, dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
+def budget_prefix(request: pytest.FixtureRequest, redis_prefix: str) -> str:
+    """The module's stack's Redis prefix for budgets, rate limits, live endpoint statistics
+    and circuit breakers: its own, so one module's failing endpoints (breakers, figures) do
+    not steer the next module's routing."""
+    return f"{redis_prefix}budget:{request.module.__name__.rpartition('.')[2]}:"
+
+
+@pytest.fixture(scope="module")
 async def stack(
     request: pytest.FixtureRequest,
     stack_ports: Ports,
     database_url: str,
     redis_url: str,
     redis_prefix: str,
+    budget_prefix: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
     """The module's stack; a module may set ``STACK_ENV`` to override settings,
@@ -58,7 +67,7 @@ async def stack(
         log_dir=logs,
         extra_env={
             "SWITCHBOARD_USAGE_STREAM": redis_prefix + "usage",
-            "SWITCHBOARD_BUDGET_PREFIX": redis_prefix + "budget:",
+            "SWITCHBOARD_BUDGET_PREFIX": budget_prefix,
             # The database is shared with integration tests that record events dated years ago.
             "SWITCHBOARD_LEDGER_RETENTION_DAYS": "0",
             "SWITCHBOARD_KEY_CACHE_SECONDS": "0.3",

@@ -110,7 +110,7 @@ def retry_delay(error: grpc.aio.AioRpcError) -> tuple[str, float]:
 
 
 async def reserved(client: redis.Redis, prefix: str, key_id: str) -> Decimal:
-    return from_pico(await client.hget(f"{prefix}budget:key:{key_id}", "reserved"))
+    return from_pico(await client.hget(f"{prefix}key:{key_id}", "reserved"))
 
 
 async def test_a_silent_redis_partition_of_the_router(
@@ -118,7 +118,7 @@ async def test_a_silent_redis_partition_of_the_router(
     metering: metering_pb2_grpc.MeteringServiceAsyncStub,
     redis_link: FaultProxy,
     redis_client: redis.Redis,
-    redis_prefix: str,
+    budget_prefix: str,
     database_url: str,
 ) -> None:
     free = await metering.CreateApiKey(metering_pb2.CreateApiKeyRequest(account_id="redis-fault"))
@@ -137,7 +137,7 @@ async def test_a_silent_redis_partition_of_the_router(
         for seen in streams[key.api_key.id]
     ]
     await asyncio.gather(*(s.started.wait() for ss in streams.values() for s in ss))
-    assert await reserved(redis_client, redis_prefix, limited.api_key.id) > 0
+    assert await reserved(redis_client, budget_prefix, limited.api_key.id) > 0
     redis_link.set("blackhole")
     try:
         # A limited key cannot be checked: refused at once, with a retry delay.
@@ -158,13 +158,13 @@ async def test_a_silent_redis_partition_of_the_router(
         late = max(s.ended - s.last_token for ss in streams.values() for s in ss)
         print(f"slowest end after its last token during the partition: {late:.3f} s")
         # The settles could not reach Redis: still reserved while it is silent.
-        assert await reserved(redis_client, redis_prefix, limited.api_key.id) > 0
+        assert await reserved(redis_client, budget_prefix, limited.api_key.id) > 0
     finally:
         redis_link.set("pass")
 
     # The spooled settles are applied within seconds, not after the reservations' 660 s.
     cleared = time.monotonic()
-    while await reserved(redis_client, redis_prefix, limited.api_key.id) > 0:
+    while await reserved(redis_client, budget_prefix, limited.api_key.id) > 0:
         assert time.monotonic() - cleared < 10, "reservations still held"
         await asyncio.sleep(0.2)
     print(f"reservations released {time.monotonic() - cleared:.2f} s after the link came back")

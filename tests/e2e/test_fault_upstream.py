@@ -114,8 +114,14 @@ async def until_router_has(
 
 
 def ask() -> router_pb2.StreamCompletionRequest:
+    """Cheapest first (``sort=price``): the default's order is a price-weighted draw."""
     message = common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="hi")
-    return router_pb2.StreamCompletionRequest(model=MODEL, messages=[message], max_tokens=64)
+    return router_pb2.StreamCompletionRequest(
+        model=MODEL,
+        messages=[message],
+        max_tokens=64,
+        provider=router_pb2.ProviderPreferences(sort=router_pb2.PROVIDER_SORT_PRICE),
+    )
 
 
 async def test_a_silent_upstream_falls_back_within_the_first_byte_limit(

@@ -72,7 +72,7 @@ async def test_kill_9_router_mid_stream_releases_the_reservation_and_records_the
     router: router_pb2_grpc.RouterServiceAsyncStub,
     metering: metering_pb2_grpc.MeteringServiceAsyncStub,
     redis_url: str,
-    redis_prefix: str,
+    budget_prefix: str,
 ) -> None:
     key = await limited_key(metering, "death", metering_pb2.SpendLimits(total_usd="1"))
     call = router.StreamCompletion(ask(), metadata=auth(key))
@@ -113,7 +113,7 @@ async def test_kill_9_router_mid_stream_releases_the_reservation_and_records_the
     assert cost > 0
     client = create_redis(redis_url)
     try:  # the reservation was settled to the cut generation's cost, once
-        spend = await BudgetStore(client, redis_prefix + "budget:").key_spend(key.api_key.id)
+        spend = await BudgetStore(client, budget_prefix).key_spend(key.api_key.id)
     finally:
         await client.aclose()
     assert (spend.reserved, spend.total) == (Decimal(0), cost)

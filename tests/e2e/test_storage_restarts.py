@@ -70,7 +70,7 @@ async def test_postgres_crash_and_redis_kill_lose_and_double_nothing(
     api_key: metering_pb2.CreateApiKeyResponse,
     database_url: str,
     redis_url: str,
-    redis_prefix: str,
+    budget_prefix: str,
 ) -> None:
     postgres, redis = storage
     told: Told = {}
@@ -106,7 +106,7 @@ async def test_postgres_crash_and_redis_kill_lose_and_double_nothing(
     # The limited key's budget survived Redis's SIGKILL: every reservation settled (settles
     # retry while Redis restarts), and Redis counted exactly the spend the ledger holds.
     client = create_redis(redis_url)
-    store = BudgetStore(client, redis_prefix + "budget:")
+    store = BudgetStore(client, budget_prefix)
     ledger_spend = sum((cost for _, _, cost in told_limited.values()), Decimal(0))
     try:
         for _ in range(300):
