@@ -37,14 +37,14 @@ def test_the_fields_become_canonical_preferences() -> None:
         with_provider(
             data_collection=router_pb2.DATA_COLLECTION_DENY,
             zdr=True,
-            quantizations=["fp8", "bf16", "int4", "q4_k-m"],
+            quantizations=["fp8", "bf16", "int4", "q4_k-m", "q4.0"],
             preferred_min_throughput=Cut(p50=100),
             preferred_max_latency=Cut(p50=1.5, p90=3, p99=10),
             hedge=Hedging(mode=Hedging.MODE_FIXED_DELAY, delay_ms=750),
         )
     ).provider
     assert parsed.deny_data_collection and parsed.zdr
-    assert parsed.quantizations == {"fp8", "bf16", "int4", "q4_k-m"}
+    assert parsed.quantizations == {"fp8", "bf16", "int4", "q4_k-m", "q4.0"}
     assert parsed.min_throughput == Cutoffs(p50=100)
     assert parsed.max_latency == Cutoffs(p50=1.5, p90=3, p99=10)
     assert parsed.hedge == HedgePolicy(enabled=True, delay=0.75, percentile=0)
@@ -93,7 +93,7 @@ def test_cutoffs_at_the_bounds_are_accepted() -> None:
 
 
 def test_bad_quantizations_are_refused_naming_each_entry() -> None:
-    found = violations(quantizations=["fp8", "FP16", "", "a" * 33, "fp8", "int.4"])
+    found = violations(quantizations=["fp8", "FP16", "", "a" * 33, "fp8", ".q4"])
     assert set(found) == {
         "provider.quantizations[1]",
         "provider.quantizations[2]",

@@ -6,8 +6,9 @@
 Bounds, beyond what the proto states:
 
 - ``quantizations``: at most :data:`MAX_QUANTIZATIONS`, each 1 to 32 characters of lower-case
-  letters, digits, ``_`` and ``-`` (OpenRouter's ``int4``, ``fp8``, ``bf16``, ``unknown``),
-  none twice.
+  letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit (OpenRouter's
+  ``int4``, ``fp8``, ``bf16``, ``unknown``; the catalog's rule for ``Endpoint.quantization``,
+  so every stored value can be asked for: ``q4.0``), none twice.
 - ``preferred_min_throughput`` / ``preferred_max_latency``: each value set is finite, above 0
   and at most :data:`MAX_CUTOFF` (a million tokens a second, or seconds: far past anything
   measured, so no real cut-off is refused). A message with no value set is no cut-off.
@@ -35,7 +36,7 @@ SORTS = {
     router_pb2.PROVIDER_SORT_LATENCY: "latency",
 }
 MAX_QUANTIZATIONS = 16
-QUANTIZATION = re.compile(r"^[a-z0-9_-]{1,32}$")
+QUANTIZATION = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")  # the catalog's rule
 MAX_CUTOFF = 1e6
 _PERCENTILES = ("p50", "p75", "p90", "p99")
 
@@ -121,7 +122,7 @@ def _quantizations(values: Iterable[str], problems: Problems) -> frozenset[str]:
             problems.append(
                 (
                     f"provider.quantizations[{i}]",
-                    "1 to 32 lower-case letters, digits, '_' or '-', e.g. 'fp8'",
+                    "1 to 32 lower-case letters, digits, '.', '_' or '-', e.g. 'fp8'",
                 )
             )
         elif value in seen:
