@@ -26,6 +26,7 @@ from switchboard_core.budget import MAX_BUDGET_USD, BudgetStore
 from switchboard_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from switchboard_core.money import ZERO, MoneyFormatError, format_usd, parse_usd
 from switchboard_core.periodic import Periodic
+from switchboard_core.rate_limits import RateLimits
 from switchboard_metering.keys import (
     LIMIT_FIELDS,
     KeyStore,
@@ -157,8 +158,13 @@ class Budgets:
         await self._resync.stop()
 
     async def set_limits(
-        self, key_id: str, limits: metering_pb2.SpendLimits
+        self,
+        key_id: str,
+        limits: metering_pb2.SpendLimits,
+        rate_limits: RateLimits | None = None,
     ) -> metering_pb2.ApiKey:
+        """Replace the key's spend limits (and its rate limits, when given: None keeps them),
+        in one statement, then load or unload its budget counters."""
         values = parse_limits(limits)
         too_high = [
             (f"limits.{name}", f"at most {MAX_BUDGET_USD} (what the budget counters hold)")
@@ -167,7 +173,7 @@ class Budgets:
         ]
         if too_high:
             raise InvalidArgument(too_high)
-        key = await self._keys.set_limits(key_id, limits)
+        key = await self._keys.set_limits(key_id, limits, rate_limits)
         if key.HasField("limits"):
             # A key enforced already keeps its Redis counters: they are ahead of the ledger.
             await self.load_key(key_id, replace=False)

@@ -327,19 +327,42 @@ class KeyStore:
         return _to_proto(row)
 
     async def set_limits(
-        self, key_id: str, limits: metering_pb2.SpendLimits
+        self,
+        key_id: str,
+        limits: metering_pb2.SpendLimits,
+        rate_limits: RateLimits | None = None,
     ) -> metering_pb2.ApiKey:
+        """Replace the key's spend limits and, when ``rate_limits`` is given, its rate limits
+        (within their bounds: the caller checked them with
+        :func:`switchboard_core.rate_limits.rate_limit_problems`), in one statement."""
         if not key_id:
             raise InvalidArgument({"key_id": "required"})
         values = parse_limits(limits)
+        assignments = "limit_total = $2, limit_daily = $3, limit_monthly = $4"
+        rates: tuple[int, ...] = ()
+        if rate_limits is not None:
+            assignments += "".join(f", {c} = ${i}" for i, c in enumerate(RATE_COLUMNS, start=5))
+            rates = (
+                rate_limits.requests_per_minute,
+                rate_limits.tokens_per_minute,
+                rate_limits.max_concurrent,
+            )
         row = await self._pool.fetchrow(
-            f"""UPDATE api_keys SET limit_total = $2, limit_daily = $3, limit_monthly = $4
+            f"""UPDATE api_keys SET {assignments}
                 WHERE id = $1 AND revoked_at IS NULL RETURNING {_COLUMNS}""",
             key_id,
             *values,
+            *rates,
         )
         if row is None:
             raise await self._unchangeable(key_id)
+        rate_fields: dict[str, int] = {}
+        if rate_limits is not None:
+            rate_fields = {
+                "requests_per_minute": rate_limits.requests_per_minute,
+                "tokens_per_minute": rate_limits.tokens_per_minute,
+                "max_concurrent": rate_limits.max_concurrent,
+            }
         log.info(
             "api key limits set",
             extra={
@@ -350,34 +373,7 @@ class KeyStore:
                     f"limit_{f}": format_usd(v) if v is not None else ""
                     for (f, _), v in zip(LIMIT_FIELDS, values, strict=True)
                 },
-            },
-        )
-        return _to_proto(row)
-
-    async def set_rate_limits(self, key_id: str, limits: RateLimits) -> metering_pb2.ApiKey:
-        """Replace the key's rate limits (within their bounds: the caller checked them with
-        :func:`switchboard_core.rate_limits.rate_limit_problems`)."""
-        if not key_id:
-            raise InvalidArgument({"key_id": "required"})
-        assignments = ", ".join(f"{c} = ${i}" for i, c in enumerate(RATE_COLUMNS, start=2))
-        row = await self._pool.fetchrow(
-            f"""UPDATE api_keys SET {assignments}
-                WHERE id = $1 AND revoked_at IS NULL RETURNING {_COLUMNS}""",
-            key_id,
-            limits.requests_per_minute,
-            limits.tokens_per_minute,
-            limits.max_concurrent,
-        )
-        if row is None:
-            raise await self._unchangeable(key_id)
-        log.info(
-            "api key rate limits set",
-            extra={
-                "key_id": key_id,
-                "actor": actor(),
-                "requests_per_minute": limits.requests_per_minute,
-                "tokens_per_minute": limits.tokens_per_minute,
-                "max_concurrent": limits.max_concurrent,
+                **rate_fields,
             },
         )
         return _to_proto(row)

@@ -177,12 +177,9 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         self, request: metering_pb2.SetKeyLimitsRequest, context: Context
     ) -> metering_pb2.SetKeyLimitsResponse:
         rate_limits = requested_rate_limits(request)
-        # Spend limits first: Budgets checks them (and their bound) before writing anything,
-        # and the rate limits are checked already. Two statements, each a whole replacement:
-        # a retry after a failure in between sets both.
-        key = await self._budgets.set_limits(request.key_id, request.limits)
-        if rate_limits is not None:
-            key = await self._keys.set_rate_limits(request.key_id, rate_limits)
+        # The rate limits are checked already; Budgets checks the spend limits (and their
+        # bound) before writing both in one statement.
+        key = await self._budgets.set_limits(request.key_id, request.limits, rate_limits)
         await self._announce(key_subject(key.id))
         return metering_pb2.SetKeyLimitsResponse(api_key=key)
 
