@@ -9,10 +9,12 @@ three in-process OpenAI-compatible fakes (tests/fakes, with injected faults) ser
 - ``healthy``, the dearest: first token after about 200 ms.
 
 All three then stream 20 chunks about 15 ms apart, with 30% jitter, as a provider generating
-some 65 tokens per second does. The same streamed completions then go through the router three
+some 65 tokens per second does. The same streamed completions then go through the router four
 ways, interleaved in rounds so each meets the same live figures: (a) ``provider.sort = PRICE``
-(a static order: flaky first, then slow), (b) the default live routing, (c) live routing with
-hedging (``provider.hedge``: a fixed delay, or the live TTFT percentile with ``--hedge live``).
+(a static order: flaky first, then slow), (b) the default live routing (stable endpoints
+weighted by price: it drops flaky, not slow), (c) ``provider.sort = LATENCY`` on the live
+figures, (d) live routing with hedging (``provider.hedge``: a fixed delay, or the live TTFT
+percentile with ``--hedge live``).
 For each it prints the share of requests that completed, time to first token p50/p99 (client
 side, completed requests), upstream requests per completion (counted at the fakes) and which
 upstream served; the baseline, measured in the same run, is the healthy upstream called
@@ -323,11 +325,13 @@ async def measure(rig: Rig, args: argparse.Namespace) -> list[Tally]:
         Tally("direct to healthy"),
         Tally("static price order"),
         Tally("live routing"),
+        Tally("live, sort=latency"),
         Tally(hedged_name),
     ]
     preferences = [
         router_pb2.ProviderPreferences(sort=router_pb2.PROVIDER_SORT_PRICE, hedge=off),
         router_pb2.ProviderPreferences(hedge=off),
+        router_pb2.ProviderPreferences(sort=router_pb2.PROVIDER_SORT_LATENCY, hedge=off),
         router_pb2.ProviderPreferences(hedge=hedge),
     ]
     calls: list[Call] = [direct(rig.session, rig.fakes[HEALTHY], tallies[0])]

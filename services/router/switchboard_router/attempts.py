@@ -146,6 +146,7 @@ class Leg:
     first_at: float = 0.0  # monotonic
     error: UpstreamError | None = None
     reading: bool = False  # its reader ran: the request went (or was going) upstream
+    # Reads its first event while a hedge may start beside it; None: read inline (no hedging)
     reader: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -208,6 +209,10 @@ class Attempts:
     async def _next_outcome(self) -> Leg | None:
         """Wait for an attempt's first event or error, or for the moment to hedge; the
         winner when there is one."""
+        if len(self._legs) == 1 and self._legs[0].reader is None:
+            # No hedge can start beside it: read inline, without a task or a wait per request.
+            await _read_first(self._legs[0])
+            return self._settle([self._legs[0]], racing=False)
         readers = [leg.reader for leg in self._legs if leg.reader is not None]
         done, _ = await asyncio.wait(
             readers, timeout=self._hedge_wait(), return_when=asyncio.FIRST_COMPLETED
@@ -217,6 +222,11 @@ class Attempts:
             return None
         racing = len(self._legs) > 1
         finished = [leg for leg in self._legs if leg.reader is not None and leg.reader.done()]
+        return self._settle(finished, racing=racing)
+
+    def _settle(self, finished: list[Leg], *, racing: bool) -> Leg | None:
+        """Take the attempts that ``finished`` reading (a first event, an error, or nothing)
+        out of the race; the winner when one of them produced its first event."""
         for leg in finished:
             if leg.first is None:  # failed, or ended without a word
                 self._legs.remove(leg)
@@ -401,7 +411,8 @@ class Attempts:
             sent_wall=time.time(),
             hedge_at=math.inf if delay is None else now + delay,
         )
-        leg.reader = asyncio.get_running_loop().create_task(_read_first(leg))
+        if delay is not None:  # a hedge may start beside it: its first event is read in a task
+            leg.reader = asyncio.get_running_loop().create_task(_read_first(leg))
         self._legs.append(leg)
         return leg
 

@@ -41,6 +41,8 @@ MAX_CUTOFF = 1e6
 _PERCENTILES = ("p50", "p75", "p90", "p99")
 
 Problems = list[tuple[str, str]]
+# What a request without a provider object asks for: the defaults.
+NO_PREFS = ProviderPrefs()
 
 
 def provider_prefs(p: router_pb2.ProviderPreferences, problems: Problems) -> ProviderPrefs:

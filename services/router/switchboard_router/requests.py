@@ -33,7 +33,7 @@ from switchboard_router.canonical import (
     ToolChoice,
     ToolChoiceMode,
 )
-from switchboard_router.provider_prefs import provider_prefs
+from switchboard_router.provider_prefs import NO_PREFS, provider_prefs
 from switchboard_router.request_options import (
     MAX_SIGNATURE_CHARS,
     CacheMark,
@@ -108,7 +108,8 @@ def parse_request(request: AnyCompletionRequest) -> CompletionRequest:
     tools = _tools(request, problems)
     tool_choice = _tool_choice(request, tools, problems)
     response_format = _response_format(request, problems)
-    prefs = provider_prefs(request.provider, problems)
+    # Most requests send no provider object: its defaults, without reading every field.
+    prefs = provider_prefs(request.provider, problems) if request.HasField("provider") else NO_PREFS
     reasoning = reasoning_config(request, problems)
     logprobs, top_logprobs, n = sampling_options(request, problems)
     if problems:

@@ -12,9 +12,8 @@ bytes, 1,600 an image). It overcounts English (about four bytes a token) and is 
 for CJK text; so a burst of concurrent requests, whose real counts are not known until they
 end, cannot pass the limit by undercounting, and the excess comes back when each ends
 (:meth:`Ticket.finish` corrects the charge to the real prompt plus completion tokens). Only
-the prompt is charged up front, as the issue's "prompt estimate at admission" says: the
-completion is counted at the end, when it is known. A request that ends without the
-provider's final usage (cancelled, failed) keeps its estimate.
+the prompt is charged up front: the completion is counted at the end, when it is known. A
+request that ends without the provider's final usage (cancelled, failed) keeps its estimate.
 
 **Redis down or silent: the limits fail open.** A check bounded by the router's Redis deadline
 (:class:`~switchboard_core.redis_client.RedisDeadline`, which also fails at once while Redis is
