@@ -35,6 +35,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from switchboard_core.budget import DEFAULT_PREFIX
+from switchboard_core.periodic import BackgroundTask
 from switchboard_core.redis_client import RedisDeadline
 from switchboard_router import metrics, stats_gauges
 from switchboard_router.breaker import (
@@ -209,8 +210,10 @@ class LiveSettings:
         return max(10.0, 4 * self.flush_seconds + 2 * self.redis_seconds)
 
 
-class LiveStats:
+class LiveStats(BackgroundTask):
     """The recorder (AttemptObserver) and the LiveView; see the module doc."""
+
+    name = "live-endpoint-stats"
 
     def __init__(
         self,
@@ -240,7 +243,6 @@ class LiveStats:
         self._exported: set[str] = set()
         self._failing = False
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     # -- LiveView ---------------------------------------------------------------------------
 
@@ -335,16 +337,9 @@ class LiveStats:
 
     # -- the background task ----------------------------------------------------------------
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="live-endpoint-stats")
-
     async def stop(self) -> None:
         """Stop the task and write what is left (bounded: one round trip's deadline)."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await super().stop()
         await self.flush()
 
     async def _run(self) -> None:

@@ -13,25 +13,29 @@ someone else's request takes it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 
 from redis import exceptions as redis_errors
 
+from switchboard_core.periodic import BackgroundTask
 from switchboard_core.rate_limits import RateLimiter
 from switchboard_core.redis_client import RedisDeadline
 
 log = logging.getLogger(__name__)
 
 
-class LeaseKeeper:
+class LeaseKeeper(BackgroundTask):
+    """Renews the concurrency leases this router holds, every third of the lease time, in one
+    pipeline (a task started and stopped with the router)."""
+
+    name = "lease-renewal"
+
     def __init__(self, limiter: RateLimiter, deadline: RedisDeadline, lease_seconds: float) -> None:
         self.lease_seconds = lease_seconds
         self._limiter = limiter
         self._deadline = deadline
         self._held: dict[str, tuple[str, ...]] = {}  # lease id: the keys of its sets
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def held(self) -> int:
@@ -56,19 +60,9 @@ class LeaseKeeper:
         except (redis_errors.RedisError, OSError) as error:
             log.debug("lease renewal failed", extra={"error": type(error).__name__})
 
-    async def _loop(self) -> None:
+    async def _run(self) -> None:
+        """Stopping leaves the leases still held to expire by themselves within the lease
+        time."""
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             await self.renew()
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="lease-renewal")
-
-    async def stop(self) -> None:
-        """Stop renewing (leases still held expire by themselves within the lease time)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
