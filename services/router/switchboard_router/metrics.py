@@ -53,9 +53,11 @@ for _result in ("admitted", "total", "daily", "monthly", "credit", "unavailable"
     BUDGET_ADMISSIONS.labels(_result)  # export zeros before the first request
 REDIS_FAILURES = Counter(
     "switchboard_router_redis_failures_total",
-    "Request-path Redis calls that failed, by operation (reserve, settle, usage, replay) and"
-    " cause: deadline (cut at SWITCHBOARD_REDIS_TIMEOUT_SECONDS), error (refused or dropped)"
-    " or known_down (failed at once: Redis failed moments before).",
+    "Router Redis calls that failed, by operation (reserve, settle, usage, replay, rate_check,"
+    " rate_finish, lease_renew, endpoint_acquire, endpoint_release; stats_flush and"
+    " stats_refresh in the background) and cause: deadline (cut at"
+    " SWITCHBOARD_REDIS_TIMEOUT_SECONDS), error (refused or dropped) or known_down (failed at"
+    " once: Redis failed moments before).",
     ["operation", "cause"],
 )
 SPOOL_WRITES = Counter(
