@@ -5,8 +5,6 @@ is ignored on writes and never stored, and bad values are refused naming the fie
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -17,7 +15,8 @@ from switchboard.catalog.v1 import catalog_pb2
 from switchboard.common.v1 import common_pb2
 from switchboard_catalog.testing import RunningCatalog
 from switchboard_router.catalog_cache import Capacity, Snapshot
-from tests.integration.test_catalog_stall_limits import details
+from tests.integration.test_catalog_stall_limits import details, version, watched
+from tests.integration.test_catalog_stall_limits import entries as stall_entries
 from tests.secure import secure_catalog
 
 Hedging = common_pb2.Hedging
@@ -32,53 +31,18 @@ async def catalog(database_url: str) -> AsyncIterator[RunningCatalog]:
 
 
 def entries() -> tuple[catalog_pb2.Provider, catalog_pb2.Model, catalog_pb2.Endpoint]:
-    suffix = uuid.uuid4().hex[:10]
-    provider = catalog_pb2.Provider(
-        id=f"p-{suffix}",
-        display_name="Traffic test provider",
-        api_format=catalog_pb2.API_FORMAT_OPENAI_CHAT,
-        base_url="https://llm.example.com/v1",
+    """A fresh provider, model and endpoint (the stall-limit tests' entries) carrying the
+    traffic fields instead of stall limits."""
+    provider, model, endpoint = stall_entries()
+    model.ClearField("stall_limits")
+    model.hedge.CopyFrom(Hedging(mode=Hedging.MODE_LIVE_TTFT, delay_ms=1500, ttft_percentile=95))
+    endpoint.ClearField("stall_limits")
+    endpoint.quantization = "fp8"
+    endpoint.capacity.CopyFrom(
+        catalog_pb2.EndpointCapacity(max_concurrent=40, requests_per_minute=600)
     )
-    model = catalog_pb2.Model(
-        id=f"sbtest/hedged-{suffix}",
-        display_name="Hedged",
-        context_length=4096,
-        input_modalities=["text"],
-        output_modalities=["text"],
-        hedge=Hedging(mode=Hedging.MODE_LIVE_TTFT, delay_ms=1500, ttft_percentile=95),
-    )
-    endpoint = catalog_pb2.Endpoint(
-        model_id=model.id,
-        provider_id=provider.id,
-        upstream_model="m",
-        pricing=common_pb2.Pricing(prompt_usd_per_mtok="1", completion_usd_per_mtok="2"),
-        context_length=4096,
-        quantization="fp8",
-        capacity=catalog_pb2.EndpointCapacity(max_concurrent=40, requests_per_minute=600),
-        data_policy=catalog_pb2.DataPolicy(zero_data_retention=True),
-    )
+    endpoint.data_policy.CopyFrom(catalog_pb2.DataPolicy(zero_data_retention=True))
     return provider, model, endpoint
-
-
-async def version(database_url: str) -> int:
-    conn = await asyncpg.connect(database_url)
-    try:
-        return int(await conn.fetchval("SELECT version FROM catalog_version"))
-    finally:
-        await conn.close()
-
-
-async def watched(catalog: RunningCatalog, model_id: str) -> catalog_pb2.WatchCatalogResponse:
-    stream = catalog.stub.WatchCatalog(catalog_pb2.WatchCatalogRequest())
-    try:
-        async with asyncio.timeout(10):
-            while True:
-                message = await stream.read()
-                assert isinstance(message, catalog_pb2.WatchCatalogResponse)
-                if any(m.id == model_id and m.endpoints for m in message.models):
-                    return message
-    finally:
-        stream.cancel()
 
 
 async def test_the_fields_round_trip_through_the_rpcs_and_the_watch(
