@@ -19,16 +19,14 @@ own 429 is the backstop.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
-from switchboard_core.rate_limits import LEASES, RateLimiter
+from switchboard_core.rate_limits import LEASES, RateLimiter, Refusal
 from switchboard_core.redis_client import RedisDeadline
-from switchboard_router import metrics
 from switchboard_router.catalog_cache import Route
 from switchboard_router.leases import LeaseKeeper
-from switchboard_router.traffic import REDIS_TROUBLE, Background, FailOpen, new_lease
+from switchboard_router.traffic import Background, Checked, LimitCheck, new_lease
 
 # The retry hint of a full concurrency cap: short, since the relay polls it while it queues.
 BUSY_RETRY_SECONDS = 0.25
@@ -83,9 +81,15 @@ class RedisEndpointGate:
     def __init__(self, limiter: RateLimiter, leases: LeaseKeeper, deadline: RedisDeadline) -> None:
         self._limiter = limiter
         self._leases = leases
-        self._deadline = deadline
         self._background = Background(deadline)
-        self._fail_open = FailOpen("endpoint")
+        self._check = LimitCheck(
+            "endpoint",
+            limiter,
+            leases,
+            deadline,
+            self._background,
+            busy_retry=BUSY_RETRY_SECONDS,
+        )
 
     async def acquire(self, route: Route) -> EndpointSlot | AtCapacity:
         cap = route.capacity
@@ -95,28 +99,11 @@ class RedisEndpointGate:
             route.endpoint_id, cap.max_concurrent, cap.requests_per_minute
         )
         lease = new_lease() if cap.max_concurrent else ""
-        try:
-            refusal = await self._deadline.run(
-                "endpoint_acquire",
-                lambda: self._limiter.acquire(
-                    limits, lease, self._leases.lease_seconds, busy_retry=BUSY_RETRY_SECONDS
-                ),
-            )
-        except REDIS_TROUBLE as error:
-            self._fail_open(error)
+        checked = await self._check.run("endpoint_acquire", limits, lease, "endpoint_release")
+        if isinstance(checked, Refusal):
+            return AtCapacity(route.endpoint_id, checked.limit.name, checked.retry_after or 0.0)
+        if checked is Checked.FAILED_OPEN:
             return EndpointSlot(route.endpoint_id)
-        except asyncio.CancelledError:  # the script may have run: give the lease back
-            if lease:
-                self._release(route.endpoint_id, lease)
-            raise
-        if refusal is not None:
-            metrics.RATE_LIMIT_CHECKS.labels("endpoint", "refused").inc()
-            metrics.RATE_LIMITED.labels(refusal.limit.name).inc()
-            return AtCapacity(route.endpoint_id, refusal.limit.name, refusal.retry_after or 0.0)
-        metrics.RATE_LIMIT_CHECKS.labels("endpoint", "admitted").inc()
-        if lease:
-            keys = [limit.key for limit in limits if limit.kind == LEASES]
-            self._leases.hold(lease, keys)
         return EndpointSlot(route.endpoint_id, lease)
 
     def release(self, slot: EndpointSlot) -> None:

@@ -147,7 +147,6 @@ class Relay:
             queue_seconds=queue_seconds,
             circuit_retry_seconds=circuit_retry_seconds,
         )
-        self._gate = gate
         self._observer = observer
         self._admission = admission
         self._inflight = inflight
@@ -262,7 +261,7 @@ class Relay:
             async for out in self._relay(generation, opening, leg.first, leg.events, leg.guard):
                 yield out
         finally:
-            self._gate.release(leg.slot)
+            self._upstreams.gate.release(leg.slot)
 
     async def _relay(
         self,

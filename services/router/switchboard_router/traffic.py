@@ -27,6 +27,7 @@ at most every :data:`FAIL_OPEN_LOG_SECONDS`.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import secrets
 import time
@@ -110,6 +111,71 @@ class Background:
             await asyncio.wait(set(self._tasks), timeout=timeout)
 
 
+class Checked(enum.Enum):
+    """How a check that refused nothing ended."""
+
+    ADMITTED = "admitted"  # charged, its lease held (and renewed)
+    FAILED_OPEN = "failed_open"  # Redis could not be asked: let through, nothing held
+
+
+class LimitCheck:
+    """One all-or-nothing check of a request's limits in Redis
+    (:meth:`~switchboard_core.rate_limits.RateLimiter.acquire`), as a caller's rate limits and
+    an endpoint's caps are both checked: within the router's Redis deadline; failing open when
+    Redis cannot answer (counted and logged under ``scope``); the lease given back when the
+    check is cut short (the script may have run); the lease held, and renewed, once admitted.
+    Every outcome is counted in ``switchboard_router_rate_limit_checks_total{scope}``."""
+
+    def __init__(
+        self,
+        scope: str,
+        limiter: RateLimiter,
+        leases: LeaseKeeper,
+        deadline: RedisDeadline,
+        background: Background,
+        *,
+        busy_retry: float,
+    ) -> None:
+        self._scope = scope
+        self._limiter = limiter
+        self._leases = leases
+        self._deadline = deadline
+        self._background = background
+        self._busy_retry = busy_retry  # the retry hint of a full concurrency limit
+        self._fail_open = FailOpen(scope)
+
+    async def run(
+        self, operation: str, limits: Sequence[Limit], lease: str, release: str
+    ) -> Refusal | Checked:
+        """The refusal (counted), or how an admission went; ``operation`` and ``release``
+        name the check and the background give-back in the Redis failure counts."""
+        try:
+            refusal = await self._deadline.run(
+                operation,
+                lambda: self._limiter.acquire(
+                    limits, lease, self._leases.lease_seconds, busy_retry=self._busy_retry
+                ),
+            )
+        except REDIS_TROUBLE as error:
+            self._fail_open(error)
+            return Checked.FAILED_OPEN
+        except asyncio.CancelledError:  # the script may have run: give the lease back
+            if lease:
+                self._background.run(release, lambda: self._limiter.finish(lease, limits))
+            raise
+        if refusal is not None:
+            self.refused(refusal)
+            return refusal
+        metrics.RATE_LIMIT_CHECKS.labels(self._scope, "admitted").inc()
+        if lease:
+            self._leases.hold(lease, [limit.key for limit in limits if limit.kind == LEASES])
+        return Checked.ADMITTED
+
+    def refused(self, refusal: Refusal) -> None:
+        metrics.RATE_LIMIT_CHECKS.labels(self._scope, "refused").inc()
+        metrics.RATE_LIMITED.labels(refusal.limit.name).inc()
+
+
 class Ticket:
     """An admitted request's hold on its limits, given back by :meth:`finish`."""
 
@@ -135,9 +201,10 @@ class TrafficControl:
     def __init__(self, limiter: RateLimiter, leases: LeaseKeeper, deadline: RedisDeadline) -> None:
         self._limiter = limiter
         self._leases = leases
-        self._deadline = deadline
         self._background = Background(deadline)
-        self._fail_open = FailOpen("caller")
+        self._check = LimitCheck(
+            "caller", limiter, leases, deadline, self._background, busy_retry=BUSY_RETRY_SECONDS
+        )
 
     async def admit(self, caller: Caller, request: CompletionRequest) -> Ticket | None:
         """Charge the caller's limits, or raise :class:`RateLimited` (RESOURCE_EXHAUSTED,
@@ -153,37 +220,16 @@ class TrafficControl:
         limits = self._limiter.caller_limits(caller.key_id, caller.account_id, key, account, tokens)
         for limit in limits:
             if limit.never:  # refused whether Redis answers or not: no wait would help
-                self._refused(Refusal(limit, None))
+                refusal = Refusal(limit, None)
+                self._check.refused(refusal)
+                raise RateLimited(refusal)
         lease = new_lease() if any(limit.kind == LEASES for limit in limits) else ""
-        try:
-            refusal = await self._deadline.run(
-                "rate_check",
-                lambda: self._limiter.acquire(
-                    limits,
-                    lease,
-                    self._leases.lease_seconds,
-                    busy_retry=BUSY_RETRY_SECONDS,
-                ),
-            )
-        except REDIS_TROUBLE as error:
-            self._fail_open(error)
+        checked = await self._check.run("rate_check", limits, lease, "rate_finish")
+        if isinstance(checked, Refusal):
+            raise RateLimited(checked)
+        if checked is Checked.FAILED_OPEN:
             return None
-        except asyncio.CancelledError:  # the script may have run: give the lease back
-            if lease:
-                self._background.run("rate_finish", lambda: self._limiter.finish(lease, limits))
-            raise
-        if refusal is not None:
-            self._refused(refusal)
-        metrics.RATE_LIMIT_CHECKS.labels("caller", "admitted").inc()
-        if lease:
-            self._leases.hold(lease, [limit.key for limit in limits if limit.kind == LEASES])
         return Ticket(self, limits, lease)
-
-    @staticmethod
-    def _refused(refusal: Refusal) -> None:
-        metrics.RATE_LIMIT_CHECKS.labels("caller", "refused").inc()
-        metrics.RATE_LIMITED.labels(refusal.limit.name).inc()
-        raise RateLimited(refusal)
 
     def finish(self, ticket: Ticket, usage: UsageReport | None) -> None:
         """:meth:`Ticket.finish`'s work: a Redis call only when there is a lease to release or
