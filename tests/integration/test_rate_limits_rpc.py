@@ -28,6 +28,7 @@ from switchboard_router.account import AccountReads
 from switchboard_router.admission import Admission
 from switchboard_router.auth import Caller
 from switchboard_router.catalog_cache import CatalogCache, Route, Snapshot
+from switchboard_router.completions import Completions
 from switchboard_router.leases import LeaseKeeper
 from switchboard_router.relay import Relay, RelayEvent, Started
 from switchboard_router.service import RouterServicer
@@ -105,14 +106,14 @@ async def server(redis_client: redis.Redis, prefix: str, clock: Clock) -> AsyncI
     grpc_server = grpc.aio.server(
         interceptors=[ServerInterceptor(cast(Authenticator, holder.callers))]
     )
-    servicer = RouterServicer(
+    completions = Completions(
         cast(CatalogCache, FakeCatalog(Snapshot.from_proto(catalog(LIVE)))),
         cast(Relay, holder),
         cast(Admission, holder.budget),
         60.0,
-        cast(AccountReads, None),
         traffic=traffic,
     )
+    servicer = RouterServicer(completions, cast(AccountReads, None))
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, grpc_server)
     port = grpc_server.add_insecure_port("127.0.0.1:0")
     await grpc_server.start()

@@ -32,6 +32,7 @@ from switchboard_router.canonical import (
     UsageReport,
 )
 from switchboard_router.catalog_cache import CatalogCache, Route, Snapshot
+from switchboard_router.completions import Completions
 from switchboard_router.relay import Completed, Relay, RelayEvent, Started
 from switchboard_router.service import RouterServicer
 from tests.unit.test_router_lifecycle import HAIKU_NEW, HAIKU_OLD, catalog, endpoint, stamp
@@ -86,13 +87,13 @@ class LetEveryoneIn:
 @pytest.fixture
 async def router() -> AsyncIterator[router_pb2_grpc.RouterServiceAsyncStub]:
     snapshot = Snapshot.from_proto(catalog(OLD_MODEL, NEW_MODEL, LIVE))
-    servicer = RouterServicer(
+    completions = Completions(
         cast(CatalogCache, FakeCatalog(snapshot)),
         cast(Relay, FakeRelay()),
         cast(Admission, FakeAdmission()),
         60.0,
-        cast(AccountReads, None),
     )
+    servicer = RouterServicer(completions, cast(AccountReads, None))
     server = grpc.aio.server(interceptors=[ServerInterceptor(cast(Authenticator, LetEveryoneIn()))])
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

@@ -38,10 +38,12 @@ class Ports:
     router_metrics: int = 9091
     catalog_metrics: int = 9092
     metering_metrics: int = 9093
+    # The router's HTTP edge (OpenAI- and Anthropic-compatible).
+    router_http: int = 8080
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*(free_port() for _ in range(7)))
+        return cls(*(free_port() for _ in range(8)))
 
 
 @dataclass
@@ -87,6 +89,8 @@ class Stack:
             ),
             "PYTHONUNBUFFERED": "1",
         }
+        if name == "router":
+            env["SWITCHBOARD_HTTP_PORT"] = str(p.router_http)
         if name != "demo" and self.plaintext:
             env["SWITCHBOARD_INSECURE_PLAINTEXT"] = "true"
             if name in self.service_keys:

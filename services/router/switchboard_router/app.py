@@ -21,7 +21,10 @@ from switchboard_router.admission import Admission
 from switchboard_router.auth import KeyVerifier, RouterCredentials
 from switchboard_router.capacity import RedisEndpointGate
 from switchboard_router.catalog_cache import CatalogCache
+from switchboard_router.completions import Completions
 from switchboard_router.config import RouterConfig
+from switchboard_router.edge.door import Door
+from switchboard_router.edge.server import HttpEdge
 from switchboard_router.endpoint_stats import LiveSettings, LiveStats
 from switchboard_router.hedging import HedgeDefaults
 from switchboard_router.inflight import InFlight
@@ -137,16 +140,17 @@ async def create_app(config: RouterConfig) -> GrpcServer:
     )
     key_changes.start()
     inflight.start()
-    servicer = RouterServicer(
+    completions = Completions(
         catalog,
         relay,
         admission,
         config.max_request_seconds,
-        AccountReads(metering_channel, catalog, live=live),
         traffic=traffic,
         live=live,
         hedging=HedgeDefaults.of(config),
     )
+    account = AccountReads(metering_channel, catalog, live=live)
+    servicer = RouterServicer(completions, account)
     if not await catalog.wait_loaded(config.catalog_wait_seconds):
         log.warning("catalog not loaded yet; requests get UNAVAILABLE until it is")
 
@@ -167,10 +171,24 @@ async def create_app(config: RouterConfig) -> GrpcServer:
         await catalog_channel.close(None)
         await metering_channel.close(None)
 
+    authenticator = Authenticator(config.server.tls, credentials, direct_tenants=True)
+    companions = []
+    if config.http_port is not None:  # the OpenAI- and Anthropic-compatible HTTP edge
+        door = Door(completions, account, authenticator)
+        companions.append(
+            HttpEdge(
+                door,
+                config.server.host,
+                config.http_port,
+                config.server.tls,
+                config.server.shutdown_grace_seconds,
+            )
+        )
     name = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
     return GrpcServer(
         config=config.server,
-        authenticator=Authenticator(config.server.tls, credentials, direct_tenants=True),
+        authenticator=authenticator,
+        companions=companions,
         registrations=[
             Registration(router_pb2_grpc.add_RouterServiceServicer_to_server, servicer, name)
         ],

@@ -104,6 +104,10 @@ class RouterConfig:
     # attempts: retry_budget_ratio of them, plus retry_budget_min_per_second, over 10 s.
     retry_budget_ratio: float = 0.1
     retry_budget_min_per_second: float = 1.0
+    # The HTTP edge's port (OpenAI- and Anthropic-compatible; switchboard_router.edge): None
+    # when SWITCHBOARD_HTTP_PORT is "off", 0 for any free port. Served on the gRPC port's host
+    # with its TLS settings.
+    http_port: int | None = 8080
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RouterConfig:
@@ -190,6 +194,7 @@ class RouterConfig:
             retry_budget_min_per_second=reader.float(
                 "SWITCHBOARD_RETRY_BUDGET_MIN_PER_SECOND", 1.0, min_value=0
             ),
+            http_port=read_http_port(reader),
         )
         if config.hedge_mode not in ("off", "fixed", "live"):
             reader.problems.append("SWITCHBOARD_HEDGE_MODE: one of off, fixed, live")
@@ -199,6 +204,13 @@ class RouterConfig:
             reader.problems.append("SWITCHBOARD_HEDGE_PERCENTILE: at most 99")
         reader.finish()
         return config
+
+
+def read_http_port(reader: EnvReader) -> int | None:
+    """SWITCHBOARD_HTTP_PORT: the HTTP edge's port, "off" for none (default 8080)."""
+    if reader.str("SWITCHBOARD_HTTP_PORT", "8080").strip().lower() == "off":
+        return None
+    return reader.int("SWITCHBOARD_HTTP_PORT", 8080, max_value=65535)
 
 
 def read_provider_hosts(reader: EnvReader) -> dict[str, tuple[str, ...]]:

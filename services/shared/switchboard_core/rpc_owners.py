@@ -201,6 +201,14 @@ RPC_OWNERS: Mapping[str, Owner] = {
 }
 
 
+# The router's HTTP edge (switchboard_router.edge): each route is owned as the RPC it runs
+# through, so one table still names who may call what. A route missing here is not served.
+HTTP_ROUTE_RPCS: Mapping[tuple[str, str], str] = {
+    ("POST", "/v1/chat/completions"): f"/{ROUTER}/StreamCompletion",
+    ("POST", "/v1/messages"): f"/{ROUTER}/StreamCompletion",
+    ("GET", "/v1/models"): f"/{ROUTER}/ListModels",
+}
+
 _SCOPE_VALUES = frozenset(scope.value for scope in Scope)
 
 

@@ -19,7 +19,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -55,6 +55,16 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
+class Companion(Protocol):
+    """Another listener of the same process (the router's HTTP edge), started once the gRPC
+    server is up and stopped with it: ``stop`` stops accepting and lets in-flight requests
+    finish within the grace period."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 @dataclass
 class Registration:
     """One servicer and the generated function that adds it to a server."""
@@ -77,6 +87,8 @@ class GrpcServer:
     on_stop: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # Where the admin changes made through this server are recorded (switchboard_core.audit).
     audit: AuditSink | None = None
+    # Other listeners of this process, serving and stopping with the gRPC server.
+    companions: Sequence[Companion] = field(default_factory=list)
     port: int = 0
     metrics_port: int = 0
     _server: grpc.aio.Server | None = None
@@ -112,6 +124,8 @@ class GrpcServer:
             self.port = server.add_secure_port(address, credentials)
         await server.start()
         self._server = server
+        for companion in self.companions:
+            await companion.start()
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if with_metrics:
@@ -135,7 +149,9 @@ class GrpcServer:
                 await self._health.enter_graceful_shutdown()
             grace = self.config.shutdown_grace_seconds if grace is None else grace
             log.info("stopping", extra={"grace_seconds": grace})
-            await self._server.stop(grace)
+            await asyncio.gather(
+                self._server.stop(grace), *(companion.stop() for companion in self.companions)
+            )
             self._server = None
         if self._auditor is not None:  # audit writes of cancelled calls, before pools close
             await self._auditor.flush()
