@@ -89,7 +89,7 @@ $(BUF):
 	npm install --silent --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
 .PHONY: lint
-lint: install $(BUF) ## ruff, mypy (strict) and buf lint
+lint: install $(BUF) breaking ## ruff, mypy (strict), buf lint and buf breaking
 	$(PY) -m ruff format --check $(SRC_DIRS) tests bench
 	$(PY) -m ruff check $(SRC_DIRS) tests bench
 	$(PY) -m mypy $(SRC_DIRS) tests bench
@@ -101,3 +101,19 @@ check: lint test ## Everything CI should be happy with
 .PHONY: clean
 clean: ## Remove the virtualenv, generated code and local state
 	rm -rf $(VENV) gen .tools .devstack .pytest_cache .mypy_cache .ruff_cache
+
+# buf breaking: no release may break a client built from the last published protos, silently.
+# CI runs on a clean clone of main, where origin/main is HEAD, so "the previous main" is a commit
+# recorded in protos/BREAKING_BASELINE: the protos clients last received. Category WIRE_JSON
+# (protos/buf.yaml says why). Moving the baseline, at a release: in the commit after the one
+# released, `git rev-parse <released commit> > protos/BREAKING_BASELINE`. What was added since
+# the old baseline is then protected too (until then no client had it, so it could still
+# change). The baseline never moves to let a break through: a breaking change goes into a new
+# package (switchboard.<service>.v2, served next to v1), which is an addition.
+# A shallow clone fetches the baseline commit first.
+.PHONY: breaking
+breaking: $(BUF) ## buf breaking (WIRE_JSON) against the commit in protos/BREAKING_BASELINE
+	@base=$$(cat protos/BREAKING_BASELINE) && \
+	  { git cat-file -e "$$base^{commit}" 2>/dev/null || git fetch --quiet --depth=1 origin "$$base"; } && \
+	  echo "buf breaking against $$base (protos/BREAKING_BASELINE)" && \
+	  cd protos && ../$(BUF) breaking --against "..#format=git,ref=$$base,subdir=protos"
