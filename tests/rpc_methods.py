@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
@@ -16,6 +17,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 import switchboard
+from switchboard_core.reflection import V1_FILE, register_v1_descriptor
 
 
 @dataclass(frozen=True)
@@ -53,9 +55,11 @@ def _switchboard_modules() -> Iterator[object]:
 
 def all_rpcs() -> list[Rpc]:
     modules: list[Any] = [*_switchboard_modules(), health_pb2, reflection_pb2]
+    register_v1_descriptor()  # reflection v1: v1alpha renamed (switchboard_core.reflection)
+    files = [module.DESCRIPTOR for module in modules]
+    files.append(descriptor_pool.Default().FindFileByName(V1_FILE))
     found: dict[str, Rpc] = {}
-    for module in modules:
-        file = module.DESCRIPTOR
+    for file in files:
         for service in file.services_by_name.values():
             for method in service.methods:
                 rpc = Rpc(service, method)

@@ -57,6 +57,8 @@ def register(
 async def chat_command(args: argparse.Namespace, channel: grpc.aio.Channel, output: Output) -> int:
     if not args.api_key:
         raise CliError(NO_KEY, exit_code=2)
+    if args.prompt == "-":
+        output.stop_spinner()  # the user may be typing the prompt on this terminal
     request = build_request(args)
     stub = router_pb2_grpc.RouterServiceStub(channel)
     metadata = bearer(args.api_key)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from collections.abc import Mapping
+from typing import NoReturn
 
 from switchboard_cli import (
+    __version__,
     account,
     audit,
     budgets,
@@ -24,9 +28,25 @@ DESCRIPTION = "Switchboard: keys, models, chat, usage, budgets and rate limits o
 EPILOG = "Global options may also follow the sub-command, e.g. `switchboard models list --json`."
 
 
-def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    """The parser; ``env`` supplies the defaults of --router, --catalog, --metering, --api-key."""
-    parser = argparse.ArgumentParser(prog="switchboard", description=DESCRIPTION, epilog=EPILOG)
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors are JSON on stderr when ``json_errors``."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if not self.json_errors:
+            super().error(message)
+        error = {"message": message, "code": "USAGE", "exit_code": 2, "usage": self.format_usage()}
+        print(json.dumps({"error": error}), file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def build_parser(env: Mapping[str, str], *, json_errors: bool = False) -> argparse.ArgumentParser:
+    """The parser; ``env`` supplies the defaults of --router, --catalog, --metering, --api-key.
+    ``json_errors`` (``--json`` anywhere on the line): usage errors as JSON too."""
+    parser_class: type[_Parser] = type("Parser", (_Parser,), {"json_errors": json_errors})
+    parser = parser_class(prog="switchboard", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"switchboard {__version__}")
     _add_globals(parser, env, with_defaults=True)
     # Sub-commands accept the same options; SUPPRESS keeps them from resetting the globals.
     common = argparse.ArgumentParser(add_help=False)

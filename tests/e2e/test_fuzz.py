@@ -37,9 +37,10 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import text_format
+from google.protobuf import descriptor_pool, text_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
@@ -54,6 +55,7 @@ from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import account_pb2, router_pb2, router_pb2_grpc
 from switchboard_core.budget import MAX_BUDGET_USD
 from switchboard_core.paging import encode_token
+from switchboard_core.reflection import register_v1_descriptor
 from switchboard_core.rpc_owners import FORWARDED_AUTHORIZATION, RPC_OWNERS, Scope
 from switchboard_devstack.pki import OPERATOR
 from switchboard_devstack.stack import Stack
@@ -84,6 +86,7 @@ SERVED_BY = {
     "switchboard.audit.v1.AuditService": ("catalog", "metering"),
     "grpc.health.v1.Health": SERVERS,
     "grpc.reflection.v1alpha.ServerReflection": SERVERS,
+    "grpc.reflection.v1.ServerReflection": SERVERS,
 }
 # The authorization layer's refusals: the owner's credentials must never get one.
 REFUSALS = {
@@ -109,6 +112,7 @@ STREAM_SECONDS = {
     "/switchboard.catalog.v1.CatalogService/WatchCatalog": 0.3,
     "/grpc.health.v1.Health/Watch": 0.3,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": 1.0,
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": 1.0,
 }
 WATCHES = ("/switchboard.catalog.v1.CatalogService/WatchCatalog", "/grpc.health.v1.Health/Watch")
 
@@ -399,6 +403,16 @@ def payloads(rpc: Rpc, shape: Shape, template: Message) -> st.SearchStrategy[Pay
     return payload()
 
 
+def _v1_reflection_request() -> Message:
+    """A reflection v1 request listing the services (v1's message, from the pool)."""
+    register_v1_descriptor()
+    pool = descriptor_pool.Default()
+    request = GetMessageClass(
+        pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionRequest")
+    )
+    return request(list_services="")
+
+
 def templates(known: Known) -> dict[str, Message]:
     """A valid request for each RPC (the empty one where none is given)."""
     router, catalog, metering = (
@@ -469,6 +483,8 @@ def templates(known: Known) -> dict[str, Message]:
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": (
             reflection_pb2.ServerReflectionRequest(list_services="")
         ),
+        # v1's request: v1alpha's under another package (switchboard_core.reflection).
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _v1_reflection_request(),
     }
 
 
@@ -747,7 +763,7 @@ STANDARD = {rpc.path for rpc in all_rpcs() if rpc.service.full_name.startswith("
 
 
 def _server_test(server: str) -> Any:
-    """``server``'s own RPCs share nine tenths of its CALLS (the standard services, four RPCs
+    """``server``'s own RPCs share nine tenths of its CALLS (the standard services, five RPCs
     on each server, the last tenth)."""
     own = [t for t in TARGETS if t.server == server and t.rpc.path not in STANDARD]
     name = f"test_the_{server}_answers_bad_input_deliberately"
@@ -757,7 +773,7 @@ def _server_test(server: str) -> Any:
 test_the_standard_services_answer_bad_input_deliberately = fuzzing(
     "test_the_standard_services_answer_bad_input_deliberately",
     [t for t in TARGETS if t.rpc.path in STANDARD],
-    CALLS // 10 // 4,
+    CALLS // 10 // 5,
 )
 # The catalog first: the completions then route through whatever its writes left (the fuzz
 # endpoints' prices, context windows and statuses).

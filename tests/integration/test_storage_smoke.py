@@ -6,6 +6,7 @@ import asyncpg
 import redis.asyncio as redis
 
 from switchboard_core.db import create_pool, migrate
+from switchboard_devstack.storage import create_database, drop_database
 
 
 async def test_postgres_is_real_and_fresh(database_url: str) -> None:
@@ -44,10 +45,8 @@ async def test_services_migrating_at_once_do_not_race(database_url: str) -> None
     import uuid
 
     name = f"race_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(database_url)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    url = database_url.rsplit("/", 1)[0] + "/" + name
+    # The URL helper keeps the query string: an embedded server's is its Unix socket's dir.
+    url = await create_database(database_url, name)
     pools = [await create_pool(url) for _ in range(4)]
     try:
         results = await asyncio.gather(
@@ -58,6 +57,4 @@ async def test_services_migrating_at_once_do_not_race(database_url: str) -> None
     finally:
         for p in pools:
             await p.close()
-        conn = await asyncpg.connect(database_url)
-        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await conn.close()
+        await drop_database(database_url, name)

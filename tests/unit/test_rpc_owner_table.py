@@ -41,7 +41,11 @@ def test_every_owner_is_someone(path: str) -> None:
 
 def test_only_health_and_reflection_are_public() -> None:
     public = {path.split("/")[1] for path, owner in RPC_OWNERS.items() if owner.public}
-    assert public == {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    assert public == {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
 
 
 def test_writes_are_never_granted_to_api_keys() -> None:

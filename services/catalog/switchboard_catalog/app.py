@@ -16,6 +16,7 @@ from switchboard_core.audit_log import AuditLog, audit_registration, migrate_aud
 from switchboard_core.auth import Authenticator, CredentialVerifier
 from switchboard_core.channels import service_channel
 from switchboard_core.db import create_pool, migrate
+from switchboard_core.health import database_probe
 from switchboard_core.remote_credentials import MeteringCredentials
 from switchboard_core.server import GrpcServer, Registration
 
@@ -80,5 +81,6 @@ async def create_app(
         ),
         # Watch streams never end on their own: close them first so routers move at once.
         before_stop=[broadcaster.close],
+        probes=[database_probe(pool)],  # NOT_SERVING while Postgres does not answer
         on_stop=[scheduler.close, broadcaster.close, pool.close, close_metering],
     )

@@ -1,7 +1,8 @@
 """``make run``: embedded Postgres and Redis (unless given), then every service.
 
 The services talk mutual TLS with certificates from a development CA under ``.devstack/pki``.
-Prints an API key for the demo account, an operator key, and how to make a first request
+Prints an API key for the ``devstack`` account (the same at every start while it is valid,
+kept in ``.devstack/api-key``), an operator key, and how to make a first request
 (``.devstack/env`` holds the variables the CLI needs), then runs until Ctrl-C or SIGTERM,
 when it stops the services gracefully and the embedded servers last.
 """
@@ -9,12 +10,16 @@ when it stops the services gracefully and the embedded servers last.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
 from pathlib import Path
 
+import grpc
+
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
+from switchboard.router.v1 import account_pb2, router_pb2_grpc
 from switchboard_core.config import ConfigError, EnvReader
 from switchboard_devstack.pki import OPERATOR, DevPki
 from switchboard_devstack.stack import Ports, Stack
@@ -23,16 +28,57 @@ from switchboard_devstack.storage import postgres_url, redis_url
 STATE_DIR = Path(".devstack")
 # What the catalog imports at start under `make run` (SWITCHBOARD_CATALOG_IMPORT).
 IMPORT = "genai-prices"
+# The account of the API key `make run` prints, and where that key is kept between starts.
+ACCOUNT = "devstack"
+KEY_FILE = STATE_DIR / "api-key"
+KEY_CHECK_SECONDS = 10.0
 
 
-async def demo_key(stack: Stack) -> tuple[str, str]:
-    """A fresh key for the demo account: (secret, key id)."""
+async def devstack_key(stack: Stack, path: Path = KEY_FILE) -> tuple[str, str]:
+    """The ``devstack`` account's API key: (secret, key id). The one an earlier ``make run``
+    saved in ``.devstack/api-key`` while the router still accepts it (same database, not
+    revoked or expired), else a new one, saved for the next start."""
+    saved = _saved_key(path)
+    if saved is not None and await _still_accepted(stack, saved[0]):
+        return saved
     async with stack.channel("metering") as channel:
         stub = metering_pb2_grpc.MeteringServiceStub(channel)
         reply = await stub.CreateApiKey(
-            metering_pb2.CreateApiKeyRequest(account_id="demo", name="make run")
+            metering_pb2.CreateApiKeyRequest(account_id=ACCOUNT, name="make run"),
+            timeout=KEY_CHECK_SECONDS,
         )
-        return reply.secret, reply.api_key.id
+    key = (reply.secret, reply.api_key.id)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # a secret
+    with os.fdopen(fd, "w") as out:
+        json.dump({"secret": key[0], "id": key[1], "account": ACCOUNT}, out)
+    return key
+
+
+def _saved_key(path: Path) -> tuple[str, str] | None:
+    try:
+        saved = json.loads(path.read_text())
+        secret, key_id = saved["secret"], saved["id"]
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: a new one
+        return None
+    if saved.get("account") != ACCOUNT or not all(isinstance(v, str) for v in (secret, key_id)):
+        return None
+    return secret, key_id
+
+
+async def _still_accepted(stack: Stack, secret: str) -> bool:
+    """Whether the router takes ``secret`` (metering checks it against the database)."""
+    async with stack.channel("router", bearer=secret) as channel:
+        try:
+            await router_pb2_grpc.RouterServiceStub(channel).GetKey(
+                account_pb2.GetKeyRequest(), timeout=KEY_CHECK_SECONDS
+            )
+        except grpc.aio.AioRpcError as error:
+            print(
+                f"the saved API key was not accepted ({error.code().name}); making a new one",
+                file=sys.stderr,
+            )
+            return False
+    return True
 
 
 def write_env(stack: Stack, key: tuple[str, str]) -> Path:
@@ -59,6 +105,7 @@ def banner(ports: Ports, key: tuple[str, str], database: str, redis: str, env: P
     return f"""
 Switchboard is running (mutual TLS between the services; CA in {STATE_DIR}/pki/).
   router    127.0.0.1:{ports.router}  (metrics http://127.0.0.1:{ports.router_metrics}/metrics)
+  edge      https://127.0.0.1:{ports.router_http}/v1 (OpenAI- and Anthropic-compatible HTTP)
   catalog   127.0.0.1:{ports.catalog}  metering 127.0.0.1:{ports.metering}
   demo      http://127.0.0.1:{ports.demo}/v1 (OpenAI-compatible, answers offline)
   postgres  {database}
@@ -71,6 +118,12 @@ every scope as SWITCHBOARD_ADMIN_KEY, and the CLI's certificates):
   .venv/bin/switchboard chat switchboard/demo "Hello, Switchboard"
   .venv/bin/switchboard models list
   .venv/bin/switchboard usage --key {key[1]}
+  curl --cacert {STATE_DIR}/pki/ca.pem https://127.0.0.1:{ports.router_http}/v1/chat/completions \\
+    -H "Authorization: Bearer $SWITCHBOARD_API_KEY" -H "Content-Type: application/json" \\
+    -d '{{"model": "switchboard/demo", "messages": [{{"role": "user", "content": "Hi"}}]}}'
+
+The API key ({key[1]}, account {ACCOUNT}) is kept in {KEY_FILE} and reused at every start
+while it is valid; delete that file for a new one.
 
 Ctrl-C stops everything.
 """
@@ -97,7 +150,7 @@ async def run() -> int:
     try:
         print("starting services ...", file=sys.stderr, flush=True)
         await stack.start()
-        key = await demo_key(stack)
+        key = await devstack_key(stack)
         env = write_env(stack, key)
         print(banner(stack.ports, key, database, redis, env), flush=True)
         stop = asyncio.Event()

@@ -12,6 +12,7 @@ from switchboard_core.audit_log import AuditLog, audit_registration, migrate_aud
 from switchboard_core.auth import Authenticator
 from switchboard_core.budget import BudgetStore
 from switchboard_core.db import create_pool, migrate
+from switchboard_core.health import database_probe
 from switchboard_core.key_changes import channel_name, publish_key_change
 from switchboard_core.redis_client import create_redis
 from switchboard_core.server import GrpcServer, Registration
@@ -119,4 +120,5 @@ async def create_app(config: MeteringConfig) -> GrpcServer:
         ],
         audit=audit_log,
         on_stop=[close],
+        probes=[database_probe(pool)],  # NOT_SERVING while Postgres does not answer
     )

@@ -184,6 +184,10 @@ class ServerConfig:
     extra: Mapping[str, str] = field(default_factory=dict)
     # How the service serves (and, for catalog and metering, calls): see switchboard_core.tls.
     tls: TlsConfig = field(default_factory=_no_tls)
+    # How often the serving status checks the service's dependencies (its database), and how
+    # long one check may take: see switchboard_core.health.
+    health_probe_seconds: float = 5.0
+    health_probe_timeout_seconds: float = 2.0
 
     @classmethod
     def read(
@@ -204,7 +208,20 @@ class ServerConfig:
             log_level=level,
             shutdown_grace_seconds=reader.float("SWITCHBOARD_SHUTDOWN_GRACE_SECONDS", 10.0),
             tls=TlsConfig.read(reader),
+            health_probe_seconds=_at_most(
+                reader, "SWITCHBOARD_HEALTH_PROBE_SECONDS", 5.0, 0.05, 300.0
+            ),
+            health_probe_timeout_seconds=_at_most(
+                reader, "SWITCHBOARD_HEALTH_PROBE_TIMEOUT_SECONDS", 2.0, 0.05, 60.0
+            ),
         )
+
+
+def _at_most(reader: EnvReader, name: str, default: float, low: float, high: float) -> float:
+    value = reader.float(name, default, min_value=low)
+    if value > high:
+        reader.problems.append(f"{name}: must be at most {high}")
+    return value
 
 
 def read_database_url(reader: EnvReader) -> str:

@@ -126,6 +126,7 @@ RPC_OWNERS: Mapping[str, Owner] = {
     "/grpc.health.v1.Health/Watch": PUBLIC,
     "/grpc.health.v1.Health/List": PUBLIC,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": PUBLIC,
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": PUBLIC,
     # Router: the public API.
     f"/{ROUTER}/StreamCompletion": Owner(tenant=True, scope=Scope.COMPLETIONS),
     f"/{ROUTER}/CreateCompletion": Owner(tenant=True, scope=Scope.COMPLETIONS),

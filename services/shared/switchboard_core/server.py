@@ -1,11 +1,13 @@
 """Server bootstrap shared by every service.
 
-A :class:`GrpcServer` owns one ``grpc.aio`` server with the standard health service,
-server reflection, the interceptor (authorization, request checks, errors) and a Prometheus
-endpoint. It serves TLS as :mod:`switchboard_core.tls` describes, and plaintext only when
-configured so, with a warning at start. ``run_until_signal``
-serves until SIGTERM/SIGINT, then marks the service NOT_SERVING, lets in-flight RPCs
-(streams included) finish within the grace period and runs the service's own cleanup.
+A :class:`GrpcServer` owns one ``grpc.aio`` server with the standard health service (its
+status following the service's dependencies, :mod:`switchboard_core.health`), server
+reflection (v1 and v1alpha, :mod:`switchboard_core.reflection`), the interceptor
+(authorization, request checks, errors) and a Prometheus endpoint. It serves TLS as
+:mod:`switchboard_core.tls` describes, and plaintext only when configured so, with a warning
+at start. ``run_until_signal`` serves until SIGTERM/SIGINT, then marks the service
+NOT_SERVING (ending health watches), lets in-flight RPCs (streams included) finish within the
+grace period and runs the service's own cleanup.
 
 A server whose registrations include audited RPCs (admin writes,
 :class:`~switchboard_core.rpc_owners.Audit`) needs an ``audit`` sink: without one it refuses
@@ -23,14 +25,14 @@ from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from switchboard_core.audit import Auditor, AuditSink
 from switchboard_core.auth import Authenticator
 from switchboard_core.config import ServerConfig
-from switchboard_core.health import HealthServicer
+from switchboard_core.health import DependencyProbe, HealthMonitor, HealthServicer
 from switchboard_core.interceptors import ServerInterceptor
 from switchboard_core.metrics import serve_metrics
+from switchboard_core.reflection import enable_reflection
 from switchboard_core.rpc_owners import audited_rpcs
 from switchboard_core.tls import describe
 
@@ -89,11 +91,15 @@ class GrpcServer:
     audit: AuditSink | None = None
     # Other listeners of this process, serving and stopping with the gRPC server.
     companions: Sequence[Companion] = field(default_factory=list)
+    # What the service cannot serve without (its database): while one fails, health says
+    # NOT_SERVING (switchboard_core.health).
+    probes: Sequence[DependencyProbe] = field(default_factory=list)
     port: int = 0
     metrics_port: int = 0
     _server: grpc.aio.Server | None = None
     _health: HealthServicer | None = None
     _auditor: Auditor | None = None
+    _monitor: HealthMonitor | None = None
 
     async def start(self, *, with_metrics: bool = True) -> int:
         audited = [path for r in self.registrations for path in audited_rpcs(r.full_name)]
@@ -109,9 +115,7 @@ class GrpcServer:
         for registration in self.registrations:
             registration.add(registration.servicer, server)
         names = [r.full_name for r in self.registrations]
-        reflection.enable_server_reflection(
-            [*names, reflection.SERVICE_NAME, health.SERVICE_NAME], server
-        )
+        enable_reflection([*names, health.SERVICE_NAME], server)
         address = f"{self.config.host}:{self.config.grpc_port}"
         credentials = self.config.tls.server_credentials()
         if credentials is None:
@@ -128,6 +132,15 @@ class GrpcServer:
             await companion.start()
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.probes:
+            self._monitor = HealthMonitor(
+                self._health,
+                ["", *names],
+                self.probes,
+                interval=self.config.health_probe_seconds,
+                timeout=self.config.health_probe_timeout_seconds,
+            )
+            self._monitor.start()
         if with_metrics:
             self.metrics_port = serve_metrics(self.config.host, self.config.metrics_port)
         log.info(
@@ -145,6 +158,9 @@ class GrpcServer:
         if self._server is not None:
             for hook in self.before_stop:
                 await hook()
+            if self._monitor is not None:  # draining: NOT_SERVING from now on, whatever
+                await self._monitor.stop()
+                self._monitor = None
             if self._health is not None:
                 await self._health.enter_graceful_shutdown()
             grace = self.config.shutdown_grace_seconds if grace is None else grace
