@@ -117,3 +117,7 @@ breaking: $(BUF) ## buf breaking (WIRE_JSON) against the commit in protos/BREAKI
 	  { git cat-file -e "$$base^{commit}" 2>/dev/null || git fetch --quiet --depth=1 origin "$$base"; } && \
 	  echo "buf breaking against $$base (protos/BREAKING_BASELINE)" && \
 	  cd protos && ../$(BUF) breaking --against "..#format=git,ref=$$base,subdir=protos"
+
+.PHONY: bench-tracing
+bench-tracing: install ## Tracing's cost: router CPU and TTFT, tracing off vs 1% vs 100% sampled
+	$(PY) -m bench.tracing_cost $(BENCH_ARGS)

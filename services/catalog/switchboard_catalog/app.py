@@ -12,6 +12,7 @@ from switchboard_catalog.seed import apply_seed, load_seed
 from switchboard_catalog.service import SERVICE_NAME, CatalogService, add_to_server
 from switchboard_catalog.store import CatalogStore
 from switchboard_catalog.watch import CatalogBroadcaster
+from switchboard_core import tracing
 from switchboard_core.audit_log import AuditLog, audit_registration, migrate_audit
 from switchboard_core.auth import Authenticator, CredentialVerifier
 from switchboard_core.channels import service_channel
@@ -28,6 +29,7 @@ async def create_app(
 ) -> GrpcServer:
     """The catalog server, migrated and seeded, not yet started. Operator keys are checked by
     metering unless ``credentials`` says otherwise."""
+    tracing.setup(config.tracing, "catalog")
     seed = None
     if config.seed_path is not None:
         # Read and validated before touching the database: a bad seed fails fast.
@@ -82,5 +84,5 @@ async def create_app(
         # Watch streams never end on their own: close them first so routers move at once.
         before_stop=[broadcaster.close],
         probes=[database_probe(pool)],  # NOT_SERVING while Postgres does not answer
-        on_stop=[scheduler.close, broadcaster.close, pool.close, close_metering],
+        on_stop=[scheduler.close, broadcaster.close, pool.close, close_metering, tracing.shutdown],
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from switchboard_core.config import EnvReader, ServerConfig, read_database_url
 from switchboard_core.db import DatabaseTimeouts
+from switchboard_core.tracing_config import TracingConfig
 from switchboard_core.upstreams import UpstreamPolicy, read_upstream_policy
 from switchboard_core.usage_bounds import DEFAULT_MAX_EVENT_AGE_DAYS
 
@@ -53,6 +54,8 @@ class CatalogConfig:
     schedule_max_wait_seconds: float = 60.0
     # Postgres connect and statement timeouts (SWITCHBOARD_DB_*_TIMEOUT_SECONDS).
     database_timeouts: DatabaseTimeouts = field(default_factory=DatabaseTimeouts)
+    # OpenTelemetry traces (the standard OTEL_* variables; off without an endpoint).
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> CatalogConfig:
@@ -78,9 +81,11 @@ class CatalogConfig:
                 f"SWITCHBOARD_CATALOG_IMPORT: {import_source!r} is not a source"
                 f" (one of: {', '.join(sorted(IMPORT_SOURCES))}; or empty)"
             )
+        tracing = TracingConfig.read(reader)
         reader.finish()
         return cls(
             server=server,
+            tracing=tracing,
             database_url=database_url,
             seed_path=seed_path,
             demo_base_url=demo_base_url,

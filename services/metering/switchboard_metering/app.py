@@ -8,6 +8,7 @@ import asyncpg
 import redis.asyncio as redis
 
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
+from switchboard_core import tracing
 from switchboard_core.audit_log import AuditLog, audit_registration, migrate_audit
 from switchboard_core.auth import Authenticator
 from switchboard_core.budget import BudgetStore
@@ -47,6 +48,7 @@ async def _open_database(config: MeteringConfig) -> asyncpg.Pool:
 
 async def create_app(config: MeteringConfig) -> GrpcServer:
     """The metering server, not yet serving; its outbox consumer is already running."""
+    tracing.setup(config.tracing, "metering")
     pool = await _open_database(config)
     partitions = Partitions(pool, config.retention, config.event_window)
     try:
@@ -119,6 +121,6 @@ async def create_app(config: MeteringConfig) -> GrpcServer:
             audit_registration(audit_log),
         ],
         audit=audit_log,
-        on_stop=[close],
+        on_stop=[close, tracing.shutdown],  # the last spans exported once all else stopped
         probes=[database_probe(pool)],  # NOT_SERVING while Postgres does not answer
     )

@@ -22,6 +22,7 @@ from switchboard_core.liveness import (
     DEFAULT_SWEEP_SECONDS,
     read_heartbeat_ttl,
 )
+from switchboard_core.tracing_config import TracingConfig
 from switchboard_core.usage_bounds import DEFAULT_MAX_EVENT_AGE_DAYS
 from switchboard_core.usage_outbox import DEFAULT_USAGE_STREAM
 from switchboard_metering.cost_check import (
@@ -107,6 +108,8 @@ class MeteringConfig:
     # The longest key verification (VerifyApiKey, VerifyOperatorKey) waits on Postgres
     # before answering UNAVAILABLE: under the routers' SWITCHBOARD_KEY_VERIFY_TIMEOUT_SECONDS.
     key_verify_db_seconds: float = DEFAULT_KEY_VERIFY_DB_SECONDS
+    # OpenTelemetry traces (the standard OTEL_* variables; off without an endpoint).
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     @property
     def price_lag(self) -> float:
@@ -169,9 +172,11 @@ class MeteringConfig:
         price_settle_seconds = reader.float(
             "SWITCHBOARD_LEDGER_PRICE_SETTLE_SECONDS", DEFAULT_PRICE_SETTLE_SECONDS, min_value=0.1
         )
+        tracing = TracingConfig.read(reader)
         reader.finish()
         return cls(
             server=server,
+            tracing=tracing,
             database_url=database_url,
             redis_url=redis_url,
             outbox=outbox,

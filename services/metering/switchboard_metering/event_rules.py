@@ -25,6 +25,8 @@ problem names its field (``events[3].usage.prompt_tokens``):
   (:class:`switchboard_metering.cost_check.PriceCheck`), which may also name ``endpoint_id``
   (not in the catalog) or ``price_version`` (not a price of that endpoint), or find the event
   *unsettled* (checked again later, not refused);
+- ``trace_parent``: empty, or exactly a W3C traceparent
+  (:func:`switchboard_core.tracing.traceparent_problem`);
 - ``create_time``: required (it is part of the ledger's key) and inside the
   :class:`EventWindow`, from ``max_age`` before now (``SWITCHBOARD_LEDGER_MAX_EVENT_AGE_DAYS``)
   to ``max_skew`` after it (``SWITCHBOARD_LEDGER_MAX_CLOCK_SKEW_SECONDS``). The ledger never
@@ -48,6 +50,7 @@ from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.errors import InvalidArgument
 from switchboard_core.money import MoneyFormatError, parse_usd
+from switchboard_core.tracing import traceparent_problem
 from switchboard_core.usage_bounds import (
     CONTROL_CHARS,
     DEFAULT_MAX_EVENT_AGE_DAYS,
@@ -262,6 +265,10 @@ def _check_numbers(event: metering_pb2.UsageEvent, path: str, problems: list[Pro
         problems.append((f"{path}.status", "not a known GenerationStatus"))
     if event.price_version < 0:
         problems.append((f"{path}.price_version", "must not be negative (0: unknown)"))
+    if event.trace_parent:
+        problem = traceparent_problem(event.trace_parent)
+        if problem is not None:
+            problems.append((f"{path}.trace_parent", problem))
 
 
 def _check_cost(

@@ -35,10 +35,12 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2
+from switchboard_core import tracing
 from switchboard_core.errors import InvalidArgument, NotFound, Unavailable
 from switchboard_core.money import ZERO, format_usd, parse_usd
 from switchboard_core.usage_bounds import text_problem
@@ -200,6 +202,9 @@ class Batch:
     columns: list[list[Any]]
     months: set[datetime]
     checked_at: datetime | None = None
+    # The sampled traces its events belong to (UsageEvent.trace_parent; none untraced): the
+    # write is a span in each (switchboard_core.tracing.child_spans).
+    trace_parents: tuple[str, ...] = ()
 
 
 def _row(event: metering_pb2.UsageEvent) -> tuple[Any, ...]:
@@ -347,10 +352,29 @@ class Ledger:
             validate_events(events, rules=self.rules, now=now)
         rows = [_row(e) for e in events]
         columns = [list(column) for column in zip(*rows, strict=True)]
-        return Batch(len(events), columns, {row[_CREATED_AT] for row in rows}, now)
+        traces = tracing.sampled_parents(e.trace_parent for e in events) if tracing.active() else ()
+        return Batch(len(events), columns, {row[_CREATED_AT] for row in rows}, now, traces)
 
     async def write(self, batch: Batch, *, source: str) -> WriteResult:
-        """The database half of :meth:`record`."""
+        """The database half of :meth:`record`; a CONSUMER span in each sampled trace of the
+        batch's events when tracing is on."""
+        if not batch.trace_parents:
+            return await self._write(batch, source=source)
+        attributes = {
+            "db.system.name": "postgresql",
+            "db.operation.name": "INSERT",
+            "switchboard.ledger.source": source,
+            "switchboard.ledger.batch_size": batch.size,
+        }
+        with tracing.child_spans(
+            "ledger write", batch.trace_parents, SpanKind.CONSUMER, attributes
+        ) as spans:
+            result = await self._write(batch, source=source)
+            for span in spans:
+                span.set_attribute("switchboard.ledger.recorded", result.recorded)
+            return result
+
+    async def _write(self, batch: Batch, *, source: str) -> WriteResult:
         if not batch.size:
             return WriteResult(recorded=0, duplicates=0)
         columns, months = batch.columns, batch.months

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
+from switchboard_core import tracing
 from switchboard_core.auth import Authenticator
 from switchboard_core.budget import BudgetStore
 from switchboard_core.channels import service_channel
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 
 async def create_app(config: RouterConfig) -> GrpcServer:
+    tracing.setup(config.tracing, "router")  # first: the channels carry the trace context
     catalog_channel = service_channel(config.catalog_addr, config.internal_tls)
     metering_channel = service_channel(config.metering_addr, config.internal_tls)
     redis = create_redis(config.redis_url, timeout=config.redis_timeout_seconds)
@@ -192,5 +194,5 @@ async def create_app(config: RouterConfig) -> GrpcServer:
         registrations=[
             Registration(router_pb2_grpc.add_RouterServiceServicer_to_server, servicer, name)
         ],
-        on_stop=[close],
+        on_stop=[close, tracing.shutdown],  # the last spans exported once all else stopped
     )

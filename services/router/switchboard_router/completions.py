@@ -8,11 +8,12 @@ door shares the routing, limits, budgets and ledger of one router, with no extra
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from switchboard_core.budget import Reservation
 from switchboard_core.errors import Unavailable
+from switchboard_router import genai_spans
 from switchboard_router.admission import Admission
 from switchboard_router.auth import Caller
 from switchboard_router.canonical import NO_HEDGE, CompletionRequest, HedgePolicy, UsageReport
@@ -121,23 +122,27 @@ class Completions:
         *,
         streamed: bool,
         on_deprecated: DeprecationHook | None = None,
-    ) -> AsyncIterator[RelayEvent]:
-        """The relay's events for a prepared request; its ticket is given back however the
-        stream ends (done, failed, or the consumer went away)."""
+    ) -> AsyncGenerator[RelayEvent, None]:
+        """The relay's events for a prepared request, in the completion's span when tracing
+        is on (:mod:`.genai_spans`); its ticket is given back however the stream ends (done,
+        failed, or the consumer went away)."""
         usage: UsageReport | None = None
         try:
-            async for event in self._relay.run(
-                prepared.request,
-                prepared.routes,
-                prepared.caller,
-                timeout=prepared.timeout,
-                streamed=streamed,
-                reservation=prepared.reservation,
-                hedge=prepared.hedge,
-            ):
-                if isinstance(event, Completed):
-                    usage = event.usage
-                note_deprecation(event, on_deprecated)
-                yield event
+            with genai_spans.completion(prepared.request, streamed) as span:
+                async for event in self._relay.run(
+                    prepared.request,
+                    prepared.routes,
+                    prepared.caller,
+                    timeout=prepared.timeout,
+                    streamed=streamed,
+                    reservation=prepared.reservation,
+                    hedge=prepared.hedge,
+                ):
+                    if isinstance(event, Completed):
+                        usage = event.usage
+                    if span is not None:
+                        genai_spans.note(span, event)
+                    note_deprecation(event, on_deprecated)
+                    yield event
         finally:
             prepared.finish(usage)

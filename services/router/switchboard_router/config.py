@@ -14,6 +14,7 @@ from switchboard_core.liveness import (
 )
 from switchboard_core.redis_client import DEFAULT_DEADLINE_SECONDS
 from switchboard_core.tls import TlsConfig
+from switchboard_core.tracing_config import TracingConfig
 from switchboard_core.upstreams import UpstreamPolicy, parse_host_entry, read_upstream_policy
 from switchboard_core.usage_outbox import DEFAULT_USAGE_STREAM
 
@@ -108,6 +109,8 @@ class RouterConfig:
     # when SWITCHBOARD_HTTP_PORT is "off", 0 for any free port. Served on the gRPC port's host
     # with its TLS settings.
     http_port: int | None = 8080
+    # OpenTelemetry traces (the standard OTEL_* variables; off without an endpoint).
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RouterConfig:
@@ -195,6 +198,7 @@ class RouterConfig:
                 "SWITCHBOARD_RETRY_BUDGET_MIN_PER_SECOND", 1.0, min_value=0
             ),
             http_port=read_http_port(reader),
+            tracing=TracingConfig.read(reader),
         )
         if config.hedge_mode not in ("off", "fixed", "live"):
             reader.problems.append("SWITCHBOARD_HEDGE_MODE: one of off, fixed, live")

@@ -109,6 +109,9 @@ class Generation:
     # text, tool calls and refusals; and reasoning.
     visible_texts: list[str] = field(default_factory=list)
     reasoning_texts: list[str] = field(default_factory=list)
+    # The W3C traceparent of the request's completion span (switchboard_core.tracing): the
+    # usage event carries it, so metering's ledger write joins the request's trace.
+    trace_parent: str = ""
 
     @property
     def hides_reasoning(self) -> bool:
@@ -154,6 +157,7 @@ class Generation:
             else 0,
             streamed=self.streamed,
             price_version=self.route.price_version,
+            trace_parent=self.trace_parent,
         )
 
 

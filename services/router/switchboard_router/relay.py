@@ -27,6 +27,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
 from switchboard.metering.v1 import metering_pb2
+from switchboard_core import tracing
 from switchboard_core.budget import Reservation
 from switchboard_router import metrics
 from switchboard_router.admission import Admission
@@ -199,6 +200,7 @@ class Relay:
     ) -> AsyncIterator[RelayEvent]:
         started = time.monotonic()
         generation_id = new_generation_id()
+        trace_parent = tracing.current_traceparent()  # the completion's span ("" untraced)
 
         def lost(leg: Leg, cause: str) -> None:
             self._billing.lost(
@@ -215,6 +217,7 @@ class Relay:
                     hold=hold,
                     prompt=leg.prompt,
                     sent_at=leg.sent_at,
+                    trace_parent=trace_parent,
                 ),
                 leg,
             )
@@ -247,6 +250,7 @@ class Relay:
             hold=hold,
             prompt=leg.prompt,
             sent_at=leg.sent_at,
+            trace_parent=trace_parent,
         )
         if leg.running is not None:
             generation.running = checked_running(leg.running, generation)

@@ -14,6 +14,10 @@ neither. Each step is bounded, so the final message waits about a second at most
 
 Only when all three fail does the client get ``USAGE_NOT_RECORDED``; the records then stay,
 so the generation is recorded (as FAILED) when this router is swept.
+
+When tracing is on, publishing is a PRODUCER span (``usage publish``, a child of the
+completion's) whose traceparent the event carries (``UsageEvent.trace_parent``): metering's
+ledger write becomes its child.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from typing import TYPE_CHECKING
 
 import grpc
 import redis.asyncio as redis
+from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
 
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
+from switchboard_core import tracing
 from switchboard_core.errors import Unavailable
 from switchboard_core.liveness import generation_field
 from switchboard_core.redis_client import RedisDeadline
@@ -113,6 +119,32 @@ class UsageSink:
             self._inflight.forget_later(field)
 
     async def publish(self, event: metering_pb2.UsageEvent) -> None:
+        """Make ``event`` durable (the outbox, else RecordUsage, else the spool) or raise
+        ``USAGE_NOT_RECORDED``; in a PRODUCER span when tracing is on."""
+        span = tracing.start_span(
+            "usage publish",
+            SpanKind.PRODUCER,
+            {
+                "messaging.system": "redis",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": tracing.bounded(self._stream),
+                "gen_ai.response.id": event.generation_id,
+            },
+        )
+        if span is None:
+            return await self._publish(event)
+        event.trace_parent = tracing.traceparent_of(span) or event.trace_parent
+        token = tracing.attach(span)  # a RecordUsage fallback carries it too
+        try:
+            await self._publish(event)
+        except BaseException as error:
+            tracing.fail(span, error)
+            raise
+        finally:
+            span.end()
+            tracing.detach(token)
+
+    async def _publish(self, event: metering_pb2.UsageEvent) -> None:
         payload = event.SerializeToString()
         field = generation_field(event.generation_id, event.attempt)
         router_id = ""

@@ -32,6 +32,7 @@ from typing import Any
 
 import grpc
 
+from switchboard_core.rpc_tracing import client_interceptors
 from switchboard_core.tls import TlsConfig, call_metadata
 
 KEEPALIVE_SECONDS = 5.0
@@ -105,12 +106,17 @@ def _adding(metadata: Sequence[tuple[str, str]]) -> Any:
 
 
 def service_channel(address: str, tls: TlsConfig) -> grpc.aio.Channel:
-    """A channel from this service to another one at ``address``."""
+    """A channel from this service to another one at ``address``; its calls carry the
+    trace context when tracing is on (set it up first: :func:`switchboard_core.tracing.setup`)."""
     credentials = tls.channel_credentials()
+    traced = client_interceptors()  # none when tracing is off
     if credentials is not None:
-        return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+        return grpc.aio.secure_channel(
+            address, credentials, options=CHANNEL_OPTIONS, interceptors=traced or None
+        )
+    interceptors = [*(_adding(call_metadata(tls)) or ()), *traced]
     return grpc.aio.insecure_channel(
-        address, options=CHANNEL_OPTIONS, interceptors=_adding(call_metadata(tls))
+        address, options=CHANNEL_OPTIONS, interceptors=interceptors or None
     )
 
 

@@ -12,6 +12,8 @@ then the handler runs, and its
 ``INTERNAL`` with a generic message and a logged traceback. After an audited RPC (an admin
 write, :class:`~switchboard_core.rpc_owners.Audit`) succeeds, its event is recorded
 (:mod:`switchboard_core.audit`) before the response goes out.
+When tracing is on, each call but health checks and reflection runs in a SERVER span
+(:mod:`switchboard_core.rpc_tracing`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from switchboard_core.logs import request_id_var
 from switchboard_core.metrics import GRPC_HANDLED, GRPC_SECONDS
 from switchboard_core.request_checks import UNDECODABLE, request_violations, tolerant
 from switchboard_core.rpc_owners import RPC_OWNERS, Owner
+from switchboard_core.rpc_tracing import end_server_span, start_server_span
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +120,13 @@ class _Call:
         self.owner = interceptor._owners.get(method)
         self.audit = self.owner.audit if self.owner is not None else None
         self.seconds = GRPC_SECONDS.labels(self.service, self.name)
+        self.span: Any = None  # the call's SERVER span while tracing is on
 
     async def admit(self, request: Any, context: Context) -> None:
         """Authorize the caller, then check the request; raises SwitchboardError."""
         request_id_var.set(_request_id(context))
+        # Current for the rest of the call's task, as the request id is (None: tracing off).
+        self.span = start_server_span(self.method, context)
         if self.owner is None:
             log.error("rpc missing from the owner table; refused", extra={"rpc": self.method})
             raise PermissionDenied(
@@ -170,6 +176,8 @@ class _Call:
     def done(self, start: float, code: str) -> None:
         self.seconds.observe(time.perf_counter() - start)
         GRPC_HANDLED.labels(self.service, self.name, code).inc()
+        if self.span is not None:
+            end_server_span(self.span, code)
 
     def unary(self, behavior: Any) -> Any:
         async def wrapper(request: Any, context: Context) -> Any:

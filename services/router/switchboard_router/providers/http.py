@@ -27,21 +27,32 @@ the idle limit for every read after the body's first (the timer running then, st
 headers' read, still bounds the wait for that first body byte). A silence past either limit is
 an :class:`UpstreamStalled` naming the phase: ``first_byte`` before any body byte (the relay
 then tries the next endpoint), ``idle`` after.
+
+When tracing is on, each request is a CLIENT span (``POST``, a child of the completion's:
+``http.request.method``, ``server.address``, ``server.port``, ``http.response.status_code``,
+``gen_ai.provider.name``, ``error.type`` when it failed), from the request until the stream is
+closed. The URL's path and query are not recorded (a query may hold a key), and the trace
+context is **not** sent to providers: a ``traceparent`` header would tell a third party this
+deployment's trace ids, and nothing on their side would use it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp.abc import AbstractResolver, ResolveResult
+from opentelemetry.trace import Span, SpanKind
+from yarl import URL
 
+from switchboard_core import tracing
 from switchboard_core.upstreams import UpstreamPolicy
 from switchboard_router.providers.base import (
     StallLimits,
@@ -190,8 +201,72 @@ class SseStream:
         self.completed = True
 
 
+def open_sse(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    *,
+    provider: str,
+    timeout: float | None,
+    stall: StallLimits,
+    error_from_body: ErrorFromBody,
+) -> AbstractAsyncContextManager[SseStream]:
+    """POST ``body`` and yield the stream (:func:`_open_sse`), in a CLIENT span when tracing
+    is on."""
+    opened = _open_sse(
+        session,
+        url,
+        body,
+        headers,
+        provider=provider,
+        timeout=timeout,
+        stall=stall,
+        error_from_body=error_from_body,
+    )
+    if not tracing.active():
+        return opened
+    return _traced(opened, url, provider)
+
+
 @asynccontextmanager
-async def open_sse(
+async def _traced(
+    opened: AbstractAsyncContextManager[SseStream], url: str, provider: str
+) -> AsyncIterator[SseStream]:
+    target = URL(url)
+    span = tracing.start_span(
+        "POST",
+        SpanKind.CLIENT,
+        {
+            "http.request.method": "POST",
+            "server.address": tracing.bounded(target.host or ""),
+            "server.port": target.port or 0,
+            "gen_ai.provider.name": tracing.bounded(provider),
+        },
+    )
+    assert span is not None  # tracing is on
+    try:
+        async with opened as stream:
+            span.set_attribute("http.response.status_code", stream.response.status)
+            yield stream
+    except BaseException as error:
+        _failed(span, error)
+        raise
+    finally:
+        span.end()
+
+
+def _failed(span: Span, error: BaseException) -> None:
+    status = getattr(error, "status", 0)
+    if isinstance(status, int) and status:
+        span.set_attribute("http.response.status_code", status)
+    if isinstance(error, GeneratorExit | asyncio.CancelledError):  # dropped: no one's fault
+        return
+    tracing.fail(span, error)
+
+
+@asynccontextmanager
+async def _open_sse(
     session: aiohttp.ClientSession,
     url: str,
     body: dict[str, Any],
