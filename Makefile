@@ -45,8 +45,9 @@ test: install ## Run the whole test suite (real Postgres and Redis)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: install ## Streaming benchmark: router vs the upstream it calls
+bench: install ## Streaming benchmark: router (gRPC and HTTP edge) vs the upstream it calls, then tracing's cost
 	$(PY) -m bench.relay $(BENCH_ARGS)
+	$(PY) -m bench.tracing_cost $(BENCH_ARGS)
 
 .PHONY: soak
 soak: install ## Crash soak: 5,000 streamed generations while metering, router, Postgres and Redis fail

@@ -11,10 +11,13 @@ demo upstream over HTTP/SSE, (2) through each router over gRPC with a key withou
 settles in Redis) and (4) with a key whose key and account both have rate limits (requests
 and tokens per minute, concurrency) too high to refuse anything, so each request runs the
 rate-limit script and releases its concurrency leases and corrects its tokens in Redis, and
+(5) through each router's OpenAI-compatible HTTP edge (``POST /v1/chat/completions``, SSE,
+TLS or plaintext as the router's port; :mod:`bench.edge_call`) with the unlimited key, and
 prints time-to-first-token p50/p99, completions per second and the router's CPU milliseconds
-per completion (from the router process's own CPU time), then the TLS/plaintext ratios and
-what the rate-limit check adds. It fails if requests fail, or if the rate-limited rows were
-not checked (the router's ``switchboard_router_rate_limit_checks_total`` did not move).
+per completion (from the router process's own CPU time), then the TLS/plaintext ratios, what
+the rate-limit check adds and what the HTTP edge costs over the gRPC path. It fails if
+requests fail, or if the rate-limited rows were not checked (the router's
+``switchboard_router_rate_limit_checks_total`` did not move).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import grpc
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.edge_call import edge_call, edge_session
 from bench.interceptor import interceptor_microseconds
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
@@ -269,8 +273,16 @@ async def rate_checks(session: aiohttp.ClientSession, deployment: Deployment) ->
     return 0.0
 
 
-async def measured(deployment: Deployment, name: str, key: str, level: int, total: int) -> Result:
-    call = router_call(router_pb2_grpc.RouterServiceStub(deployment.channel), key)
+async def measured(
+    deployment: Deployment,
+    name: str,
+    key: str,
+    level: int,
+    total: int,
+    call: Callable[[], Awaitable[float]] | None = None,
+) -> Result:
+    """One row: ``call`` (default: a gRPC stream with ``key``) ``total`` times."""
+    call = call or router_call(router_pb2_grpc.RouterServiceStub(deployment.channel), key)
     before, meter_before = cpu_ms(deployment.router), cpu_ms(deployment.metering)
     ttft, seconds, failures = await drive(call, total, level)
     done = max(1, len(ttft))
@@ -278,6 +290,16 @@ async def measured(deployment: Deployment, name: str, key: str, level: int, tota
     cpu = cpu_ms(deployment.router) - before
     meter = cpu_ms(deployment.metering) - meter_before
     return Result(name, level, ttft, seconds, failures, cpu / done, meter / done)
+
+
+def edge_versus_grpc(level: int, edge: Result, grpc_row: Result) -> str:
+    """What the HTTP edge costs over the gRPC path: router CPU per completion and TTFT p50."""
+    cpu = (edge.cpu_ms_per_completion or 0) - (grpc_row.cpu_ms_per_completion or 0)
+    ratio = (edge.cpu_ms_per_completion or 0) / (grpc_row.cpu_ms_per_completion or 1)
+    return (
+        f"  C={level:<4} {edge.name:<11} router CPU/completion {cpu:+.2f} ms ({ratio:.2f}x),"
+        f" TTFT p50 {edge.ttft_p50_ms() - grpc_row.ttft_p50_ms():+.2f} ms"
+    )
 
 
 async def run(levels: list[int], requests: int, token_delay: float) -> int:
@@ -294,8 +316,15 @@ async def run(levels: list[int], requests: int, token_delay: float) -> int:
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         demo = f"http://127.0.0.1:{tls.stack.ports.demo}/v1/chat/completions"
         direct = direct_call(session, demo)
+        # The HTTP edge (OpenAI-compatible) of each router: the same completion, as SSE.
+        edges = {d.name: edge_session(d.stack) for d in deployments}
+        edge = {
+            d.name: edge_call(*edges[d.name], d.unlimited, PROMPT, EXPECTED_TEXT)
+            for d in deployments
+        }
         for deployment in deployments:  # warm-up: connections, caches, lazy imports
             await measured(deployment, "warm", deployment.unlimited, 8, 100)
+            await measured(deployment, "warm", "", 8, 100, edge[deployment.name])
         await measured(tls, "warm", tls.limited, 8, 100)
         await measured(tls, "warm", tls.rate_limited, 8, 100)
         await drive(direct, 100, 8)
@@ -307,6 +336,7 @@ async def run(levels: list[int], requests: int, token_delay: float) -> int:
         print(HEADER)
         ratios: list[str] = []
         rate_costs: list[str] = []
+        edge_costs: list[str] = []
         checks_before = await rate_checks(session, tls)
         rated_completions = 0
         for level in levels:
@@ -318,12 +348,18 @@ async def run(levels: list[int], requests: int, token_delay: float) -> int:
                 await measured(plain, "router plain", plain.unlimited, level, total),
                 await measured(tls, "tls+limit", tls.limited, level, total),
                 await measured(tls, "tls+rate", tls.rate_limited, level, total),
+                await measured(tls, "edge tls", "", level, total, edge["tls"]),
+                await measured(plain, "edge plain", "", level, total, edge["plaintext"]),
             ]
             rated_completions += len(rows[3].ttft)
             for row in rows:
                 print(row.row(), flush=True)
                 failed += row.failures
             secure, bare, rated = rows[0], rows[1], rows[3]
+            edge_costs += [
+                edge_versus_grpc(level, rows[4], secure),
+                edge_versus_grpc(level, rows[5], bare),
+            ]
             rate_costs.append(
                 f"  C={level:<4} router CPU/completion "
                 f"{(rated.cpu_ms_per_completion or 0) - (secure.cpu_ms_per_completion or 0):+.2f}"
@@ -338,11 +374,15 @@ async def run(levels: list[int], requests: int, token_delay: float) -> int:
         print("\n".join(ratios))
         print("\nRate limits (tls+rate versus router tls, same run):")
         print("\n".join(rate_costs))
+        print("\nHTTP edge (OpenAI SSE) versus the gRPC path, same router, same run:")
+        print("\n".join(edge_costs))
         checked = await rate_checks(session, tls) - checks_before
         if checked < rated_completions:
             print(f"rate limits were not checked ({checked:g} of {rated_completions})")
             failed += 1
         await session.close()
+        for edge_client, _ in edges.values():
+            await edge_client.close()
     finally:
         for deployment in deployments:
             await deployment.channel.close(None)

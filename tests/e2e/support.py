@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from decimal import Decimal
 
 import asyncpg
@@ -13,6 +14,7 @@ from switchboard.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
+from switchboard_devstack.stack import Stack
 from tests.fakes.script import FakeProvider
 
 # Credentials the stack's router sends to the fake providers (which check them).
@@ -188,3 +190,13 @@ async def add_demo_model(catalog: catalog_pb2_grpc.CatalogServiceAsyncStub, mode
         )
     )
     return model_id
+
+
+def edge_url(stack: Stack) -> str:
+    """The router's HTTP edge (OpenAI's SDKs add ``/v1``; Anthropic's use it as it is)."""
+    return f"https://127.0.0.1:{stack.ports.router_http}"
+
+
+def edge_trust(stack: Stack) -> ssl.SSLContext:
+    """Trust in the stack's development CA, for HTTP clients of the edge."""
+    return ssl.create_default_context(cafile=str(stack.pki.ca))

@@ -93,6 +93,7 @@ def start_router(stack: Stack, port: int) -> subprocess.Popen[bytes]:
         **stack.env_for("router"),
         "SWITCHBOARD_GRPC_PORT": str(port),
         "SWITCHBOARD_METRICS_PORT": str(free_port()),
+        "SWITCHBOARD_HTTP_PORT": str(free_port()),
         "SWITCHBOARD_SPOOL_DIR": str(stack.log_dir / "router-b-spool"),
     }
     with (stack.log_dir / "router-b.log").open("ab") as log:

@@ -200,7 +200,7 @@ class AccountReads:
         )
 
     async def list_models(
-        self, request: account_pb2.ListModelsRequest, context: Context
+        self, request: account_pb2.ListModelsRequest, context: Context | None = None
     ) -> account_pb2.ListModelsResponse:
         principal = current_principal()
         rules = KeyRules()

@@ -195,3 +195,10 @@ for _result in ("served", "refused"):
     ENDPOINT_QUEUE.labels(_result)
 for _winner in ("hedge", "primary"):
     HEDGE_RACES.labels(_winner)
+HTTP_EDGE_REQUESTS = Counter(
+    "switchboard_router_http_requests_total",
+    "Requests to the router's HTTP edge (OpenAI- and Anthropic-compatible), by route (the"
+    " route's path, e.g. /v1/chat/completions) and code (the HTTP status sent; a stream that"
+    " fails after it started counts as its 200).",
+    ["route", "code"],
+)

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -298,6 +298,8 @@ class Relay:
                         generation.signed.setdefault(event.choice, []).append(event)
                     if event.text and not hide_reasoning:
                         yield event
+                    elif event.signature or event.redacted:  # a signed block's seal, in place
+                        yield replace(event, text="") if event.text else event
                 elif type(event) is ToolCallDelta:
                     generation.text_chars += len(event.name) + len(event.arguments)
                     generation.visible_texts += (event.name, event.arguments)

@@ -12,6 +12,7 @@ from switchboard.router.v1 import account_pb2, router_pb2, router_pb2_grpc
 from switchboard_core.auth import current_principal
 from switchboard_router.account import AccountReads
 from switchboard_router.auth import Caller, caller_of
+from switchboard_router.canonical import ReasoningDelta
 from switchboard_router.completions import Completions
 from switchboard_router.lifecycle import DEPRECATED_HEADER
 from switchboard_router.responses import WholeCompletion, stream_message
@@ -40,6 +41,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         async for event in self._completions.events(
             prepared, streamed=True, on_deprecated=_trailer(context)
         ):
+            if type(event) is ReasoningDelta and not event.text:
+                continue  # a signed block's seal: the final message carries the whole block
             yield stream_message(event)
 
     async def CreateCompletion(

@@ -40,7 +40,8 @@ class Door:
         """The authenticated caller of this route (Unauthenticated / PermissionDenied
         otherwise); also sets the request id and the principal for the handler."""
         request_id_var.set(request_id(request))
-        route = (request.method, request.match_info.route.resource.canonical)  # type: ignore[union-attr]
+        resource = request.match_info.route.resource
+        route = (request.method, resource.canonical if resource is not None else request.path)
         rpc = HTTP_ROUTE_RPCS.get(route)
         if rpc is None:  # never served: HttpEdge refuses to add such a route
             raise PermissionDenied(f"{route} has no owner", reason="RPC_HAS_NO_OWNER")

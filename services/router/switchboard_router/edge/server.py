@@ -17,21 +17,39 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from switchboard_core.rpc_owners import HTTP_ROUTE_RPCS
 from switchboard_core.tls import TlsConfig
-from switchboard_router.edge import anthropic_routes, openai_routes
+from switchboard_router.edge import anthropic_routes, openai_routes, tracing
 from switchboard_router.edge.door import MAX_BODY_BYTES, Door
+from switchboard_router.edge.tracing import UNMATCHED
+from switchboard_router.metrics import HTTP_EDGE_REQUESTS
 
 log = logging.getLogger(__name__)
 
 
 def build_app(door: Door) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[tracing.middleware, counted])
     routes = [*openai_routes.routes(door), *anthropic_routes.routes(door)]
     _check_owned(routes)
     app.add_routes(routes)
     return app
+
+
+@web.middleware
+async def counted(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer counted by route template and status (a path no route serves: one
+    bounded label; a stream that fails after it started counts as its 200)."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else UNMATCHED
+    try:
+        response = await handler(request)
+    except web.HTTPException as refused:  # aiohttp's own: 404, 405
+        HTTP_EDGE_REQUESTS.labels(route, str(refused.status)).inc()
+        raise
+    HTTP_EDGE_REQUESTS.labels(route, str(response.status)).inc()
+    return response
 
 
 def _check_owned(routes: Iterable[web.RouteDef]) -> None:
