@@ -48,6 +48,7 @@ COPY --from=build /opt/venv /opt/venv
 COPY --from=build /src/gen/python /app/gen/python
 WORKDIR /app
 USER 10001:10001
-# gRPC: router 50051, catalog 50052, metering 50053. Metrics: 9091-9093. Demo HTTP: 8088.
-EXPOSE 50051 50052 50053 9091 9092 9093 8088
+# gRPC: router 50051, catalog 50052, metering 50053. The router's HTTP edge (OpenAI- and
+# Anthropic-compatible): 8080. Metrics: 9091-9093. Demo HTTP: 8088.
+EXPOSE 50051 50052 50053 8080 9091 9092 9093 8088
 CMD ["switchboard", "--help"]
