@@ -83,17 +83,17 @@ bench-resilience: install ## One model, 3 upstreams (30% 5xx, 2 s TTFT, healthy)
 
 .PHONY: fmt
 fmt: install ## Format the code
-	$(PY) -m ruff format $(SRC_DIRS) tests bench
-	$(PY) -m ruff check --fix $(SRC_DIRS) tests bench
+	$(PY) -m ruff format $(SRC_DIRS) tests bench deploy
+	$(PY) -m ruff check --fix $(SRC_DIRS) tests bench deploy
 
 $(BUF):
 	npm install --silent --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
 .PHONY: lint
 lint: install $(BUF) breaking ## ruff, mypy (strict), buf lint and buf breaking
-	$(PY) -m ruff format --check $(SRC_DIRS) tests bench
-	$(PY) -m ruff check $(SRC_DIRS) tests bench
-	$(PY) -m mypy $(SRC_DIRS) tests bench
+	$(PY) -m ruff format --check $(SRC_DIRS) tests bench deploy
+	$(PY) -m ruff check $(SRC_DIRS) tests bench deploy
+	$(PY) -m mypy $(SRC_DIRS) tests bench deploy/kubernetes/base/migrate.py
 	cd protos && ../$(BUF) lint
 
 .PHONY: check
