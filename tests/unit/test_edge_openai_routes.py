@@ -4,6 +4,7 @@ stream started, the deprecation header, and the counts by route and status."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
 from decimal import Decimal
@@ -23,6 +24,7 @@ from switchboard_router.auth import Caller
 from switchboard_router.canonical import Finish, FinishEvent, TextDelta, UsageReport
 from switchboard_router.catalog_cache import Route
 from switchboard_router.completions import Completions, Prepared
+from switchboard_router.edge import door as door_module
 from switchboard_router.edge.door import Door, request_id
 from switchboard_router.edge.openai_routes import CHAT
 from switchboard_router.edge.server import build_app
@@ -186,3 +188,23 @@ async def test_a_body_over_the_limit_is_a_413_in_openai_json() -> None:
     response, body = await post(Scripted(), b" " * (32 * 1024 * 1024 + 1))
     assert response.status == 413
     assert orjson.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+async def test_a_client_that_stops_sending_its_body_gets_a_408_not_a_held_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(door_module, "BODY_READ_SECONDS", 0.3)
+    door = OpenDoor(cast(Completions, Scripted()), cast(AccountReads, None), cast(Any, None))
+    async with TestServer(build_app(door)) as server:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b'{"model": "x/y"'
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        rest = await asyncio.wait_for(reader.read(65536), 5)
+        writer.close()
+    assert status_line.startswith(b"HTTP/1.1 408"), status_line
+    body = orjson.loads(rest.split(b"\r\n\r\n", 1)[1])
+    assert body["error"]["code"] == "request_body_timeout"

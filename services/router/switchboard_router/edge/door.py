@@ -9,6 +9,7 @@ refusals. The key comes as ``Authorization: Bearer <key>`` (OpenAI SDKs) or ``x-
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from switchboard_core.auth import Authenticator, principal_var
-from switchboard_core.errors import InvalidArgument, PermissionDenied
+from switchboard_core.errors import DeadlineExceeded, InvalidArgument, PermissionDenied
 from switchboard_core.logs import request_id_var
 from switchboard_core.request_checks import request_violations
 from switchboard_core.rpc_owners import HTTP_ROUTE_RPCS, RPC_OWNERS
@@ -28,6 +29,8 @@ from switchboard_router.completions import Completions
 # The largest request body accepted (the gRPC port's message limit).
 MAX_BODY_BYTES = 32 * 1024 * 1024
 REQUEST_ID_HEADER = "X-Request-Id"
+# The longest a client may take to send its request body (32 MiB at 10 Mbit/s is ~27 s).
+BODY_READ_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +70,15 @@ def request_id(request: web.Request) -> str:
 
 async def json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object; InvalidArgument naming the problem otherwise (the size limit
-    is the application's ``client_max_size``: 413)."""
-    raw = await request.read()
+    is the application's ``client_max_size``: 413). A client that stops sending its body
+    mid-way gets DeadlineExceeded (408) after :data:`BODY_READ_SECONDS`, not a held slot."""
+    try:
+        raw = await asyncio.wait_for(request.read(), BODY_READ_SECONDS)
+    except TimeoutError:
+        raise DeadlineExceeded(
+            f"the request body did not arrive within {BODY_READ_SECONDS:g} s",
+            reason="REQUEST_BODY_TIMEOUT",
+        ) from None
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
