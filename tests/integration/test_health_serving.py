@@ -15,10 +15,12 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from switchboard_core.auth import Authenticator
 from switchboard_core.config import ServerConfig
@@ -27,6 +29,7 @@ from switchboard_core.errors import Unavailable
 from switchboard_core.health import database_probe
 from switchboard_core.server import GrpcServer, Registration
 from switchboard_core.tls import TlsConfig
+from switchboard_devstack.pki import DevPki
 from tests.faults.links import postgres_proxy, through
 from tests.faults.proxy import FaultProxy
 
@@ -41,16 +44,19 @@ HEALTH_CHECKED = json.dumps(
 
 
 @asynccontextmanager
-async def serving(name: str, database_url: str) -> AsyncIterator[GrpcServer]:
+async def serving(
+    name: str, database_url: str, *, tls: TlsConfig | None = None, health_port: int | None = None
+) -> AsyncIterator[GrpcServer]:
     """A server whose health follows ``database_url``'s Postgres; ``name`` is the one
     service it lists (Health/List tells the replicas apart)."""
     pool = await create_pool(database_url)
     config = ServerConfig(
         service=name,
         shutdown_grace_seconds=0,
-        tls=TlsConfig(plaintext=True),  # health and reflection only, on 127.0.0.1
+        tls=tls or TlsConfig(plaintext=True),  # health and reflection only, on 127.0.0.1
         health_probe_seconds=PROBE_SECONDS,
         health_probe_timeout_seconds=PROBE_TIMEOUT_SECONDS,
+        health_port=health_port,
     )
     server = GrpcServer(
         config=config,
@@ -211,3 +217,39 @@ async def _is(value: Awaitable[int], expected: int) -> bool:
         return await value == expected
     except grpc.aio.AioRpcError:
         return False
+
+
+async def test_a_plaintext_health_port_tells_the_tls_ports_status_and_nothing_else(
+    database_url: str, pg_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """Kubelet's ``grpc:`` probes speak no TLS: SWITCHBOARD_HEALTH_PORT serves them the same
+    status in plaintext, and only health (reflection, which names every RPC, is not there)."""
+    pki = DevPki.ensure(tmp_path)
+    async with serving(
+        "test.Probed", through(pg_proxy, database_url), tls=pki.tls("catalog"), health_port=0
+    ) as server:
+        assert server.health_port not in (0, server.port)
+        assert await status(server.health_port) == SERVING
+        pg_proxy.set("refuse")
+        await eventually(
+            lambda: _is(status(server.health_port), NOT_SERVING), 5, "NOT_SERVING on it"
+        )
+        pg_proxy.set("pass")
+        await eventually(lambda: _is(status(server.health_port), SERVING), 5, "SERVING again")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.health_port}") as channel:
+            reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async for _ in reflect.ServerReflectionInfo(
+                    iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=2
+                ):
+                    pass
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as plaintext:
+            with pytest.raises(grpc.aio.AioRpcError):  # the main port stays TLS only
+                await health_pb2_grpc.HealthStub(plaintext).Check(
+                    health_pb2.HealthCheckRequest(), timeout=2
+                )
+        port = server.health_port
+    with pytest.raises(grpc.aio.AioRpcError) as gone:  # closed with the server
+        await status(port)
+    assert gone.value.code() == grpc.StatusCode.UNAVAILABLE

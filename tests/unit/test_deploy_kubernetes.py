@@ -142,10 +142,12 @@ def test_deployments_are_the_services_on_make_runs_ports() -> None:
 def test_deployment_has_probes_resources_and_a_locked_down_context(name: str) -> None:
     spec = of_kind("Deployment")[name]["spec"]["template"]["spec"]
     (container,) = spec["containers"]
-    grpc_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
-    health = ["switchboard", f"--{name}", f"127.0.0.1:{grpc_port}", "health", name]
+    # Kubelet's grpc probes on the plaintext health-only port the process serves.
+    health_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "health")
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert int(env["SWITCHBOARD_HEALTH_PORT"]) == health_port
     for probe in ("startupProbe", "readinessProbe"):
-        assert container[probe]["exec"]["command"] == health, probe
+        assert container[probe]["grpc"] == {"port": health_port}, probe
         assert container[probe]["timeoutSeconds"] >= 3
     assert container["livenessProbe"]["tcpSocket"]["port"] == "grpc"
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])

@@ -6,7 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from switchboard_core.budget import DEFAULT_PREFIX
-from switchboard_core.config import EnvReader, Secret, ServerConfig, read_redis_url
+from switchboard_core.config import (
+    EnvReader,
+    Secret,
+    ServerConfig,
+    read_port_or_off,
+    read_redis_url,
+)
 from switchboard_core.liveness import (
     DEFAULT_HEARTBEAT_SECONDS,
     DEFAULT_HEARTBEAT_TTL_SECONDS,
@@ -197,7 +203,7 @@ class RouterConfig:
             retry_budget_min_per_second=reader.float(
                 "SWITCHBOARD_RETRY_BUDGET_MIN_PER_SECOND", 1.0, min_value=0
             ),
-            http_port=read_http_port(reader),
+            http_port=read_port_or_off(reader, "SWITCHBOARD_HTTP_PORT", 8080),
             tracing=TracingConfig.read(reader),
         )
         if config.hedge_mode not in ("off", "fixed", "live"):
@@ -208,13 +214,6 @@ class RouterConfig:
             reader.problems.append("SWITCHBOARD_HEDGE_PERCENTILE: at most 99")
         reader.finish()
         return config
-
-
-def read_http_port(reader: EnvReader) -> int | None:
-    """SWITCHBOARD_HTTP_PORT: the HTTP edge's port, "off" for none (default 8080)."""
-    if reader.str("SWITCHBOARD_HTTP_PORT", "8080").strip().lower() == "off":
-        return None
-    return reader.int("SWITCHBOARD_HTTP_PORT", 8080, max_value=65535)
 
 
 def read_provider_hosts(reader: EnvReader) -> dict[str, tuple[str, ...]]:

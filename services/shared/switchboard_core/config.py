@@ -188,6 +188,9 @@ class ServerConfig:
     # long one check may take: see switchboard_core.health.
     health_probe_seconds: float = 5.0
     health_probe_timeout_seconds: float = 2.0
+    # A second, plaintext port serving only grpc.health.v1 (kubelet's grpc probes speak no
+    # TLS); None: none.
+    health_port: int | None = None
 
     @classmethod
     def read(
@@ -214,7 +217,17 @@ class ServerConfig:
             health_probe_timeout_seconds=_at_most(
                 reader, "SWITCHBOARD_HEALTH_PROBE_TIMEOUT_SECONDS", 2.0, 0.05, 60.0
             ),
+            health_port=read_port_or_off(reader, "SWITCHBOARD_HEALTH_PORT", None),
         )
+
+
+def read_port_or_off(reader: EnvReader, name: str, default: int | None) -> int | None:
+    """A port (0: any free one), or None when the variable says "off" (or is unset and the
+    default is None)."""
+    raw = reader.str(name, "off" if default is None else str(default)).strip().lower()
+    if raw == "off":
+        return None
+    return reader.int(name, default or 0, max_value=65535)
 
 
 def _at_most(reader: EnvReader, name: str, default: float, low: float, high: float) -> float:

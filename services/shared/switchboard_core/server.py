@@ -100,6 +100,8 @@ class GrpcServer:
     _health: HealthServicer | None = None
     _auditor: Auditor | None = None
     _monitor: HealthMonitor | None = None
+    _health_server: grpc.aio.Server | None = None
+    health_port: int = 0  # the plaintext health-only port, once started (0: none)
 
     async def start(self, *, with_metrics: bool = True) -> int:
         audited = [path for r in self.registrations for path in audited_rpcs(r.full_name)]
@@ -141,6 +143,8 @@ class GrpcServer:
                 timeout=self.config.health_probe_timeout_seconds,
             )
             self._monitor.start()
+        if self.config.health_port is not None:
+            self.health_port = await self._serve_health_alone(self.config.health_port)
         if with_metrics:
             self.metrics_port = serve_metrics(self.config.host, self.config.metrics_port)
         log.info(
@@ -148,10 +152,22 @@ class GrpcServer:
             extra={
                 "grpc_port": self.port,
                 "metrics_port": self.metrics_port,
+                "health_port": self.health_port,
                 **describe(self.config.tls),
             },
         )
         return self.port
+
+    async def _serve_health_alone(self, port: int) -> int:
+        """``grpc.health.v1`` alone, in plaintext, on ``port``: for probes that speak no TLS
+        (kubelet's ``grpc:`` probes). It tells the same status as the main port (the same
+        servicer) and nothing else: every other RPC is UNIMPLEMENTED there."""
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        bound = server.add_insecure_port(f"{self.config.host}:{port}")
+        await server.start()
+        self._health_server = server
+        return bound
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop serving (in-flight RPCs get ``grace`` seconds), then run every cleanup once."""
@@ -169,6 +185,9 @@ class GrpcServer:
                 self._server.stop(grace), *(companion.stop() for companion in self.companions)
             )
             self._server = None
+        if self._health_server is not None:  # probes saw NOT_SERVING until the drain ended
+            await self._health_server.stop(0)
+            self._health_server = None
         if self._auditor is not None:  # audit writes of cancelled calls, before pools close
             await self._auditor.flush()
         cleanups, self.on_stop = list(self.on_stop), []
