@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.e2e]
 STACK_ENV = {
     "SWITCHBOARD_BREAKER_CONSECUTIVE_FAILURES": "1000",
     "SWITCHBOARD_BREAKER_MIN_REQUESTS": "1000",
+    "SWITCHBOARD_HTTP_KEEPALIVE_SECONDS": "1",  # pings after 1 s without a first event
 }
 
 DEMO = "switchboard/demo"
@@ -277,6 +278,17 @@ async def test_streamed_signed_thinking_keeps_its_signature_for_the_next_turn(
     )
     assert [b.type for b in second.content] == ["thinking", "text"]
     assert claude.requests[-1].body["messages"][1]["content"][0]["signature"] == block.signature
+
+
+async def test_pings_keep_a_slow_first_token_alive_and_the_sdk_reads_through_them(
+    client: anthropic.AsyncAnthropic, claude: FakeProvider
+) -> None:
+    claude.script = Script(text=("Patience",), headers_delay=2.5)
+    async with client.messages.stream(model=CLAUDE, max_tokens=64, messages=HI) as stream:
+        kinds = [event.type async for event in stream]
+        final = await stream.get_final_message()
+    assert kinds[0] == "message_start"  # the SDK skipped the pings before it
+    assert [b.text for b in final.content if b.type == "text"] == ["Patience"]
 
 
 async def test_a_bad_key_is_an_authentication_error(stack: Stack) -> None:

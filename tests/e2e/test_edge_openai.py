@@ -27,6 +27,9 @@ from tests.fakes import openai_server
 from tests.fakes.script import FakeProvider, Script, ScriptToolCall, ScriptUsage
 
 pytestmark = [pytest.mark.e2e]
+# Keep-alive lines after 1 s without a first event (15 s by default), so a slow first token
+# shows them within the test's time.
+STACK_ENV = {"SWITCHBOARD_HTTP_KEEPALIVE_SECONDS": "1"}
 
 DEMO = "switchboard/demo"
 DEEPSEEK = "deepseek/deepseek-v4-flash"
@@ -152,6 +155,32 @@ async def test_models_list_the_keys_models_in_openai_shape(aclient: openai.Async
     assert demo.object == "model" and demo.owned_by == "switchboard"
     extra = demo.model_extra or {}
     assert extra["context_length"] > 0 and "prompt" in extra["pricing"]
+
+
+async def test_a_slow_first_token_is_kept_alive_and_the_sdk_reads_through_it(
+    aclient: openai.AsyncOpenAI, deepseek: FakeProvider, stack: Stack
+) -> None:
+    deepseek.script = Script(text=("Slow", " but sure"), headers_delay=2.5)
+    stream = await once_routed(
+        deepseek,
+        lambda: aclient.chat.completions.create(model=DEEPSEEK, messages=HI, stream=True),
+    )
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == "Slow but sure"
+    # The same on the wire: comments first (the SDK skipped them), then the chunks.
+    async with (
+        httpx.AsyncClient(verify=edge_trust(stack), timeout=30) as http,
+        http.stream(
+            "POST",
+            f"{openai_url(stack)}/chat/completions",
+            json={"model": DEEPSEEK, "messages": HI, "stream": True},
+            headers={"Authorization": f"Bearer {aclient.api_key}"},
+        ) as response,
+    ):
+        raw = b"".join([part async for part in response.aiter_bytes()])
+    assert response.status_code == 200
+    assert raw.startswith(b": keep-alive\n\n: keep-alive\n\n")
+    assert raw.endswith(b"data: [DONE]\n\n")
 
 
 async def test_tool_calls_stream_and_answer_whole_in_openai_shape(

@@ -54,9 +54,11 @@ class Scripted:
         failure: BaseException | None = None,
         fail_after: int | None = None,
         notice: str = "",
+        delay: float = 0.0,
     ) -> None:
         self.script = events
         self.failure, self.fail_after, self.notice = failure, fail_after, notice
+        self.delay = delay  # seconds of silence before the first event (a thinking model)
         self.closed = False
 
     async def prepare(self, request: Any, caller: Caller, remaining: float | None) -> Prepared:
@@ -68,6 +70,7 @@ class Scripted:
         self, on_deprecated: Callable[[str], None] | None
     ) -> AsyncGenerator[RelayEvent, None]:
         try:
+            await asyncio.sleep(self.delay)
             for i, event in enumerate(self.script):
                 if i == self.fail_after and self.failure is not None:
                     raise self.failure

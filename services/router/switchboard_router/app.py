@@ -176,7 +176,7 @@ async def create_app(config: RouterConfig) -> GrpcServer:
     authenticator = Authenticator(config.server.tls, credentials, direct_tenants=True)
     companions = []
     if config.http_port is not None:  # the OpenAI- and Anthropic-compatible HTTP edge
-        door = Door(completions, account, authenticator)
+        door = Door(completions, account, authenticator, config.http_keepalive_seconds)
         companions.append(
             HttpEdge(
                 door,

@@ -115,6 +115,10 @@ class RouterConfig:
     # when SWITCHBOARD_HTTP_PORT is "off", 0 for any free port. Served on the gRPC port's host
     # with its TLS settings.
     http_port: int | None = 8080
+    # How long a streamed HTTP answer waits, without a byte, for its first event before it
+    # begins with keep-alive lines (then one every as long): under the idle timeout of the
+    # load balancers in front (switchboard_router.edge.keepalive).
+    http_keepalive_seconds: float = 15.0
     # OpenTelemetry traces (the standard OTEL_* variables; off without an endpoint).
     tracing: TracingConfig = field(default_factory=TracingConfig)
 
@@ -204,6 +208,9 @@ class RouterConfig:
                 "SWITCHBOARD_RETRY_BUDGET_MIN_PER_SECOND", 1.0, min_value=0
             ),
             http_port=read_port_or_off(reader, "SWITCHBOARD_HTTP_PORT", 8080),
+            http_keepalive_seconds=reader.float(
+                "SWITCHBOARD_HTTP_KEEPALIVE_SECONDS", 15.0, min_value=0.05
+            ),
             tracing=TracingConfig.read(reader),
         )
         if config.hedge_mode not in ("off", "fixed", "live"):

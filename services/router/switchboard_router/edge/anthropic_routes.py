@@ -32,12 +32,16 @@ from switchboard_router.edge.anthropic_reply import (
 )
 from switchboard_router.edge.anthropic_request import Translated, translate
 from switchboard_router.edge.door import REQUEST_ID_HEADER, Door, checked, json_object
+from switchboard_router.edge.keepalive import Opening
 from switchboard_router.edge.status import http_status, retry_after
 from switchboard_router.lifecycle import DEPRECATED_HEADER
 
 log = logging.getLogger(__name__)
 
 PATH = "/v1/messages"
+# What Anthropic sends to keep a stream alive (its SDKs skip it), here while the first event is
+# awaited (edge/keepalive.py).
+PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 MAX_SHOWN_PROBLEMS = 5
 
 
@@ -131,9 +135,9 @@ async def _stream(door: Door, request: web.Request, prepared: Prepared) -> web.S
     events = door.completions.events(
         prepared, streamed=True, on_deprecated=lambda n: headers.update({DEPRECATED_HEADER: n})
     )
-    async with aclosing(events):  # closed at once: a cut generation is metered now
-        first = await anext(events)  # an error here is still an HTTP status
-        response = web.StreamResponse(
+
+    def stream_response() -> web.StreamResponse:  # headers as they stand when it begins
+        return web.StreamResponse(
             status=200,
             headers={
                 "Content-Type": "text/event-stream",
@@ -142,23 +146,38 @@ async def _stream(door: Door, request: web.Request, prepared: Prepared) -> web.S
                 **headers,
             },
         )
-        await response.prepare(request)
-        reply = StreamReply()
-        try:
+
+    # A failure before the answer began (no event, no ping yet) is an HTTP status; after,
+    # an error event in the stream.
+    opening = Opening(request, stream_response, PING, door.keepalive_seconds)
+    try:
+        async with aclosing(events):  # closed at once: a cut generation is metered now
+            first = await anext(events)
+            response = await opening.open()
+            reply = StreamReply()
             await response.write(sse_bytes(reply.events(first)))
             async for event in events:
                 chunk = reply.events(event)
                 if chunk:
                     await response.write(sse_bytes(chunk))
-        except SwitchboardError as error:
-            body = error_json(http_status(error), _message(error), request_id_var.get())
-            await response.write(sse_bytes([("error", body)]))
-        except ConnectionResetError:  # the client left: the generation is cut and metered
-            return response
-        except Exception:  # a bug: said in the stream, the traceback in the log
-            log.exception("the Anthropic messages stream failed")
-            await response.write(
-                sse_bytes([("error", error_json(500, "internal error", request_id_var.get()))])
-            )
-    await response.write_eof()
-    return response
+    except SwitchboardError as error:
+        await opening.stop()
+        if opening.response is None:
+            raise
+        body = error_json(http_status(error), _message(error), request_id_var.get())
+        await opening.response.write(sse_bytes([("error", body)]))
+    except ConnectionResetError:  # the client left: the generation is cut and metered
+        return opening.response or web.StreamResponse()
+    except Exception:  # a bug: said in the stream, the traceback in the log
+        await opening.stop()
+        if opening.response is None:
+            raise
+        log.exception("the Anthropic messages stream failed")
+        await opening.response.write(
+            sse_bytes([("error", error_json(500, "internal error", request_id_var.get()))])
+        )
+    finally:
+        await opening.stop()
+    assert opening.response is not None  # opened above, or the failure was raised
+    await opening.response.write_eof()
+    return opening.response

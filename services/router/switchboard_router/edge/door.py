@@ -25,6 +25,7 @@ from switchboard_core.rpc_owners import HTTP_ROUTE_RPCS, RPC_OWNERS
 from switchboard_router.account import AccountReads
 from switchboard_router.auth import Caller, caller_of
 from switchboard_router.completions import Completions
+from switchboard_router.edge.keepalive import KEEPALIVE_SECONDS
 
 # The largest request body accepted (the gRPC port's message limit).
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -38,6 +39,8 @@ class Door:
     completions: Completions
     account: AccountReads
     authenticator: Authenticator
+    # A stream's wait for its first event before keep-alive lines begin it (keepalive.py).
+    keepalive_seconds: float = KEEPALIVE_SECONDS
 
     async def caller(self, request: web.Request) -> Caller:
         """The authenticated caller of this route (Unauthenticated / PermissionDenied

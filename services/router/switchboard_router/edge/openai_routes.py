@@ -22,6 +22,7 @@ from switchboard_core.errors import InvalidArgument, SwitchboardError
 from switchboard_core.logs import request_id_var
 from switchboard_router.completions import Prepared
 from switchboard_router.edge.door import REQUEST_ID_HEADER, Door, checked, json_object
+from switchboard_router.edge.keepalive import Opening
 from switchboard_router.edge.openai_errors import error_body, error_response, plain_error
 from switchboard_router.edge.openai_models import models_json, usable_models
 from switchboard_router.edge.openai_request import ChatRequest, chat_request
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 CHAT = "/v1/chat/completions"
 MODELS = "/v1/models"
 DONE = b"data: [DONE]\n\n"
+# An SSE comment while the first event is awaited (clients ignore it; OpenRouter sends one).
+KEEPALIVE = b": keep-alive\n\n"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -134,29 +137,37 @@ class OpenAIRoutes:
     ) -> web.StreamResponse:
         notices: list[str] = []
         render = ChunkStream(chat.include_usage)
+
+        def stream_response() -> web.StreamResponse:  # headers as they stand when it begins
+            response = web.StreamResponse(headers=_headers(notices))
+            response.content_type = "text/event-stream"
+            response.headers["Cache-Control"] = "no-cache"
+            response.headers["X-Accel-Buffering"] = "no"
+            return response
+
+        opening = Opening(request, stream_response, KEEPALIVE, self._door.keepalive_seconds)
         response: web.StreamResponse | None = None
-        async with aclosing(self._events(prepared, True, notices)) as events:
-            try:
+        try:
+            async with aclosing(self._events(prepared, True, notices)) as events:
                 async for event in events:
                     if response is None:  # the first event: now the status is known
-                        response = web.StreamResponse(headers=_headers(notices))
-                        response.content_type = "text/event-stream"
-                        response.headers["Cache-Control"] = "no-cache"
-                        response.headers["X-Accel-Buffering"] = "no"
-                        await response.prepare(request)
+                        response = await opening.open()
                     await response.write(
                         b"".join(
                             b"data: " + orjson.dumps(c) + b"\n\n" for c in render.chunks(event)
                         )
                     )
-            except Exception as failure:
-                if response is None:
-                    raise
-                error = _known(failure)
-                body = error_body(error, http_status(error))
-                await response.write(b"data: " + orjson.dumps(body) + b"\n\n")
-                await response.write_eof()
-                return response
+        except Exception as failure:
+            await opening.stop()
+            if opening.response is None:  # nothing sent yet: a real status
+                raise
+            error = _known(failure)
+            body = error_body(error, http_status(error))
+            await opening.response.write(b"data: " + orjson.dumps(body) + b"\n\n")
+            await opening.response.write_eof()
+            return opening.response
+        finally:
+            await opening.stop()
         if response is None:  # the relay always starts or raises; never an empty 200
             raise SwitchboardError("the completion ended before it started")
         await response.write(DONE)
