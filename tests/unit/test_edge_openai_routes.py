@@ -211,3 +211,24 @@ async def test_a_client_that_stops_sending_its_body_gets_a_408_not_a_held_slot(
     assert status_line.startswith(b"HTTP/1.1 408"), status_line
     body = orjson.loads(rest.split(b"\r\n\r\n", 1)[1])
     assert body["error"]["code"] == "request_body_timeout"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("POST", "/v1/embeddings", 404, "not_found"),
+        ("GET", "/v1/chat/completions", 405, "method_not_allowed"),
+    ],
+)
+async def test_an_unserved_route_is_json_naming_what_is_served(
+    method: str, path: str, status: int, code: str
+) -> None:
+    door = OpenDoor(cast(Completions, Scripted()), cast(AccountReads, None), cast(Any, None))
+    async with TestClient(TestServer(build_app(door))) as client:
+        response = await client.request(method, path)
+        body = orjson.loads(await response.read())
+    assert response.status == status
+    assert body["error"]["code"] == code
+    assert "POST /v1/chat/completions" in body["error"]["message"]
+    if status == 405:
+        assert response.headers["Allow"] == "POST"

@@ -23,10 +23,16 @@ from switchboard_core.rpc_owners import HTTP_ROUTE_RPCS
 from switchboard_core.tls import TlsConfig
 from switchboard_router.edge import anthropic_routes, openai_routes, tracing
 from switchboard_router.edge.door import MAX_BODY_BYTES, Door
+from switchboard_router.edge.openai_errors import plain_error
 from switchboard_router.edge.tracing import UNMATCHED
 from switchboard_router.metrics import HTTP_EDGE_REQUESTS
 
 log = logging.getLogger(__name__)
+
+# What a request for a route the edge does not serve is told (in OpenAI's error JSON).
+NO_ROUTE = (
+    "no such route: the edge serves POST /v1/chat/completions, GET /v1/models and POST /v1/messages"
+)
 
 
 def build_app(door: Door) -> web.Application:
@@ -45,9 +51,13 @@ async def counted(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = resource.canonical if resource is not None else UNMATCHED
     try:
         response = await handler(request)
-    except web.HTTPException as refused:  # aiohttp's own: 404, 405
-        HTTP_EDGE_REQUESTS.labels(route, str(refused.status)).inc()
-        raise
+    except web.HTTPException as refused:  # aiohttp's own: no such route (404), method (405)
+        if refused.status not in (404, 405):
+            HTTP_EDGE_REQUESTS.labels(route, str(refused.status)).inc()
+            raise
+        response = plain_error(refused.status, NO_ROUTE, refused.reason.lower().replace(" ", "_"))
+        if "Allow" in refused.headers:
+            response.headers["Allow"] = refused.headers["Allow"]
     HTTP_EDGE_REQUESTS.labels(route, str(response.status)).inc()
     return response
 
