@@ -35,7 +35,7 @@ class CatalogConfig:
     database_url: str = field(repr=False)
     # ``None`` skips seeding (``SWITCHBOARD_CATALOG_SEED=none``).
     seed_path: Path | None
-    demo_base_url: str = DEFAULT_DEMO_BASE_URL
+    demo_base_url: str = field(default=DEFAULT_DEMO_BASE_URL, repr=False)  # may hold a password
     # How often the version is polled in case a notification was missed.
     version_poll_seconds: float = 5.0
     # Metering checks the operator keys of admin calls.

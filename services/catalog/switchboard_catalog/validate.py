@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from switchboard.catalog.v1 import catalog_pb2
 from switchboard.common.v1 import common_pb2
+from switchboard_core.catalog_ids import QUANTIZATION
 from switchboard_core.catalog_ids import model_id_problem as model_id_problem
 from switchboard_core.catalog_ids import provider_id_problem as provider_id_problem
 from switchboard_core.hedging import hedging_violations
@@ -27,7 +28,6 @@ Violations = list[tuple[str, str]]
 
 _MODALITY = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _PARAMETER = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_QUANTIZATION = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
 _NAME_MAX = 200
 _DESCRIPTION_MAX = 4000
 _URL_MAX = 2048
@@ -148,7 +148,7 @@ def endpoint_violations(
             "a parameter name",
         )
     )
-    if endpoint.quantization and not _QUANTIZATION.fullmatch(endpoint.quantization):
+    if endpoint.quantization and not QUANTIZATION.fullmatch(endpoint.quantization):
         out.append((f"{prefix}.quantization", "lower case, e.g. 'fp8' or 'bf16', or empty"))
     if endpoint.status not in catalog_pb2.EndpointStatus.values():
         out.append((f"{prefix}.status", "must be a known EndpointStatus"))

@@ -213,8 +213,12 @@ class CatalogBroadcaster:
                     await conn.execute("SELECT 1", timeout=self._poll_seconds)
             log.warning("catalog LISTEN connection closed by the server")
         finally:
-            with contextlib.suppress(*DB_ERRORS):
+            try:
                 await conn.close(timeout=2)
+            except DB_ERRORS as error:  # a lost connection: nothing to close
+                log.info(
+                    "closing the LISTEN connection failed", extra={"error": type(error).__name__}
+                )
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         try:

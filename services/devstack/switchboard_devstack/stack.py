@@ -10,7 +10,7 @@ the database, as an operator would with ``python -m switchboard_metering create-
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -27,6 +27,8 @@ from switchboard_devstack.pki import OPERATOR, DevPki
 from switchboard_devstack.storage import free_port, port_open
 from switchboard_metering.app import MIGRATIONS
 from switchboard_metering.operators import bootstrap_operator_key
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,9 @@ class Ports:
 
 @dataclass
 class Stack:
-    database_url: str
-    redis_url: str
+    # Either may hold a password: kept out of ``repr``.
+    database_url: str = field(repr=False)
+    redis_url: str = field(repr=False)
     pki: DevPki
     ports: Ports = field(default_factory=Ports)
     log_dir: Path | None = None
@@ -171,8 +174,10 @@ class Stack:
     def stop(self) -> None:
         for name in ("router", "metering", "catalog", "demo"):
             if name in self.processes:
-                with contextlib.suppress(Exception):
+                try:
                     self.stop_process(name)
+                except Exception:  # the others still stop; the traceback says why this did not
+                    log.exception("devstack: stopping a process failed", extra={"process": name})
 
     async def wait_healthy(self, service: str, timeout: float) -> None:
         """Wait until ``service`` (started by this stack) reports SERVING."""

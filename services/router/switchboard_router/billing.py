@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Coroutine
 from decimal import Decimal
@@ -58,6 +59,8 @@ from switchboard_router.generation import Generation, Hold
 from switchboard_router.usage_estimate import cut_usage
 from switchboard_router.usage_sanity import checked_running
 from switchboard_router.usage_sink import UsageSink
+
+log = logging.getLogger(__name__)
 
 STATUS_NAMES: dict[int, str] = {
     metering_pb2.GENERATION_STATUS_COMPLETED: "completed",
@@ -155,7 +158,10 @@ class Billing:
         still retrying then (Redis down) is dropped, and metering's sweep settles its
         reservation once this router has left (:mod:`.inflight`)."""
         if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+            ended = await asyncio.gather(*self._background, return_exceptions=True)
+            for outcome in ended:
+                if isinstance(outcome, Exception):  # a usage write that failed as we left
+                    log.error("usage write failed while draining", exc_info=outcome)
         if self._settles:
             _, late = await asyncio.wait(self._settles, timeout=SETTLE_DRAIN_SECONDS)
             for task in late:

@@ -19,12 +19,12 @@ Bounds, beyond what the proto states:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 from decimal import Decimal
 
 from switchboard.common.v1 import common_pb2
 from switchboard.router.v1 import router_pb2
+from switchboard_core.catalog_ids import QUANTIZATION
 from switchboard_core.hedging import DEFAULT_PERCENTILE, hedging_violations
 from switchboard_core.money import MoneyFormatError, parse_usd
 from switchboard_router.canonical import Cutoffs, HedgePolicy, ProviderPrefs
@@ -36,7 +36,6 @@ SORTS = {
     router_pb2.PROVIDER_SORT_LATENCY: "latency",
 }
 MAX_QUANTIZATIONS = 16
-QUANTIZATION = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")  # the catalog's rule
 MAX_CUTOFF = 1e6
 _PERCENTILES = ("p50", "p75", "p90", "p99")
 

@@ -202,9 +202,15 @@ class Replayer(BackgroundTask):
         """Stop replaying every interval, after one last pass of at most ``seconds`` (a
         router shutting down delivers what it can; the rest waits for the next process)."""
         await self.stop()
-        with contextlib.suppress(TimeoutError, sqlite3.Error, OSError):
+        try:
             async with asyncio.timeout(seconds):
                 await self.replay()
+        except (TimeoutError, sqlite3.Error, OSError) as error:
+            # Nothing is lost: what was not delivered stays spooled for the next process.
+            log.warning(
+                "spool's last replay before stopping did not finish",
+                extra={"error": type(error).__name__},
+            )
 
     async def _run(self) -> None:
         while True:

@@ -20,7 +20,6 @@ change.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -121,8 +120,13 @@ class KeyChangeListener(BackgroundTask):
                 )
                 await asyncio.sleep(RETRY_SECONDS)
             finally:
-                with contextlib.suppress(RedisError, OSError):
+                try:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+                except (RedisError, OSError) as error:  # a lost connection: nothing to close
+                    log.info(
+                        "key change listener: closing its redis connection failed",
+                        extra={"error": type(error).__name__},
+                    )
 
     async def _listen(self, pubsub: PubSub) -> None:
         """Hand every message to ``on_change``; raise ``ConnectionError`` when a ping gets no

@@ -24,7 +24,7 @@ SAMPLERS: Final = (
 class TracingConfig:
     """Where and how much to trace; ``endpoint`` empty: tracing is off."""
 
-    endpoint: str = ""  # the OTLP/HTTP traces URL
+    endpoint: str = field(default="", repr=False)  # the OTLP/HTTP traces URL: may hold a password
     headers: Secret = field(default_factory=lambda: Secret(""))  # "k=v,k2=v2": may hold a token
     timeout_seconds: float = 10.0
     sampler: str = "parentbased_always_on"

@@ -17,9 +17,12 @@ once.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from aiohttp import web
+
+log = logging.getLogger(__name__)
 
 # The longest a stream's client waits, without a byte, for its first event; then every beat
 # (the default of SWITCHBOARD_HTTP_KEEPALIVE_SECONDS).
@@ -72,7 +75,9 @@ class Opening:
             return
         async with self._lock:  # never in the middle of a beat's write
             task.cancel()
-        await asyncio.gather(task, return_exceptions=True)  # its end, whatever it was
+        (ended,) = await asyncio.gather(task, return_exceptions=True)  # its end, whatever it was
+        if isinstance(ended, Exception):  # not the client leaving (handled above): say so
+            log.warning("keep-alive beat failed", extra={"error": type(ended).__name__})
 
     async def open(self) -> web.StreamResponse:
         """The response, begun: now if no beat began it already."""
