@@ -54,7 +54,6 @@ credentials ruled out.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -274,8 +273,10 @@ class Attempts:
         for leg in legs:
             close = getattr(leg.events, "aclose", None)
             if close is not None:
-                with contextlib.suppress(Exception):  # closing: its errors mean nothing now
+                try:
                     await close()
+                except Exception:  # closing: its errors change nothing now, but get a line
+                    log.debug("closing an abandoned attempt's stream failed", exc_info=True)
             self._up.gate.release(leg.slot)
             if leg.error is not None:  # it failed before it was cancelled
                 self._failed(leg.route, leg.error)
