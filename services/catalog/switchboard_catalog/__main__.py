@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
 from switchboard_catalog.app import create_app
 from switchboard_catalog.config import SERVICE, CatalogConfig
 from switchboard_catalog.seed import SeedError
+from switchboard_core import event_loop
 from switchboard_core.config import ConfigError
 from switchboard_core.logs import configure
 
@@ -29,7 +29,7 @@ def main() -> None:
         raise SystemExit(2) from None
     configure(SERVICE, config.server.log_level)
     try:
-        asyncio.run(serve(config))
+        event_loop.run(serve(config), config.server.event_loop)
     except SeedError as error:
         log.error("cannot start: %s", error)
         raise SystemExit(1) from None

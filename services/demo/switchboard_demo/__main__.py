@@ -6,7 +6,8 @@ import asyncio
 import signal
 import sys
 
-from switchboard_core.config import ConfigError, EnvReader
+from switchboard_core import event_loop
+from switchboard_core.config import ConfigError, EnvReader, read_event_loop
 from switchboard_core.logs import configure
 from switchboard_demo.upstream import DemoSettings, start
 
@@ -30,13 +31,14 @@ def main() -> int:
         reply_tokens=reader.int("SWITCHBOARD_DEMO_REPLY_TOKENS", 20, min_value=1),
         token_delay_seconds=reader.float("SWITCHBOARD_DEMO_TOKEN_DELAY_SECONDS", 0.0),
     )
+    loop = read_event_loop(reader)
     try:
         reader.finish()
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
     configure("demo", "INFO")
-    asyncio.run(serve(host, port, settings))
+    event_loop.run(serve(host, port, settings), loop)
     return 0
 
 

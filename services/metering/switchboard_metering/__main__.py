@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from switchboard_core import event_loop
 from switchboard_core.config import ConfigError, EnvReader, read_database_url
 from switchboard_core.db import create_pool
 from switchboard_core.errors import SwitchboardError
@@ -132,7 +133,7 @@ def main() -> None:
         sys.exit(asyncio.run(_create_operator_key(database_url, args)))
     config = _config()
     configure(SERVICE, config.server.log_level)
-    asyncio.run(_serve(config))
+    event_loop.run(_serve(config), config.server.event_loop)
 
 
 def _cost_config() -> MeteringConfig | None:

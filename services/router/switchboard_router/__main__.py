@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
+from switchboard_core import event_loop
 from switchboard_core.config import ConfigError
 from switchboard_core.logs import configure
 from switchboard_router.app import create_app
@@ -24,7 +24,7 @@ def main() -> int:
         print(error, file=sys.stderr)
         return 2
     configure("router", config.server.log_level)
-    asyncio.run(serve(config))
+    event_loop.run(serve(config), config.server.event_loop)
     return 0
 
 
