@@ -45,7 +45,7 @@ test: install ## Run the whole test suite (real Postgres and Redis)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: install ## Streaming benchmark: router (gRPC and HTTP edge) vs the upstream it calls, then tracing's cost
+bench: install ## Streaming benchmark: router (gRPC, HTTP edge) vs a bare relay and the upstream, spaced and back-to-back chunks; then tracing's cost
 	$(PY) -m bench.relay $(BENCH_ARGS)
 	$(PY) -m bench.tracing_cost $(BENCH_ARGS)
 
@@ -146,3 +146,4 @@ breaking: $(BUF) ## buf breaking (WIRE_JSON) against the commit in protos/BREAKI
 .PHONY: bench-tracing
 bench-tracing: install ## Tracing's cost: router CPU and TTFT, tracing off vs 1% vs 100% sampled
 	$(PY) -m bench.tracing_cost $(BENCH_ARGS)
+

@@ -12,23 +12,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
-import tempfile
-import uuid
-from pathlib import Path
 
 import grpc
 
+from bench.stacks import bench_stack
 from switchboard.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard_core.upstreams import UpstreamPolicy
-from switchboard_devstack.pki import DevPki
-from switchboard_devstack.stack import Ports, Stack
-from switchboard_devstack.storage import create_database, drop_database, find_postgres, find_redis
 from switchboard_router.providers.http import create_session
 from tests.fakes import openai_server
 from tests.fakes.script import FakeProvider, Script
@@ -86,26 +80,13 @@ async def routed(
 
 
 async def run(runs: int) -> int:
-    state = Path(tempfile.mkdtemp(prefix="sbcancel-"))
-    admin, embedded_pg = find_postgres(os.environ.get("DATABASE_URL"), state / "pg")
-    redis, embedded_redis = find_redis(os.environ.get("REDIS_URL"), state / "redis")
-    name = f"sbcancel_{uuid.uuid4().hex[:8]}"
-    database = await create_database(admin, name)
-    stack = Stack(
-        database,
-        redis,
-        DevPki.ensure(state / "pki"),
-        ports=Ports.free(),
-        log_dir=state / "logs",
-        extra_env={
-            "SWITCHBOARD_USAGE_STREAM": f"{name}:usage",
-            "SWITCHBOARD_LOG_LEVEL": "WARNING",
-            "SWITCHBOARD_PROVIDER_KEY_SWITCHBOARD": "sk-bench",  # the fake wants a key
-        },
-    )
     missing = 0
-    try:
-        await stack.start()
+    # The fake provider wants a key, sent only to a declared host.
+    env = {
+        "SWITCHBOARD_PROVIDER_KEY_SWITCHBOARD": "sk-bench",
+        "SWITCHBOARD_PROVIDER_HOSTS_SWITCHBOARD": "127.0.0.1",
+    }
+    async with bench_stack("sbcancel", env) as stack:
         async with (
             openai_server.serve(SLOW) as fake,
             stack.channel("catalog") as catalog_channel,
@@ -145,12 +126,6 @@ async def run(runs: int) -> int:
         print(row("direct (client closes)", baseline))
         print(row("through router (gRPC cancel)", through))
         print(f"\ncancelled generations not in the ledger as CANCELLED: {missing}")
-    finally:
-        stack.stop()
-        await drop_database(admin, name)
-        for server in (embedded_pg, embedded_redis):
-            if server is not None:
-                server.stop()
     return 1 if missing else 0
 
 

@@ -1,6 +1,7 @@
 """One streamed completion through the router's OpenAI-compatible HTTP edge, for ``make bench``
-(:mod:`bench.relay`): the same 20-chunk demo completion as its gRPC rows, read as server-sent
-``chat.completion.chunk`` events, with the usage chunk at the end (``include_usage``)."""
+(:mod:`bench.relay`): the same demo completion as its gRPC rows, read as server-sent
+``chat.completion.chunk`` events, with the usage chunk at the end (``include_usage``), checked
+word for word (``expected``) and for its completion token count (one token per word)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def edge_call(
         }
     )
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    tokens = len(expected.split())
 
     async def one() -> float:
         start = time.perf_counter()
@@ -63,7 +65,7 @@ def edge_call(
                             ttft = time.perf_counter() - start
                 if chunk.get("usage"):
                     completion_tokens = chunk["usage"]["completion_tokens"]
-        if "".join(text) != expected or completion_tokens != 20:
+        if "".join(text) != expected or completion_tokens != tokens:
             raise RuntimeError("short stream")
         return ttft
 

@@ -1,259 +1,99 @@
-"""``make bench``: streaming load through the router versus straight at its upstream.
+"""``make bench``: streaming load through the router versus the bare-relay baseline and
+straight at the upstream both call.
 
 Starts the real processes (demo upstream, catalog, metering, router) on free ports against
 Postgres and Redis (DATABASE_URL/REDIS_URL, else the local ones, else embedded) twice: as
 deployed, with mutual TLS between the services and TLS on the router's port, and in plaintext
 (``SWITCHBOARD_INSECURE_PLAINTEXT``, service keys instead of certificates). Both run the same
 authorization interceptor; the interceptor's own cost per call is measured apart, in process.
-Then for each concurrency it runs the same 20-chunk streaming completions (1) straight at the
-demo upstream over HTTP/SSE, (2) through each router over gRPC with a key without limits and
-(3) through the TLS router with a key with a daily spend limit (each request reserves and
-settles in Redis) and (4) with a key whose key and account both have rate limits (requests
-and tokens per minute, concurrency) too high to refuse anything, so each request runs the
-rate-limit script and releases its concurrency leases and corrects its tokens in Redis, and
-(5) through each router's OpenAI-compatible HTTP edge (``POST /v1/chat/completions``, SSE,
-TLS or plaintext as the router's port; :mod:`bench.edge_call`) with the unlimited key, and
-prints time-to-first-token p50/p99, completions per second and the router's CPU milliseconds
-per completion (from the router process's own CPU time), then the TLS/plaintext ratios, what
-the rate-limit check adds and what the HTTP edge costs over the gRPC path. It fails if
-requests fail, or if the rate-limited rows were not checked (the router's
-``switchboard_router_rate_limit_checks_total`` did not move).
+It also starts the bare relay (:mod:`bench.bare_relay`: gRPC in, aiohttp SSE to the same demo
+upstream, orjson, gRPC out, one message per chunk, uvloop; no auth, limits or ledger), the
+floor the router is measured against.
+
+Each workload sets the demo upstream's reply (chunks, and the gap between them: real providers
+space tokens out, so nothing coalesces) and, for each of its concurrencies, runs the same
+streaming completions (1) straight at the demo upstream over HTTP/SSE, (2) through the bare
+relay, (3) through each router over gRPC with a key without limits, (4) through the TLS router
+with a key with a daily spend limit (each request reserves and settles in Redis) and (5) with a
+key whose key and account both have rate limits too high to refuse anything, and (6) through
+each router's OpenAI-compatible HTTP edge (``POST /v1/chat/completions``, SSE;
+:mod:`bench.edge_call`) with the unlimited key. Each row prints time-to-first-token p50/p99,
+completions per second and the serving process's CPU milliseconds per completion (the
+router's, or the bare relay's) and metering's. Then, per row of the same run: router/bare relay
+ratios (CPU per completion, TTFT p50/p99, completions/s), the router's TTFT over direct,
+metering's CPU per completion, TLS/plaintext, what the rate-limit check adds and what the HTTP
+edge costs over gRPC. It fails if requests fail, or if the rate-limited rows were not checked
+(the router's ``switchboard_router_rate_limit_checks_total`` did not move).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import statistics
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import grpc
-import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.edge_call import edge_call, edge_session
 from bench.interceptor import interceptor_microseconds
-from switchboard.common.v1 import common_pb2
-from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
-from switchboard.router.v1 import router_pb2, router_pb2_grpc
+from bench.load import (
+    HEADER,
+    PROMPT,
+    Call,
+    Result,
+    direct_call,
+    drive,
+    measure,
+    router_call,
+)
+from bench.relay_summary import Summary
+from bench.stacks import BareRelay, Deployment, deploy, set_workload
+from switchboard.router.v1 import router_pb2_grpc
 from switchboard_demo.upstream import reply_words
-from switchboard_devstack.pki import DevPki
-from switchboard_devstack.stack import Ports, Stack
-from switchboard_devstack.storage import (
-    create_database,
-    drop_database,
-    find_postgres,
-    find_redis,
-)
+from switchboard_devstack.storage import drop_database, find_postgres, find_redis
 
-PROMPT = "Write twenty words about gateways."
-EXPECTED_TEXT = " ".join(reply_words(20))
+__all__ = ["HEADER", "Deployment", "Result", "measured"]
 
 
-@dataclass
-class Result:
-    name: str
-    concurrency: int
-    ttft: list[float]
-    seconds: float
-    failures: int
-    cpu_ms_per_completion: float | None = None
-    metering_cpu_ms_per_completion: float | None = None
-
-    def ttft_p50_ms(self) -> float:
-        return statistics.median(self.ttft) * 1000 if self.ttft else 0.0
-
-    def row(self) -> str:
-        q = statistics.quantiles(self.ttft, n=100) if len(self.ttft) > 1 else [self.ttft[0]] * 99
-        rate = len(self.ttft) / self.seconds
-        cpu = f"{self.cpu_ms_per_completion:8.2f}" if self.cpu_ms_per_completion else "       -"
-        meter = self.metering_cpu_ms_per_completion
-        metering = f"{meter:8.2f}" if meter is not None else "       -"
-        return (
-            f"{self.name:<13}{self.concurrency:>5}{len(self.ttft):>8}{q[49] * 1000:>10.2f}"
-            f"{q[98] * 1000:>10.2f}{rate:>12.1f}{cpu:>12}{metering:>12}{self.failures:>8}"
-        )
-
-
-HEADER = (
-    f"{'path':<13}{'conc':>5}{'n':>8}{'ttft p50':>10}{'ttft p99':>10}{'compl/s':>12}"
-    f"{'router cpu':>12}{'meter cpu':>12}{'failed':>8}\n{'':<13}{'':>5}{'':>8}{'ms':>10}"
-    f"{'ms':>10}{'':>12}{'ms/compl':>12}{'ms/compl':>12}{'':>8}"
-)
-
-
-async def drive(
-    one: Callable[[], Awaitable[float]], total: int, concurrency: int
-) -> tuple[list[float], float, int]:
-    ttfts: list[float] = []
-    failures = 0
-    remaining = total
-
-    async def worker() -> None:
-        nonlocal remaining, failures
-        while remaining > 0:
-            remaining -= 1
-            try:
-                ttfts.append(await one())
-            except (grpc.aio.AioRpcError, aiohttp.ClientError, RuntimeError):
-                failures += 1
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return ttfts, time.perf_counter() - start, failures
-
-
-def cpu_ms(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return (times.user + times.system) * 1000
-
-
-def direct_call(session: aiohttp.ClientSession, url: str) -> Callable[[], Awaitable[float]]:
-    body = json.dumps(
-        {
-            "model": "demo",
-            "messages": [{"role": "user", "content": PROMPT}],
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-    )
-    headers = {"Content-Type": "application/json"}
-
-    async def one() -> float:
-        start = time.perf_counter()
-        ttft = 0.0
-        chunks = 0
-        async with session.post(url, data=body, headers=headers) as response:
-            if response.status != 200:
-                raise RuntimeError(f"HTTP {response.status}")
-            async for line in response.content:
-                if line.startswith(b"data: {") and b'"content"' in line:
-                    chunks += 1
-                    if not ttft and b'"content": ""' not in line:
-                        ttft = time.perf_counter() - start
-        if chunks < 20:
-            raise RuntimeError("short stream")
-        return ttft
-
-    return one
-
-
-def router_call(
-    stub: router_pb2_grpc.RouterServiceAsyncStub, key: str
-) -> Callable[[], Awaitable[float]]:
-    request = router_pb2.StreamCompletionRequest(
-        model="switchboard/demo",
-        messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=PROMPT)],
-    )
-    metadata = (("authorization", f"Bearer {key}"),)
-
-    async def one() -> float:
-        start = time.perf_counter()
-        ttft = 0.0
-        text: list[str] = []
-        ended = False
-        async for message in stub.StreamCompletion(request, metadata=metadata):
-            kind = message.WhichOneof("event")
-            if kind == "delta":
-                text.append(message.delta.text)
-                if not ttft:
-                    ttft = time.perf_counter() - start
-            elif kind == "end":
-                ended = message.end.usage.completion_tokens == 20
-        if "".join(text) != EXPECTED_TEXT or not ended:
-            raise RuntimeError("short stream")
-        return ttft
-
-    return one
-
-
-@dataclass
-class Deployment:
-    """One running stack and what the bench drives through it."""
+@dataclass(frozen=True)
+class Workload:
+    """The demo upstream's reply (content chunks, seconds between them) and the
+    concurrencies it runs at; ``share`` scales the completions per row (long replies: fewer)."""
 
     name: str
-    stack: Stack
-    database: str
-    router: psutil.Process
-    metering: psutil.Process
-    channel: grpc.aio.Channel
-    unlimited: str  # an API key without limits
-    limited: str  # an API key with a daily limit
-    rate_limited: str  # an API key (and account) with rate limits that never refuse
+    chunks: int
+    token_delay: float
+    levels: tuple[int, ...]
+    share: float = 1.0
 
 
-# Rate limits at their bounds (switchboard_core.rate_limits): checked, never reached.
-NEVER_REFUSING = metering_pb2.RateLimits(
-    requests_per_minute=1_000_000, tokens_per_minute=10_000_000_000, max_concurrent=100_000
+# Issue 12's table: back to back at C=1, 5 ms apart at C=32 and 256, 200 chunks 2 ms apart.
+DEFAULT_WORKLOADS = (
+    Workload("20 chunks back to back", 20, 0.0, (1,)),
+    Workload("20 chunks 5 ms apart", 20, 0.005, (32, 256)),
+    Workload("200 chunks 2 ms apart", 200, 0.002, (32,), share=0.25),
 )
 
 
-async def deploy(
-    name: str, admin: str, redis: str, state: Path, token_delay: float, *, plaintext: bool
-) -> Deployment:
-    db_name = f"sbbench_{uuid.uuid4().hex[:8]}"
-    database = await create_database(admin, db_name)
-    stack = Stack(
-        database,
-        redis,
-        DevPki.ensure(state / "pki"),
-        ports=Ports.free(),
-        log_dir=state / f"logs-{name}",
-        extra_env={
-            "SWITCHBOARD_USAGE_STREAM": f"sbbench:{db_name}:usage",
-            "SWITCHBOARD_BUDGET_PREFIX": f"sbbench:{db_name}:budget:",
-            "SWITCHBOARD_LOG_LEVEL": "WARNING",
-            "SWITCHBOARD_DEMO_TOKEN_DELAY_SECONDS": str(token_delay),
-        },
-        plaintext=plaintext,
-    )
-    await stack.start()
-    async with stack.channel("metering") as ch:
-        metering = metering_pb2_grpc.MeteringServiceStub(ch)
-        reply = await metering.CreateApiKey(
-            metering_pb2.CreateApiKeyRequest(account_id="bench", name="bench")
-        )
-        # A key with a daily limit: every request reserves and settles in Redis.
-        limited = await metering.CreateApiKey(
-            metering_pb2.CreateApiKeyRequest(account_id="bench-limited", name="bench")
-        )
-        await metering.SetKeyLimits(
-            metering_pb2.SetKeyLimitsRequest(
-                key_id=limited.api_key.id, limits=metering_pb2.SpendLimits(daily_usd="5000")
-            )
-        )
-        # A key whose key and account limits are all set: one script checks six limits.
-        rated = await metering.CreateApiKey(
-            metering_pb2.CreateApiKeyRequest(account_id="bench-rate", name="bench")
-        )
-        await metering.SetKeyLimits(
-            metering_pb2.SetKeyLimitsRequest(key_id=rated.api_key.id, rate_limits=NEVER_REFUSING)
-        )
-        await metering.SetAccountLimits(
-            metering_pb2.SetAccountLimitsRequest(
-                account_id="bench-rate", rate_limits=NEVER_REFUSING
-            )
-        )
-    return Deployment(
-        name,
-        stack,
-        db_name,
-        psutil.Process(stack.processes["router"].pid),
-        psutil.Process(stack.processes["metering"].pid),
-        stack.channel("router", bearer=""),
-        reply.secret,
-        limited.secret,
-        rated.secret,
-    )
+async def measured(
+    deployment: Deployment,
+    name: str,
+    key: str,
+    level: int,
+    total: int,
+    call: Call | None = None,
+) -> Result:
+    """One router row: ``call`` (default: a 20-chunk gRPC stream with ``key``) ``total``
+    times, with the router's and metering's CPU per completion."""
+    call = call or router_call(router_pb2_grpc.RouterServiceStub(deployment.channel), key)
+    return await measure(name, call, level, total, deployment.router, deployment.metering)
 
 
 async def rate_checks(session: aiohttp.ClientSession, deployment: Deployment) -> float:
@@ -273,141 +113,160 @@ async def rate_checks(session: aiohttp.ClientSession, deployment: Deployment) ->
     return 0.0
 
 
-async def measured(
-    deployment: Deployment,
-    name: str,
-    key: str,
-    level: int,
-    total: int,
-    call: Callable[[], Awaitable[float]] | None = None,
-) -> Result:
-    """One row: ``call`` (default: a gRPC stream with ``key``) ``total`` times."""
-    call = call or router_call(router_pb2_grpc.RouterServiceStub(deployment.channel), key)
-    before, meter_before = cpu_ms(deployment.router), cpu_ms(deployment.metering)
-    ttft, seconds, failures = await drive(call, total, level)
-    done = max(1, len(ttft))
-    # Metering's share: writing these completions' usage (it drains as they end).
-    cpu = cpu_ms(deployment.router) - before
-    meter = cpu_ms(deployment.metering) - meter_before
-    return Result(name, level, ttft, seconds, failures, cpu / done, meter / done)
+@dataclass
+class Bench:
+    """Everything one run drives: both stacks, the bare relay and the HTTP clients."""
+
+    tls: Deployment
+    plain: Deployment
+    bare: BareRelay
+    session: aiohttp.ClientSession
+    edges: dict[str, tuple[aiohttp.ClientSession, str]]
+
+    def calls(self, chunks: int) -> dict[str, Call]:
+        """Each path's one completion of ``chunks`` chunks."""
+        expected = " ".join(reply_words(chunks))
+        tls, plain = self.tls, self.plain
+        demo = f"http://127.0.0.1:{tls.stack.ports.demo}/v1/chat/completions"
+
+        def grpc_call(deployment: Deployment, key: str) -> Call:
+            return router_call(router_pb2_grpc.RouterServiceStub(deployment.channel), key, chunks)
+
+        return {
+            "direct": direct_call(self.session, demo, chunks),
+            "bare relay": router_call(
+                router_pb2_grpc.RouterServiceStub(self.bare.channel), "", chunks
+            ),
+            "router tls": grpc_call(tls, tls.unlimited),
+            "router plain": grpc_call(plain, plain.unlimited),
+            "tls+limit": grpc_call(tls, tls.limited),
+            "tls+rate": grpc_call(tls, tls.rate_limited),
+            "edge tls": edge_call(*self.edges["tls"], tls.unlimited, PROMPT, expected),
+            "edge plain": edge_call(*self.edges["plaintext"], plain.unlimited, PROMPT, expected),
+        }
+
+    async def row(self, name: str, call: Call, level: int, total: int) -> Result:
+        if name == "direct":
+            ttft, seconds, failures = await drive(call, total, level)
+            return Result(name, level, ttft, seconds, failures)
+        if name == "bare relay":
+            return await measure(name, call, level, total, self.bare.process)
+        deployment = self.plain if name.endswith("plain") else self.tls
+        return await measure(name, call, level, total, deployment.router, deployment.metering)
+
+    async def workload(self, workload: Workload) -> dict[str, Call]:
+        """Switch both demo upstreams to ``workload`` and warm every path up (connections to
+        the restarted upstream, caches, lazy imports)."""
+        await set_workload(self.tls.stack, workload.chunks, workload.token_delay)
+        await set_workload(self.plain.stack, workload.chunks, workload.token_delay)
+        calls = self.calls(workload.chunks)
+        for call in calls.values():
+            await drive(call, 48, 8)
+        return calls
 
 
-def edge_versus_grpc(level: int, edge: Result, grpc_row: Result) -> str:
-    """What the HTTP edge costs over the gRPC path: router CPU per completion and TTFT p50."""
-    cpu = (edge.cpu_ms_per_completion or 0) - (grpc_row.cpu_ms_per_completion or 0)
-    ratio = (edge.cpu_ms_per_completion or 0) / (grpc_row.cpu_ms_per_completion or 1)
-    return (
-        f"  C={level:<4} {edge.name:<11} router CPU/completion {cpu:+.2f} ms ({ratio:.2f}x),"
-        f" TTFT p50 {edge.ttft_p50_ms() - grpc_row.ttft_p50_ms():+.2f} ms"
-    )
+async def start(exits: AsyncExitStack, admin: str, redis: str, state: Path) -> Bench:
+    """Both stacks, the bare relay and the clients; each torn down by ``exits``."""
+
+    async def teardown(deployment: Deployment) -> None:
+        await deployment.channel.close(None)
+        deployment.stack.stop()
+        await drop_database(admin, deployment.database)
+
+    deployments: list[Deployment] = []
+    for name, plaintext in (("tls", False), ("plaintext", True)):
+        deployment = await deploy(name, admin, redis, state, 0.0, plaintext=plaintext)
+        exits.push_async_callback(teardown, deployment)
+        deployments.append(deployment)
+    tls, plain = deployments
+    demo = f"http://127.0.0.1:{tls.stack.ports.demo}/v1/chat/completions"
+    bare = await BareRelay.start(demo, state / "bare-relay.log")
+    exits.push_async_callback(bare.stop)
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    exits.push_async_callback(session.close)
+    edges = {d.name: edge_session(d.stack) for d in deployments}
+    for edge_client, _ in edges.values():
+        exits.push_async_callback(edge_client.close)
+    return Bench(tls, plain, bare, session, edges)
 
 
-async def run(levels: list[int], requests: int, token_delay: float) -> int:
+async def measure_all(bench: Bench, workloads: list[Workload], requests: int) -> int:
+    """Every workload's rows, then the summary; returns the failed requests."""
+    failed = 0
+    summary = Summary()
+    checks_before = await rate_checks(bench.session, bench.tls)
+    rated = 0
+    for workload in workloads:
+        calls = await bench.workload(workload)
+        print(f"\n{workload.name} (upstream token gap {workload.token_delay * 1000:g} ms)")
+        print(HEADER)
+        for level in workload.levels:
+            total = max(int(requests * workload.share), level * 4)
+            rows = {name: await bench.row(name, call, level, total) for name, call in calls.items()}
+            for row in rows.values():
+                print(row.row(), flush=True)
+                failed += row.failures
+            rated += len(rows["tls+rate"].ttft)
+            summary.add(workload.name, workload.chunks, level, rows)
+    summary.print()
+    checked = await rate_checks(bench.session, bench.tls) - checks_before
+    if checked < rated:
+        print(f"rate limits were not checked ({checked:g} of {rated})")
+        failed += 1
+    return failed
+
+
+async def run(workloads: list[Workload], requests: int) -> int:
+    began = time.monotonic()
     state = Path(tempfile.mkdtemp(prefix="sbbench-"))
     admin, embedded_pg = find_postgres(os.environ.get("DATABASE_URL"), state / "pg")
     redis, embedded_redis = find_redis(os.environ.get("REDIS_URL"), state / "redis")
-    deployments: list[Deployment] = []
-    failed = 0
-    try:
-        tls = await deploy("tls", admin, redis, state, token_delay, plaintext=False)
-        deployments.append(tls)
-        plain = await deploy("plaintext", admin, redis, state, token_delay, plaintext=True)
-        deployments.append(plain)
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        demo = f"http://127.0.0.1:{tls.stack.ports.demo}/v1/chat/completions"
-        direct = direct_call(session, demo)
-        # The HTTP edge (OpenAI-compatible) of each router: the same completion, as SSE.
-        edges = {d.name: edge_session(d.stack) for d in deployments}
-        edge = {
-            d.name: edge_call(*edges[d.name], d.unlimited, PROMPT, EXPECTED_TEXT)
-            for d in deployments
-        }
-        for deployment in deployments:  # warm-up: connections, caches, lazy imports
-            await measured(deployment, "warm", deployment.unlimited, 8, 100)
-            await measured(deployment, "warm", "", 8, 100, edge[deployment.name])
-        await measured(tls, "warm", tls.limited, 8, 100)
-        await measured(tls, "warm", tls.rate_limited, 8, 100)
-        await drive(direct, 100, 8)
-        print(
-            f"\n20-chunk streaming completions, {requests} per row, upstream token gap "
-            f"{token_delay * 1000:g} ms; logs in {state}\n"
-        )
-        print(f"interceptor (in process): {interceptor_microseconds():.1f} us per call\n")
-        print(HEADER)
-        ratios: list[str] = []
-        rate_costs: list[str] = []
-        edge_costs: list[str] = []
-        checks_before = await rate_checks(session, tls)
-        rated_completions = 0
-        for level in levels:
-            total = max(requests, level * 4)
-            ttft, seconds, failures = await drive(direct, total, level)
-            print(Result("direct", level, ttft, seconds, failures).row(), flush=True)
-            rows = [
-                await measured(tls, "router tls", tls.unlimited, level, total),
-                await measured(plain, "router plain", plain.unlimited, level, total),
-                await measured(tls, "tls+limit", tls.limited, level, total),
-                await measured(tls, "tls+rate", tls.rate_limited, level, total),
-                await measured(tls, "edge tls", "", level, total, edge["tls"]),
-                await measured(plain, "edge plain", "", level, total, edge["plaintext"]),
-            ]
-            rated_completions += len(rows[3].ttft)
-            for row in rows:
-                print(row.row(), flush=True)
-                failed += row.failures
-            secure, bare, rated = rows[0], rows[1], rows[3]
-            edge_costs += [
-                edge_versus_grpc(level, rows[4], secure),
-                edge_versus_grpc(level, rows[5], bare),
-            ]
-            rate_costs.append(
-                f"  C={level:<4} router CPU/completion "
-                f"{(rated.cpu_ms_per_completion or 0) - (secure.cpu_ms_per_completion or 0):+.2f}"
-                f" ms, TTFT p50 {rated.ttft_p50_ms() - secure.ttft_p50_ms():+.2f} ms"
-            )
-            ratios.append(
-                f"  C={level:<4} router CPU/completion TLS/plaintext "
-                f"{(secure.cpu_ms_per_completion or 0) / (bare.cpu_ms_per_completion or 1):.2f}x"
-                f", TTFT p50 {secure.ttft_p50_ms():.2f} vs {bare.ttft_p50_ms():.2f} ms"
-            )
-        print("\nTLS and mutual TLS versus plaintext (same run):")
-        print("\n".join(ratios))
-        print("\nRate limits (tls+rate versus router tls, same run):")
-        print("\n".join(rate_costs))
-        print("\nHTTP edge (OpenAI SSE) versus the gRPC path, same router, same run:")
-        print("\n".join(edge_costs))
-        checked = await rate_checks(session, tls) - checks_before
-        if checked < rated_completions:
-            print(f"rate limits were not checked ({checked:g} of {rated_completions})")
-            failed += 1
-        await session.close()
-        for edge_client, _ in edges.values():
-            await edge_client.close()
-    finally:
-        for deployment in deployments:
-            await deployment.channel.close(None)
-            deployment.stack.stop()
-            await drop_database(admin, deployment.database)
+    async with AsyncExitStack() as exits:
         for server in (embedded_pg, embedded_redis):
             if server is not None:
-                server.stop()
-    print(f"\nfailed requests: {failed}")
+                exits.callback(server.stop)
+        bench = await start(exits, admin, redis, state)
+        print(f"\nstreaming completions, {requests} per row (fewer for long replies)")
+        print(f"logs in {state}")
+        print(f"interceptor (in process): {interceptor_microseconds():.1f} us per call")
+        failed = await measure_all(bench, workloads, requests)
+    print(f"\nfailed requests: {failed}; took {time.monotonic() - began:.0f} s")
     return 1 if failed else 0
+
+
+def workloads_from(args: argparse.Namespace) -> list[Workload]:
+    """The default workloads, or one made of --concurrency/--token-delay/--chunks."""
+    if args.concurrency is None and args.token_delay is None and args.chunks is None:
+        return list(DEFAULT_WORKLOADS)
+    delay = 0.005 if args.token_delay is None else args.token_delay
+    chunks = args.chunks or 20
+    levels = tuple(args.concurrency or (1, 32, 256))
+    return [Workload(f"{chunks} chunks {delay * 1000:g} ms apart", chunks, delay, levels)]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 256])
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", help="one workload at these (default: the table)"
+    )
     parser.add_argument("--requests", type=int, default=1000, help="completions per row")
     parser.add_argument(
         "--token-delay",
         type=float,
-        default=0.0,
-        help="seconds the upstream waits between tokens (0: chunks arrive back to back and "
-        "may be coalesced; real providers space tokens out)",
+        help="seconds the upstream waits between chunks, for one workload (default 0.005 "
+        "then; 0: back to back, chunks may be coalesced; real providers space them out)",
     )
+    parser.add_argument("--chunks", type=int, help="content chunks per reply (default 20)")
     args = parser.parse_args()
-    return asyncio.run(run(args.concurrency, args.requests, args.token_delay))
+    for name in ("requests", "chunks"):
+        value = getattr(args, name)
+        if value is not None and not 1 <= value <= 100_000:
+            parser.error(f"--{name} must be between 1 and 100000")
+    if args.token_delay is not None and not 0 <= args.token_delay <= 1:
+        parser.error("--token-delay must be between 0 and 1 second")
+    if args.concurrency and not all(1 <= c <= 10_000 for c in args.concurrency):
+        parser.error("--concurrency must be between 1 and 10000")
+    return asyncio.run(run(workloads_from(args), args.requests))
 
 
 if __name__ == "__main__":

@@ -27,28 +27,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 import grpc
 
+from bench.stacks import bench_stack
 from switchboard.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import account_pb2, router_pb2, router_pb2_grpc
-from switchboard_devstack.pki import DevPki
-from switchboard_devstack.stack import Ports, Stack
-from switchboard_devstack.storage import create_database, drop_database, find_postgres, find_redis
+from switchboard_devstack.stack import Stack
 from tests.fakes import openai_server
 from tests.fakes.faults import Faults
 from tests.fakes.script import FakeProvider, Script, ScriptUsage
@@ -216,40 +212,17 @@ async def batch(
         tally.upstream[upstream] += len(fake.requests) - before[upstream]
 
 
-@asynccontextmanager
-async def running_stack(args: argparse.Namespace) -> AsyncIterator[Stack]:
+def running_stack(args: argparse.Namespace) -> AbstractAsyncContextManager[Stack]:
     """The processes, on a fresh database, with the three upstreams' keys and hosts."""
-    state = Path(tempfile.mkdtemp(prefix="sbresilience-"))
-    admin, embedded_pg = find_postgres(os.environ.get("DATABASE_URL"), state / "pg")
-    redis, embedded_redis = find_redis(os.environ.get("REDIS_URL"), state / "redis")
-    name = f"sbresilience_{uuid.uuid4().hex[:8]}"
-    database = await create_database(admin, name)
     overrides = dict(item.split("=", 1) for item in args.env)
-    stack = Stack(
-        database,
-        redis,
-        DevPki.ensure(state / "pki"),
-        ports=Ports.free(),
-        log_dir=state / "logs",
-        extra_env={
-            "SWITCHBOARD_USAGE_STREAM": f"{name}:usage",
-            "SWITCHBOARD_BUDGET_PREFIX": f"{name}:budget:",
-            "SWITCHBOARD_LOG_LEVEL": "WARNING",
+    return bench_stack(
+        "sbresilience",
+        {
             **{f"SWITCHBOARD_PROVIDER_KEY_{u.upper()}": "sk-bench" for u in UPSTREAMS},
             **{f"SWITCHBOARD_PROVIDER_HOSTS_{u.upper()}": "127.0.0.1" for u in UPSTREAMS},
             **overrides,
         },
     )
-    try:
-        await stack.start()
-        yield stack
-    finally:
-        stack.stop()
-        await drop_database(admin, name)
-        for server in (embedded_pg, embedded_redis):
-            if server is not None:
-                server.stop()
-        print(f"\nlogs in {state / 'logs'}")
 
 
 async def until_routed(stub: router_pb2_grpc.RouterServiceAsyncStub, key: str, model: str) -> None:
