@@ -147,3 +147,6 @@ breaking: $(BUF) ## buf breaking (WIRE_JSON) against the commit in protos/BREAKI
 bench-tracing: install ## Tracing's cost: router CPU and TTFT, tracing off vs 1% vs 100% sampled
 	$(PY) -m bench.tracing_cost $(BENCH_ARGS)
 
+.PHONY: bench-concurrency
+bench-concurrency: install ## 1,000 slow streams at once (200 chunks 50 ms apart, 32 connections): first-message latency, router CPU, event-loop stalls
+	$(PY) -m bench.concurrency $(BENCH_ARGS)

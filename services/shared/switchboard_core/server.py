@@ -31,6 +31,7 @@ from switchboard_core.auth import Authenticator
 from switchboard_core.config import ServerConfig
 from switchboard_core.health import DependencyProbe, HealthMonitor, HealthServicer
 from switchboard_core.interceptors import ServerInterceptor
+from switchboard_core.loop_lag import LoopLagProbe
 from switchboard_core.metrics import serve_metrics
 from switchboard_core.reflection import enable_reflection
 from switchboard_core.rpc_owners import audited_rpcs
@@ -102,6 +103,8 @@ class GrpcServer:
     _monitor: HealthMonitor | None = None
     _health_server: grpc.aio.Server | None = None
     health_port: int = 0  # the plaintext health-only port, once started (0: none)
+    # The event loop's stalls, always measured (switchboard_event_loop_lag_seconds).
+    _loop_lag: LoopLagProbe | None = None
 
     async def start(self, *, with_metrics: bool = True) -> int:
         audited = [path for r in self.registrations for path in audited_rpcs(r.full_name)]
@@ -147,6 +150,8 @@ class GrpcServer:
             self.health_port = await self._serve_health_alone(self.config.health_port)
         if with_metrics:
             self.metrics_port = serve_metrics(self.config.host, self.config.metrics_port)
+        self._loop_lag = LoopLagProbe()
+        self._loop_lag.start()
         log.info(
             "serving",
             extra={
@@ -188,6 +193,9 @@ class GrpcServer:
         if self._health_server is not None:  # probes saw NOT_SERVING until the drain ended
             await self._health_server.stop(0)
             self._health_server = None
+        if self._loop_lag is not None:
+            await self._loop_lag.stop()
+            self._loop_lag = None
         if self._auditor is not None:  # audit writes of cancelled calls, before pools close
             await self._auditor.flush()
         cleanups, self.on_stop = list(self.on_stop), []
