@@ -17,11 +17,8 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,18 +28,12 @@ import grpc
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.stacks import bench_stack
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard_core.channels import CLIENT_CHANNEL_OPTIONS
-from switchboard_devstack.pki import DevPki
-from switchboard_devstack.stack import Ports, Stack
-from switchboard_devstack.storage import (
-    create_database,
-    drop_database,
-    find_postgres,
-    find_redis,
-)
+from switchboard_devstack.stack import Stack
 
 LAG_METRIC = "switchboard_event_loop_lag_seconds"
 START_TIMEOUT = 30.0
@@ -281,25 +272,6 @@ def report(result: Pass, streams: int, connections: int, stream_seconds: float) 
     return "\n".join(lines)
 
 
-async def new_stack(
-    admin: str, redis: str, state: Path, database: str, *, plaintext: bool
-) -> Stack:
-    """The stack (not started yet) on its own new database."""
-    return Stack(
-        await create_database(admin, database),
-        redis,
-        DevPki.ensure(state / "pki"),
-        ports=Ports.free(),
-        log_dir=state / "logs",
-        extra_env={
-            "SWITCHBOARD_USAGE_STREAM": f"sbconc:{uuid.uuid4().hex[:8]}:usage",
-            "SWITCHBOARD_BUDGET_PREFIX": f"sbconc:{uuid.uuid4().hex[:8]}:budget:",
-            "SWITCHBOARD_LOG_LEVEL": "WARNING",
-        },
-        plaintext=plaintext,
-    )
-
-
 async def api_key(stack: Stack) -> str:
     async with stack.channel("metering") as channel:
         metering = metering_pb2_grpc.MeteringServiceStub(channel)
@@ -310,29 +282,20 @@ async def api_key(stack: Stack) -> str:
 
 
 async def run(args: argparse.Namespace) -> int:
-    state = Path(tempfile.mkdtemp(prefix="sbconc-"))
-    admin, embedded_pg = find_postgres(os.environ.get("DATABASE_URL"), state / "pg")
-    redis, embedded_redis = find_redis(os.environ.get("REDIS_URL"), state / "redis")
-    database = f"sbconc_{uuid.uuid4().hex[:8]}"
-    stack = await new_stack(admin, redis, state, database, plaintext=args.plaintext)
-    stack.extra_env["SWITCHBOARD_DEMO_REPLY_TOKENS"] = str(args.chunks)
-    stack.extra_env["SWITCHBOARD_DEMO_TOKEN_DELAY_SECONDS"] = str(args.token_delay)
+    env = {
+        "SWITCHBOARD_DEMO_REPLY_TOKENS": str(args.chunks),
+        "SWITCHBOARD_DEMO_TOKEN_DELAY_SECONDS": str(args.token_delay),
+    }
     stream_seconds = args.chunks * args.token_delay
     failed = 0
-    try:
-        await stack.start()
+    async with bench_stack("sbconc", env, plaintext=args.plaintext) as stack:
+        assert stack.log_dir is not None
+        state = stack.log_dir.parent  # the clients' result files go beside the logs
         key = await api_key(stack)
-        print(f"logs in {state}")
         for _ in range(args.passes):
             result = await run_pass(stack, key, args, state)
             print(report(result, args.streams, args.connections, stream_seconds), flush=True)
             failed += result.failures
-    finally:
-        stack.stop()
-        await drop_database(admin, database)
-        for server in (embedded_pg, embedded_redis):
-            if server is not None:
-                server.stop()
     return 1 if failed else 0
 
 

@@ -58,8 +58,11 @@ NEVER_REFUSING = metering_pb2.RateLimits(
 
 
 @asynccontextmanager
-async def bench_stack(prefix: str, env: dict[str, str]) -> AsyncIterator[Stack]:
-    """One stack (mutual TLS, as deployed) on a fresh database named ``prefix_<random>``,
+async def bench_stack(
+    prefix: str, env: dict[str, str], *, plaintext: bool = False
+) -> AsyncIterator[Stack]:
+    """One stack (mutual TLS, as deployed, unless ``plaintext``) on a fresh database named
+    ``prefix_<random>``,
     against Postgres and Redis (DATABASE_URL/REDIS_URL, else the local ones, else embedded),
     usage and budgets under keys of its own, ``env`` on top; all gone on the way out (the
     logs stay, in the printed directory)."""
@@ -80,6 +83,7 @@ async def bench_stack(prefix: str, env: dict[str, str]) -> AsyncIterator[Stack]:
             "SWITCHBOARD_LOG_LEVEL": "WARNING",
             **env,
         },
+        plaintext=plaintext,
     )
     try:
         await stack.start()

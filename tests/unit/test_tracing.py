@@ -5,7 +5,7 @@ prompt), and nothing at all while it is off."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -49,16 +49,6 @@ from switchboard_router.relay import Completed, Started
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 PROMPT = "the secret plan is in the blue folder"
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    tracing.configure_for_test(exporter)
-    try:
-        yield exporter
-    finally:
-        tracing.reset()
 
 
 def read(env: dict[str, str]) -> TracingConfig:

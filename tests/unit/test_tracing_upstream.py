@@ -4,7 +4,7 @@ the provider), and the HTTP edge's SERVER span per request (edge.tracing)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -21,16 +21,6 @@ from switchboard_router.providers.http import create_session, open_sse
 
 SECRET_KEY = "sk-upstream-secret"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    tracing.configure_for_test(exporter)
-    try:
-        yield exporter
-    finally:
-        tracing.reset()
 
 
 @pytest.fixture
