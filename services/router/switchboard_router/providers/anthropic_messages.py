@@ -20,10 +20,9 @@ from switchboard_router.providers.anthropic_stream import (
     FINISH_REASONS,
     StreamState,
     error_from_body,
-    message_events,
 )
 from switchboard_router.providers.base import Target
-from switchboard_router.providers.http import ended_early, open_sse
+from switchboard_router.providers.streaming import UpstreamCall, stream_sse
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -64,38 +63,21 @@ class AnthropicMessagesAdapter:
     def requires_credential(self, dialect: str) -> bool:
         return True
 
-    async def stream(
+    def stream(
         self, request: CompletionRequest, target: Target, *, timeout: float | None
     ) -> AsyncIterator[AdapterEvent]:
+        return stream_sse(self._session, self, request, target, timeout=timeout)
+
+    # What :func:`.streaming.stream_sse` asks of this provider.
+    stray = False
+    error_from_body = staticmethod(error_from_body)
+
+    def call(self, request: CompletionRequest, target: Target) -> UpstreamCall:
         headers = {"anthropic-version": API_VERSION}
         if target.api_key:
             headers["x-api-key"] = target.api_key.reveal()
-        provider = target.provider_id
-        async with open_sse(
-            self._session,
-            target.base_url.rstrip("/") + "/messages",
-            build_body(request, target),
-            headers,
-            provider=provider,
-            timeout=timeout,
-            stall=target.stall,
-            error_from_body=error_from_body,
-        ) as upstream:
-            if upstream.is_json:
-                for event in message_events(await upstream.whole(provider), provider):
-                    yield event
-                upstream.complete()
-                return
-            state = StreamState(provider)
-            async for batch in upstream.batches():
-                for event in state.feed(batch):
-                    yield event
-                if state.error is not None:
-                    raise state.error
-                if state.stopped:
-                    break
-            if not state.stopped:
-                raise ended_early(provider)
-            for event in state.final():
-                yield event
-            upstream.complete()
+        url = target.base_url.rstrip("/") + "/messages"
+        return UpstreamCall(url, headers, build_body(request, target))
+
+    def reader(self, provider: str) -> StreamState:
+        return StreamState(provider)

@@ -60,8 +60,10 @@ from switchboard_router.canonical import (
 from switchboard_router.providers.base import (
     UpstreamError,
     UpstreamProtocolError,
+    ended_early,
     error_for_status,
 )
+from switchboard_router.providers.error_body import read_error_body
 from switchboard_router.providers.sse import SseEvent
 
 FINISH_REASONS = {
@@ -106,12 +108,7 @@ def error_from_body(
     status: int, payload: bytes, provider_id: str, retry_after: float | None
 ) -> UpstreamError:
     """The error an Anthropic error body (or ``error`` event) means; keeps its message."""
-    message = "(no error message)"
-    try:
-        error = orjson.loads(payload).get("error") or {}
-        message = str(error.get("message") or message)[:500]
-    except (orjson.JSONDecodeError, AttributeError):
-        pass
+    message = read_error_body(payload).message
     return error_for_status(
         status,
         message,
@@ -340,6 +337,17 @@ class StreamState:
             )
         out.append(FinishEvent(FINISH_REASONS.get(self.stop_reason, Finish.STOP), self.stop_reason))
         return out
+
+    def end(self) -> list[AdapterEvent]:
+        """After the last read: :meth:`final`'s events once ``message_stop`` came; a stream
+        that failed relays nothing more, one that stopped without it ended early."""
+        if self.error is None and not self.stopped:
+            self.error = ended_early(self.provider)
+        return [] if self.error is not None else self.final()
+
+    def whole(self, body: bytes) -> list[AdapterEvent]:
+        """A whole ``Message`` body's events (:func:`message_events`)."""
+        return message_events(body, self.provider)
 
     def metadata(self) -> dict[str, Any]:
         data: dict[str, Any] = {k: v for k, v in self.message.items() if v is not None}

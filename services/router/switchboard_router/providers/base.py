@@ -4,6 +4,10 @@ An adapter turns one :class:`CompletionRequest` into an HTTP call to one endpoin
 canonical events: text deltas, then usage and a finish event (in either order). It raises
 :class:`UpstreamError` subclasses (all :class:`SwitchboardError`) for provider trouble, so the
 relay can fall back before the first token and the client gets the right gRPC code after it.
+
+The SSE adapters share one ``stream()`` (:func:`.streaming.stream_sse`) and one error-body
+reader (:mod:`.error_body`); each supplies only its request, its stream reader and its error
+table.
 """
 
 from __future__ import annotations
@@ -180,6 +184,14 @@ def error_for_status(
         cls = UpstreamUnavailable
     text = f"upstream provider {provider_id} answered HTTP {status}: {message}"
     return cls(text, provider_id=provider_id, status=status, retry_after_seconds=retry_after)
+
+
+def ended_early(provider: str) -> UpstreamUnavailable:
+    """The provider's stream ended (the connection closed) before it said the answer was
+    complete."""
+    return UpstreamUnavailable(
+        f"{provider} stream ended before the completion finished", provider_id=provider
+    )
 
 
 def parse_retry_after(value: str | None) -> float | None:

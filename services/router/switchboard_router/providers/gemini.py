@@ -41,7 +41,7 @@ from switchboard_router.providers.base import Target
 from switchboard_router.providers.gemini_errors import error_from_body
 from switchboard_router.providers.gemini_reasoning import model_parts, thinking_config
 from switchboard_router.providers.gemini_stream import StreamState
-from switchboard_router.providers.http import ended_early, open_sse
+from switchboard_router.providers.streaming import UpstreamCall, stream_sse
 
 __all__ = ["PARAMETERS", "GeminiAdapter", "StreamState", "build_body", "error_from_body"]
 
@@ -184,38 +184,22 @@ class GeminiAdapter:
     def requires_credential(self, dialect: str) -> bool:
         return True
 
-    async def stream(
+    def stream(
         self, request: CompletionRequest, target: Target, *, timeout: float | None
     ) -> AsyncIterator[AdapterEvent]:
+        return stream_sse(self._session, self, request, target, timeout=timeout)
+
+    # What :func:`.streaming.stream_sse` asks of this provider.
+    stray = True  # a stream can end with a raw JSON error object (see :mod:`.gemini_stream`)
+    error_from_body = staticmethod(error_from_body)
+
+    def call(self, request: CompletionRequest, target: Target) -> UpstreamCall:
         headers = {"x-goog-api-key": target.api_key.reveal()} if target.api_key else {}
-        provider = target.provider_id
-        async with open_sse(
-            self._session,
+        url = (
             f"{target.base_url.rstrip('/')}/models/{target.upstream_model}"
-            ":streamGenerateContent?alt=sse",
-            build_body(request, target),
-            headers,
-            provider=provider,
-            timeout=timeout,
-            stall=target.stall,
-            error_from_body=error_from_body,
-        ) as upstream:
-            state = StreamState(provider)
-            if upstream.is_json:  # a proxy or host that answered with the whole response
-                events = state.whole(await upstream.whole(provider))
-                if state.error is not None:
-                    raise state.error
-                for event in events:
-                    yield event
-                upstream.complete()
-                return
-            async for batch in upstream.batches(stray=True):
-                for event in state.feed(batch):
-                    yield event
-                if state.error is not None:
-                    raise state.error
-            if not state.finished:
-                raise ended_early(provider)
-            for event in state.final():
-                yield event
-            upstream.complete()
+            ":streamGenerateContent?alt=sse"
+        )
+        return UpstreamCall(url, headers, build_body(request, target))
+
+    def reader(self, provider: str) -> StreamState:
+        return StreamState(provider)

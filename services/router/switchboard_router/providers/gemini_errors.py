@@ -19,13 +19,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from switchboard_router.providers.base import (
     UpstreamCredentialRejected,
     UpstreamError,
     error_for_status,
     parse_retry_after,
+)
+from switchboard_router.providers.error_body import (
+    MAX_MESSAGE_CHARS,
+    NO_MESSAGE,
+    read_error_body,
 )
 
 # google.rpc.ErrorInfo reasons that refuse the key or the project behind it
@@ -65,7 +68,7 @@ def error_from_payload(
     error: dict[str, Any], status: int, provider: str, retry_after: float | None = None
 ) -> UpstreamError:
     """The error for one Google error object (the value of ``"error"``)."""
-    message = str(error.get("message") or "(no error message)")[:500]
+    message = str(error.get("message") or NO_MESSAGE)[:MAX_MESSAGE_CHARS]
     code = error.get("code")
     if isinstance(code, int) and code:
         status = code
@@ -93,13 +96,4 @@ def error_from_body(
     status: int, payload: bytes, provider_id: str, retry_after: float | None
 ) -> UpstreamError:
     """The error for a non-200 answer's body (``open_sse``'s ``error_from_body``)."""
-    try:
-        body = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        body = None
-    if isinstance(body, list) and body:
-        body = body[0]
-    error = body.get("error") if isinstance(body, dict) else None
-    return error_from_payload(
-        error if isinstance(error, dict) else {}, status, provider_id, retry_after
-    )
+    return error_from_payload(read_error_body(payload).error, status, provider_id, retry_after)

@@ -61,7 +61,7 @@ from switchboard_router.canonical import (
     TopLogprob,
     UsageReport,
 )
-from switchboard_router.providers.base import UpstreamError, UpstreamProtocolError
+from switchboard_router.providers.base import UpstreamError, UpstreamProtocolError, ended_early
 from switchboard_router.providers.gemini_errors import error_from_payload
 from switchboard_router.providers.sse import SseEvent
 
@@ -124,6 +124,9 @@ class StreamState:
     error: UpstreamError | None = None
     prompt_reported: bool = False
     running: UsageReport | None = None  # the running counts last sent
+    # Never set: the stream is read until the connection ends, since Gemini can send usage,
+    # or an error, after the chunk with the finish reasons.
+    stopped: bool = field(default=False, init=False)
 
     @property
     def finished(self) -> bool:
@@ -150,6 +153,13 @@ class StreamState:
                     return _coalesce(out)
                 self._running(out)
         return _coalesce(out)
+
+    def end(self) -> list[AdapterEvent]:
+        """After the last read: :meth:`final`'s events when the provider finished; a stream
+        that failed relays nothing more, one that ended without finishing ended early."""
+        if self.error is None and not self.finished:
+            self.error = ended_early(self.provider)
+        return [] if self.error is not None else self.final()
 
     def _running(self, out: list[AdapterEvent]) -> None:
         """The running counts, when they grew and the answer is not finished (the final

@@ -63,6 +63,7 @@ from switchboard_router.providers.base import (
     UpstreamUnavailable,
     parse_retry_after,
 )
+from switchboard_router.providers.error_body import MAX_ERROR_BODY_BYTES
 from switchboard_router.providers.sse import SseEvent, iter_sse_batches
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ log = logging.getLogger(__name__)
 # Largest whole (non-streamed) JSON answer read: far above any completion a model returns.
 MAX_JSON_BODY_BYTES = 64 * 1024 * 1024
 
-# (HTTP status, body, provider id, retry-after seconds) -> the error to raise.
+# (HTTP status, body, provider id, retry-after seconds) -> the error to raise. The body is
+# cut after MAX_ERROR_BODY_BYTES + 1 bytes (:mod:`.error_body` parses none that long).
 ErrorFromBody = Callable[[int, bytes, str, float | None], UpstreamError]
 
 
@@ -312,7 +314,8 @@ async def _open_sse(
             )
         if response.status != 200:
             retry = parse_retry_after(response.headers.get("retry-after"))
-            raise error_from_body(response.status, await response.read(), provider, retry)
+            payload = await _read_at_most(response, MAX_ERROR_BODY_BYTES + 1)
+            raise error_from_body(response.status, payload, provider, retry)
         yield stream
     except aiohttp.SocketTimeoutError:
         if response.content.total_raw_bytes:
@@ -329,6 +332,19 @@ async def _open_sse(
             response.release()
         else:  # cancelled or failed: drop the connection so the provider stops generating
             response.close()
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body's first ``limit`` bytes (all of it when shorter): a failed answer's body is
+    read for its error message, and a provider (or whatever answers in its place) could send
+    an endless one."""
+    body = b""
+    while len(body) < limit:
+        chunk = await response.content.read(limit - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return body
 
 
 def unreachable(provider: str, error: aiohttp.ClientError) -> UpstreamUnavailable:
@@ -354,9 +370,3 @@ def _time_idle(response: aiohttp.ClientResponse, idle: float) -> None:
     protocol.read_timeout = idle
     if response.content.total_raw_bytes:
         protocol.start_timeout()
-
-
-def ended_early(provider: str) -> UpstreamUnavailable:
-    return UpstreamUnavailable(
-        f"{provider} stream ended before the completion finished", provider_id=provider
-    )

@@ -42,7 +42,6 @@ from switchboard_router.canonical import (
     ToolChoiceMode,
 )
 from switchboard_router.providers.base import Target
-from switchboard_router.providers.http import ended_early, open_sse
 from switchboard_router.providers.openai_dialects import (
     Dialect,
     dialect_for,
@@ -50,6 +49,7 @@ from switchboard_router.providers.openai_dialects import (
     nearest_effort,
 )
 from switchboard_router.providers.openai_stream import StreamParser, error_from_body
+from switchboard_router.providers.streaming import UpstreamCall, stream_sse
 
 ROLES = {Role.SYSTEM: "system", Role.USER: "user", Role.ASSISTANT: "assistant", Role.TOOL: "tool"}
 
@@ -208,41 +208,21 @@ class OpenAIChatAdapter:
     def requires_credential(self, dialect: str) -> bool:
         return dialect_for(dialect).key_required
 
-    async def stream(
+    def stream(
         self, request: CompletionRequest, target: Target, *, timeout: float | None
     ) -> AsyncIterator[AdapterEvent]:
+        return stream_sse(self._session, self, request, target, timeout=timeout)
+
+    # What :func:`.streaming.stream_sse` asks of this provider.
+    stray = True  # hosts may end the stream with a bare JSON error line
+    error_from_body = staticmethod(error_from_body)
+
+    def call(self, request: CompletionRequest, target: Target) -> UpstreamCall:
         headers = {}
         if target.api_key and dialect_for(target.dialect).auth == "bearer":
             headers["Authorization"] = "Bearer " + target.api_key.reveal()
-        provider = target.provider_id
-        async with open_sse(
-            self._session,
-            target.base_url.rstrip("/") + "/chat/completions",
-            build_body(request, target),
-            headers,
-            provider=provider,
-            timeout=timeout,
-            stall=target.stall,
-            error_from_body=error_from_body,
-        ) as upstream:
-            parser = StreamParser(provider)
-            if upstream.is_json:  # the whole answer at once
-                for event in parser.complete_answer(await upstream.whole(provider)):
-                    yield event
-                upstream.complete()
-                return
-            async for batch in upstream.batches(stray=True):
-                parsed = parser.feed(batch)
-                for event in parsed.events:
-                    yield event
-                if parsed.error is not None:
-                    for event in parser.close():  # what it reported before failing
-                        yield event
-                    raise parsed.error
-                if parsed.done:
-                    break
-            for event in parser.close():
-                yield event
-            if not parser.finished:
-                raise ended_early(provider)
-            upstream.complete()
+        url = target.base_url.rstrip("/") + "/chat/completions"
+        return UpstreamCall(url, headers, build_body(request, target))
+
+    def reader(self, provider: str) -> StreamParser:
+        return StreamParser(provider)

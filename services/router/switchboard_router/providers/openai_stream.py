@@ -26,7 +26,6 @@ answer.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +46,10 @@ from switchboard_router.canonical import (
 from switchboard_router.providers.base import (
     UpstreamError,
     UpstreamProtocolError,
+    ended_early,
     error_for_status,
 )
+from switchboard_router.providers.error_body import read_error_body
 from switchboard_router.providers.openai_fields import (
     REASONING,
     REFUSAL,
@@ -75,36 +76,37 @@ IN_STREAM_STATUS = 502
 def error_from_body(
     status: int, payload: bytes, provider_id: str, retry_after: float | None
 ) -> UpstreamError:
-    message, code = "(no error message)", ""
-    try:
-        error = json.loads(payload).get("error") or {}
-        if isinstance(error, dict):
-            message = str(error.get("message") or message)[:500]
-            code = str(error.get("code") or "")
-        elif isinstance(error, str):
-            message = error[:500]
-    except (ValueError, AttributeError):
-        pass
+    """The error an OpenAI-style error body (or an error inside the stream) means; keeps its
+    message."""
+    error = read_error_body(payload)
     return error_for_status(
         status,
-        message,
+        error.message,
         provider_id=provider_id,
         retry_after=retry_after,
-        context_length=code == "context_length_exceeded" or "maximum context length" in message,
+        context_length=error.code == "context_length_exceeded"
+        or "maximum context length" in error.message,
     )
 
 
-@dataclass(slots=True)
-class Batch:
-    """What one read of the stream carried, in order; adjacent pieces of one kind and choice
-    joined into one delta."""
+class Batch(list[AdapterEvent]):
+    """What one read of the stream carried: its events in order, adjacent pieces of one kind
+    and choice joined into one delta, and what ended the read. The batch is the list of its
+    events, so the adapter relays it as it is (no wrapper, no copy per read)."""
 
-    events: list[AdapterEvent] = field(default_factory=list)
-    done: bool = False  # saw "data: [DONE]"
-    error: UpstreamError | None = None  # raised after the events before it are relayed
-    _kind: str = ""
-    _choice: int = 0
-    _parts: list[str] = field(default_factory=list)
+    __slots__ = ("_choice", "_kind", "_parts", "done", "error")
+
+    def __init__(self) -> None:
+        # list.__new__ has made the empty list already: no list.__init__ call per read.
+        self.done = False  # saw "data: [DONE]"
+        self.error: UpstreamError | None = None  # raised after the events before it
+        self._kind = ""
+        self._choice = 0
+        self._parts: list[str] = []
+
+    @property
+    def events(self) -> list[AdapterEvent]:
+        return self
 
     def piece(self, kind: str, choice: int, text: str) -> None:
         if not text:
@@ -116,7 +118,7 @@ class Batch:
 
     def add(self, event: AdapterEvent) -> None:
         self.flush()
-        self.events.append(event)
+        self.append(event)
 
     def flush(self) -> None:
         if not self._parts:
@@ -124,11 +126,11 @@ class Batch:
         text, choice = "".join(self._parts), self._choice
         self._parts.clear()
         if self._kind == REASONING:
-            self.events.append(ReasoningDelta(text, choice))
+            self.append(ReasoningDelta(text, choice))
         elif self._kind == REFUSAL:
-            self.events.append(RefusalDelta(text, choice))
+            self.append(RefusalDelta(text, choice))
         else:
-            self.events.append(TextDelta(text, choice))
+            self.append(TextDelta(text, choice))
 
 
 def _index(value: Any, default: int = 0) -> int:
@@ -164,6 +166,8 @@ class StreamParser:
         self._named: set[tuple[int, int]] = set()  # (choice, call index) whose name was sent
         self._usage: UsageReport | None = None
         self._meta = _Metadata()
+        self.error: UpstreamError | None = None  # the last read's error, or ended early
+        self.stopped = False  # the last read held "data: [DONE]"
 
     @property
     def finished(self) -> bool:
@@ -199,6 +203,7 @@ class StreamParser:
             if out.error is not None:
                 break
         out.flush()
+        self.error, self.stopped = out.error, out.done
         return out
 
     def chunk(self, chunk: dict[str, Any], out: Batch, raw: bytes) -> None:
@@ -288,6 +293,15 @@ class StreamParser:
             events.append(metadata)
         return events
 
+    def end(self) -> list[AdapterEvent]:
+        """After the last read, also one that failed: :meth:`close`'s events (what the
+        provider reported before failing is still relayed); a stream that stopped before
+        every choice that spoke finished ended early."""
+        events = self.close()
+        if self.error is None and not self.finished:
+            self.error = ended_early(self.provider)
+        return events
+
     def complete_answer(self, body: bytes) -> list[AdapterEvent]:
         """A whole ``chat.completion`` body: every event of the answer, closed."""
         try:
@@ -318,4 +332,6 @@ class StreamParser:
             self._finished.add(index)
             out.add(FinishEvent(Finish.STOP, "", index))
         out.flush()
-        return out.events + self.close()
+        return out + self.close()
+
+    whole = complete_answer  # the name :class:`.streaming.StreamReader` calls it by
