@@ -87,7 +87,7 @@ async def test_a_cancelled_gemini_stream_is_billed_the_thoughts_it_was_producing
             seen += len(event.text)
             if seen == 800:
                 break  # the client goes away
-    await run.aclose()  # type: ignore[attr-defined]
+    await run.aclose()
     (row,) = await rows_of(redis_client, stream_name)
     assert row.status == metering_pb2.GENERATION_STATUS_CANCELLED
     assert row.price_version == 5

@@ -74,7 +74,7 @@ async def run(the_relay: Relay, cut: bool) -> None:
             seen += event.text
             if cut and seen == ANSWER:
                 break  # the client goes away before the usage chunk
-    await stream.aclose()  # type: ignore[attr-defined]
+    await stream.aclose()
 
 
 async def test_a_cut_gpt_4o_stream_is_billed_what_its_tokenizer_counts(
@@ -124,7 +124,7 @@ async def test_without_a_tokenizer_the_cut_stream_counts_characters(
             seen += event.text
             if seen == ANSWER:
                 break
-    await stream.aclose()  # type: ignore[attr-defined]
+    await stream.aclose()
     (row,) = await rows_of(redis_client, stream_name)
     await the_relay.drain()
     chars = (len(PROMPT) + usage_estimate.MESSAGE_FRAMING_CHARS + 3) // 4

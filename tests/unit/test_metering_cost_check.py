@@ -27,6 +27,7 @@ from switchboard_metering.prices import PriceBook, PriceWatch
 from switchboard_router.canonical import Finish, FinishEvent, UsageReport
 from switchboard_router.generation import cost_of
 from switchboard_router.inflight import progress, template
+from switchboard_router.usage_sink import usage_event as router_event
 from tests.unit.test_router_inflight import ROUTE, generation
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -232,7 +233,8 @@ async def test_the_routers_own_costs_pass_completed_cut_short_and_swept() -> Non
     check, _, _ = price_check(snapshot(history), now=datetime.now(UTC) + timedelta(minutes=1))
     rules = EventRules(cost_check=check)
     usage = UsageReport(prompt_tokens=1234, completion_tokens=77, cached_tokens=34)
-    done = g.to_event(
+    done = router_event(
+        g,
         metering_pb2.GENERATION_STATUS_COMPLETED,
         usage,
         cost_of(ROUTE, usage, at=g.create_time),
@@ -241,7 +243,8 @@ async def test_the_routers_own_costs_pass_completed_cut_short_and_swept() -> Non
     g.text_chars = 321
     cut = g.final_usage()
     assert cut.estimated
-    cancelled = g.to_event(
+    cancelled = router_event(
+        g,
         metering_pb2.GENERATION_STATUS_CANCELLED,
         cut,
         cost_of(ROUTE, cut, at=g.create_time),

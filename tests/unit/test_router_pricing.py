@@ -41,10 +41,11 @@ from switchboard_router.canonical import (
     UsageReport,
 )
 from switchboard_router.catalog_cache import Route, Snapshot
-from switchboard_router.generation import Generation, cost_of, usage_message
+from switchboard_router.generation import Generation, cost_of
 from switchboard_router.providers import anthropic_stream, gemini_stream
 from switchboard_router.providers.openai_fields import parse_usage
 from switchboard_router.usage_sanity import clamped, report_problems
+from switchboard_router.usage_sink import usage_event, usage_message
 
 D = Decimal
 
@@ -289,9 +290,8 @@ def test_images_in_the_request_pay_a_price_per_image() -> None:
     two = CompletionRequest(model="p/m", messages=(picture, picture))
     g = generation(sheet, request=two)
     assert g.cost(UsageReport(0, 0)) == D("0.0025")  # two images and the request fee
-    event = g.to_event(
-        metering_pb2.GENERATION_STATUS_COMPLETED, UsageReport(0, 0), D(0), FinishEvent(Finish.STOP)
-    )
+    completed = metering_pb2.GENERATION_STATUS_COMPLETED
+    event = usage_event(g, completed, UsageReport(0, 0), D(0), FinishEvent(Finish.STOP))
     assert event.usage.input_images == 2
     assert Counts.of(event.usage).input_images == 2
 
@@ -313,8 +313,8 @@ def test_the_ledger_event_names_the_price_version_and_carries_every_usage_field(
     )
     g = generation(CLAUDE_SONNET_4, version=7)
     cost = g.cost(usage)
-    event = g.to_event(
-        metering_pb2.GENERATION_STATUS_COMPLETED, usage, cost, FinishEvent(Finish.STOP)
+    event = usage_event(
+        g, metering_pb2.GENERATION_STATUS_COMPLETED, usage, cost, FinishEvent(Finish.STOP)
     )
     assert event.price_version == 7
     assert event.usage == common_pb2.Usage(

@@ -58,15 +58,15 @@ from switchboard_router.canonical import (
 from switchboard_router.generation import Generation, Hold
 from switchboard_router.usage_estimate import cut_usage
 from switchboard_router.usage_sanity import checked_running
-from switchboard_router.usage_sink import UsageSink
+from switchboard_router.usage_sink import (
+    CANCELLED,
+    STATUS_NAMES,
+    Status,
+    UsageSink,
+    usage_event,
+)
 
 log = logging.getLogger(__name__)
-
-STATUS_NAMES: dict[int, str] = {
-    metering_pb2.GENERATION_STATUS_COMPLETED: "completed",
-    metering_pb2.GENERATION_STATUS_CANCELLED: "cancelled",
-    metering_pb2.GENERATION_STATUS_FAILED: "failed",
-}
 
 # How long shutdown waits for budget settles once the usage events are written.
 SETTLE_DRAIN_SECONDS = 1.0
@@ -93,7 +93,7 @@ class Billing:
             raise
         self.charge(generation.hold, cost)
 
-    def cut_short(self, generation: Generation, status: int) -> None:
+    def cut_short(self, generation: Generation, status: Status) -> None:
         """Meter a generation that did not finish, in the background: a cancelled task does
         not wait, and its output is counted with the model's tokenizer off the event loop
         (:func:`.usage_estimate.cut_usage`)."""
@@ -108,21 +108,19 @@ class Billing:
             absorb(generation, leg.first)
         if generation.hold is not None:
             generation.hold.expect()
-        cancelled = metering_pb2.GENERATION_STATUS_CANCELLED
-        self.spawn(self._meter_cut(generation, cancelled, time.monotonic(), lost=True))
+        self.spawn(self._meter_cut(generation, CANCELLED, time.monotonic(), lost=True))
 
     async def _meter_cut(
-        self, generation: Generation, status: int, now: float, *, lost: bool = False
+        self, generation: Generation, status: Status, now: float, *, lost: bool = False
     ) -> None:
         try:
             usage = await cut_usage(generation, now)
         except BaseException:
             self.charge(generation.hold, Decimal(0))  # nothing recorded: nothing charged
             raise
-        cancelled = status == metering_pb2.GENERATION_STATUS_CANCELLED
-        reason = Finish.CANCELLED if cancelled else Finish.ERROR
+        reason = Finish.CANCELLED if status == CANCELLED else Finish.ERROR
         cost = generation.cost(usage)
-        event = generation.to_event(status, usage, cost, FinishEvent(reason, ""))
+        event = usage_event(generation, status, usage, cost, FinishEvent(reason, ""))
         count(generation, status, usage, lost=lost)
         self.charge(generation.hold, cost)
         with contextlib.suppress(Unavailable):  # the sink logged it, with the generation id
@@ -168,7 +166,9 @@ class Billing:
                 task.cancel()
 
 
-def count(generation: Generation, status: int, usage: UsageReport, *, lost: bool = False) -> None:
+def count(
+    generation: Generation, status: Status, usage: UsageReport, *, lost: bool = False
+) -> None:
     """Tokens metered, and the generation by status (an abandoned attempt is no generation
     relayed: metrics.ABANDONED_ATTEMPTS counts it)."""
     provider = generation.route.provider_id

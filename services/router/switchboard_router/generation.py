@@ -1,7 +1,8 @@
-"""One generation: what it has produced so far, its usage and cost, and its ledger event.
+"""One generation: what it has produced so far, its usage and its cost.
 
 The relay (:mod:`.relay`) fills a :class:`Generation` as events arrive; :mod:`.inflight`
-reads it to record a generation whose router dies before it ends.
+reads it to record a generation whose router dies before it ends. Its ledger event is built
+by :func:`.usage_sink.usage_event`: the metering wire format has one room, the usage sink.
 
 The cost is the endpoint's :class:`~switchboard_core.pricing.PriceSheet` applied to the usage
 at the generation's ``create_time`` (:func:`cost_of`): the time window and prompt tier in force
@@ -19,13 +20,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from google.protobuf import timestamp_pb2
-
-from switchboard.common.v1 import common_pb2
-from switchboard.metering.v1 import metering_pb2
 from switchboard_core.budget import Reservation
-from switchboard_core.money import format_usd
-from switchboard_core.pricing import USAGE_COUNTS, Counts
+from switchboard_core.pricing import Counts
 from switchboard_router.auth import Caller
 from switchboard_router.canonical import (
     CompletionRequest,
@@ -130,50 +126,6 @@ class Generation:
     def cost(self, usage: UsageReport) -> Decimal:
         """What ``usage`` costs on this generation's endpoint at its create_time."""
         return cost_of(self.route, usage, at=self.create_time, images=image_count(self.request))
-
-    def to_event(
-        self, status: int, usage: UsageReport, cost: Decimal, finish: FinishEvent
-    ) -> metering_pb2.UsageEvent:
-        now = time.monotonic()
-        created = timestamp(self.create_time)
-        return metering_pb2.UsageEvent(
-            generation_id=self.id,
-            attempt=self.attempt,
-            key_id=self.caller.key_id,
-            account_id=self.caller.account_id,
-            model_id=self.route.model_id,
-            provider_id=self.route.provider_id,
-            endpoint_id=self.route.endpoint_id,
-            upstream_model=self.route.upstream_model,
-            usage=usage_message(usage, image_count(self.request)),
-            cost_usd=format_usd(cost),
-            finish_reason=int(finish.reason),  # type: ignore[arg-type]
-            native_finish_reason=finish.native_reason,
-            status=status,  # type: ignore[arg-type]
-            create_time=created,
-            latency_ms=int((now - self.started) * 1000),
-            time_to_first_token_ms=int((self.first_event_at - self.started) * 1000)
-            if self.first_event_at
-            else 0,
-            streamed=self.streamed,
-            price_version=self.route.price_version,
-            trace_parent=self.trace_parent,
-        )
-
-
-def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
-
-
-def usage_message(usage: UsageReport, images: int = 0) -> common_pb2.Usage:
-    """``usage`` as the ledger keeps it, with the request's ``images``."""
-    return common_pb2.Usage(
-        **{name: getattr(usage, name) for name in USAGE_COUNTS},
-        estimated=usage.estimated,
-        input_images=images,
-    )
 
 
 def counts_of(usage: UsageReport, images: int = 0) -> Counts:

@@ -30,6 +30,7 @@ from switchboard_core.liveness import (
 )
 from switchboard_router.canonical import Finish, FinishEvent, UsageReport
 from switchboard_router.generation import Generation
+from switchboard_router.usage_sink import FAILED, usage_event
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,7 @@ def _failed_event(generation: Generation) -> tuple[metering_pb2.UsageEvent, int]
     """The FAILED event recording the generation as it stands, and its cost in pico-dollars."""
     usage = generation.final_usage()
     cost = generation.cost(usage)
-    event = generation.to_event(
-        metering_pb2.GENERATION_STATUS_FAILED, usage, cost, FinishEvent(Finish.ERROR, "")
-    )
+    event = usage_event(generation, FAILED, usage, cost, FinishEvent(Finish.ERROR, ""))
     event.usage.estimated = True  # what the router knew at its last heartbeat
     # Provisional: the router's own event for the generation replaces the ledger row. The
     # template keeps the flag and the progress never sets it, so the sweep's merge keeps it.

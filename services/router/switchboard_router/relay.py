@@ -21,12 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
-from switchboard.metering.v1 import metering_pb2
 from switchboard_core import tracing
 from switchboard_core.budget import Reservation
 from switchboard_router import metrics
@@ -67,7 +66,14 @@ from switchboard_router.usage_sanity import (
     checked_usage,
     clean_finish,
 )
-from switchboard_router.usage_sink import UsageSink
+from switchboard_router.usage_sink import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    Status,
+    UsageSink,
+    usage_event,
+)
 
 if TYPE_CHECKING:
     from switchboard_router.inflight import InFlight
@@ -100,6 +106,44 @@ class Completed:
 RelayEvent = (
     Started | TextDelta | ReasoningDelta | RefusalDelta | ToolCallDelta | LogprobsDelta | Completed
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """One request as every attempt of it shares it: who asked what, when, under which hold,
+    the generation id it is served under and the completion span's traceparent."""
+
+    request: CompletionRequest
+    caller: Caller
+    streamed: bool
+    hold: Hold | None
+    started: float  # monotonic: the request arrived
+    generation_id: str
+    trace_parent: str
+
+    def generation(self, leg: Leg, generation_id: str, create_time: float) -> Generation:
+        """``leg``'s generation, under ``generation_id``, priced at ``create_time``."""
+        return Generation(
+            id=generation_id,
+            attempt=leg.attempt,
+            caller=self.caller,
+            request=self.request,
+            route=leg.route,
+            started=self.started,
+            create_time=create_time,
+            streamed=self.streamed,
+            first_event_at=leg.first_at,
+            hold=self.hold,
+            prompt=leg.prompt,
+            sent_at=leg.sent_at,
+            trace_parent=self.trace_parent,
+        )
+
+    def lost(self, leg: Leg) -> Generation:
+        """An attempt abandoned before it won, under its own id, dated when it was sent."""
+        return self.generation(
+            leg, lost_generation_id(self.generation_id, leg.attempt), leg.sent_wall
+        )
 
 
 class AttemptObserver(Protocol):
@@ -175,113 +219,85 @@ class Relay:
         streamed: bool,
         reservation: Reservation | None = None,
         hedge: HedgePolicy = NO_HEDGE,
-    ) -> AsyncIterator[RelayEvent]:
+    ) -> AsyncGenerator[RelayEvent, None]:
         """Try the routes (:mod:`.attempts`: in order, hedged as ``hedge`` says) and relay the
         first that answers. A ``reservation`` is settled to the sum of the costs of the
-        attempts metered (the generation, and a hedge's loser), or released when none was."""
-        hold = Hold(reservation) if reservation is not None else None
+        attempts metered (the generation, and a hedge's loser), or released when none was.
+
+        One generator between the client and :meth:`_relay`'s per-delta loop (the servicer's
+        ``async for`` reaches the loop through this one hop)."""
+        ask = _Ask(
+            request,
+            caller,
+            streamed,
+            Hold(reservation) if reservation is not None else None,
+            time.monotonic(),
+            new_generation_id(),
+            tracing.current_traceparent(),  # the completion's span ("" untraced)
+        )
         try:
-            async for event in self._attempts(
-                request, routes, caller, timeout, streamed, hold, hedge
-            ):
-                yield event
+            leg = await self._winner(ask, routes, timeout, hedge)
+            generation = self._commit(ask, leg)
+            opening = Started(generation.id, leg.route, generation.create_time, leg.unsupported)
+            relayed = self._relay(generation, opening, leg)
+            try:
+                async for out in relayed:
+                    yield out
+            finally:
+                await relayed.aclose()  # a client that left: metered now, not when collected
+                self._upstreams.gate.release(leg.slot)
         finally:
-            self._billing.close(hold)  # settles now when no attempt is still being metered
+            self._billing.close(ask.hold)  # settles now when no attempt is still being metered
 
-    async def _attempts(
-        self,
-        request: CompletionRequest,
-        routes: list[Route],
-        caller: Caller,
-        timeout: float,
-        streamed: bool,
-        hold: Hold | None,
-        hedge: HedgePolicy,
-    ) -> AsyncIterator[RelayEvent]:
-        started = time.monotonic()
-        generation_id = new_generation_id()
-        trace_parent = tracing.current_traceparent()  # the completion's span ("" untraced)
-
-        def lost(leg: Leg, cause: str) -> None:
-            self._billing.lost(
-                Generation(
-                    id=lost_generation_id(generation_id, leg.attempt),
-                    attempt=leg.attempt,
-                    caller=caller,
-                    request=request,
-                    route=leg.route,
-                    started=started,
-                    create_time=leg.sent_wall,
-                    streamed=streamed,
-                    first_event_at=leg.first_at,
-                    hold=hold,
-                    prompt=leg.prompt,
-                    sent_at=leg.sent_at,
-                    trace_parent=trace_parent,
-                ),
-                leg,
-            )
-
+    async def _winner(
+        self, ask: _Ask, routes: list[Route], timeout: float, hedge: HedgePolicy
+    ) -> Leg:
+        """The attempt that answered first (:class:`.attempts.Attempts`: eligibility, the race,
+        the error when nothing answers); every attempt abandoned on the way is metered."""
         attempts = Attempts(
             self._upstreams,
-            request,
+            ask.request,
             routes,
             hedge=hedge,
-            deadline=started + timeout,
-            bound=self._admission.bounded if hold is not None else None,
+            deadline=ask.started + timeout,
+            bound=self._admission.bounded if ask.hold is not None else None,
             failed=lambda route, error: self._failed(route, error, started=False),
             first_token=self._first_token,
-            lost=lost,
+            lost=lambda leg, cause: self._billing.lost(ask.lost(leg), leg),
         )
         leg = await attempts.winner()
         if leg.attempt:
             metrics.FALLBACKS.inc()
-        assert leg.first is not None  # a winner has its first event
-        generation = Generation(
-            id=generation_id,
-            attempt=leg.attempt,
-            caller=caller,
-            request=request,
-            route=leg.route,
-            started=started,
-            create_time=time.time(),
-            streamed=streamed,
-            first_event_at=leg.first_at,
-            hold=hold,
-            prompt=leg.prompt,
-            sent_at=leg.sent_at,
-            trace_parent=trace_parent,
-        )
+        return leg
+
+    def _commit(self, ask: _Ask, leg: Leg) -> Generation:
+        """The generation the client gets: ``leg``'s, its cost expected by the request's hold,
+        which starts no attempt any more."""
+        generation = ask.generation(leg, ask.generation_id, time.time())
         if leg.running is not None:
             generation.running = checked_running(leg.running, generation)
-        if hold is not None:
-            hold.expect()  # this generation's cost
-            hold.close()  # no attempt starts any more
+        if ask.hold is not None:
+            ask.hold.expect()  # this generation's cost
+            ask.hold.close()  # no attempt starts any more
         metrics.TIME_TO_FIRST_TOKEN.labels(leg.route.provider_id).observe(
-            generation.first_event_at - started
+            generation.first_event_at - ask.started
         )
-        opening = Started(generation.id, leg.route, generation.create_time, leg.unsupported)
-        try:
-            async for out in self._relay(generation, opening, leg.first, leg.events, leg.guard):
-                yield out
-        finally:
-            self._upstreams.gate.release(leg.slot)
+        return generation
 
     async def _relay(
-        self,
-        generation: Generation,
-        opening: Started,
-        first: AdapterEvent,
-        events: AsyncIterator[AdapterEvent],
-        guard: EventGuard,
-    ) -> AsyncIterator[RelayEvent]:
-        status = metering_pb2.GENERATION_STATUS_CANCELLED
+        self, generation: Generation, opening: Started, leg: Leg
+    ) -> AsyncGenerator[RelayEvent, None]:
+        """Relay the winner's events (the hot path: one pass of the loop per delta), then
+        make the usage event durable before the final event; meter a generation cut short."""
+        assert leg.first is not None  # a winner has its first event
+        events, guard = leg.events, leg.guard
+        status = CANCELLED
         done = False
         if self._inflight is not None:  # no round trip: written in the background
             self._inflight.track(generation)
         try:
             yield opening  # within the try: a client gone by now still gets it metered
-            event: AdapterEvent | None = first
+            event: AdapterEvent | None = leg.first
             hide_reasoning = generation.hides_reasoning
             while event is not None:
                 if type(event) is TextDelta:
@@ -322,58 +338,77 @@ class Relay:
                         )
                     else:
                         generation.usage = checked_usage(event, generation)
-                elif type(event) is PromptUsage:
-                    if plausible_prompt(event):  # else the prompt is estimated
-                        generation.prompt = event
-                elif type(event) is FinishEvent:
-                    generation.finishes[event.choice] = clean_finish(guard.finish(event))
-                elif type(event) is ProviderMetadata:
-                    generation.metadata = merged_metadata(generation.metadata, event.data)
+                else:  # once or twice a stream: the prompt's counts, a finish, metadata
+                    _note(generation, event, guard)
                 try:
                     event = await anext(events, None)
                 except UpstreamError:
                     raise
                 except Exception as crash:  # an adapter's bug: the provider's fault, said so
                     raise guard.failure(crash) from crash
-            finishes = generation.finishes
-            finish = finishes.get(0) or FinishEvent(Finish.STOP, "")
-            usage = generation.final_usage()
-            cost = generation.cost(usage)
-            status = metering_pb2.GENERATION_STATUS_COMPLETED
-            # Shielded: a cancel arriving now must not leave the event half-written (nor its
-            # cost uncharged: the task charges it once the event is written).
-            event_out = generation.to_event(status, usage, cost, finish)
-            await asyncio.shield(
-                self._billing.spawn(self._billing.completed(generation, event_out, cost))
-            )
+            status = COMPLETED  # from here a cut is no cut: the event is being written
+            completed = await self._complete(generation)
             done = True
-            count(generation, status, usage)
-            if self._observer is not None:
-                self._observer.finished(
-                    generation.route,
-                    usage.completion_tokens,
-                    time.monotonic() - generation.first_event_at,
-                )
-            yield Completed(
-                finish,
-                usage,
-                cost,
-                {choice: reasoning_blocks(pieces) for choice, pieces in generation.signed.items()},
-                generation.metadata,
-                finishes if (generation.request.n or 1) > 1 else {},
-            )
+            yield completed
         except UpstreamError as error:
-            status = metering_pb2.GENERATION_STATUS_FAILED
+            status = FAILED
             self._failed(generation.route, error, started=True)
             raise
         finally:
-            if not done and status != metering_pb2.GENERATION_STATUS_COMPLETED:
-                self._billing.cut_short(generation, status)
-            if not done:  # close the upstream now rather than when the generator is collected
-                close = getattr(events, "aclose", None)
-                if close is not None:
-                    await close()
+            if not done:
+                await self._cut(generation, status, events)
+
+    async def _cut(
+        self, generation: Generation, status: Status, events: AsyncIterator[AdapterEvent]
+    ) -> None:
+        """A generation that did not reach its final event: metered as cut short (unless its
+        completed event is already being written), its upstream closed now rather than when
+        the stream is collected."""
+        if status != COMPLETED:
+            self._billing.cut_short(generation, status)
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            await close()
+
+    async def _complete(self, generation: Generation) -> Completed:
+        """The generation's final event, once its usage event is durable."""
+        finishes = generation.finishes
+        finish = finishes.get(0) or FinishEvent(Finish.STOP, "")
+        usage = generation.final_usage()
+        cost = generation.cost(usage)
+        # Shielded: a cancel arriving now must not leave the event half-written (nor its
+        # cost uncharged: the task charges it once the event is written).
+        event = usage_event(generation, COMPLETED, usage, cost, finish)
+        await asyncio.shield(self._billing.spawn(self._billing.completed(generation, event, cost)))
+        count(generation, COMPLETED, usage)
+        if self._observer is not None:
+            self._observer.finished(
+                generation.route,
+                usage.completion_tokens,
+                time.monotonic() - generation.first_event_at,
+            )
+        return Completed(
+            finish,
+            usage,
+            cost,
+            {choice: reasoning_blocks(pieces) for choice, pieces in generation.signed.items()},
+            generation.metadata,
+            finishes if (generation.request.n or 1) > 1 else {},
+        )
 
     async def drain(self) -> None:
         """Wait for the usage writes and settles in flight (:meth:`.billing.Billing.drain`)."""
         await self._billing.drain()
+
+
+def _note(generation: Generation, event: AdapterEvent, guard: EventGuard) -> None:
+    """Keep what an event that is no output says (the relay's loop takes deltas and usage
+    counts inline: they come with every chunk): the prompt's exact counts, a choice's finish,
+    the provider's metadata."""
+    if type(event) is PromptUsage:
+        if plausible_prompt(event):  # else the prompt is estimated
+            generation.prompt = event
+    elif type(event) is FinishEvent:
+        generation.finishes[event.choice] = clean_finish(guard.finish(event))
+    elif type(event) is ProviderMetadata:
+        generation.metadata = merged_metadata(generation.metadata, event.data)

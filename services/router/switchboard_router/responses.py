@@ -20,9 +20,9 @@ from switchboard_router.canonical import (
     ToolCallDelta,
     TopLogprob,
 )
-from switchboard_router.generation import timestamp, usage_message
 from switchboard_router.provider_metadata import metadata_struct
 from switchboard_router.relay import Completed, RelayEvent, Started
+from switchboard_router.usage_sink import finish_reason, timestamp, usage_message
 
 Response = router_pb2.StreamCompletionResponse
 Delta = router_pb2.CompletionDelta
@@ -77,7 +77,7 @@ def _start(event: Started) -> router_pb2.CompletionStart:
 
 def _end(event: Completed) -> router_pb2.CompletionEnd:
     end = router_pb2.CompletionEnd(
-        finish_reason=int(event.finish.reason),  # type: ignore[arg-type]
+        finish_reason=finish_reason(event.finish.reason),
         usage=usage_message(event.usage),
         cost_usd=format_usd(event.cost),
         native_finish_reason=event.finish.native_reason,
@@ -85,7 +85,7 @@ def _end(event: Completed) -> router_pb2.CompletionEnd:
         choices=[
             router_pb2.ChoiceEnd(
                 index=index,
-                finish_reason=int(finish.reason),  # type: ignore[arg-type]
+                finish_reason=finish_reason(finish.reason),
                 native_finish_reason=finish.native_reason,
                 reasoning_details=detail_messages(event.reasoning.get(index, ())),
             )
@@ -186,7 +186,7 @@ class WholeCompletion:
         reply.refusal_logprobs.extend(logprob_messages(first.refusal_logprobs))
         if end is None:
             return reply
-        reply.finish_reason = int(end.finish.reason)  # type: ignore[assignment]
+        reply.finish_reason = finish_reason(end.finish.reason)
         reply.native_finish_reason = end.finish.native_reason
         reply.usage.CopyFrom(usage_message(end.usage))
         reply.cost_usd = format_usd(end.cost)
@@ -211,7 +211,7 @@ class WholeCompletion:
             reasoning="".join(got.reasoning),
             refusal="".join(got.refusal),
             tool_calls=[got.calls[i] for i in sorted(got.calls)],
-            finish_reason=int(finish.reason),  # type: ignore[arg-type]
+            finish_reason=finish_reason(finish.reason),
             native_finish_reason=finish.native_reason,
             reasoning_details=detail_messages(reasoning.get(index, ())),
             logprobs=logprob_messages(got.logprobs),

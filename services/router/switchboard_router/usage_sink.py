@@ -18,28 +18,45 @@ so the generation is recorded (as FAILED) when this router is swept.
 When tracing is on, publishing is a PRODUCER span (``usage publish``, a child of the
 completion's) whose traceparent the event carries (``UsageEvent.trace_parent``): metering's
 ledger write becomes its child.
+
+**The wire format lives here too**, in one room: :func:`usage_event` builds the
+``UsageEvent`` metering folds into the ledger from a :class:`~.generation.Generation`, with the
+typed converters the public API's messages share (:func:`usage_message`, :func:`timestamp`,
+:func:`finish_reason`) and the status names metrics use (:data:`STATUS_NAMES`). The canonical
+enums become proto enums through tables built once at import (a missing name fails then, not
+on a request), so no cast is left unchecked.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import TYPE_CHECKING, TypeAlias
 
 import grpc
 import redis.asyncio as redis
+from google.protobuf import timestamp_pb2
 from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
 
+from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard_core import tracing
 from switchboard_core.errors import Unavailable
 from switchboard_core.liveness import generation_field
+from switchboard_core.money import format_usd
+from switchboard_core.pricing import USAGE_COUNTS
 from switchboard_core.redis_client import RedisDeadline
 from switchboard_core.usage_outbox import EVENT_FIELD
+from switchboard_router.canonical import Finish, FinishEvent, UsageReport
 from switchboard_router.metrics import USAGE_SINK_FALLBACKS
+from switchboard_router.usage_estimate import image_count
 
 if TYPE_CHECKING:
+    from switchboard_router.generation import Generation
     from switchboard_router.inflight import InFlight
     from switchboard_router.spool import Spool
 
@@ -47,6 +64,85 @@ log = logging.getLogger(__name__)
 
 SPOOL_KIND = "usage"
 DEFAULT_FALLBACK_SECONDS = 0.5
+
+# --- the wire format -------------------------------------------------------------------------
+
+Status: TypeAlias = metering_pb2.GenerationStatus.ValueType
+COMPLETED: Status = metering_pb2.GENERATION_STATUS_COMPLETED
+CANCELLED: Status = metering_pb2.GENERATION_STATUS_CANCELLED
+FAILED: Status = metering_pb2.GENERATION_STATUS_FAILED
+
+# A generation's status as metrics label it.
+STATUS_NAMES: Mapping[Status, str] = {
+    COMPLETED: "completed",
+    CANCELLED: "cancelled",
+    FAILED: "failed",
+}
+
+# The canonical finish reasons as the proto's, by name: ``Finish.STOP`` is
+# ``FINISH_REASON_STOP`` (a canonical reason the proto lacks fails at import).
+_FINISH_REASONS: Mapping[Finish, common_pb2.FinishReason.ValueType] = {
+    reason: common_pb2.FinishReason.Value(f"FINISH_REASON_{reason.name}") for reason in Finish
+}
+
+
+def finish_reason(reason: Finish) -> common_pb2.FinishReason.ValueType:
+    """``reason`` as the proto's ``FinishReason``."""
+    return _FINISH_REASONS[reason]
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    """A wall-clock time in Unix seconds as a ``Timestamp`` (to the nanosecond)."""
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def usage_message(usage: UsageReport, images: int = 0) -> common_pb2.Usage:
+    """``usage`` as the ledger keeps it, with the request's ``images``."""
+    return common_pb2.Usage(
+        **{name: getattr(usage, name) for name in USAGE_COUNTS},
+        estimated=usage.estimated,
+        input_images=images,
+    )
+
+
+def usage_event(
+    generation: Generation,
+    status: Status,
+    usage: UsageReport,
+    cost: Decimal,
+    finish: FinishEvent,
+) -> metering_pb2.UsageEvent:
+    """The ledger event of ``generation``, ended with ``status`` and ``finish``, having used
+    ``usage`` at ``cost``; its latency runs to now."""
+    now = time.monotonic()
+    route = generation.route
+    first = generation.first_event_at
+    return metering_pb2.UsageEvent(
+        generation_id=generation.id,
+        attempt=generation.attempt,
+        key_id=generation.caller.key_id,
+        account_id=generation.caller.account_id,
+        model_id=route.model_id,
+        provider_id=route.provider_id,
+        endpoint_id=route.endpoint_id,
+        upstream_model=route.upstream_model,
+        usage=usage_message(usage, image_count(generation.request)),
+        cost_usd=format_usd(cost),
+        finish_reason=_FINISH_REASONS[finish.reason],
+        native_finish_reason=finish.native_reason,
+        status=status,
+        create_time=timestamp(generation.create_time),
+        latency_ms=int((now - generation.started) * 1000),
+        time_to_first_token_ms=int((first - generation.started) * 1000) if first else 0,
+        streamed=generation.streamed,
+        price_version=route.price_version,
+        trace_parent=generation.trace_parent,
+    )
+
+
+# --- the sink --------------------------------------------------------------------------------
 
 
 def _envelope(router_id: str, field: str, payload: bytes) -> bytes:

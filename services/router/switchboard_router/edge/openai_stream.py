@@ -28,9 +28,9 @@ from switchboard_router.edge.openai_response import (
     reasoning_details,
     usage_json,
 )
-from switchboard_router.generation import usage_message
 from switchboard_router.relay import Completed, RelayEvent, Started
 from switchboard_router.responses import detail_messages, logprob_messages
+from switchboard_router.usage_sink import usage_message
 
 JsonObject = dict[str, Any]
 
