@@ -69,7 +69,12 @@ def redis_prefix() -> str:
 async def redis_client(redis_url: str, redis_prefix: str) -> AsyncIterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
-    keys = [key async for key in client.scan_iter(match=redis_prefix + "*")]
+    # Hash-tagged keys (Redis Cluster slots: switchboard_core.budget) start with "{".
+    keys = [
+        key
+        for pattern in (redis_prefix + "*", "{" + redis_prefix + "*")
+        async for key in client.scan_iter(match=pattern)
+    ]
     if keys:
         await client.delete(*keys)
     await client.aclose()

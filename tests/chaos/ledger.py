@@ -80,13 +80,15 @@ async def check(
 
 
 async def held_reservations(client: redis.Redis, budget_prefix: str, key_id: str) -> int:
-    """How many reservations of ``key_id`` Redis still holds."""
+    """How many reservations of ``key_id`` Redis still holds (each account's ``res`` hash:
+    switchboard_core.budget)."""
     held = 0
-    async for name in client.scan_iter(match=f"{budget_prefix}res:*", count=1000):
-        record = await client.get(name)
-        text = record.decode() if isinstance(record, bytes) else str(record or "")
-        if text.split(" ", 1)[0] == key_id:
-            held += 1
+    match = "{" + f"{budget_prefix}acct:*}}:res"
+    async for name in client.scan_iter(match=match, count=1000):
+        for record in (await client.hgetall(name)).values():
+            text = record.decode() if isinstance(record, bytes) else str(record)
+            if text.split(" ", 1)[0] == key_id:
+                held += 1
     return held
 
 

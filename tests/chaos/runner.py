@@ -302,7 +302,11 @@ class _Scenario:
 async def cleanup_redis(redis_url: str, prefix: str) -> None:
     client = redis.Redis.from_url(redis_url)
     try:
-        names = [name async for name in client.scan_iter(match=prefix + "*", count=1000)]
+        names = [  # hash-tagged keys (Redis Cluster slots) start with "{"
+            name
+            for pattern in (prefix + "*", "{" + prefix + "*")
+            async for name in client.scan_iter(match=pattern, count=1000)
+        ]
         for start in range(0, len(names), 500):
             with contextlib.suppress(redis.RedisError):
                 await client.delete(*names[start : start + 500])

@@ -21,7 +21,7 @@ from grpc_status import rpc_status
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
-from switchboard_core.budget import from_pico
+from switchboard_core.budget import BudgetStore
 from tests.e2e.support import Told, auth, ledger_rows, limited_key, settled
 from tests.faults.links import redis_proxy, through
 from tests.faults.proxy import FaultProxy
@@ -109,8 +109,10 @@ def retry_delay(error: grpc.aio.AioRpcError) -> tuple[str, float]:
     return reason, delay
 
 
-async def reserved(client: redis.Redis, prefix: str, key_id: str) -> Decimal:
-    return from_pico(await client.hget(f"{prefix}key:{key_id}", "reserved"))
+async def reserved(client: redis.Redis, prefix: str, key: metering_pb2.ApiKey) -> Decimal:
+    """What ``key`` holds reserved (switchboard_core.budget's layout)."""
+    spend = await BudgetStore(client, prefix).key_spend(key.id, key.account_id)
+    return spend.reserved
 
 
 async def test_a_silent_redis_partition_of_the_router(
@@ -137,7 +139,7 @@ async def test_a_silent_redis_partition_of_the_router(
         for seen in streams[key.api_key.id]
     ]
     await asyncio.gather(*(s.started.wait() for ss in streams.values() for s in ss))
-    assert await reserved(redis_client, budget_prefix, limited.api_key.id) > 0
+    assert await reserved(redis_client, budget_prefix, limited.api_key) > 0
     redis_link.set("blackhole")
     try:
         # A limited key cannot be checked: refused at once, with a retry delay.
@@ -158,13 +160,13 @@ async def test_a_silent_redis_partition_of_the_router(
         late = max(s.ended - s.last_token for ss in streams.values() for s in ss)
         print(f"slowest end after its last token during the partition: {late:.3f} s")
         # The settles could not reach Redis: still reserved while it is silent.
-        assert await reserved(redis_client, budget_prefix, limited.api_key.id) > 0
+        assert await reserved(redis_client, budget_prefix, limited.api_key) > 0
     finally:
         redis_link.set("pass")
 
     # The spooled settles are applied within seconds, not after the reservations' 660 s.
     cleared = time.monotonic()
-    while await reserved(redis_client, budget_prefix, limited.api_key.id) > 0:
+    while await reserved(redis_client, budget_prefix, limited.api_key) > 0:
         assert time.monotonic() - cleared < 10, "reservations still held"
         await asyncio.sleep(0.2)
     print(f"reservations released {time.monotonic() - cleared:.2f} s after the link came back")

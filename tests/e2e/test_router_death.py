@@ -113,7 +113,9 @@ async def test_kill_9_router_mid_stream_releases_the_reservation_and_records_the
     assert cost > 0
     client = create_redis(redis_url)
     try:  # the reservation was settled to the cut generation's cost, once
-        spend = await BudgetStore(client, budget_prefix).key_spend(key.api_key.id)
+        spend = await BudgetStore(client, budget_prefix).key_spend(
+            key.api_key.id, key.api_key.account_id
+        )
     finally:
         await client.aclose()
     assert (spend.reserved, spend.total) == (Decimal(0), cost)

@@ -110,7 +110,7 @@ async def test_postgres_crash_and_redis_kill_lose_and_double_nothing(
     ledger_spend = sum((cost for _, _, cost in told_limited.values()), Decimal(0))
     try:
         for _ in range(300):
-            spend = await store.key_spend(limited.api_key.id)
+            spend = await store.key_spend(limited.api_key.id, limited.api_key.account_id)
             if spend.reserved == 0 and spend.total == ledger_spend:
                 break
             await asyncio.sleep(0.1)

@@ -186,12 +186,12 @@ class Harness:
     async def spend(self) -> KeySpend:
         """The key's spend once its reservation is settled (in the background)."""
         await self.relay.drain()
-        spend = await self.store.key_spend(self.caller.key_id)
+        spend = await self.store.key_spend(self.caller.key_id, self.caller.account_id)
         for _ in range(100):
             if spend.reserved == 0:
                 break
             await asyncio.sleep(0.02)
-            spend = await self.store.key_spend(self.caller.key_id)
+            spend = await self.store.key_spend(self.caller.key_id, self.caller.account_id)
         return spend
 
 

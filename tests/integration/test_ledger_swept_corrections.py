@@ -40,6 +40,7 @@ from switchboard_router.canonical import CompletionRequest, Finish, FinishEvent,
 from switchboard_router.generation import Generation, Hold, cost_of, new_generation_id
 from switchboard_router.inflight import InFlight, progress, template
 from switchboard_router.usage_sink import UsageSink
+from switchboard_router.usage_sink import usage_event as router_event
 from tests.integration.test_metering_app import (
     eventually,
     new_key_id,
@@ -300,7 +301,7 @@ async def test_a_swept_live_routers_own_event_is_what_the_ledger_keeps(
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     prefix, stream = f"{redis_prefix}swept:{tag}:", f"{redis_prefix}usage:{tag}"
-    liveness, store = Liveness(redis_client, prefix), BudgetStore(redis_client, prefix)
+    liveness, store = Liveness(redis_client, prefix, stream), BudgetStore(redis_client, prefix)
     router_id, key = new_router_id(), new_key_id()
     limits = Limits(total=Decimal(1))
     reservation = await store.reserve(
@@ -341,7 +342,8 @@ async def test_a_swept_live_routers_own_event_is_what_the_ledger_keeps(
     # The router was only cut off: the stream goes on and completes; the client is told this.
     streaming.text_chars = 400
     usage = streaming.final_usage()
-    done = streaming.to_event(
+    done = router_event(
+        streaming,
         metering_pb2.GENERATION_STATUS_COMPLETED,
         usage,
         cost_of(ROUTE, usage),

@@ -52,7 +52,7 @@ async def test_limits_credit_and_balance(metering: Metering, redis_client: redis
     )
     assert (limited.api_key.limits.total_usd, limited.api_key.limits.daily_usd) == ("1.5", "0.5")
     budgets = store(metering, redis_client)
-    spend = await budgets.key_spend(key.id)
+    spend = await budgets.key_spend(key.id, key.account_id)
     assert spend.total == Decimal("0.40")  # loaded from the ledger when the limit was set
 
     granted = await metering.stub.AddCredits(
@@ -75,13 +75,15 @@ async def test_limits_credit_and_balance(metering: Metering, redis_client: redis
     await budgets.settle(held, Decimal(0))
 
     # Redis lost everything: a restarted metering rebuilds the counters from Postgres.
-    keys = [k async for k in redis_client.scan_iter(match=metering.config.budget_prefix + "*")]
+    prefix = metering.config.budget_prefix
+    keys = [k async for k in redis_client.scan_iter(match=prefix + "*")]
+    keys += [k async for k in redis_client.scan_iter(match="{" + prefix + "*")]
     await redis_client.delete(*keys)
     async with running_metering(
         metering.config.database_url, metering.config.redis_url, metering.config.outbox
     ) as restarted:
         rebuilt = store(restarted, redis_client)
-        assert (await rebuilt.key_spend(key.id)).total == Decimal("0.40")
+        assert (await rebuilt.key_spend(key.id, key.account_id)).total == Decimal("0.40")
         assert (await rebuilt.account_balance("prepaid-co")).credit == Decimal(2)
 
 
@@ -139,7 +141,7 @@ async def test_changing_limits_or_adding_credit_keeps_spend_the_ledger_has_not_s
         metering_pb2.AddCreditsRequest(account_id="ahead-co", amount_usd="0.25")
     )
 
-    assert (await budgets.key_spend(key.id)).total == Decimal("0.30")
+    assert (await budgets.key_spend(key.id, key.account_id)).total == Decimal("0.30")
     account = await budgets.account_balance("ahead-co")
     assert (account.credit, account.spent) == (Decimal("1.25"), Decimal("0.30"))
     assert granted.balance.credit_usd == "1.25"
@@ -154,7 +156,7 @@ async def test_changing_limits_or_adding_credit_keeps_spend_the_ledger_has_not_s
             key_id=key.id, limits=metering_pb2.SpendLimits(total_usd="3")
         )
     )
-    assert (await budgets.key_spend(key.id)).total == Decimal("0.70")
+    assert (await budgets.key_spend(key.id, key.account_id)).total == Decimal("0.70")
 
 
 async def test_resync_raises_counters_behind_the_ledger_and_never_lowers_them(
@@ -177,13 +179,13 @@ async def test_resync_raises_counters_behind_the_ledger_and_never_lowers_them(
     await metering.router.RecordUsage(
         metering_pb2.RecordUsageRequest(events=[usage_event(key.id, cost="0.70")])
     )
-    assert (await budgets.key_spend(key.id)).total == Decimal(0)
+    assert (await budgets.key_spend(key.id, key.account_id)).total == Decimal(0)
     pool = await asyncpg.create_pool(metering.config.database_url)
     assert pool is not None
     resync = Budgets(pool, KeyStore(pool), budgets)
     try:
         raised = await resync.resync()
-        spend = await budgets.key_spend(key.id)
+        spend = await budgets.key_spend(key.id, key.account_id)
         assert (spend.total, spend.today, spend.this_month) == (Decimal("0.70"),) * 3
         assert (await budgets.account_balance("resync-co")).spent == Decimal("0.70")
         assert raised >= 4  # three windows of the key and the account's spend
@@ -194,11 +196,11 @@ async def test_resync_raises_counters_behind_the_ledger_and_never_lowers_them(
         )
         await budgets.settle(held, Decimal("0.25"))
         await resync.resync()
-        assert (await budgets.key_spend(key.id)).total == Decimal("0.95")
+        assert (await budgets.key_spend(key.id, key.account_id)).total == Decimal("0.95")
         assert (await budgets.account_balance("resync-co")).spent == Decimal("0.95")
 
         # A grant committed in Postgres whose Redis increment was lost comes back too.
-        account_hash = f"{metering.config.budget_prefix}acct:resync-co"
+        account_hash = budgets.account_key("resync-co")
         await redis_client.hset(account_hash, "credit", "1")
         assert await resync.resync() == 1
         assert (await budgets.account_balance("resync-co")).credit == Decimal(3)

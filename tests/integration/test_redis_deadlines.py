@@ -26,7 +26,7 @@ from switchboard_core.budget import BudgetStore, Limits
 from switchboard_core.errors import Unavailable
 from switchboard_core.liveness import Liveness, generation_field
 from switchboard_core.redis_client import RedisDeadline, RedisKnownDown, create_redis
-from switchboard_core.usage_outbox import EVENT_FIELD
+from switchboard_core.usage_outbox import EVENT_FIELD, colocated
 from switchboard_router.admission import Admission
 from switchboard_router.auth import Caller
 from switchboard_router.inflight import InFlight
@@ -242,14 +242,15 @@ async def test_with_redis_and_metering_silent_usage_is_spooled_then_delivered_on
     tmp_path: Path,
 ) -> None:
     stream = prefix + "usage"
-    inflight = InFlight(Liveness(proxied, prefix), "router-a", 2.0, 10.0)
+    inflight = InFlight(Liveness(proxied, prefix, stream), "router-a", 2.0, 10.0)
+    records = colocated(stream, ":gen:router-a")
     spool = await Spool.open(tmp_path)
     deadline = RedisDeadline(DEADLINE)
     sink = UsageSink(
         proxied, stream, channel, inflight, deadline=deadline, fallback_seconds=0.5, spool=spool
     )
     field = generation_field("gen-spooled", 1)
-    await redis_client.hset(f"{prefix}gen:router-a", field, b"- template")  # its records
+    await redis_client.hset(records, field, b"- template")  # its records
     await channel.channel_ready()
     proxy.set("blackhole")
     metering[1].set("blackhole")
@@ -258,7 +259,7 @@ async def test_with_redis_and_metering_silent_usage_is_spooled_then_delivered_on
     await sink.publish(event("gen-spooled"))  # no USAGE_NOT_RECORDED: the spool took it
     assert time.monotonic() - started < 1.5
     assert await spool.depth() == 1
-    assert await redis_client.hexists(f"{prefix}gen:router-a", field)  # records kept
+    assert await redis_client.hexists(records, field)  # records kept
 
     replayer = Replayer(spool, {"usage": sink.deliver_spooled})
     assert await replayer.replay() == 0  # both still down: kept
@@ -269,7 +270,7 @@ async def test_with_redis_and_metering_silent_usage_is_spooled_then_delivered_on
     assert await replayer.replay() == 1
     assert await replayer.replay() == 0
     assert await outbox(redis_client, stream) == ["gen-spooled"]
-    assert not await redis_client.hexists(f"{prefix}gen:router-a", field)  # in the same MULTI
+    assert not await redis_client.hexists(records, field)  # in the same MULTI
     assert await spool.depth() == 0
     assert metering[0].events == []
     spool.close()
@@ -282,14 +283,15 @@ async def test_a_spool_left_by_a_previous_process_is_replayed(
     first = await Spool.open(tmp_path)  # what a router killed meanwhile left
     await first.put("usage", b"router-old gen-left:1\n" + event("gen-left").SerializeToString())
     first.close()
-    await redis_client.hset(f"{prefix}gen:router-old", "gen-left:1", b"- template")
+    records = colocated(stream, ":gen:router-old")
+    await redis_client.hset(records, "gen-left:1", b"- template")
 
     again = await Spool.open(tmp_path)
-    inflight = InFlight(Liveness(redis_client, prefix), "router-new", 2.0, 10.0)
+    inflight = InFlight(Liveness(redis_client, prefix, stream), "router-new", 2.0, 10.0)
     sink = UsageSink(redis_client, stream, channel, inflight, spool=again)
     assert await Replayer(again, {"usage": sink.deliver_spooled}).replay() == 1
     assert await outbox(redis_client, stream) == ["gen-left"]
-    assert not await redis_client.hexists(f"{prefix}gen:router-old", "gen-left:1")
+    assert not await redis_client.hexists(records, "gen-left:1")
     again.close()
 
 
@@ -308,7 +310,9 @@ async def test_a_settle_that_cannot_reach_redis_is_spooled_and_counts_once(
     spool = await Spool.open(tmp_path)
     direct = BudgetStore(redis_client, prefix)
     now = datetime.now(UTC)
-    await direct.load_key(LIMITED.key_id, Decimal(0), Decimal(0), Decimal(0), now)
+    await direct.load_key(
+        LIMITED.key_id, LIMITED.account_id, Decimal(0), Decimal(0), Decimal(0), now
+    )
     admission = Admission(
         BudgetStore(proxied, prefix),
         4096,
@@ -326,28 +330,31 @@ async def test_a_settle_that_cannot_reach_redis_is_spooled_and_counts_once(
     await admission.settle(reservation, cost)
     assert time.monotonic() - started < 2 * DEADLINE
     assert await spool.depth() == 1
-    assert (await direct.key_spend(LIMITED.key_id)).reserved == reservation.amount  # held
+    assert (
+        await direct.key_spend(LIMITED.key_id, LIMITED.account_id)
+    ).reserved == reservation.amount  # held
 
     if resynced:  # meanwhile metering's resync raised the key to a ledger holding the cost
-        await direct.raise_key(LIMITED.key_id, cost, cost, cost, now)
+        await direct.raise_key(LIMITED.key_id, LIMITED.account_id, cost, cost, cost, now)
 
     proxy.set("pass")
     await asyncio.sleep(1.0)  # the memo lapses
     replayer = Replayer(spool, {"settle": admission.deliver_spooled})
     assert await replayer.replay() == 1
-    spend = await direct.key_spend(LIMITED.key_id)
+    spend = await direct.key_spend(LIMITED.key_id, LIMITED.account_id)
     assert spend.reserved == 0  # released
     assert spend.total == cost  # counted once: by the settle, or by the resync alone
     account = await direct.account_balance(LIMITED.account_id)
     # The account was never raised: the settle counts its cost.
     assert (account.spent, account.reserved) == (cost, Decimal(0))
-    assert not await redis_client.sismember(f"{prefix}held:router-a", reservation.id)
+    account_key = direct.account_key(LIMITED.account_id)
+    assert not await redis_client.hexists(f"{account_key}:res", reservation.id)  # not held
 
     # Replayed again (a crash before the entry was deleted), even after the 10-minute marker
     # is gone: nothing changes.
-    await redis_client.delete(f"{prefix}settled:{reservation.id}")
+    await redis_client.delete(f"{account_key}:settled:{reservation.id}")
     assert await direct.settle(reservation, cost, late=True) is False
-    assert await direct.key_spend(LIMITED.key_id) == spend
+    assert await direct.key_spend(LIMITED.key_id, LIMITED.account_id) == spend
     assert await direct.account_balance(LIMITED.account_id) == account
     spool.close()
 

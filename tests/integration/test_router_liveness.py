@@ -32,13 +32,13 @@ from switchboard_core.liveness import (
     new_router_id,
 )
 from switchboard_core.money import ZERO, format_usd
-from switchboard_core.usage_outbox import EVENT_FIELD
+from switchboard_core.usage_outbox import EVENT_FIELD, colocated
 from switchboard_metering.sweeper import Sweeper
 from switchboard_router.auth import Caller
 from switchboard_router.canonical import CompletionRequest, Finish, FinishEvent, Message, Role
 from switchboard_router.generation import Generation, Hold, cost_of, new_generation_id
 from switchboard_router.inflight import InFlight, progress, template
-from switchboard_router.usage_sink import UsageSink
+from switchboard_router.usage_sink import UsageSink, usage_event
 from tests.integration.test_metering_app import eventually, running_metering, test_settings
 from tests.unit.test_router_inflight import ROUTE
 
@@ -63,7 +63,7 @@ class Deployment:
 
     @property
     def liveness(self) -> Liveness:
-        return Liveness(self.client, self.prefix)
+        return Liveness(self.client, self.prefix, self.stream)
 
     def sweeper(self, heartbeat_ttl: float = TTL) -> Sweeper:
         return Sweeper(
@@ -149,7 +149,7 @@ async def test_a_dead_routers_generation_is_recorded_once_and_its_reservation_se
     await beat(deployment, router_id, streaming, new=True)
     streaming.text_chars = 400  # streamed since: about 100 completion tokens
     await beat(deployment, router_id, streaming, new=False)
-    assert (await deployment.store.key_spend(key)).reserved == Decimal("0.002")
+    assert (await deployment.store.key_spend(key, "acct-live")).reserved == Decimal("0.002")
 
     await until_dead(deployment, router_id)  # killed: no more heartbeats
     swept = await deployment.sweeper().sweep()
@@ -158,7 +158,7 @@ async def test_a_dead_routers_generation_is_recorded_once_and_its_reservation_se
     cost = cost_of(ROUTE, usage)
     assert usage.completion_tokens == 100 and cost > 0
     assert swept == [Swept(router_id, generations=1, reservations=1)]
-    spend = await deployment.store.key_spend(key)
+    spend = await deployment.store.key_spend(key, "acct-live")
     assert (spend.reserved, spend.total) == (ZERO, from_pico(to_pico(cost)))
     [event] = await deployment.events()
     assert (event.generation_id, event.key_id, event.model_id) == (streaming.id, key, "demo/m")
@@ -171,9 +171,9 @@ async def test_a_dead_routers_generation_is_recorded_once_and_its_reservation_se
     # A second sweep, another replica's sweeper, and the router's own late settle (it was only
     # paused) change nothing.
     assert await deployment.sweeper().sweep() == []
-    assert await deployment.liveness.sweep(router_id, deployment.stream, EVENT_FIELD) is None
+    assert await deployment.liveness.sweep(router_id, deployment.store) is None
     await deployment.store.settle(reservation, cost)
-    assert await deployment.store.key_spend(key) == spend
+    assert await deployment.store.key_spend(key, "acct-live") == spend
     assert len(await deployment.events()) == 1
     assert router_id not in await deployment.liveness.dead()
 
@@ -206,7 +206,7 @@ async def test_two_sweepers_at_once_settle_and_record_once(deployment: Deploymen
 
     assert sorted(len(r) for r in results) == [0, 0, 0, 1]
     assert len(await deployment.events()) == 1
-    spend = await deployment.store.key_spend(key)
+    spend = await deployment.store.key_spend(key, "acct-live")
     cost = cost_of(ROUTE, streaming.final_usage())
     assert (spend.reserved, spend.total) == (ZERO, from_pico(to_pico(cost)))
 
@@ -220,7 +220,7 @@ async def test_a_reservation_without_a_generation_is_released_to_zero(
     await until_dead(deployment, router_id)
 
     assert await deployment.sweeper().sweep() == [Swept(router_id, 0, 1)]
-    spend = await deployment.store.key_spend(key)
+    spend = await deployment.store.key_spend(key, "acct-live")
     assert (spend.reserved, spend.total) == (ZERO, ZERO)
     assert await deployment.events() == []
 
@@ -233,14 +233,14 @@ async def test_a_live_router_is_never_swept(deployment: Deployment) -> None:
         await beat(deployment, router_id, streaming, new=True)
         assert await deployment.sweeper().sweep() == []
         await asyncio.sleep(TTL / 3)
-    assert (await deployment.store.key_spend(key)).reserved == Decimal("0.002")
+    assert (await deployment.store.key_spend(key, "acct-live")).reserved == Decimal("0.002")
     assert await deployment.events() == []
 
     # Found dead, but beating again before the sweep ran: the script leaves it alone.
     await until_dead(deployment, router_id)
     await beat(deployment, router_id, streaming, new=False)
-    assert await deployment.liveness.sweep(router_id, deployment.stream, EVENT_FIELD) is None
-    assert (await deployment.store.key_spend(key)).reserved == Decimal("0.002")
+    assert await deployment.liveness.sweep(router_id, deployment.store) is None
+    assert (await deployment.store.key_spend(key, "acct-live")).reserved == Decimal("0.002")
 
 
 async def test_nothing_is_swept_until_redis_has_been_up_for_a_heartbeat_ttl(
@@ -262,7 +262,7 @@ async def test_the_router_registers_in_the_background_and_publishing_removes_the
     inflight = InFlight(deployment.liveness, router_id, interval_seconds=0.1, ttl_seconds=TTL)
     channel = grpc.aio.insecure_channel("127.0.0.1:9")  # metering: never reached here
     sink = UsageSink(deployment.client, deployment.stream, channel, inflight)
-    records = f"{deployment.prefix}gen:{router_id}"
+    records = colocated(deployment.stream, f":gen:{router_id}")
     inflight.start()
     try:
         reservation = await reserve(deployment, key, router_id)
@@ -274,7 +274,8 @@ async def test_the_router_registers_in_the_background_and_publishing_removes_the
 
         await eventually(registered, timeout=2)
         usage = streaming.final_usage()
-        done = streaming.to_event(
+        done = usage_event(
+            streaming,
             metering_pb2.GENERATION_STATUS_COMPLETED,
             usage,
             cost_of(ROUTE, usage),
@@ -291,7 +292,9 @@ async def test_the_router_registers_in_the_background_and_publishing_removes_the
         await channel.close(None)
     # Drained and holding nothing: it left for good, there is nothing to sweep.
     assert await deployment.liveness.dead() == []
-    assert not await deployment.client.sismember(f"{deployment.prefix}routers", router_id)
+    assert not await deployment.client.sismember(
+        colocated(deployment.stream, ":routers"), router_id
+    )
 
 
 def test_a_killed_routers_reservations_return_within_fifteen_seconds_by_default() -> None:

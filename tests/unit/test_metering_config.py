@@ -137,3 +137,19 @@ def test_the_price_check_settings() -> None:
         "SWITCHBOARD_LEDGER_PRICE_LAG_SECONDS",
         "SWITCHBOARD_LEDGER_PRICE_SETTLE_SECONDS",
     ]
+
+
+def test_redis_cluster_mode_and_a_usage_stream_its_records_can_share_a_slot_with() -> None:
+    assert MeteringConfig.from_env(GOOD).redis_cluster is False
+    clustered = MeteringConfig.from_env(
+        {**GOOD, "SWITCHBOARD_REDIS_CLUSTER": "true", "SWITCHBOARD_USAGE_STREAM": "{sb}:usage"}
+    )
+    assert clustered.redis_cluster and clustered.outbox.stream == "{sb}:usage"
+    with pytest.raises(ConfigError) as caught:
+        MeteringConfig.from_env(
+            {**GOOD, "SWITCHBOARD_REDIS_CLUSTER": "maybe", "SWITCHBOARD_USAGE_STREAM": "a}b"}
+        )
+    assert [p.split(":")[0] for p in caught.value.problems] == [
+        "SWITCHBOARD_REDIS_CLUSTER",
+        "SWITCHBOARD_USAGE_STREAM",
+    ]

@@ -59,7 +59,10 @@ async def create_app(config: MeteringConfig) -> GrpcServer:
     partitions.start()
     # Reads wait longer than the outbox consumer's blocking XREADGROUP; connects 2 s at most.
     client: redis.Redis = create_redis(
-        config.redis_url, timeout=config.outbox.block_ms / 1000 + 2.0, connect_timeout=2.0
+        config.redis_url,
+        timeout=config.outbox.block_ms / 1000 + 2.0,
+        connect_timeout=2.0,
+        cluster=config.redis_cluster,
     )
     prices = CatalogPrices.open(config)  # usage costs are checked against the catalog's
     ledger = Ledger(pool, partitions, cost_check=prices.check if prices else None)

@@ -49,11 +49,11 @@ coalesce(sum(r.cost) FILTER (WHERE r.bucket_start >= date_trunc('month', {now}, 
 _KEY_SPEND = f"SELECT {_SPEND.format(now='$2')} FROM usage_rollups r WHERE r.key_id = $1"
 # Every key that has limits: the keys whose counters routers enforce.
 _LIMITED_KEYS_SPEND = f"""
-SELECT k.id, {_SPEND.format(now="$1")}
+SELECT k.id, k.account_id, {_SPEND.format(now="$1")}
 FROM api_keys k LEFT JOIN usage_rollups r ON r.key_id = k.id
 WHERE k.revoked_at IS NULL
   AND (k.limit_total IS NOT NULL OR k.limit_daily IS NOT NULL OR k.limit_monthly IS NOT NULL)
-GROUP BY k.id
+GROUP BY k.id, k.account_id
 """
 # An account ``a``'s credit (all its grants) and spend (all its keys').
 _CREDIT_AND_SPEND = """
@@ -75,7 +75,8 @@ RETURNING id
 _EARLIER_GRANT = "SELECT amount FROM credit_grants WHERE account_id = $1 AND request_id = $2"
 _CREDIT = "SELECT sum(amount) FROM credit_grants WHERE account_id = $1"
 MAX_REQUEST_ID_LENGTH = 128
-LOADED_MARKER = "loaded"
+# Named anew with the hash-tagged layout (switchboard_core.budget): an upgrade loads everything.
+LOADED_MARKER = "loaded:slots"
 RESYNC_INTERVAL_SECONDS = 60.0
 
 COUNTERS_RAISED = Counter(
@@ -101,10 +102,10 @@ class Budgets:
         assert row is not None
         return row["total"], row["today"], row["this_month"]
 
-    async def load_key(self, key_id: str, *, replace: bool = True) -> None:
+    async def load_key(self, key_id: str, account_id: str, *, replace: bool = True) -> None:
         now = datetime.now(UTC)
         total, today, month = await self.key_spend(key_id, now)
-        await self._store.load_key(key_id, total, today, month, now, replace=replace)
+        await self._store.load_key(key_id, account_id, total, today, month, now, replace=replace)
 
     async def load_account(self, account_id: str, *, replace: bool = True) -> None:
         row = await self._pool.fetchrow(_ACCOUNT, account_id)
@@ -118,7 +119,7 @@ class Budgets:
         accounts = await self._pool.fetch(_PREPAID)
         for key in keys:
             await self._store.load_key(
-                key["id"], key["total"], key["today"], key["this_month"], now
+                key["id"], key["account_id"], key["total"], key["today"], key["this_month"], now
             )
         for account in accounts:
             await self._store.load_account(account["id"], account["credit"], account["spent"])
@@ -142,7 +143,7 @@ class Budgets:
         raised = 0
         for row in await self._pool.fetch(_LIMITED_KEYS_SPEND, now):
             raised += await self._store.raise_key(
-                row["id"], row["total"], row["today"], row["this_month"], now
+                row["id"], row["account_id"], row["total"], row["today"], row["this_month"], now
             )
         for row in await self._pool.fetch(_PREPAID):
             raised += await self._store.raise_account(row["id"], row["credit"], row["spent"])
@@ -176,9 +177,9 @@ class Budgets:
         key = await self._keys.set_limits(key_id, limits, rate_limits)
         if key.HasField("limits"):
             # A key enforced already keeps its Redis counters: they are ahead of the ledger.
-            await self.load_key(key_id, replace=False)
+            await self.load_key(key_id, key.account_id, replace=False)
         else:
-            await self._store.unload_key(key_id)
+            await self._store.unload_key(key_id, key.account_id)
         return key
 
     async def add_credits(
@@ -224,7 +225,7 @@ class Budgets:
                     reason="CREDIT_REQUEST_ID_REUSED",
                 )
             return await self.account_balance(account_id), True
-        if await self._store.is_loaded(f"acct:{account_id}"):
+        if await self._store.account_loaded(account_id):
             # Counters ahead of the ledger stay; only the grant is added.
             await self._store.add_credit(account_id, amount, str(granted))
         else:
@@ -267,7 +268,7 @@ class Budgets:
             account_id = key.account_id
             now = datetime.now(UTC)
             total, today, month = await self.key_spend(key.id, now)
-            reserved = (await self._store.key_spend(key.id, now)).reserved
+            reserved = (await self._store.key_spend(key.id, account_id, now)).reserved
             reply.key.CopyFrom(
                 metering_pb2.KeySpend(
                     key_id=key.id,

@@ -14,7 +14,9 @@ from switchboard_core.config import (
     EnvReader,
     ServerConfig,
     read_database_url,
+    read_redis_cluster,
     read_redis_url,
+    read_usage_stream,
 )
 from switchboard_core.db import DatabaseTimeouts
 from switchboard_core.liveness import (
@@ -77,6 +79,8 @@ class MeteringConfig:
     # URLs may carry passwords: kept out of repr (and so out of logs).
     database_url: str = field(repr=False)
     redis_url: str = field(repr=False)
+    # REDIS_URL names a node of a Redis Cluster (SWITCHBOARD_REDIS_CLUSTER).
+    redis_cluster: bool = False
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     # Where spend counters and reservations live in Redis (shared with the routers).
     budget_prefix: str = DEFAULT_PREFIX
@@ -138,8 +142,9 @@ class MeteringConfig:
             "SWITCHBOARD_KEY_VERIFY_DB_SECONDS", DEFAULT_KEY_VERIFY_DB_SECONDS, min_value=0.05
         )
         redis_url = read_redis_url(reader)
+        redis_cluster = read_redis_cluster(reader)
         outbox = OutboxSettings(
-            stream=reader.str("SWITCHBOARD_USAGE_STREAM", DEFAULT_USAGE_STREAM),
+            stream=read_usage_stream(reader, DEFAULT_USAGE_STREAM),
             group=reader.str("SWITCHBOARD_USAGE_GROUP", DEFAULT_USAGE_GROUP),
         )
         budget_prefix = reader.str("SWITCHBOARD_BUDGET_PREFIX", DEFAULT_PREFIX)
@@ -179,6 +184,7 @@ class MeteringConfig:
             tracing=tracing,
             database_url=database_url,
             redis_url=redis_url,
+            redis_cluster=redis_cluster,
             outbox=outbox,
             budget_prefix=budget_prefix,
             retention_days=retention_days,

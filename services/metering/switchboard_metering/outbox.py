@@ -342,16 +342,18 @@ class OutboxConsumer:
         return written
 
     async def _dead_letter(self, dead: list[Dead]) -> None:
-        ids = [d.entry_id for d in dead]
+        # Two steps: the dead-letter stream has a hash slot of its own (Redis Cluster refuses a
+        # MULTI across slots). Added first, then acknowledged: a crash between leaves the
+        # entries pending, and they are dead-lettered again (a duplicate naming the same
+        # entry id), never lost.
         async with self._redis.pipeline(transaction=True) as pipe:
             for d in dead:
                 pipe.xadd(
                     self.settings.dead_letter_stream,
                     {EVENT_FIELD: d.raw, b"id": d.entry_id, b"reason": d.why},
                 )
-            pipe.xack(self.settings.stream, self.settings.group, *ids)
-            pipe.xdel(self.settings.stream, *ids)
             await pipe.execute()
+        await self._ack([d.entry_id for d in dead])
         for d in dead:
             DEAD_LETTERED.labels(d.reason, d.field).inc()
             # An error: the router told its client a cost this entry will not add to the ledger.

@@ -1,12 +1,12 @@
 """Sweeps routers that died: their cut generations reach the ledger, their reservations return.
 
-Every ``sweep_seconds`` metering lists the routers whose heartbeat expired and sweeps each in
-one Redis script (:mod:`switchboard_core.liveness`): the generations it was streaming go to the
-usage outbox as FAILED events with their last estimated usage and cost (the router priced them
-at its last heartbeat; the outbox checks that cost against the catalog's prices like any
-other), its reservations are settled to those costs
-(released to 0 when no generation started) and its records are deleted. A killed router's
-reservations thus return within its heartbeat TTL plus the sweep interval (~15 s by default).
+Every ``sweep_seconds`` metering lists the routers whose heartbeat expired and sweeps each
+(:mod:`switchboard_core.liveness`: three steps, each in one Redis hash slot): the generations
+it was streaming go to the usage outbox as FAILED events with their last estimated usage and
+cost (the router priced them at its last heartbeat; the outbox checks that cost against the
+catalog's prices like any other), its reservations are settled to those costs (released to 0
+when no generation started) and its records are deleted. A killed router's reservations thus
+return within its heartbeat TTL plus the sweep interval (~15 s by default).
 Replicas may sweep together: a router is swept once, a reservation settled once.
 
 Heartbeats expire by the clock while Redis is down, so nothing is swept until Redis has been
@@ -22,9 +22,9 @@ import redis.asyncio as redis
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from switchboard_core.budget import BudgetStore
 from switchboard_core.liveness import Liveness, Swept
 from switchboard_core.periodic import Periodic
-from switchboard_core.usage_outbox import EVENT_FIELD
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ class Sweeper:
         interval_seconds: float,
         heartbeat_ttl_seconds: float,
     ) -> None:
-        self._liveness = Liveness(client, prefix)
-        self._stream = stream
+        self._liveness = Liveness(client, prefix, stream)
+        self._store = BudgetStore(client, prefix)
         self._ttl = heartbeat_ttl_seconds
         self._job = Periodic("router-sweep", self.sweep, interval_seconds, (RedisError, OSError))
 
@@ -64,7 +64,7 @@ class Sweeper:
             return []
         swept: list[Swept] = []
         for router_id in dead:
-            result = await self._liveness.sweep(router_id, self._stream, EVENT_FIELD, now)
+            result = await self._liveness.sweep(router_id, self._store, now)
             if result is None:  # it came back, or another replica swept it
                 continue
             swept.append(result)

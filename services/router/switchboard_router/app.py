@@ -49,7 +49,9 @@ async def create_app(config: RouterConfig) -> GrpcServer:
     tracing.setup(config.tracing, "router")  # first: the channels carry the trace context
     catalog_channel = service_channel(config.catalog_addr, config.internal_tls)
     metering_channel = service_channel(config.metering_addr, config.internal_tls)
-    redis = create_redis(config.redis_url, timeout=config.redis_timeout_seconds)
+    redis = create_redis(
+        config.redis_url, timeout=config.redis_timeout_seconds, cluster=config.redis_cluster
+    )
     session = create_session(config.upstream_policy)
     catalog = CatalogCache(
         catalog_channel,
@@ -60,7 +62,7 @@ async def create_app(config: RouterConfig) -> GrpcServer:
     )
     catalog.start()
     inflight = InFlight(  # this router's heartbeat and generations, for metering's sweep
-        Liveness(redis, config.budget_prefix),
+        Liveness(redis, config.budget_prefix, config.usage_stream),
         new_router_id(),
         config.heartbeat_seconds,
         config.heartbeat_ttl_seconds,

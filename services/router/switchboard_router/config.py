@@ -11,7 +11,9 @@ from switchboard_core.config import (
     Secret,
     ServerConfig,
     read_port_or_off,
+    read_redis_cluster,
     read_redis_url,
+    read_usage_stream,
 )
 from switchboard_core.liveness import (
     DEFAULT_HEARTBEAT_SECONDS,
@@ -38,6 +40,8 @@ class RouterConfig:
     catalog_addr: str
     metering_addr: str
     usage_stream: str = DEFAULT_USAGE_STREAM
+    # REDIS_URL names a node of a Redis Cluster (SWITCHBOARD_REDIS_CLUSTER).
+    redis_cluster: bool = False
     key_cache_seconds: float = 30.0
     catalog_wait_seconds: float = 10.0
     max_request_seconds: float = 600.0
@@ -133,7 +137,8 @@ class RouterConfig:
             redis_url=read_redis_url(reader),
             catalog_addr=reader.address("SWITCHBOARD_CATALOG_ADDR", "127.0.0.1:50052"),
             metering_addr=reader.address("SWITCHBOARD_METERING_ADDR", "127.0.0.1:50053"),
-            usage_stream=reader.str("SWITCHBOARD_USAGE_STREAM", DEFAULT_USAGE_STREAM),
+            usage_stream=read_usage_stream(reader, DEFAULT_USAGE_STREAM),
+            redis_cluster=read_redis_cluster(reader),
             key_cache_seconds=reader.float("SWITCHBOARD_KEY_CACHE_SECONDS", 30.0),
             catalog_wait_seconds=reader.float("SWITCHBOARD_CATALOG_WAIT_SECONDS", 10.0),
             max_request_seconds=reader.float("SWITCHBOARD_MAX_REQUEST_SECONDS", 600.0, min_value=1),

@@ -105,7 +105,12 @@ def spool_dir(configured: str, client: redis.Redis, stream: str, prefix: str) ->
     """``SWITCHBOARD_SPOOL_DIR``, else :func:`default_dir` for where ``client`` points."""
     if configured:
         return Path(configured)
-    where = client.connection_pool.connection_kwargs
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:  # a Redis Cluster client: the node REDIS_URL names (asked nothing yet)
+        startup = getattr(client, "startup_nodes", ())
+        nodes = sorted(str(getattr(node, "name", node)) for node in startup)
+        return default_dir(f"cluster {','.join(nodes)} {stream} {prefix}")
+    where = pool.connection_kwargs
     server = where.get("path") or f"{where.get('host')}:{where.get('port')}"
     return default_dir(f"{server}/{where.get('db', 0)} {stream} {prefix}")
 

@@ -2,30 +2,54 @@
 layout they work on (reservations, settles, loads, credit grants, resyncs). Each runs
 atomically in Redis and is safe to run twice (the client retries a command whose connection
 dropped).
+
+Every key a script touches comes in ``KEYS`` (Redis Cluster routes a script by them, and
+refuses keys of another slot); the keys of one script are one account's, which share a hash
+slot. Scripts build hash *field* names (``reserved:<key id>``), never key names.
 """
 
 from __future__ import annotations
 
-RESERVE = """
-local prefix = ARGV[1]
-if redis.call('EXISTS', prefix .. 'res:' .. ARGV[2]) == 1 then
+# Shared by reserve and settle: a reservation's record is "<key id> <amount> <holder or ->",
+# and its amount is held in the account hash twice: in ``reserved`` (the account's) and in
+# ``reserved:<key id>`` (the key's), a field dropped when it comes back to 0.
+_RELEASE = """
+local function negated(amount)
+  if amount == '0' then return '0' end
+  return '-' .. amount
+end
+local function release(acct, rec)
+  local k, amt = string.match(rec, '^(%S+) (%S+)')
+  local field = 'reserved:' .. k
+  if redis.call('HINCRBY', acct, field, negated(amt)) == 0 then
+    redis.call('HDEL', acct, field)
+  end
+  redis.call('HINCRBY', acct, 'reserved', negated(amt))
+end
+"""
+
+# KEYS: key hash, account hash, reservation records, expiries. ARGV: reservation id, amount,
+# now (ms), expiry (ms), day field, month field, total, daily and monthly limits (-1: none),
+# prepaid ('1'), key id, holder. Returns {1, key epoch, account epoch} or {0, window, left}.
+RESERVE = (
+    _RELEASE
+    + """
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
   return {1, '?', '?'}  -- a retry of a reserve that went through (epochs unknown)
 end
-local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[4], 'LIMIT', 0, 100)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[3], 'LIMIT', 0, 100)
 for _, rid in ipairs(expired) do
-  local rec = redis.call('GET', prefix .. 'res:' .. rid)
+  local rec = redis.call('HGET', KEYS[3], rid)
   if rec then
-    local k, a, amt = string.match(rec, '^(%S+) (%S+) (%S+)$')
-    redis.call('HINCRBY', prefix .. 'key:' .. k, 'reserved', -tonumber(amt))
-    redis.call('HINCRBY', prefix .. 'acct:' .. a, 'reserved', -tonumber(amt))
-    redis.call('DEL', prefix .. 'res:' .. rid)
+    release(KEYS[2], rec)
+    redis.call('HDEL', KEYS[3], rid)
   end
-  redis.call('ZREM', KEYS[3], rid)
+  redis.call('ZREM', KEYS[4], rid)
 end
-local amount = tonumber(ARGV[3])
-local k = redis.call('HMGET', KEYS[1], 'spent_total', ARGV[6], ARGV[7], 'reserved')
-local reserved = tonumber(k[4] or '0')
-local windows = {{'total', ARGV[8], k[1]}, {'daily', ARGV[9], k[2]}, {'monthly', ARGV[10], k[3]}}
+local amount = tonumber(ARGV[2])
+local k = redis.call('HMGET', KEYS[1], 'spent_total', ARGV[5], ARGV[6])
+local reserved = tonumber(redis.call('HGET', KEYS[2], 'reserved:' .. ARGV[11]) or '0')
+local windows = {{'total', ARGV[7], k[1]}, {'daily', ARGV[8], k[2]}, {'monthly', ARGV[9], k[3]}}
 for _, w in ipairs(windows) do
   local limit = tonumber(w[2])
   if limit >= 0 then
@@ -35,76 +59,80 @@ for _, w in ipairs(windows) do
     end
   end
 end
-if ARGV[11] == '1' then
+if ARGV[10] == '1' then
   local a = redis.call('HMGET', KEYS[2], 'credit', 'spent', 'reserved')
   local left = tonumber(a[1] or '0') - tonumber(a[2] or '0') - tonumber(a[3] or '0')
   if amount > left then
     return {0, 'credit', tostring(left)}
   end
 end
-redis.call('SET', prefix .. 'res:' .. ARGV[2], ARGV[12] .. ' ' .. ARGV[13] .. ' ' .. ARGV[3])
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[2])
-if ARGV[14] and ARGV[14] ~= '' then
-  redis.call('SADD', prefix .. 'held:' .. ARGV[14], ARGV[2])
-end
-redis.call('HINCRBY', KEYS[1], 'reserved', amount)
-redis.call('HINCRBY', KEYS[2], 'reserved', amount)
+local holder = ARGV[12]
+if holder == '' then holder = '-' end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[11] .. ' ' .. ARGV[2] .. ' ' .. holder)
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+redis.call('HINCRBY', KEYS[2], 'reserved:' .. ARGV[11], ARGV[2])
+redis.call('HINCRBY', KEYS[2], 'reserved', ARGV[2])
 -- the hashes' epochs: how often metering loaded or raised them (a late settle's test)
 local key_raises = redis.call('HGET', KEYS[1], 'raises') or '0'
 return {1, key_raises, redis.call('HGET', KEYS[2], 'raises') or '0'}
 """
+)
 
-# settle(prefix, reservation id, key hash, account hash, expiry set, actual, day field, month
-# field): releases the reservation and counts the actual cost, once (the settled marker);
-# returns 1 when it did. Shared with the liveness sweep, which settles a dead router's
-# reservations in its own script.
-SETTLE_FUNCTION = """
-local function settle(prefix, rid, key, acct, expiries, actual, day, month)
-  if not redis.call('SET', prefix .. 'settled:' .. rid, '1', 'NX', 'EX', 600) then
+# KEYS: key hash, account hash, reservation records, expiries, the reservation's settled
+# marker. ARGV: reservation id, actual cost, day field, month field, mode, the key's and the
+# account's epochs at reserve time, the marker's TTL (s), the holder (mode 'sweep').
+# Modes: '0' a router's settle; '1' late (replayed from a router's spool: only a reservation
+# still held, its cost counted only on a hash no load or resync raised since it was made);
+# 'sweep' metering settling a dead router's reservation (only one that router still holds).
+# Returns 1 when this call settled it.
+SETTLE = (
+    _RELEASE
+    + """
+local function settle(actual)
+  if not redis.call('SET', KEYS[5], '1', 'NX', 'EX', ARGV[8]) then
     return 0  -- settled already: a retry, or the router and a sweep both settling
   end
-  local rec = redis.call('GET', prefix .. 'res:' .. rid)
+  local rec = redis.call('HGET', KEYS[3], ARGV[1])
   if rec then
-    local amt = tonumber(string.match(rec, '(%S+)$'))
-    redis.call('HINCRBY', key, 'reserved', -amt)
-    redis.call('HINCRBY', acct, 'reserved', -amt)
-    redis.call('DEL', prefix .. 'res:' .. rid)
-    redis.call('ZREM', expiries, rid)
+    release(KEYS[2], rec)
+    redis.call('HDEL', KEYS[3], ARGV[1])
+    redis.call('ZREM', KEYS[4], ARGV[1])
   end
-  redis.call('HINCRBY', key, 'spent_total', actual)
-  redis.call('HINCRBY', key, day, actual)
-  redis.call('HINCRBY', key, month, actual)
-  redis.call('HINCRBY', acct, 'spent', actual)
+  redis.call('HINCRBY', KEYS[1], 'spent_total', actual)
+  redis.call('HINCRBY', KEYS[1], ARGV[3], actual)
+  redis.call('HINCRBY', KEYS[1], ARGV[4], actual)
+  redis.call('HINCRBY', KEYS[2], 'spent', actual)
   return 1
 end
-"""
-
-SETTLE = (
-    SETTLE_FUNCTION
-    + """
-if ARGV[6] and ARGV[6] ~= '' then
-  redis.call('SREM', ARGV[1] .. 'held:' .. ARGV[6], ARGV[2])
+if ARGV[5] == 'sweep' then
+  local rec = redis.call('HGET', KEYS[3], ARGV[1])
+  if not rec or string.match(rec, '(%S+)$') ~= ARGV[9] then
+    return 0  -- settled already, expired, or another router's
+  end
+  local done = settle(ARGV[2])
+  -- the router may only have been cut off: its own settle may come as late as a request may
+  -- last, and must still find the marker
+  redis.call('EXPIRE', KEYS[5], ARGV[8])
+  return done
 end
-if ARGV[7] == '1' then
-  -- late (replayed from a router's spool): only a reservation still held; the cost counts on
-  -- a hash no resync or load raised since the reservation (ARGV[8], ARGV[9]: its epochs)
-  if redis.call('EXISTS', ARGV[1] .. 'res:' .. ARGV[2]) == 0 then
+if ARGV[5] == '1' then
+  if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0 then
     return 0
   end
-  if settle(ARGV[1], ARGV[2], KEYS[1], KEYS[2], KEYS[3], '0', ARGV[4], ARGV[5]) == 0 then
+  if settle('0') == 0 then
     return 0
   end
-  if (redis.call('HGET', KEYS[1], 'raises') or '0') == ARGV[8] then
-    redis.call('HINCRBY', KEYS[1], 'spent_total', ARGV[3])
-    redis.call('HINCRBY', KEYS[1], ARGV[4], ARGV[3])
-    redis.call('HINCRBY', KEYS[1], ARGV[5], ARGV[3])
+  if (redis.call('HGET', KEYS[1], 'raises') or '0') == ARGV[6] then
+    redis.call('HINCRBY', KEYS[1], 'spent_total', ARGV[2])
+    redis.call('HINCRBY', KEYS[1], ARGV[3], ARGV[2])
+    redis.call('HINCRBY', KEYS[1], ARGV[4], ARGV[2])
   end
-  if (redis.call('HGET', KEYS[2], 'raises') or '0') == ARGV[9] then
-    redis.call('HINCRBY', KEYS[2], 'spent', ARGV[3])
+  if (redis.call('HGET', KEYS[2], 'raises') or '0') == ARGV[7] then
+    redis.call('HINCRBY', KEYS[2], 'spent', ARGV[2])
   end
   return 1
 end
-return settle(ARGV[1], ARGV[2], KEYS[1], KEYS[2], KEYS[3], ARGV[3], ARGV[4], ARGV[5])
+return settle(ARGV[2])
 """
 )
 
@@ -124,12 +152,13 @@ return 1
 """
 LOADED_FIELD = "loaded"
 
-# Adds ARGV[2] to the hash's credit unless the grant marker ARGV[1] exists (a retry).
+# KEYS: the account hash, the grant's marker. Adds ARGV[1] to the credit unless the marker
+# exists (a retry).
 ADD_CREDIT = """
-if not redis.call('SET', ARGV[1], '1', 'NX', 'EX', 86400) then
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', 86400) then
   return 0
 end
-redis.call('HINCRBY', KEYS[1], 'credit', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'credit', ARGV[1])
 return 1
 """
 

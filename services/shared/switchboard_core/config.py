@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from switchboard_core.usage_outbox import stream_problem
+
 if TYPE_CHECKING:
     from switchboard_core.tls import TlsConfig
 
@@ -263,3 +265,19 @@ def read_database_url(reader: EnvReader) -> str:
 
 def read_redis_url(reader: EnvReader) -> str:
     return reader.url("REDIS_URL", ("redis", "rediss", "unix"))
+
+
+def read_redis_cluster(reader: EnvReader) -> bool:
+    """``SWITCHBOARD_REDIS_CLUSTER``: ``REDIS_URL`` names a node of a Redis Cluster
+    (:func:`switchboard_core.redis_client.create_redis`)."""
+    return reader.bool("SWITCHBOARD_REDIS_CLUSTER", False)
+
+
+def read_usage_stream(reader: EnvReader, default: str) -> str:
+    """``SWITCHBOARD_USAGE_STREAM``: the usage outbox, whose hash slot routers' in-flight
+    records share (:mod:`switchboard_core.usage_outbox`)."""
+    name = "SWITCHBOARD_USAGE_STREAM"
+    stream = reader.str(name, default)
+    if (problem := stream_problem(stream)) is not None:
+        reader.problems.append(f"{name}: {problem}")
+    return stream

@@ -3,30 +3,52 @@
 A router killed with SIGKILL cannot meter the generations it was streaming nor settle its
 reservations. So each router process, under an id of its own, keeps a heartbeat key with a
 short TTL and records the generations it streams; metering sweeps every router whose heartbeat
-expired, in ONE script per router: each recorded generation goes to the usage outbox as a
+expired: each recorded generation goes to the usage outbox as a
 FAILED event with its last estimated usage and cost, each reservation the router held is
 settled to its generation's cost (released to 0 when no generation started), and the router's
 records are deleted. Routers use this module to write, metering to sweep, so the layout lives
 in one place.
 
-Layout, under the prefix routers and metering share for budgets (``switchboard:budget:``; the
-reservations themselves are :mod:`switchboard_core.budget`'s):
+Layout. The records are deleted in the MULTI/EXEC that adds the generation's usage event to
+the outbox stream, so on Redis Cluster they must share its hash slot: every key here is
+``{<the stream's tag>}:...`` (:func:`switchboard_core.usage_outbox.colocated`; ``S`` below):
 
-- ``routers``: a set of the ids of routers that may hold records (added by every heartbeat,
+- ``S:routers``: a set of the ids of routers that may hold records (added by every heartbeat,
   removed by a sweep or a clean leave);
-- ``alive:<router id>``: the heartbeat, rewritten every ``interval`` (2 s) with a TTL
+- ``S:alive:<router id>``: the heartbeat, rewritten every ``interval`` (2 s) with a TTL
   (10 s); a router leaving gracefully deletes it once it has drained;
-- ``gen:<router id>`` hash, a field ``<generation id>:<attempt>`` per generation in flight:
+- ``S:gen:<router id>`` hash, a field ``<generation id>:<attempt>`` per generation in flight:
   ``<reservation id or -> <UsageEvent>``, the FAILED event that records the generation if the
   router dies (ids, route, create time, time to first token, usage and cost as first
   estimated), serialized, written once;
-- ``progress:<router id>`` hash, the same fields: ``<cost in pico-dollars> <UsageEvent>``
+- ``S:progress:<router id>`` hash, the same fields: ``<cost in pico-dollars> <UsageEvent>``
   holding only usage (estimated completion tokens from the characters streamed so far), cost
   and latency, rewritten at each heartbeat when they changed. Protobuf parses concatenated
   messages as their merge (later fields win, sub-messages merge), so the sweep writes the
   template's bytes followed by the progress's, and needs no protobuf in Lua; swept events are
   always marked estimated (they are what the router knew at its last heartbeat);
-- ``held:<router id>``: the reservations it holds (:mod:`switchboard_core.budget`).
+- ``S:owed:<router id>`` hash: reservation id -> cost (pico-dollars) of its generation, written
+  by a sweep's first step for its second; ``S:sweeping:<router id>``: the lease of the sweep in
+  progress (one at a time, lapsing after ``SWEEP_LEASE_SECONDS`` if its sweeper died);
+- the reservations a router holds are its accounts' (:mod:`switchboard_core.budget`), each in
+  its account's slot, found through the router's index ``<prefix>holds:<router id>``.
+
+Sweeping a dead router is three steps, because its generations (the stream's slot) and its
+reservations (one slot per account) cannot be touched by one script on a cluster:
+
+1. one script in the stream's slot, only if the heartbeat is still gone: every recorded
+   generation goes to the outbox as a FAILED event, the reservation costs they name go to
+   ``owed``, and the records are deleted (in the same script: a generation is recorded once);
+2. :meth:`switchboard_core.budget.BudgetStore.sweep_holder` settles the router's reservations
+   account by account to the ``owed`` costs (0 where none), and empties the index;
+3. a script in the stream's slot deletes ``owed`` and the membership, unless the heartbeat
+   is back or the index is not empty.
+
+A sweep cut short anywhere (metering killed, Redis gone) leaves the router a member, so the
+next sweep once the lease lapsed repeats from step 1: it finds no records left (nothing is
+recorded twice), the
+``owed`` costs still there, and the reservations not yet settled (settled markers make each
+count once).
 
 A router registers a generation in the background within about 50 ms (and a round trip) of
 its first token: registrations are batched, one write in flight at a time, and nothing waits
@@ -49,10 +71,11 @@ swept one stays counted at the swept one); when it beats again it logs the lapse
 its generations again. Keys expire by the clock while Redis is down, so metering sweeps nothing
 until Redis has been up for a TTL (live routers have beaten again by then).
 
-Idempotency: a sweep deletes what it acts on in the same script, so a second sweep, or another
-metering replica's, finds nothing; reservations settle through budget's settled markers, so a
-router that settles one too (it was only paused) counts once; and the script does nothing to a
-router whose heartbeat is back. Every script here is safe to run twice.
+Idempotency: a sweep deletes the records it writes to the outbox in the same script, so a
+second sweep, or another metering replica's, records nothing again; reservations settle through
+budget's settled markers, so a router that settles one too (it was only paused) counts once;
+and step 1 does nothing to a router whose heartbeat is back. Every script here is safe to run
+twice, and each touches only the keys it is given (``KEYS``).
 """
 
 from __future__ import annotations
@@ -63,75 +86,77 @@ import secrets
 import socket
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
-from switchboard_core.budget import DEFAULT_PREFIX, day_field, month_field
-from switchboard_core.budget_scripts import SETTLE_FUNCTION
+from switchboard_core.budget import BudgetStore, holds_key
 from switchboard_core.config import EnvReader
+from switchboard_core.usage_outbox import EVENT_FIELD, colocated
 
 DEFAULT_HEARTBEAT_SECONDS = 2.0
 DEFAULT_HEARTBEAT_TTL_SECONDS = 10.0
 DEFAULT_SWEEP_SECONDS = 5.0
+# One sweep of a router holds it this long at most: a metering replica that died mid-sweep
+# leaves the rest to the next sweep after it.
+SWEEP_LEASE_SECONDS = 30.0
 
-# One sweep of a router whose heartbeat expired (ARGV: prefix, router id, stream, event
-# field, day field, month field). Returns {1, generations recorded, reservations settled},
-# or {0, 0, 0} when the router's heartbeat is back or it was swept already.
-_SWEEP = (
-    SETTLE_FUNCTION
-    + """
-local prefix, router = ARGV[1], ARGV[2]
-if redis.call('EXISTS', prefix .. 'alive:' .. router) == 1
-    or redis.call('SISMEMBER', prefix .. 'routers', router) == 0 then
-  return {0, 0, 0}
+# Step 1 of a sweep. KEYS: alive, routers, gen, progress, the outbox stream, owed, the
+# sweep's lease. ARGV: router id, event field, the lease (ms). Returns {1, generations
+# recorded}, or {0, 0} when the router's heartbeat is back, it was swept already, or another
+# sweep of it holds the lease (taken here, dropped by step 3; it lapses if that sweep died).
+_RECORD = """
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then
+  return {0, 0}
 end
-local gens, progress = prefix .. 'gen:' .. router, prefix .. 'progress:' .. router
-local held = prefix .. 'held:' .. router
-local costs, recorded, settled = {}, 0, 0
-local records = redis.call('HGETALL', gens)
+if not redis.call('SET', KEYS[7], '1', 'NX', 'PX', ARGV[3]) then
+  return {0, 0}
+end
+local recorded = 0
+local records = redis.call('HGETALL', KEYS[3])
 for i = 1, #records, 2 do
   local template = records[i + 1]
   local cut = string.find(template, ' ', 1, true)
   local rid, event, cost = string.sub(template, 1, cut - 1), string.sub(template, cut + 1), '0'
-  local latest = redis.call('HGET', progress, records[i])
+  local latest = redis.call('HGET', KEYS[4], records[i])
   if latest then
     local at = string.find(latest, ' ', 1, true)
     cost, event = string.sub(latest, 1, at - 1), event .. string.sub(latest, at + 1)
   end
-  redis.call('XADD', ARGV[3], '*', ARGV[4], event)
+  redis.call('XADD', KEYS[5], '*', ARGV[2], event)
   recorded = recorded + 1
-  if rid ~= '-' then costs[rid] = cost end
+  if rid ~= '-' then redis.call('HSET', KEYS[6], rid, cost) end
 end
-for _, rid in ipairs(redis.call('SMEMBERS', held)) do
-  local rec = redis.call('GET', prefix .. 'res:' .. rid)
-  if rec then  -- else settled already, or expired
-    local k, a = string.match(rec, '^(%S+) (%S+) ')
-    settled = settled + settle(prefix, rid, prefix .. 'key:' .. k, prefix .. 'acct:' .. a,
-      prefix .. 'res_exp', costs[rid] or '0', ARGV[5], ARGV[6])
-    -- the router may only have been cut off: its own settle may come as late as a request
-    -- may last, and must still find the marker
-    redis.call('EXPIRE', prefix .. 'settled:' .. rid, 86400)
-  end
-end
-redis.call('DEL', gens, progress, held)
-redis.call('SREM', prefix .. 'routers', router)
-return {1, recorded, settled}
+redis.call('DEL', KEYS[3], KEYS[4])
+return {1, recorded}
 """
-)
 
-# A drained router leaving: deletes its heartbeat, and its membership too when it holds
-# nothing (else a sweep settles what is left). Returns 1 when nothing was left.
+# Step 3. KEYS: alive, routers, owed, the sweep's lease. ARGV: router id, how many accounts
+# its index still lists. Returns 1 when the router is no longer a member.
+_FINISH = """
+redis.call('DEL', KEYS[4])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('DEL', KEYS[3])
+  return 0  -- it beat again: a member, with records of its own
+end
+if tonumber(ARGV[2]) > 0 then return 0 end
+redis.call('DEL', KEYS[3])
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+# A drained router leaving. KEYS: alive, routers, gen, progress. ARGV: router id, how many
+# accounts it still holds reservations in. Deletes its heartbeat, and its membership too when
+# it holds nothing (else a sweep settles what is left). Returns 1 when nothing was left.
 _LEAVE = """
-local prefix, router = ARGV[1], ARGV[2]
-redis.call('DEL', prefix .. 'alive:' .. router)
-if redis.call('HLEN', prefix .. 'gen:' .. router) > 0 then return 0 end
-if redis.call('SCARD', prefix .. 'held:' .. router) > 0 then return 0 end
-redis.call('DEL', prefix .. 'progress:' .. router)
-redis.call('SREM', prefix .. 'routers', router)
+redis.call('DEL', KEYS[1])
+if redis.call('HLEN', KEYS[3]) > 0 then return 0 end
+if tonumber(ARGV[2]) > 0 then return 0 end
+redis.call('DEL', KEYS[4])
+redis.call('SREM', KEYS[2], ARGV[1])
 return 1
 """
 
@@ -185,14 +210,25 @@ class Swept:
 
 
 class Liveness:
-    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
+    """Routers' records, in the hash slot of the usage outbox ``stream`` (where the router's
+    MULTI that adds an event deletes them); ``prefix`` is the budgets' (the holds index)."""
+
+    def __init__(self, client: redis.Redis, prefix: str, stream: str) -> None:
+        """No defaults: a router and the metering that sweeps it must name the same prefix and
+        stream, or the sweep looks where the router never wrote."""
         self._redis = client
         self._prefix = prefix
-        self._sweep = client.register_script(_SWEEP)
+        self.stream = stream
+        self._record = client.register_script(_RECORD)
+        self._finish = client.register_script(_FINISH)
         self._leave = client.register_script(_LEAVE)
 
     def _key(self, kind: str, router_id: str) -> str:
-        return f"{self._prefix}{kind}:{router_id}"
+        return colocated(self.stream, f":{kind}:{router_id}")
+
+    @property
+    def _routers(self) -> str:
+        return colocated(self.stream, ":routers")
 
     async def beat(
         self,
@@ -209,7 +245,7 @@ class Liveness:
         gens, latest = self._key("gen", router_id), self._key("progress", router_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(self._key("alive", router_id), b"1", px=int(ttl_seconds * 1000), get=True)
-            pipe.sadd(f"{self._prefix}routers", router_id)
+            pipe.sadd(self._routers, router_id)
             if templates:
                 pipe.hset(gens, mapping=_encodable(templates))
             if progress:
@@ -221,17 +257,24 @@ class Liveness:
         return results[0] is not None
 
     def forget(self, pipe: Any, router_id: str, field: str) -> None:
-        """Add the deletion of a generation's records to ``pipe`` (the MULTI with its event)."""
+        """Add the deletion of a generation's records to ``pipe`` (the MULTI with its event,
+        which must write to :attr:`stream`: the same hash slot)."""
         pipe.hdel(self._key("gen", router_id), field)
         pipe.hdel(self._key("progress", router_id), field)
 
+    async def _held(self, router_id: str) -> int:
+        return int(await self._redis.scard(holds_key(self._prefix, router_id)))
+
     async def leave(self, router_id: str) -> bool:
         """A drained router stops beating: metering's next sweep settles what it left."""
-        return bool(int(await self._leave(args=[self._prefix, router_id])))
+        keys = [self._key(kind, router_id) for kind in ("alive", "routers", "gen", "progress")]
+        keys[1] = self._routers
+        held = await BudgetStore(self._redis, self._prefix).prune_holds(router_id)
+        return bool(int(await self._leave(keys=keys, args=[router_id, held])))
 
     async def dead(self) -> list[str]:
         """Registered routers whose heartbeat expired."""
-        members = sorted(_text(m) for m in await self._redis.smembers(f"{self._prefix}routers"))
+        members = sorted(_text(m) for m in await self._redis.smembers(self._routers))
         if not members:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -240,31 +283,60 @@ class Liveness:
             alive: list[Any] = await pipe.execute()
         return [r for r, up in zip(members, alive, strict=True) if not int(up)]
 
-    async def sweep(
-        self, router_id: str, stream: str, field: bytes, now: datetime | None = None
-    ) -> Swept | None:
-        """Record a dead router's generations to ``stream`` and settle its reservations;
-        None when its heartbeat came back or it was swept already (running it again, or
-        another metering replica, changes nothing)."""
-        now = now or datetime.now(UTC)
-        args: list[str | bytes] = [
-            self._prefix,
-            router_id,
-            stream,
-            field,
-            day_field(now),
-            month_field(now),
+    async def record(self, router_id: str, field: bytes) -> int | None:
+        """Sweep step 1: the dead router's generations to the outbox (``field``: the entry's
+        field), their reservations' costs kept for step 2; returns how many were recorded, or
+        None when its heartbeat came back or it was swept already."""
+        keys = [
+            self._key("alive", router_id),
+            self._routers,
+            self._key("gen", router_id),
+            self._key("progress", router_id),
+            self.stream,
+            self._key("owed", router_id),
+            self._key("sweeping", router_id),
         ]
-        done, generations, reservations = await self._sweep(args=args)
-        if not int(done):
+        lease = int(SWEEP_LEASE_SECONDS * 1000)
+        done, recorded = await self._record(keys=keys, args=[router_id, field, lease])
+        return int(recorded) if int(done) else None
+
+    async def owed(self, router_id: str) -> dict[str, str]:
+        """Reservation id -> cost (pico-dollars) of its generation, from step 1."""
+        values = await self._redis.hgetall(self._key("owed", router_id))
+        return {_text(k): _text(v) for k, v in values.items()}
+
+    async def finish(self, router_id: str) -> bool:
+        """Sweep step 3: forget the router once its index is empty and its heartbeat still
+        gone; returns whether it was forgotten."""
+        keys = [self._key("alive", router_id), self._routers, self._key("owed", router_id)]
+        keys.append(self._key("sweeping", router_id))
+        held = await self._held(router_id)
+        return bool(int(await self._finish(keys=keys, args=[router_id, held])))
+
+    async def sweep(
+        self, router_id: str, store: BudgetStore, now: datetime | None = None
+    ) -> Swept | None:
+        """The three steps of a dead router's sweep (module doc); None when its heartbeat
+        came back or it was swept already (running it again, or another metering replica,
+        changes nothing)."""
+        recorded = await self.record(router_id, EVENT_FIELD)
+        if recorded is None:
             return None
-        return Swept(router_id, int(generations), int(reservations))
+        settled = await store.sweep_holder(router_id, await self.owed(router_id), now)
+        await self.finish(router_id)
+        return Swept(router_id, recorded, settled)
 
     async def redis_uptime(self) -> float:
         """Seconds since Redis started: heartbeats may have expired while it was down. A
-        Redis that does not say (a proxy refusing INFO) counts as up long enough."""
+        Redis that does not say (a proxy refusing INFO) counts as up long enough. On a
+        cluster, the least of its nodes' (a node restarted alone may have lost keys)."""
         try:
             info: Mapping[str, Any] = await self._redis.info("server")
         except ResponseError:
             return math.inf
+        if "uptime_in_seconds" not in info:  # a cluster client: one answer per node
+            nodes = [v for v in info.values() if isinstance(v, Mapping)]
+            return min(
+                (float(n.get("uptime_in_seconds", math.inf)) for n in nodes), default=math.inf
+            )
         return float(info.get("uptime_in_seconds", math.inf))

@@ -179,7 +179,6 @@ class RateLimiter:
         self._clock = clock  # microseconds since the epoch; None: Redis's TIME (production)
         self._admit = client.register_script(ADMIT)
         self._finish = client.register_script(FINISH)
-        self._renew = client.register_script(RENEW)
 
     def _now(self) -> str:
         return "" if self._clock is None else str(self._clock())
@@ -258,10 +257,12 @@ class RateLimiter:
         still held theirs."""
         if not leases:
             return 0
+        # EVAL, not the registered script's EVALSHA: redis-py's cluster pipeline refuses
+        # EVALSHA (it cannot load a script on a node mid-pipeline); Redis caches the body.
         pipe = self._redis.pipeline(transaction=False)
-        args = (self._now(), int(lease_seconds * 1_000_000))
+        now, micros = self._now(), int(lease_seconds * 1_000_000)
         for lease, keys in leases.items():
-            await self._renew(keys=list(keys), args=[args[0], lease, args[1]], client=pipe)
+            pipe.eval(RENEW, len(keys), *keys, now, lease, micros)
         return sum(int(held) for held in await pipe.execute())
 
 

@@ -27,10 +27,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as redis
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
@@ -45,6 +46,40 @@ DOWN_MEMO_SECONDS = 1.0
 DEFAULT_DEADLINE_SECONDS = 0.5
 
 
+class _Cluster(RedisCluster):
+    """A cluster client that learns the cluster's map before its first command's routing.
+
+    redis-py 8.1 routes a command (asking the startup node for the command's keys when it
+    does not know them yet) before it initializes; commands issued together on a fresh client
+    then use the startup node's connections while initialization replaces that node, and fail
+    (``'NoneType' object has no attribute 'writelines'``, or a ConnectionError). Initializing
+    first, under the client's own lock, makes the first burst safe (tests/cluster)."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self._initialize:
+            await self.initialize()
+        return await super().execute_command(*args, **kwargs)
+
+    def pubsub(
+        self,
+        node: ClusterNode | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        **kwargs: Any,
+    ) -> ClusterPubSub:
+        return _ClusterPubSub(self, node=node, host=host, port=port, **kwargs)
+
+
+class _ClusterPubSub(ClusterPubSub):
+    """Its first ``SUBSCRIBE`` picks a node by the channel's slot, from a map of slots that
+    only an initialized client has (redis-py 8.1 raises ``KeyError`` on a fresh one)."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self.cluster._initialize:
+            await self.cluster.initialize()
+        return await super().execute_command(*args, **kwargs)
+
+
 def create_redis(
     url: str,
     *,
@@ -52,22 +87,49 @@ def create_redis(
     connect_timeout: float | None = None,
     retries: int = RETRIES,
     max_connections: int = 256,
+    cluster: bool = False,
 ) -> redis.Redis:
     """A client whose every read waits at most ``timeout`` (give more than the longest
     blocking command the caller issues) and every TCP connect ``connect_timeout`` (default:
-    ``timeout``); connection errors are retried ``retries`` times, timeouts never."""
+    ``timeout``); connection errors are retried ``retries`` times, timeouts never.
+
+    ``cluster`` (``SWITCHBOARD_REDIS_CLUSTER``): a Redis Cluster client, ``url`` naming any
+    node, with the same budgets (``max_connections`` per node). It routes each command, script
+    and MULTI by its keys' hash slot, and splits a plain pipeline by node; every script and
+    MULTI here touches one slot (the layouts in :mod:`switchboard_core.budget`,
+    :mod:`switchboard_core.liveness`, :mod:`switchboard_core.rate_limits`). Besides connection
+    errors it retries a cluster that is down for a moment (a failover), after refreshing its
+    map of slots; MOVED and ASK redirections are followed as redis-py does. It offers every
+    command the stores use, so it is typed as the plain client they take (tests/cluster runs
+    them against a real cluster)."""
+    retry = Retry(
+        ExponentialWithJitterBackoff(cap=0.05, base=0.01),
+        retries,
+        supported_errors=(redis_errors.ConnectionError,),
+    )
+    connect = timeout if connect_timeout is None else connect_timeout
+    if cluster:
+        retry.update_supported_errors([redis_errors.ClusterDownError])
+        return cast(
+            redis.Redis,
+            _Cluster.from_url(
+                url,
+                decode_responses=False,
+                socket_connect_timeout=connect,
+                socket_timeout=timeout,
+                health_check_interval=30,
+                max_connections=max_connections,
+                retry=retry,
+            ),
+        )
     return redis.Redis.from_url(
         url,
         decode_responses=False,
-        socket_connect_timeout=timeout if connect_timeout is None else connect_timeout,
+        socket_connect_timeout=connect,
         socket_timeout=timeout,
         health_check_interval=30,
         max_connections=max_connections,
-        retry=Retry(
-            ExponentialWithJitterBackoff(cap=0.05, base=0.01),
-            retries,
-            supported_errors=(redis_errors.ConnectionError,),
-        ),
+        retry=retry,
     )
 
 
