@@ -50,5 +50,7 @@ WORKDIR /app
 USER 10001:10001
 # gRPC: router 50051, catalog 50052, metering 50053. The router's HTTP edge (OpenAI- and
 # Anthropic-compatible): 8080. Metrics: 9091-9093. Demo HTTP: 8088.
+# SWITCHBOARD_WORKERS (router, metering; default 1): N processes in the container sharing the
+# ports, worker i's metrics on the metrics port + 100 i; docker-compose.yml sets "auto".
 EXPOSE 50051 50052 50053 8080 9091 9092 9093 8088
 CMD ["switchboard", "--help"]

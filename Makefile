@@ -150,3 +150,7 @@ bench-tracing: install ## Tracing's cost: router CPU and TTFT, tracing off vs 1%
 .PHONY: bench-concurrency
 bench-concurrency: install ## 1,000 slow streams at once (200 chunks 50 ms apart, 32 connections): first-message latency, router CPU, event-loop stalls
 	$(PY) -m bench.concurrency $(BENCH_ARGS)
+
+.PHONY: bench-workers
+bench-workers: install ## Completions/s with 1 vs 2 router processes (SWITCHBOARD_WORKERS), chunks 5 ms apart, C=32 and 256
+	$(PY) -m bench.workers $(BENCH_ARGS)

@@ -66,6 +66,23 @@ def run_delay(pid: int) -> float:
     return total / 1e9
 
 
+@dataclass
+class RouterProcesses:
+    """The router: one process, or a supervisor and its workers (SWITCHBOARD_WORKERS), whose
+    CPU and CPU waits are summed."""
+
+    main: psutil.Process
+
+    def all(self) -> list[psutil.Process]:
+        return [self.main, *self.main.children(recursive=True)]
+
+    def cpu_seconds(self) -> float:
+        return sum(sum(process.cpu_times()[:2]) for process in self.all())
+
+    def run_delay(self) -> float:
+        return sum(run_delay(process.pid) for process in self.all())
+
+
 def quantile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
@@ -185,7 +202,7 @@ async def worker(load: Load, start_at: float, out: Path) -> None:
 async def run_pass(stack: Stack, key: str, args: argparse.Namespace, state: Path) -> Pass:
     """One pass, the streams spread over ``args.clients`` client processes (one Python
     process receiving 20,000 messages a second would itself be the bottleneck)."""
-    router = psutil.Process(stack.processes["router"].pid)
+    router = RouterProcesses(psutil.Process(stack.processes["router"].pid))
     ca = None if stack.plaintext else stack.pki.read("operator")[2]
     clients = args.clients
     loads = [
@@ -221,13 +238,13 @@ async def run_pass(stack: Stack, key: str, args: argparse.Namespace, state: Path
     async with aiohttp.ClientSession() as session:
         await asyncio.sleep(max(0.0, start_at - time.time() - 0.2))
         lag_before = await scrape(session, stack.ports.router_metrics)
-        cpu_before = sum(router.cpu_times()[:2])
-        wait_before = run_delay(router.pid)
+        cpu_before = router.cpu_seconds()
+        wait_before = router.run_delay()
         began = time.perf_counter()
         codes = [await p.wait() for p in procs]
         seconds = time.perf_counter() - began
-        cpu = sum(router.cpu_times()[:2]) - cpu_before
-        waited = run_delay(router.pid) - wait_before
+        cpu = router.cpu_seconds() - cpu_before
+        waited = router.run_delay() - wait_before
         lag_after = await scrape(session, stack.ports.router_metrics)
     if any(codes):
         raise RuntimeError(f"a client process failed: exit codes {codes}")
@@ -288,12 +305,14 @@ async def run(args: argparse.Namespace) -> int:
     }
     stream_seconds = args.chunks * args.token_delay
     failed = 0
-    async with bench_stack("sbconc", env, plaintext=args.plaintext) as stack:
+    workers = {"router": {"SWITCHBOARD_WORKERS": str(args.router_workers)}}
+    async with bench_stack("sbconc", env, plaintext=args.plaintext, service_env=workers) as stack:
         assert stack.log_dir is not None
         state = stack.log_dir.parent  # the clients' result files go beside the logs
         key = await api_key(stack)
         for _ in range(args.passes):
             result = await run_pass(stack, key, args, state)
+            print(f"router processes: {args.router_workers}", flush=True)
             print(report(result, args.streams, args.connections, stream_seconds), flush=True)
             failed += result.failures
     return 1 if failed else 0
@@ -308,6 +327,9 @@ def main() -> int:
     parser.add_argument("--passes", type=int, default=1, help="passes (1)")
     parser.add_argument("--plaintext", action="store_true", help="no TLS on the stack")
     parser.add_argument("--clients", type=int, default=4, help="load client processes (4)")
+    parser.add_argument(
+        "--router-workers", type=int, default=1, help="router processes (SWITCHBOARD_WORKERS, 1)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -323,10 +345,11 @@ def main() -> int:
         "chunks": 10_000,
         "passes": 20,
         "clients": 16,
+        "router_workers": 64,
     }
     for name, bound in bounds.items():
         if not 1 <= getattr(args, name) <= bound:
-            parser.error(f"--{name} must be between 1 and {bound}")
+            parser.error(f"--{name.replace('_', '-')} must be between 1 and {bound}")
     if not 0 <= args.token_delay <= 1:
         parser.error("--token-delay must be between 0 and 1 second")
     return asyncio.run(run(args))

@@ -59,12 +59,18 @@ NEVER_REFUSING = metering_pb2.RateLimits(
 
 @asynccontextmanager
 async def bench_stack(
-    prefix: str, env: dict[str, str], *, plaintext: bool = False
+    prefix: str,
+    env: dict[str, str],
+    *,
+    plaintext: bool = False,
+    service_env: dict[str, dict[str, str]] | None = None,
+    ports: Ports | None = None,
 ) -> AsyncIterator[Stack]:
     """One stack (mutual TLS, as deployed, unless ``plaintext``) on a fresh database named
     ``prefix_<random>``,
     against Postgres and Redis (DATABASE_URL/REDIS_URL, else the local ones, else embedded),
-    usage and budgets under keys of its own, ``env`` on top; all gone on the way out (the
+    usage and budgets under keys of its own, ``env`` on top (``service_env``: one service's
+    settings on top of that); on ``ports`` (default: free ones); all gone on the way out (the
     logs stay, in the printed directory)."""
     state = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
     admin, embedded_pg = find_postgres(os.environ.get("DATABASE_URL"), state / "pg")
@@ -75,7 +81,7 @@ async def bench_stack(
         database,
         redis,
         DevPki.ensure(state / "pki"),
-        ports=Ports.free(),
+        ports=ports or Ports.free(),
         log_dir=state / "logs",
         extra_env={
             "SWITCHBOARD_USAGE_STREAM": f"{name}:usage",
@@ -84,6 +90,7 @@ async def bench_stack(
             **env,
         },
         plaintext=plaintext,
+        service_env=service_env or {},
     )
     try:
         await stack.start()

@@ -5,6 +5,11 @@ Prints an API key for the ``devstack`` account (the same at every start while it
 kept in ``.devstack/api-key``), an operator key, and how to make a first request
 (``.devstack/env`` holds the variables the CLI needs), then runs until Ctrl-C or SIGTERM,
 when it stops the services gracefully and the embedded servers last.
+
+The router and metering run one process per core (``SWITCHBOARD_WORKERS=auto``, unless the
+developer sets ``SWITCHBOARD_WORKERS``; :mod:`switchboard_core.workers`): the router's workers
+share its ports, metering's are consumers of the usage outbox's group. The catalog is one
+process.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import grpc
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import account_pb2, router_pb2_grpc
 from switchboard_core.config import ConfigError, EnvReader
+from switchboard_core.workers import WORKERS_VAR, Worker, read_workers
 from switchboard_devstack.pki import OPERATOR, DevPki
 from switchboard_devstack.stack import Ports, Stack
 from switchboard_devstack.storage import postgres_url, redis_url
@@ -32,6 +38,9 @@ IMPORT = "genai-prices"
 ACCOUNT = "devstack"
 KEY_FILE = STATE_DIR / "api-key"
 KEY_CHECK_SECONDS = 10.0
+# How many processes the router and metering each run, unless SWITCHBOARD_WORKERS says.
+WORKERS = "auto"
+SCALED = ("router", "metering")
 
 
 async def devstack_key(stack: Stack, path: Path = KEY_FILE) -> tuple[str, str]:
@@ -101,12 +110,33 @@ def write_env(stack: Stack, key: tuple[str, str]) -> Path:
     return path
 
 
-def banner(ports: Ports, key: tuple[str, str], database: str, redis: str, env: Path) -> str:
+def metrics_ports(base: int, workers: int) -> str:
+    """Where ``workers`` processes serve their metrics: ``base`` alone for one process; else
+    ``base`` (the supervisor: every worker's, labelled ``worker``) and each worker's own."""
+    if workers <= 1:
+        return str(base)
+    own = ", ".join(str(Worker(i, workers).metrics_port(base)) for i in range(workers))
+    return f"{base} (every worker, labelled; each worker's own: {own})"
+
+
+def banner(
+    ports: Ports,
+    key: tuple[str, str],
+    database: str,
+    redis: str,
+    env: Path,
+    workers: int = 1,
+) -> str:
+    processes = f"{workers} processes" if workers > 1 else "1 process"
+    router_metrics = metrics_ports(ports.router_metrics, workers)
+    metering_metrics = metrics_ports(ports.metering_metrics, workers)
     return f"""
 Switchboard is running (mutual TLS between the services; CA in {STATE_DIR}/pki/).
-  router    127.0.0.1:{ports.router}  (metrics http://127.0.0.1:{ports.router_metrics}/metrics)
+  router    127.0.0.1:{ports.router}  ({processes} sharing the ports; metrics on
+            http://127.0.0.1:PORT/metrics, PORT: {router_metrics})
   edge      https://127.0.0.1:{ports.router_http}/v1 (OpenAI- and Anthropic-compatible HTTP)
-  catalog   127.0.0.1:{ports.catalog}  metering 127.0.0.1:{ports.metering}
+  catalog   127.0.0.1:{ports.catalog}  metering 127.0.0.1:{ports.metering} ({processes},
+            consumers of the usage outbox; metrics on {metering_metrics})
   demo      http://127.0.0.1:{ports.demo}/v1 (OpenAI-compatible, answers offline)
   postgres  {database}
   redis     {redis}
@@ -133,6 +163,10 @@ async def run() -> int:
     reader = EnvReader()
     database = reader.str("DATABASE_URL", "")
     redis = reader.str("REDIS_URL", "")
+    workers_setting = reader.str(WORKERS_VAR, WORKERS)
+    scaling = EnvReader({WORKERS_VAR: workers_setting})
+    workers = read_workers(scaling)
+    reader.problems.extend(scaling.problems)
     try:
         reader.finish()
     except ConfigError as error:
@@ -146,13 +180,16 @@ async def run() -> int:
     # (the developer's own SWITCHBOARD_CATALOG_IMPORT wins; empty skips it). Only here: the
     # test stacks keep the seed alone.
     imports = {"SWITCHBOARD_CATALOG_IMPORT": os.environ.get("SWITCHBOARD_CATALOG_IMPORT", IMPORT)}
-    stack = Stack(database, redis, pki, log_dir=STATE_DIR / "logs", extra_env=imports)
+    scaled = {name: {WORKERS_VAR: workers_setting} for name in SCALED}
+    stack = Stack(
+        database, redis, pki, log_dir=STATE_DIR / "logs", extra_env=imports, service_env=scaled
+    )
     try:
         print("starting services ...", file=sys.stderr, flush=True)
         await stack.start()
         key = await devstack_key(stack)
         env = write_env(stack, key)
-        print(banner(stack.ports, key, database, redis, env), flush=True)
+        print(banner(stack.ports, key, database, redis, env, workers), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

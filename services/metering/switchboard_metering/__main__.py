@@ -10,6 +10,11 @@ costs are never changed). Without those settings or a catalog it says so and ski
 ``python -m switchboard_metering create-operator-key --name NAME --scope SCOPE ...`` creates an
 operator key directly in the database (``DATABASE_URL``), for the first operator: it prints
 the secret once. Later keys are made with that key through ``CreateOperatorKey``.
+
+Serving with ``SWITCHBOARD_WORKERS`` above 1 (or ``auto``), this process supervises that many
+metering processes sharing the ports (:mod:`switchboard_core.workers`); each is one more
+consumer in the usage outbox's consumer group. The service's modules (and gRPC) are imported
+only after that choice, so each worker starts in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -18,29 +23,42 @@ import argparse
 import asyncio
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-import asyncpg
-
-from switchboard_core import event_loop
 from switchboard_core.config import ConfigError, EnvReader, read_database_url
-from switchboard_core.db import create_pool
-from switchboard_core.errors import SwitchboardError
 from switchboard_core.logs import configure
-from switchboard_metering.app import MIGRATIONS, create_app
-from switchboard_metering.catalog_prices import fetch_book
-from switchboard_metering.config import SERVICE, MeteringConfig
-from switchboard_metering.operators import bootstrap_operator_key
-from switchboard_metering.reconcile import duplicates, reconcile
-from switchboard_metering.repricing import reprice
+from switchboard_core.workers import Worker, serve_or_supervise
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from switchboard_metering.config import MeteringConfig
+
+SERVICE = "metering"  # switchboard_metering.config.SERVICE, without importing it (and gRPC)
 
 
-async def _serve(config: MeteringConfig) -> None:
+async def _serve(config: MeteringConfig, worker: Worker | None = None) -> None:
+    from switchboard_metering.app import create_app
+
     server = await create_app(config)
-    await server.start()
+    await server.start(worker=worker)
     await server.run_until_signal()
 
 
+def _run(worker: Worker) -> int:
+    """Serve as ``worker`` until SIGTERM/SIGINT."""
+    from switchboard_core import event_loop
+
+    config = _config()
+    configure(SERVICE, config.server.log_level)
+    event_loop.run(_serve(config, worker), config.server.event_loop)
+    return 0
+
+
 async def _reconcile(database_url: str, fix: bool, costs: MeteringConfig | None) -> int:
+    from switchboard_core.db import create_pool
+    from switchboard_metering.reconcile import duplicates, reconcile
+
     pool = await create_pool(database_url)
     try:
         differences = await reconcile(pool, fix=fix)
@@ -60,6 +78,9 @@ async def _reconcile(database_url: str, fix: bool, costs: MeteringConfig | None)
 
 async def _reprice(pool: asyncpg.Pool, config: MeteringConfig) -> int:
     """Print the rows whose cost is not their price; how many there are."""
+    from switchboard_metering.catalog_prices import fetch_book
+    from switchboard_metering.repricing import reprice
+
     book = await fetch_book(config)
     if book is None:
         where = config.catalog_addr or "no SWITCHBOARD_CATALOG_ADDR"
@@ -80,6 +101,10 @@ async def _reprice(pool: asyncpg.Pool, config: MeteringConfig) -> int:
 
 
 async def _create_operator_key(database_url: str, args: argparse.Namespace) -> int:
+    from switchboard_core.errors import SwitchboardError
+    from switchboard_metering.app import MIGRATIONS
+    from switchboard_metering.operators import bootstrap_operator_key
+
     days = args.expires_in_days
     expires = datetime.now(UTC) + timedelta(days=days) if days > 0 else None
     try:
@@ -131,14 +156,14 @@ def main() -> None:
             costs = None if args.no_costs else _cost_config()
             sys.exit(asyncio.run(_reconcile(database_url, args.fix, costs)))
         sys.exit(asyncio.run(_create_operator_key(database_url, args)))
-    config = _config()
-    configure(SERVICE, config.server.log_level)
-    event_loop.run(_serve(config), config.server.event_loop)
+    sys.exit(serve_or_supervise(SERVICE, _run))
 
 
 def _cost_config() -> MeteringConfig | None:
     """The service's settings, to reach the catalog as the service does; None (said) when
     they are incomplete here."""
+    from switchboard_metering.config import MeteringConfig
+
     try:
         return MeteringConfig.from_env()
     except ConfigError as error:
@@ -147,6 +172,8 @@ def _cost_config() -> MeteringConfig | None:
 
 
 def _config() -> MeteringConfig:
+    from switchboard_metering.config import MeteringConfig
+
     try:
         return MeteringConfig.from_env()
     except ConfigError as error:

@@ -9,6 +9,12 @@ at start. ``run_until_signal`` serves until SIGTERM/SIGINT, then marks the servi
 NOT_SERVING (ending health watches), lets in-flight RPCs (streams included) finish within the
 grace period and runs the service's own cleanup.
 
+One of several workers of a service (:mod:`switchboard_core.workers`), the server binds its
+ports with ``SO_REUSEPORT``, so the workers share them, and serves its metrics on the worker's
+own port. Alone, it binds them exclusively (gRPC's C core would otherwise set
+``SO_REUSEPORT`` on Linux by default, and a second process started on the same port by mistake
+would silently take half the connections instead of failing to start).
+
 A server whose registrations include audited RPCs (admin writes,
 :class:`~switchboard_core.rpc_owners.Audit`) needs an ``audit`` sink: without one it refuses
 to start, so an admin change is never made unrecorded.
@@ -36,6 +42,7 @@ from switchboard_core.metrics import serve_metrics
 from switchboard_core.reflection import enable_reflection
 from switchboard_core.rpc_owners import audited_rpcs
 from switchboard_core.tls import describe
+from switchboard_core.workers import Worker
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +65,18 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
+def server_options(reuse_port: bool) -> list[tuple[str, Any]]:
+    """:data:`SERVER_OPTIONS` with ``SO_REUSEPORT`` on (workers sharing the port) or off."""
+    return [*SERVER_OPTIONS, ("grpc.so_reuseport", 1 if reuse_port else 0)]
+
+
 class Companion(Protocol):
     """Another listener of the same process (the router's HTTP edge), started once the gRPC
     server is up and stopped with it: ``stop`` stops accepting and lets in-flight requests
-    finish within the grace period."""
+    finish within the grace period. ``reuse_port``: bind with SO_REUSEPORT (workers share
+    the port)."""
 
-    async def start(self) -> None: ...
+    async def start(self, *, reuse_port: bool = False) -> None: ...
 
     async def stop(self) -> None: ...
 
@@ -106,14 +119,21 @@ class GrpcServer:
     # The event loop's stalls, always measured (switchboard_event_loop_lag_seconds).
     _loop_lag: LoopLagProbe | None = None
 
-    async def start(self, *, with_metrics: bool = True) -> int:
+    async def start(self, *, with_metrics: bool = True, worker: Worker | None = None) -> int:
+        """Serve; ``worker``: this process's place among the service's workers (alone by
+        default). Returns the bound gRPC port."""
+        worker = worker or Worker()
+        if worker.shares_ports and (self.config.grpc_port == 0 or self.config.health_port == 0):
+            raise RuntimeError("workers share fixed ports: port 0 (any free port) cannot be shared")
+        metrics_port = worker.metrics_port(self.config.metrics_port)
+        options = server_options(worker.shares_ports)
         audited = [path for r in self.registrations for path in audited_rpcs(r.full_name)]
         if audited and self.audit is None:
             raise RuntimeError(f"audited RPCs served without an audit sink: {audited}")
         self._auditor = Auditor(self.audit) if self.audit is not None else None
         server = grpc.aio.server(
             interceptors=[ServerInterceptor(self.authenticator, auditor=self._auditor)],
-            options=SERVER_OPTIONS,
+            options=options,
         )
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -134,7 +154,7 @@ class GrpcServer:
         await server.start()
         self._server = server
         for companion in self.companions:
-            await companion.start()
+            await companion.start(reuse_port=worker.shares_ports)
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.probes:
@@ -147,9 +167,9 @@ class GrpcServer:
             )
             self._monitor.start()
         if self.config.health_port is not None:
-            self.health_port = await self._serve_health_alone(self.config.health_port)
+            self.health_port = await self._serve_health_alone(self.config.health_port, options)
         if with_metrics:
-            self.metrics_port = serve_metrics(self.config.host, self.config.metrics_port)
+            self.metrics_port = serve_metrics(self.config.host, metrics_port)
         self._loop_lag = LoopLagProbe()
         self._loop_lag.start()
         log.info(
@@ -158,16 +178,18 @@ class GrpcServer:
                 "grpc_port": self.port,
                 "metrics_port": self.metrics_port,
                 "health_port": self.health_port,
+                "worker": worker.index,
+                "workers": worker.count,
                 **describe(self.config.tls),
             },
         )
         return self.port
 
-    async def _serve_health_alone(self, port: int) -> int:
+    async def _serve_health_alone(self, port: int, options: list[tuple[str, Any]]) -> int:
         """``grpc.health.v1`` alone, in plaintext, on ``port``: for probes that speak no TLS
         (kubelet's ``grpc:`` probes). It tells the same status as the main port (the same
         servicer) and nothing else: every other RPC is UNIMPLEMENTED there."""
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server = grpc.aio.server(options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         bound = server.add_insecure_port(f"{self.config.host}:{port}")
         await server.start()

@@ -5,7 +5,9 @@ It serves the routes of each API shape (:mod:`.openai_routes`, :mod:`.anthropic_
 every route must have an owner in :data:`switchboard_core.rpc_owners.HTTP_ROUTE_RPCS` or the
 edge refuses to start. TLS uses the gRPC port's certificate and key (``server.tls``); in
 plaintext mode it serves plaintext. A client that goes away cancels its handler, so its
-generation is cut and metered as the gRPC port's would be.
+generation is cut and metered as the gRPC port's would be. Workers of the router
+(:mod:`switchboard_core.workers`) share its port with ``SO_REUSEPORT``, as they share the gRPC
+port.
 """
 
 from __future__ import annotations
@@ -97,12 +99,18 @@ class HttpEdge:
         self._runner: web.AppRunner | None = None
         self.port = 0  # the bound port once started
 
-    async def start(self) -> None:
+    async def start(self, *, reuse_port: bool = False) -> None:
         runner = web.AppRunner(
             self._app, handler_cancellation=True, access_log=None, shutdown_timeout=self._grace
         )
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port, ssl_context=ssl_context(self._tls))
+        site = web.TCPSite(
+            runner,
+            self._host,
+            self._port,
+            ssl_context=ssl_context(self._tls),
+            reuse_port=reuse_port or None,  # None: aiohttp's default (exclusive)
+        )
         await site.start()
         self._runner = runner
         server = site._server
