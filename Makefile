@@ -154,3 +154,7 @@ bench-concurrency: install ## 1,000 slow streams at once (200 chunks 50 ms apart
 .PHONY: bench-workers
 bench-workers: install ## Completions/s with 1 vs 2 router processes (SWITCHBOARD_WORKERS), chunks 5 ms apart, C=32 and 256
 	$(PY) -m bench.workers $(BENCH_ARGS)
+
+.PHONY: bench-ledger
+bench-ledger: install ## Capacity figures (docs/SCALING.md): ledger writes vs COPY, outbox consumers 1 vs 2, budget and rate-limit pairs on one Redis
+	$(PY) -m bench.ledger $(BENCH_ARGS)
