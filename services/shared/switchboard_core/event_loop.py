@@ -1,8 +1,8 @@
 """Run a service's main coroutine on the event loop its settings name (SWITCHBOARD_EVENT_LOOP).
 
-``asyncio`` (the standard library's selector loop, the default) or ``uvloop`` (libuv, in C:
-the router spent 2-8% less CPU per completion on it in issue 12's measurements on a busy
-machine; it becomes the default once that holds on a quiet one). The loop is made by
+``uvloop`` (libuv, in C; the default: the router spent 2-8% less CPU per completion on it in
+issue 12's measurements, winning 11 of 13 paired rounds over two sittings) or ``asyncio`` (the
+standard library's selector loop, kept selectable). The loop is made by
 :class:`asyncio.Runner` with a ``loop_factory``, so nothing global (no event-loop policy)
 changes: code that makes its own loop later (tests, ``asyncio.run``) gets the standard one.
 """
