@@ -10,9 +10,11 @@ the database, as an operator would with ``python -m switchboard_metering create-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from switchboard_core.channels import client_channel
 from switchboard_devstack.pki import OPERATOR, DevPki
-from switchboard_devstack.storage import free_port, port_open
+from switchboard_devstack.storage import port_open
 from switchboard_metering.app import MIGRATIONS
 from switchboard_metering.operators import bootstrap_operator_key
 
@@ -45,7 +47,13 @@ class Ports:
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*(free_port() for _ in range(8)))
+        """Eight distinct free ports: every socket stays bound until all are picked, so the
+        kernel cannot hand the same port out twice (closing each before the next bind could)."""
+        with contextlib.ExitStack() as held:
+            sockets = [held.enter_context(socket.socket()) for _ in range(8)]
+            for sock in sockets:
+                sock.bind(("127.0.0.1", 0))
+            return cls(*(int(sock.getsockname()[1]) for sock in sockets))
 
 
 @dataclass
