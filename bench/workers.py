@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import itertools
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from switchboard.router.v1 import router_pb2_grpc
 from switchboard_core.workers import Worker
 from switchboard_devstack.pki import OPERATOR
 from switchboard_devstack.stack import Ports, Stack
-from switchboard_devstack.storage import free_port
+from switchboard_devstack.storage import bindable, free_port
 
 CHUNKS = 20
 TOKEN_DELAY = 0.005
@@ -50,15 +49,6 @@ class Row:
     split: list[float]  # StreamCompletion calls each worker served
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def ports_for(workers: int) -> Ports:
     """Free ports, the router's metrics ports of every worker among them."""
     while True:
@@ -67,7 +57,7 @@ def ports_for(workers: int) -> Ports:
             extra = [Worker(i, workers).metrics_port(base) for i in range(workers)]
         except ValueError:  # past 65535
             continue
-        if all(_bindable(port) for port in extra):
+        if all(bindable(port) for port in extra):
             break
     free = Ports.free()
     return Ports(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -21,18 +20,10 @@ import pytest
 import redis.asyncio as redis
 
 from switchboard_core.redis_client import create_redis
+from switchboard_devstack.storage import bindable
 
 NODES = 3
 START_SECONDS = 20.0  # the whole cluster up, or the session fails
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _ports(count: int) -> list[int]:
@@ -40,7 +31,7 @@ def _ports(count: int) -> list[int]:
     found: list[int] = []
     while len(found) < count:
         port = random.randint(20000, 39999)
-        if port not in found and _free(port) and _free(port + 10000):
+        if port not in found and bindable(port) and bindable(port + 10000):
             found.append(port)
     return found
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -29,7 +28,7 @@ from switchboard_core.channels import CLIENT_CHANNEL_OPTIONS
 from switchboard_core.workers import METRICS_PORT_STRIDE, Worker
 from switchboard_devstack.pki import OPERATOR
 from switchboard_devstack.stack import Ports, Stack
-from switchboard_devstack.storage import free_port
+from switchboard_devstack.storage import bindable, free_port
 from tests.e2e.support import WAITING_FOR_CATALOG, ask, auth
 
 pytestmark = [pytest.mark.e2e]
@@ -48,21 +47,12 @@ GRACE_SECONDS = 10.0  # the e2e stacks' SWITCHBOARD_SHUTDOWN_GRACE_SECONDS
 SUPERVISORS_OWN = "switchboard_worker_scrape_failures"
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _metrics_base() -> int:
     """A free port (the supervisor's) whose workers' ports are free too."""
     while True:
         port = free_port()
         if port + METRICS_PORT_STRIDE * WORKERS <= 65535 and all(
-            map(_bindable, worker_ports(port))
+            map(bindable, worker_ports(port))
         ):
             return port
 

@@ -32,6 +32,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def bindable(port: int) -> bool:
+    """Whether ``port`` on 127.0.0.1 can be bound now (nothing listens on it)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 @dataclass
 class EmbeddedPostgres:
     url: str
