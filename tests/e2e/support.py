@@ -6,7 +6,6 @@ import asyncio
 import os
 import ssl
 from decimal import Decimal
-from pathlib import Path
 
 import asyncpg
 import grpc
@@ -201,8 +200,3 @@ def edge_url(stack: Stack) -> str:
 def edge_trust(stack: Stack) -> ssl.SSLContext:
     """Trust in the stack's development CA, for HTTP clients of the edge."""
     return ssl.create_default_context(cafile=str(stack.pki.ca))
-
-
-def uvloop_loaded(pid: int) -> bool:
-    """Whether uvloop's extension is mapped in process ``pid`` (imported only when chosen)."""
-    return "/uvloop/loop." in Path(f"/proc/{pid}/maps").read_text()

@@ -1,8 +1,7 @@
-"""The services on asyncio's own loop (SWITCHBOARD_EVENT_LOOP=asyncio; the default is uvloop,
-on which every other e2e test runs) as real processes: none loads uvloop, a streamed
-completion passes through grpc.aio, the HTTP edge (aiohttp), Redis (a key with a spend limit
-reserves and settles) and metering's ledger (asyncpg), and each service stops cleanly on
-SIGTERM (``loop.add_signal_handler``)."""
+"""The services on uvloop (SWITCHBOARD_EVENT_LOOP=uvloop) as real processes: each runs on it,
+a streamed completion passes through grpc.aio, the HTTP edge (aiohttp), Redis (a key with a
+spend limit reserves and settles) and metering's ledger (asyncpg), and each service stops
+cleanly on SIGTERM (``loop.add_signal_handler``)."""
 
 from __future__ import annotations
 
@@ -18,27 +17,25 @@ from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard_demo.upstream import reply_words
 from switchboard_devstack.stack import Stack
-from tests.e2e.support import (
-    auth,
-    edge_trust,
-    edge_url,
-    ledger_entry,
-    limited_key,
-    uvloop_loaded,
-)
+from tests.e2e.support import auth, edge_trust, edge_url, ledger_entry, limited_key
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/PID/maps"),
 ]
 
-STACK_ENV = {"SWITCHBOARD_EVENT_LOOP": "asyncio"}
+STACK_ENV = {"SWITCHBOARD_EVENT_LOOP": "uvloop"}
 SERVICES = ("router", "metering", "catalog", "demo")
 
 
-async def test_no_service_loads_uvloop(stack: Stack) -> None:
-    assert {name: uvloop_loaded(stack.processes[name].pid) for name in SERVICES} == dict.fromkeys(
-        SERVICES, False
+def loop_loaded(pid: int) -> bool:
+    """Whether uvloop's extension is mapped in process ``pid`` (imported only when chosen)."""
+    return "/uvloop/loop." in Path(f"/proc/{pid}/maps").read_text()
+
+
+async def test_every_service_runs_on_uvloop(stack: Stack) -> None:
+    assert {name: loop_loaded(stack.processes[name].pid) for name in SERVICES} == dict.fromkeys(
+        SERVICES, True
     )
 
 
@@ -46,10 +43,10 @@ async def test_a_limited_stream_is_relayed_reserved_and_metered(
     router: router_pb2_grpc.RouterServiceAsyncStub,
     metering: metering_pb2_grpc.MeteringServiceAsyncStub,
 ) -> None:
-    key = await limited_key(metering, "e2e-asyncio", metering_pb2.SpendLimits(daily_usd="10"))
+    key = await limited_key(metering, "e2e-uvloop", metering_pb2.SpendLimits(daily_usd="10"))
     request = router_pb2.StreamCompletionRequest(
         model="switchboard/demo",
-        messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="on asyncio")],
+        messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="on uvloop")],
     )
     messages = [m async for m in router.StreamCompletion(request, metadata=auth(key))]
     assert "".join(m.delta.text for m in messages) == " ".join(reply_words(20))
@@ -62,7 +59,7 @@ async def test_the_http_edge_streams(
     metering: metering_pb2_grpc.MeteringServiceAsyncStub, stack: Stack
 ) -> None:
     key = await metering.CreateApiKey(
-        metering_pb2.CreateApiKeyRequest(account_id="e2e-asyncio", name="edge")
+        metering_pb2.CreateApiKeyRequest(account_id="e2e-uvloop", name="edge")
     )
     async with (
         httpx.AsyncClient(verify=edge_trust(stack), timeout=30) as http,

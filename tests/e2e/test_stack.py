@@ -19,7 +19,7 @@ from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard_demo.upstream import reply_words
 from switchboard_devstack.stack import Stack
-from tests.e2e.support import auth, ledger_entry, uvloop_loaded
+from tests.e2e.support import auth, ledger_entry
 
 pytestmark = [pytest.mark.e2e]
 
@@ -35,15 +35,6 @@ def chat(text: str, **kwargs: object) -> router_pb2.StreamCompletionRequest:
 
 def expected_cost(prompt: int, completion: int) -> Decimal:
     return (prompt * PROMPT_PRICE + completion * COMPLETION_PRICE) / 1_000_000
-
-
-async def test_every_service_runs_on_uvloop_by_default(stack: Stack) -> None:
-    """No SWITCHBOARD_EVENT_LOOP set: each process runs on uvloop (the asyncio opt-out is
-    test_event_loop.py's)."""
-    services = ("router", "metering", "catalog", "demo")
-    assert {name: uvloop_loaded(stack.processes[name].pid) for name in services} == dict.fromkeys(
-        services, True
-    )
 
 
 async def test_streamed_completion_is_relayed_and_metered_exactly(

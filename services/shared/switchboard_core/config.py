@@ -176,7 +176,7 @@ def _no_tls() -> TlsConfig:
 EVENT_LOOPS = ("uvloop", "asyncio")
 # The standard loop until uvloop's 2-8% less router CPU per completion (issue 12, measured on
 # a busy machine) is confirmed on a quiet one.
-DEFAULT_EVENT_LOOP = "uvloop"
+DEFAULT_EVENT_LOOP = "asyncio"
 
 
 @dataclass(frozen=True)
@@ -234,8 +234,8 @@ class ServerConfig:
 
 
 def read_event_loop(reader: EnvReader) -> str:
-    """SWITCHBOARD_EVENT_LOOP: ``uvloop`` (libuv's, the default) or ``asyncio`` (the standard
-    library's)."""
+    """SWITCHBOARD_EVENT_LOOP: ``asyncio`` (the standard library's loop, the default) or
+    ``uvloop`` (libuv's)."""
     name = reader.str("SWITCHBOARD_EVENT_LOOP", DEFAULT_EVENT_LOOP).strip().lower()
     if name not in EVENT_LOOPS:
         reader.problems.append(f"SWITCHBOARD_EVENT_LOOP: one of {', '.join(EVENT_LOOPS)}")

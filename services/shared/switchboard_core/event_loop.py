@@ -1,8 +1,12 @@
 """Run a service's main coroutine on the event loop its settings name (SWITCHBOARD_EVENT_LOOP).
 
-``uvloop`` (libuv, in C; the default: the router spent 2-8% less CPU per completion on it in
-issue 12's measurements, winning 11 of 13 paired rounds over two sittings) or ``asyncio`` (the
-standard library's selector loop, kept selectable). The loop is made by
+``asyncio`` (the standard library's selector loop, the default) or ``uvloop`` (libuv, in C:
+the router spends 2-8% less CPU per completion on it, issue 12's measurements). uvloop is not
+the default because of a fault path: a write to a transport already closed raises
+``RuntimeError`` on uvloop (MagicStack/uvloop#506, open) where asyncio drops it, and redis-py
+does not map that to a ``ConnectionError``, so a Redis connection refused mid-write escapes
+the handlers written for connection errors (the short chaos run caught it in metering's
+outbox: ``metering-redis-refuse``). The loop is made by
 :class:`asyncio.Runner` with a ``loop_factory``, so nothing global (no event-loop policy)
 changes: code that makes its own loop later (tests, ``asyncio.run``) gets the standard one.
 """
