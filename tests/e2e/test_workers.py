@@ -51,9 +51,7 @@ def _metrics_base() -> int:
     """A free port (the supervisor's) whose workers' ports are free too."""
     while True:
         port = free_port()
-        if port + METRICS_PORT_STRIDE * WORKERS <= 65535 and all(
-            map(bindable, worker_ports(port))
-        ):
+        if port + METRICS_PORT_STRIDE * WORKERS <= 65535 and all(map(bindable, worker_ports(port))):
             return port
 
 

@@ -24,6 +24,7 @@ from prometheus_client import REGISTRY
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.db import create_pool, migrate
 from switchboard_core.errors import InvalidArgument
+from switchboard_core.usage_outbox import EVENT_FIELD
 from switchboard_metering.app import MIGRATIONS
 from switchboard_metering.config import OutboxSettings
 from switchboard_metering.event_rules import TOKEN_FIELDS
@@ -198,13 +199,14 @@ async def test_the_outbox_dead_letters_each_poisoned_event_and_writes_the_rest_o
         for index, case in enumerate(CASES):  # honest before and after every poisoned one
             for event in (honest(key, 2 * index), honest(key, 2 * index + 1)):
                 good.append(event)
-                await client.xadd(outbox.stream, {"e": event.SerializeToString()})
+                await client.xadd(outbox.stream, {EVENT_FIELD: event.SerializeToString()})
             entry: Any = await client.xadd(
-                outbox.stream, {"e": case.apply(honest(key, 1000 + index)).SerializeToString()}
+                outbox.stream,
+                {EVENT_FIELD: case.apply(honest(key, 1000 + index)).SerializeToString()},
             )
             poisoned[entry] = case
         for event in good[:5]:  # replays change nothing
-            await client.xadd(outbox.stream, {"e": event.SerializeToString()})
+            await client.xadd(outbox.stream, {EVENT_FIELD: event.SerializeToString()})
 
         async def done() -> bool:
             return len(await ledger_rows(pool, key)) == len(good) and await drained(client, outbox)
@@ -254,7 +256,7 @@ async def test_a_row_postgres_refuses_is_dead_lettered_alone(
     good = [honest(key, i) for i in range(6)]
     doomed = usage_event(victim, when=now)
     for event in (*good[:3], doomed, *good[3:]):
-        await client.xadd(outbox.stream, {"e": event.SerializeToString()})
+        await client.xadd(outbox.stream, {EVENT_FIELD: event.SerializeToString()})
 
     async def done() -> bool:
         return len(await ledger_rows(pool, key)) == 6 and await drained(client, outbox)
@@ -266,7 +268,7 @@ async def test_a_row_postgres_refuses_is_dead_lettered_alone(
     newest: Any = await client.xrevrange(outbox.dead_letter_stream, count=1)
     [(_, last)] = newest
     assert last[b"reason"] == b"refused by Postgres (22003)"  # numeric value out of range
-    assert last[b"e"] == doomed.SerializeToString()
+    assert last[EVENT_FIELD] == doomed.SerializeToString()
 
 
 @settings(
@@ -297,7 +299,7 @@ async def test_any_mix_leaves_exactly_the_honest_events(
         else:
             event.usage.prompt_tokens += item
             good.append(event)
-        await client.xadd(outbox.stream, {"e": event.SerializeToString()})
+        await client.xadd(outbox.stream, {EVENT_FIELD: event.SerializeToString()})
     poisoned = len(mix) - len(good)
 
     async def done() -> bool:

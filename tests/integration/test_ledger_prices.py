@@ -34,6 +34,7 @@ from switchboard_catalog.testing import RunningCatalog
 from switchboard_core.db import create_pool
 from switchboard_core.money import format_usd
 from switchboard_core.pricing import Counts, PriceSheet
+from switchboard_core.usage_outbox import EVENT_FIELD
 from switchboard_metering.config import OutboxSettings
 from tests.integration.test_metering_app import (
     Metering,
@@ -259,7 +260,7 @@ async def test_an_honest_event_at_the_price_before_a_change_is_accepted(
         metering_pb2.RecordUsageRequest(events=[at_old[0], at_new[0]])
     )
     for event in (at_old[1], at_new[1]):
-        await client.xadd(metering.outbox.stream, {"e": event.SerializeToString()})
+        await client.xadd(metering.outbox.stream, {EVENT_FIELD: event.SerializeToString()})
 
     async def all_written() -> bool:
         return len(await ledger_rows(pool, key)) == 4
@@ -294,7 +295,7 @@ async def test_a_price_metering_has_not_heard_of_yet_is_waited_for_not_refused(
         )
         waited, queued = priced(key, endpoint, "7", "8"), priced(key, endpoint, "7", "8")
         deferred_before = sample("switchboard_usage_events_deferred_total", {"field": "cost_usd"})
-        await client.xadd(outbox.stream, {"e": queued.SerializeToString()})
+        await client.xadd(outbox.stream, {EVENT_FIELD: queued.SerializeToString()})
         request = metering_pb2.RecordUsageRequest(events=[waited])
         recording = asyncio.ensure_future(metering.router.RecordUsage(request))
 
@@ -340,16 +341,18 @@ async def test_the_outbox_dead_letters_bad_costs_and_writes_the_honest_events_on
             for _ in range(2):
                 event = priced(key, endpoint, "1", "2")
                 good.append(event)
-                await client.xadd(outbox.stream, {"e": event.SerializeToString()})
+                await client.xadd(outbox.stream, {EVENT_FIELD: event.SerializeToString()})
             poisoned = priced(key, endpoint, "1", "2")
             if index % 2:
                 poisoned.endpoint_id, why = f"{PROVIDER}:sbtest/nowhere", "endpoint_id"
             else:
                 poisoned.cost_usd, why = str(Decimal(poisoned.cost_usd) * 1000), "cost_usd"
-            entry: Any = await client.xadd(outbox.stream, {"e": poisoned.SerializeToString()})
+            entry: Any = await client.xadd(
+                outbox.stream, {EVENT_FIELD: poisoned.SerializeToString()}
+            )
             bad[entry] = why
         for event in good[:3]:  # replays change nothing
-            await client.xadd(outbox.stream, {"e": event.SerializeToString()})
+            await client.xadd(outbox.stream, {EVENT_FIELD: event.SerializeToString()})
 
         async def done() -> bool:
             pending = await client.xpending(outbox.stream, outbox.group)
@@ -392,7 +395,7 @@ async def test_without_a_view_of_the_catalog_events_are_accepted_and_counted(
         key = new_key_id()
         direct, queued = usage_event(key, cost="0.42"), usage_event(key, cost="0.42")
         await metering.router.RecordUsage(metering_pb2.RecordUsageRequest(events=[direct]))
-        await client.xadd(outbox.stream, {"e": queued.SerializeToString()})
+        await client.xadd(outbox.stream, {EVENT_FIELD: queued.SerializeToString()})
 
         async def written() -> bool:
             return len(await ledger_rows(pool, key)) == 2

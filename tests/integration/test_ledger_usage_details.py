@@ -23,6 +23,7 @@ from switchboard.metering.v1 import metering_pb2
 from switchboard_core.db import create_pool, migrate
 from switchboard_core.money import format_usd
 from switchboard_core.pricing import Counts, PriceSheet
+from switchboard_core.usage_outbox import EVENT_FIELD
 from switchboard_metering import migrations
 from switchboard_metering.app import MIGRATIONS
 from switchboard_metering.event_rules import DETAIL_FIELDS, EventWindow
@@ -135,7 +136,7 @@ async def test_a_full_event_round_trips_through_the_outbox(
     key = new_key_id()
     event = full_event(key, version=7)
     for _ in range(2):  # and once replayed
-        await redis_client.xadd(metering.outbox.stream, {"e": event.SerializeToString()})
+        await redis_client.xadd(metering.outbox.stream, {EVENT_FIELD: event.SerializeToString()})
 
     async def written() -> bool:
         count = await pool.fetchval("SELECT count(*) FROM generations WHERE key_id = $1", key)

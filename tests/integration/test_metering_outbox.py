@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as redis
 
 from switchboard.metering.v1 import metering_pb2
+from switchboard_core.usage_outbox import EVENT_FIELD
 from switchboard_metering.config import OutboxSettings
 from switchboard_metering.ledger import Batch, Ledger, WriteResult
 from switchboard_metering.outbox import OutboxConsumer
@@ -31,7 +32,7 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 async def xadd(client: redis.Redis, stream: str, *events: metering_pb2.UsageEvent) -> None:
     for event in events:
-        await client.xadd(stream, {"e": event.SerializeToString()})
+        await client.xadd(stream, {EVENT_FIELD: event.SerializeToString()})
 
 
 async def drained(client: redis.Redis, outbox: OutboxSettings) -> bool:
@@ -81,9 +82,9 @@ async def test_malformed_entries_go_to_the_dead_letter_stream(
     outbox = test_settings(redis_prefix)
     invalid = usage_event(key, cost="-1")
     async with running_metering(database_url, redis_url, outbox):
-        await redis_client.xadd(outbox.stream, {"e": b"\xff\xfenot protobuf"})
+        await redis_client.xadd(outbox.stream, {EVENT_FIELD: b"\xff\xfenot protobuf"})
         await redis_client.xadd(outbox.stream, {"other": b"1"})
-        await redis_client.xadd(outbox.stream, {"e": invalid.SerializeToString()})
+        await redis_client.xadd(outbox.stream, {EVENT_FIELD: invalid.SerializeToString()})
         await xadd(redis_client, outbox.stream, usage_event(key), usage_event(key))
 
         async def good_ones_written() -> bool:
@@ -93,7 +94,7 @@ async def test_malformed_entries_go_to_the_dead_letter_stream(
     dead: Any = await redis_client.xrange(outbox.dead_letter_stream)
     reasons = [fields[b"reason"].decode() for _, fields in dead]
     assert reasons == ["not a serialized UsageEvent", "missing field e", "invalid event.cost_usd"]
-    assert dead[2][1][b"e"] == invalid.SerializeToString()
+    assert dead[2][1][EVENT_FIELD] == invalid.SerializeToString()
 
 
 async def test_entries_of_a_dead_consumer_are_claimed(

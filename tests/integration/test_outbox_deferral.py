@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from switchboard.catalog.v1 import catalog_pb2
 from switchboard.common.v1 import common_pb2
 from switchboard_core.db import create_pool, migrate
+from switchboard_core.usage_outbox import EVENT_FIELD
 from switchboard_metering.app import MIGRATIONS
 from switchboard_metering.cost_check import PriceCheck
 from switchboard_metering.ledger import Ledger
@@ -76,7 +77,7 @@ async def test_an_unsettled_entry_stays_pending_and_the_next_ones_are_written(
     consumer = OutboxConsumer(redis_client, ledger, settings)
     consumer.start()
     for event in (odd, honest[0]):
-        await redis_client.xadd(settings.stream, {"e": event.SerializeToString()})
+        await redis_client.xadd(settings.stream, {EVENT_FIELD: event.SerializeToString()})
     await written(1)
     assert deferred_count() > before
     await consumer.stop()
@@ -86,7 +87,7 @@ async def test_an_unsettled_entry_stays_pending_and_the_next_ones_are_written(
     again = OutboxConsumer(redis_client, ledger, settings)
     again.start()
     for event in honest[1:]:
-        await redis_client.xadd(settings.stream, {"e": event.SerializeToString()})
+        await redis_client.xadd(settings.stream, {EVENT_FIELD: event.SerializeToString()})
     await written(3)
     pending = await redis_client.xpending(settings.stream, settings.group)
     assert pending["pending"] == 1  # the odd one, still to be checked again

@@ -22,6 +22,7 @@ from switchboard_core.usage_bounds import (
     MAX_PROMPT_TOKENS,
     MAX_TEXT_CHARS,
 )
+from switchboard_core.usage_outbox import EVENT_FIELD
 from switchboard_metering.event_rules import CostProblem, EventRules, EventWindow
 from switchboard_metering.ledger import check_event, validate_events
 from switchboard_metering.outbox import Backoff, parse_entry
@@ -89,11 +90,11 @@ def test_every_bad_field_is_reported() -> None:
 
 def test_parse_entry() -> None:
     good = event()
-    assert parse_entry({b"e": good.SerializeToString()}) == (good, "")
+    assert parse_entry({EVENT_FIELD: good.SerializeToString()}) == (good, "")
     assert parse_entry({b"x": b"1"}) == (None, "missing field e")
-    assert parse_entry({b"e": b"\xff\xff"}) == (None, "not a serialized UsageEvent")
+    assert parse_entry({EVENT_FIELD: b"\xff\xff"}) == (None, "not a serialized UsageEvent")
     bad = event(cost_usd="secret-looking-payload").SerializeToString()
-    assert parse_entry({b"e": bad}) == (None, "invalid event.cost_usd")
+    assert parse_entry({EVENT_FIELD: bad}) == (None, "invalid event.cost_usd")
 
 
 def test_backoff_is_capped_and_resets() -> None:
@@ -136,7 +137,7 @@ def test_a_poisoned_event_is_refused_by_name(case: Case) -> None:
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
 def test_a_poisoned_outbox_entry_is_named_without_its_contents(case: Case) -> None:
     raw = case.apply(event()).SerializeToString()
-    assert parse_entry({b"e": raw}) == (None, f"invalid event.{case.field}")
+    assert parse_entry({EVENT_FIELD: raw}) == (None, f"invalid event.{case.field}")
 
 
 def test_the_bounds_themselves_are_accepted() -> None:
@@ -241,7 +242,7 @@ def test_an_unsettled_cost_is_set_apart_only_when_the_caller_asks() -> None:
         validate_events([event(key_id=""), event(cost_usd="0.002")], rules=rules, unsettled=[])
     assert [f for f, _ in caught.value.violations] == ["events[0].key_id", "events[1].cost_usd"]
     raw = event(cost_usd="0.002").SerializeToString()
-    assert parse_entry({b"e": raw}, rules) == (None, "unsettled event.cost_usd")
+    assert parse_entry({EVENT_FIELD: raw}, rules) == (None, "unsettled event.cost_usd")
 
 
 def test_at_most_twenty_violations_are_reported() -> None:

@@ -31,6 +31,7 @@ from switchboard_core.interceptors import ServerInterceptor, _Call
 from switchboard_core.pricing import PriceSheet
 from switchboard_core.tls import TlsConfig
 from switchboard_core.tracing_config import TracingConfig
+from switchboard_core.usage_outbox import EVENT_FIELD
 from switchboard_metering.event_rules import DEFAULT_RULES, check_event, validate_events
 from switchboard_metering.outbox_entries import INVALID, Dead, read_entry
 from switchboard_router import genai_spans
@@ -170,7 +171,7 @@ def test_record_usage_refuses_a_bad_trace_parent_naming_the_field() -> None:
 
 def test_the_outbox_dead_letters_an_event_with_a_bad_trace_parent() -> None:
     raw = usage_event(trace_parent="not-a-traceparent").SerializeToString()
-    dead = read_entry(b"1-0", {b"e": raw}, DEFAULT_RULES, None)
+    dead = read_entry(b"1-0", {EVENT_FIELD: raw}, DEFAULT_RULES, None)
     assert isinstance(dead, Dead)
     assert (dead.reason, dead.field) == (INVALID, "trace_parent")
     assert check_event(usage_event(trace_parent=PARENT), "event") == []
