@@ -209,9 +209,7 @@ class ServerConfig:
     ) -> ServerConfig:
         from switchboard_core.tls import TlsConfig
 
-        level = reader.str("SWITCHBOARD_LOG_LEVEL", "INFO").upper()
-        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            reader.problems.append("SWITCHBOARD_LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR")
+        level = read_log_level(reader)
         return cls(
             service=service,
             host=reader.str("SWITCHBOARD_HOST", "127.0.0.1"),
@@ -231,6 +229,19 @@ class ServerConfig:
             health_port=read_port_or_off(reader, "SWITCHBOARD_HEALTH_PORT", None),
             event_loop=read_event_loop(reader),
         )
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def read_log_level(reader: EnvReader) -> str:
+    """SWITCHBOARD_LOG_LEVEL (any case): one of :data:`LOG_LEVELS`; INFO (and a problem
+    recorded) otherwise. Services and the workers' supervisor read it here."""
+    level = reader.str("SWITCHBOARD_LOG_LEVEL", "INFO").upper()
+    if level not in LOG_LEVELS:
+        reader.problems.append(f"SWITCHBOARD_LOG_LEVEL: one of {', '.join(LOG_LEVELS)}")
+        return "INFO"
+    return level
 
 
 def read_event_loop(reader: EnvReader) -> str:

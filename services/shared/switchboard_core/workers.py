@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from switchboard_core.config import ConfigError, EnvReader
+from switchboard_core.config import ConfigError, EnvReader, read_log_level
 
 if TYPE_CHECKING:  # aiohttp: imported by a supervisor only, once it serves metrics
     from switchboard_core.worker_metrics import MetricsGateway
@@ -83,7 +83,6 @@ METRICS_PORT_VAR = "SWITCHBOARD_METRICS_PORT"
 # The services' default SWITCHBOARD_METRICS_PORT (DEFAULT_METRICS_PORT of their config modules,
 # which a supervisor does not import: they import gRPC); a test holds the two equal.
 DEFAULT_METRICS_PORTS = {"router": 9091, "metering": 9093}
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")  # as ServerConfig's SWITCHBOARD_LOG_LEVEL
 # ServerConfig's default SWITCHBOARD_SHUTDOWN_GRACE_SECONDS (the workers' drain).
 DEFAULT_GRACE_SECONDS = 10.0
 # Past the grace period: the workers' cleanup (pools, clients, last spans) before SIGKILL.
@@ -177,15 +176,6 @@ def read_worker(reader: EnvReader) -> Worker | None:
         reader.problems.append(f"{INDEX_VAR}: must be below {COUNT_VAR} ({count})")
         return None
     return Worker(index, count)
-
-
-def read_log_level(reader: EnvReader) -> str:
-    """``SWITCHBOARD_LOG_LEVEL``, read as the services' ServerConfig reads it."""
-    level = reader.str("SWITCHBOARD_LOG_LEVEL", "INFO").upper()
-    if level not in LOG_LEVELS:
-        reader.problems.append(f"SWITCHBOARD_LOG_LEVEL: one of {', '.join(LOG_LEVELS)}")
-        return "INFO"
-    return level
 
 
 def read_metrics_endpoint(reader: EnvReader, service: str, count: int) -> MetricsEndpoint:
