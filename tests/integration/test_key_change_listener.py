@@ -60,3 +60,29 @@ async def test_a_silent_redis_is_noticed_and_the_listener_resubscribes(
         await listener.stop()
         await client.aclose()
         proxy.stop()
+
+
+async def test_subscribed_means_redis_has_the_subscription(
+    redis_url: str, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    """``on_resubscribe`` (where callers reload what may have changed) and ``subscribed`` come
+    once Redis confirmed the subscription, not when it was sent: over a slow link an
+    announcement made in between would otherwise reach no one and the reload would miss it."""
+    proxy = redis_proxy(redis_url)
+    proxy.set("latency", latency=0.3)
+    client = create_redis(through(proxy, redis_url), timeout=2.0)
+    channel = redis_prefix + "key-changes-confirmed"
+    reloads: list[float] = []
+    listener = KeyChangeListener(
+        client, channel, lambda subject: None, lambda: reloads.append(time.monotonic())
+    )
+    listener.start()
+    try:
+        await asyncio.wait_for(listener.subscribed.wait(), 5)
+        listening = await redis_client.pubsub_numsub(channel)
+        assert listening == [(channel.encode(), 1)]  # Redis knew of the listener by then
+        assert len(reloads) == 1
+    finally:
+        await listener.stop()
+        await client.aclose()
+        proxy.stop()

@@ -192,7 +192,9 @@ async def test_the_outage_memo_spares_a_burst_the_deadline(
         )
         assert all(isinstance(r, Unavailable) for r in results)
         timings[name] = (time.monotonic() - started, proxy.connections - before)
-    assert timings["memo"][1] == 0 and timings["memo"][0] < 0.2
+    # No connection tried and nobody waited the deadline (the time bound is the deadline, not
+    # an absolute: 200 refusals take CPU time a busy machine stretches).
+    assert timings["memo"][1] == 0 and timings["memo"][0] < DEADLINE
     assert timings["none"][1] >= 100 and timings["none"][0] >= DEADLINE
     print(f"burst of 200 against a silent Redis: {timings}")
 

@@ -106,11 +106,9 @@ class KeyChangeListener(BackgroundTask):
 
     async def _run(self) -> None:
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._redis.pubsub()
             try:
-                await pubsub.subscribe(self._channel)
-                self._on_resubscribe()  # anything may have changed while we were not listening
-                self.subscribed.set()
+                await pubsub.subscribe(self._channel)  # sent; confirmed in _listen
                 await self._listen(pubsub)
             except (RedisError, OSError) as error:
                 self.subscribed.clear()
@@ -131,7 +129,11 @@ class KeyChangeListener(BackgroundTask):
     async def _listen(self, pubsub: PubSub) -> None:
         """Hand every message to ``on_change``; raise ``ConnectionError`` when a ping gets no
         answer within :data:`PONG_TIMEOUT_SECONDS` (a silent Redis: nothing else would tell a
-        subscribed connection from an idle one)."""
+        subscribed connection from an idle one).
+
+        ``on_resubscribe`` runs when Redis confirms the subscription, not when it is sent: a
+        change announced between the two would reach no one, so whatever the caller reloads
+        then is read after every later announcement is sure to arrive."""
         heard = time.monotonic()  # when Redis last said anything on this connection
         pinged: float | None = None  # when the unanswered ping went out
         while True:
@@ -139,8 +141,12 @@ class KeyChangeListener(BackgroundTask):
             now = time.monotonic()
             if message is not None:
                 heard, pinged = now, None
-                if message.get("type") == "message":
+                kind = message.get("type")
+                if kind == "message":
                     self._on_change(_text(message.get("data")))
+                elif kind == "subscribe":
+                    self._on_resubscribe()  # anything may have changed while not listening
+                    self.subscribed.set()
             elif pinged is not None and now - pinged > PONG_TIMEOUT_SECONDS:
                 raise RedisConnectionError("redis did not answer the listener's ping")
             elif pinged is None and now - heard > PING_SECONDS:
