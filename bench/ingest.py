@@ -365,34 +365,25 @@ def filesystem(path: Path) -> str:
     return best[1]
 
 
-class DurableRedis:
-    """A redis-server configured like production: append-only file, fsync every write."""
+class LocalRedis:
+    """A private redis-server of this run. ``durable`` (the default) is configured like
+    production: append-only file, fsync every write (docker-compose.yml); else no persistence
+    at all. ``binary``: which redis-server (default :func:`redis_binary`)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, durable: bool = True, binary: str = "") -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.binary = redis_binary()
+        self.binary = binary or redis_binary()
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else []
         self._log = (directory / "redis.log").open("wb")
         self.process = subprocess.Popen(
             [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(directory),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
+                *(self.binary, "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--dir", str(directory), "--save", "", *persistence),
                 # Redis then records fsyncs (event aof-fsync-always) that take 1 ms or more.
-                "--latency-monitor-threshold",
-                "1",
+                *("--latency-monitor-threshold", "1"),
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -406,6 +397,7 @@ class DurableRedis:
             time.sleep(0.05)
 
     def stop(self) -> None:
+        """Terminate this server (only the process started here), killing it after 10 s."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -804,12 +796,12 @@ async def run(count: int, consumers: int, batch: int, publishes: int, levels: li
     found_redis, embedded_redis = find_redis(os.environ.get("REDIS_URL"), state / "redis")
     name = f"sbingest_{uuid.uuid4().hex[:8]}"
     database = await create_database(admin, name)
-    durable: DurableRedis | None = None
+    durable: LocalRedis | None = None
     pool: asyncpg.Pool | None = None
     client: redis.Redis | None = None
     ok = False
     try:
-        durable = DurableRedis(state / "aof")
+        durable = LocalRedis(state / "aof")
         pool = await create_pool(database, max_size=max(10, consumers + 2))
         await migrate(pool, "metering", MIGRATIONS)
         client = create_redis(durable.url)

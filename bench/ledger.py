@@ -39,9 +39,10 @@ from pathlib import Path
 import asyncpg
 import psutil
 
+from bench.ingest import LocalRedis
 from bench.ledger_outbox import consumers_section
 from bench.ledger_postgres import postgres_writes
-from bench.ledger_redis import RedisServer, budget_section
+from bench.ledger_redis import budget_section, redis_server
 from switchboard_core.db import create_pool, migrate
 from switchboard_devstack.storage import create_database, drop_database, find_postgres
 from switchboard_metering.app import MIGRATIONS
@@ -72,14 +73,14 @@ async def run(options: Options, admin_url: str | None = None) -> int:
     admin, embedded_pg = find_postgres(admin_url or os.environ.get("DATABASE_URL"), state / "pg")
     name = f"sbledger_{uuid.uuid4().hex[:8]}"
     database = await create_database(admin, name)
-    servers: list[RedisServer] = []
+    servers: list[LocalRedis] = []
     pool: asyncpg.Pool | None = None
     ok = False
     try:
         async with asyncio.timeout(options.timeout):
-            durable = RedisServer(state / "aof", durable=True)
+            durable = redis_server(state / "aof", durable=True)
             servers.append(durable)
-            plain = RedisServer(state / "plain", durable=False)
+            plain = redis_server(state / "plain", durable=False)
             servers.append(plain)
             pool = await create_pool(database, max_size=4)
             await migrate(pool, "metering", MIGRATIONS)

