@@ -57,6 +57,42 @@ NEVER_REFUSING = metering_pb2.RateLimits(
 )
 
 
+async def new_stack(
+    prefix: str,
+    admin: str,
+    redis: str,
+    state: Path,
+    log_dir: Path,
+    env: dict[str, str],
+    *,
+    plaintext: bool = False,
+    service_env: dict[str, dict[str, str]] | None = None,
+    ports: Ports | None = None,
+) -> tuple[Stack, str]:
+    """A stack (not started) on a fresh database named ``prefix_<random>``, whose usage stream
+    and budget keys are named after it (runs never share them), logging warnings only, ``env``
+    on top (``service_env``: one service's settings on top of that); on ``ports`` (default:
+    free ones). Returns it and its database's name, for the caller to drop."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    database = await create_database(admin, name)
+    stack = Stack(
+        database,
+        redis,
+        DevPki.ensure(state / "pki"),
+        ports=ports or Ports.free(),
+        log_dir=log_dir,
+        extra_env={
+            "SWITCHBOARD_USAGE_STREAM": f"{name}:usage",
+            "SWITCHBOARD_BUDGET_PREFIX": f"{name}:budget:",
+            "SWITCHBOARD_LOG_LEVEL": "WARNING",
+            **env,
+        },
+        plaintext=plaintext,
+        service_env=service_env or {},
+    )
+    return stack, name
+
+
 @asynccontextmanager
 async def bench_stack(
     prefix: str,
@@ -75,22 +111,16 @@ async def bench_stack(
     state = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
     admin, embedded_pg = find_postgres(os.environ.get("DATABASE_URL"), state / "pg")
     redis, embedded_redis = find_redis(os.environ.get("REDIS_URL"), state / "redis")
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    database = await create_database(admin, name)
-    stack = Stack(
-        database,
+    stack, name = await new_stack(
+        prefix,
+        admin,
         redis,
-        DevPki.ensure(state / "pki"),
-        ports=ports or Ports.free(),
-        log_dir=state / "logs",
-        extra_env={
-            "SWITCHBOARD_USAGE_STREAM": f"{name}:usage",
-            "SWITCHBOARD_BUDGET_PREFIX": f"{name}:budget:",
-            "SWITCHBOARD_LOG_LEVEL": "WARNING",
-            **env,
-        },
+        state,
+        state / "logs",
+        env,
         plaintext=plaintext,
-        service_env=service_env or {},
+        service_env=service_env,
+        ports=ports,
     )
     try:
         await stack.start()
@@ -137,20 +167,13 @@ async def _keys(stack: Stack) -> tuple[str, str, str]:
 async def deploy(
     name: str, admin: str, redis: str, state: Path, token_delay: float, *, plaintext: bool
 ) -> Deployment:
-    db_name = f"sbbench_{uuid.uuid4().hex[:8]}"
-    database = await create_database(admin, db_name)
-    stack = Stack(
-        database,
+    stack, db_name = await new_stack(
+        "sbbench",
+        admin,
         redis,
-        DevPki.ensure(state / "pki"),
-        ports=Ports.free(),
-        log_dir=state / f"logs-{name}",
-        extra_env={
-            "SWITCHBOARD_USAGE_STREAM": f"sbbench:{db_name}:usage",
-            "SWITCHBOARD_BUDGET_PREFIX": f"sbbench:{db_name}:budget:",
-            "SWITCHBOARD_LOG_LEVEL": "WARNING",
-            "SWITCHBOARD_DEMO_TOKEN_DELAY_SECONDS": str(token_delay),
-        },
+        state,
+        state / f"logs-{name}",
+        {"SWITCHBOARD_DEMO_TOKEN_DELAY_SECONDS": str(token_delay)},
         plaintext=plaintext,
     )
     try:

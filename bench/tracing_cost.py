@@ -22,7 +22,6 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,10 @@ from opentelemetry.sdk.trace import sampling as samplers
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from bench.relay import HEADER, Deployment, Result, measured
+from bench.stacks import new_stack
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard_core import rpc_tracing, tracing
-from switchboard_devstack.pki import DevPki
-from switchboard_devstack.stack import Ports, Stack
-from switchboard_devstack.storage import create_database, drop_database, find_postgres, find_redis
+from switchboard_devstack.storage import drop_database, find_postgres, find_redis
 
 # Variant name -> its tracing settings (none: off).
 VARIANTS: dict[str, dict[str, str]] = {
@@ -97,24 +95,12 @@ def _slug(variant: str) -> str:
 async def deploy(
     variant: str, admin: str, redis: str, state: Path, token_delay: float, sink: Sink
 ) -> Deployment:
-    db_name = f"sbbench_{uuid.uuid4().hex[:8]}"
-    database = await create_database(admin, db_name)
-    env = {
-        "SWITCHBOARD_USAGE_STREAM": f"sbbench:{db_name}:usage",
-        "SWITCHBOARD_BUDGET_PREFIX": f"sbbench:{db_name}:budget:",
-        "SWITCHBOARD_LOG_LEVEL": "WARNING",
-        "SWITCHBOARD_DEMO_TOKEN_DELAY_SECONDS": str(token_delay),
-    }
+    env = {"SWITCHBOARD_DEMO_TOKEN_DELAY_SECONDS": str(token_delay)}
     if VARIANTS[variant]:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sink.port}/{_slug(variant)}"
         env.update(VARIANTS[variant])
-    stack = Stack(
-        database,
-        redis,
-        DevPki.ensure(state / "pki"),
-        ports=Ports.free(),
-        log_dir=state / f"logs-{_slug(variant)}",
-        extra_env=env,
+    stack, db_name = await new_stack(
+        "sbbench", admin, redis, state, state / f"logs-{_slug(variant)}", env
     )
     await stack.start()
     async with stack.channel("metering") as channel:
