@@ -107,30 +107,18 @@ def create_redis(
         retries,
         supported_errors=(redis_errors.ConnectionError,),
     )
-    connect = timeout if connect_timeout is None else connect_timeout
+    options: dict[str, Any] = {
+        "decode_responses": False,
+        "socket_connect_timeout": timeout if connect_timeout is None else connect_timeout,
+        "socket_timeout": timeout,
+        "health_check_interval": 30,
+        "max_connections": max_connections,
+        "retry": retry,
+    }
     if cluster:
         retry.update_supported_errors([redis_errors.ClusterDownError])
-        return cast(
-            redis.Redis,
-            _Cluster.from_url(
-                url,
-                decode_responses=False,
-                socket_connect_timeout=connect,
-                socket_timeout=timeout,
-                health_check_interval=30,
-                max_connections=max_connections,
-                retry=retry,
-            ),
-        )
-    return redis.Redis.from_url(
-        url,
-        decode_responses=False,
-        socket_connect_timeout=connect,
-        socket_timeout=timeout,
-        health_check_interval=30,
-        max_connections=max_connections,
-        retry=retry,
-    )
+        return cast(redis.Redis, _Cluster.from_url(url, **options))
+    return redis.Redis.from_url(url, **options)
 
 
 class RedisKnownDown(redis_errors.ConnectionError):
