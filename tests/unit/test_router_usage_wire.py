@@ -56,29 +56,31 @@ def test_a_timestamp_is_the_wall_clock_time_to_a_microsecond() -> None:
     assert abs(stamp.nanos - 250_000_000) < 1_000
 
 
+ROUTE = Route(
+    endpoint_id="p:m",
+    model_id="p/m",
+    provider_id="p",
+    api_format=1,
+    base_url="https://p.test/v1",
+    dialect="p",
+    upstream_model="m-2026",
+    price=PriceSheet.flat("1", "2"),
+    context_length=8192,
+    max_completion_tokens=1024,
+    supported_parameters=frozenset(),
+    price_version=9,
+)
+
+
 def test_the_usage_event_carries_every_field_of_the_generation() -> None:
     picture = Message(Role.USER, (TextPart("what is this?"), ImagePart(url="https://x/a.png")))
-    route = Route(
-        endpoint_id="p:m",
-        model_id="p/m",
-        provider_id="p",
-        api_format=1,
-        base_url="https://p.test/v1",
-        dialect="p",
-        upstream_model="m-2026",
-        price=PriceSheet.flat("1", "2"),
-        context_length=8192,
-        max_completion_tokens=1024,
-        supported_parameters=frozenset(),
-        price_version=9,
-    )
     now = time.monotonic()
     generation = Generation(
         id="gen-7",
         attempt=2,
         caller=Caller("key_1", "acct_1"),
         request=CompletionRequest(model="p/m", messages=(picture,)),
-        route=route,
+        route=ROUTE,
         started=now - 2.0,
         create_time=1_700_000_000.5,
         streamed=True,
@@ -124,25 +126,12 @@ def test_the_usage_event_carries_every_field_of_the_generation() -> None:
 
 
 def test_no_first_event_means_no_time_to_first_token() -> None:
-    route = Route(
-        endpoint_id="p:m",
-        model_id="p/m",
-        provider_id="p",
-        api_format=1,
-        base_url="https://p.test/v1",
-        dialect="p",
-        upstream_model="m",
-        price=PriceSheet.flat("1", "2"),
-        context_length=8192,
-        max_completion_tokens=1024,
-        supported_parameters=frozenset(),
-    )
     generation = Generation(
         id="gen-8",
         attempt=0,
         caller=Caller("key_1", "acct_1"),
         request=CompletionRequest(model="p/m", messages=(Message.of(Role.USER, "hi"),)),
-        route=route,
+        route=ROUTE,
         started=time.monotonic(),
         create_time=time.time(),
         streamed=False,
