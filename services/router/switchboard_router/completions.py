@@ -53,10 +53,10 @@ class Prepared:
             self.ticket.finish(usage)
 
 
-def note_deprecation(event: RelayEvent, hook: DeprecationHook | None) -> None:
+def note_deprecation(event: Started, hook: DeprecationHook | None) -> None:
     """When the endpoint that started answering is deprecated: the hook and the metric
     (lifecycle.py)."""
-    if not isinstance(event, Started) or not event.route.lifecycle.deprecated(now_utc()):
+    if not event.route.lifecycle.deprecated(now_utc()):
         return
     route = event.route
     if hook is not None:
@@ -138,11 +138,13 @@ class Completions:
                     reservation=prepared.reservation,
                     hedge=prepared.hedge,
                 ):
-                    if isinstance(event, Completed):
+                    # Once each per stream, tested by type (the loop runs for every delta).
+                    if type(event) is Started:
+                        note_deprecation(event, on_deprecated)
+                    elif type(event) is Completed:
                         usage = event.usage
                     if span is not None:
                         genai_spans.note(span, event)
-                    note_deprecation(event, on_deprecated)
                     yield event
         finally:
             prepared.finish(usage)
