@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -30,6 +31,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from switchboard_catalog.__main__ import warn_about_workers
+from switchboard_core import workers as workers_module
 from switchboard_core.config import ConfigError
 from switchboard_core.server import server_options
 from switchboard_core.worker_metrics import MetricsGateway, merge, parse, render
@@ -44,6 +46,7 @@ from switchboard_core.workers import (
     Supervisor,
     Worker,
     available_cores,
+    cpu_quota_cores,
     plan,
 )
 from switchboard_metering.config import MeteringConfig
@@ -442,3 +445,33 @@ def test_the_catalog_warns_that_it_runs_one_process(
     with caplog.at_level(logging.WARNING, logger="switchboard_catalog"):
         warn_about_workers(env)
     assert any("catalog runs one process" in r.getMessage() for r in caplog.records) == warned
+
+
+@pytest.mark.parametrize(
+    ("files", "cores"),
+    [
+        ({"cpu.max": "max 100000\n"}, None),  # cgroup v2, no quota
+        ({"cpu.max": "150000 100000\n"}, 1.5),  # docker run --cpus 1.5
+        ({"kubepods/pod1/cpu.max": "50000 100000\n", "cpu.max": "max 100000"}, 0.5),  # own first
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),
+        ({"cpu.max": "garbage"}, None),
+        ({}, None),  # no cgroup files at all (not Linux, or not mounted)
+    ],
+)
+def test_cpu_quota_is_read_from_cgroup_v2_then_v1(
+    tmp_path: Path, files: dict[str, str], cores: float | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cpu_quota_cores(tmp_path, own="/kubepods/pod1") == cores
+
+
+def test_auto_rounds_a_cpu_quota_up_and_never_exceeds_the_affinity(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    affinity = os.sched_getaffinity(0)
+    for quota, expected in ((0.5, 1), (1.5, min(2, len(affinity))), (None, len(affinity))):
+        monkeypatch.setattr(workers_module, "cpu_quota_cores", lambda quota=quota: quota)
+        assert available_cores() == expected

@@ -1,11 +1,12 @@
 """Several processes of one service on one machine (``SWITCHBOARD_WORKERS``): every core used.
 
 A Python process runs its event loop on one core. ``SWITCHBOARD_WORKERS=N`` (an integer from 1
-to :data:`MAX_WORKERS`, or ``auto``: one per core this process may run on) makes the service's
-entry point a small supervisor that starts N workers of the same service and serves only their
-metrics. The workers bind the same gRPC, HTTP-edge and health ports with ``SO_REUSEPORT``: the
-kernel spreads incoming *connections* over them (a long-lived HTTP/2 channel stays on the
-worker that accepted it, so clients spread their load over several channels). The supervisor
+to :data:`MAX_WORKERS`, or ``auto``: one per core this process may use, its CPU affinity capped
+by its cgroup's CPU quota) makes the service's entry point a small supervisor that starts N
+workers of the same service and serves only their metrics. The workers bind the same gRPC,
+HTTP-edge and health ports with ``SO_REUSEPORT``: the kernel spreads incoming *connections*
+over them (a long-lived HTTP/2 channel stays on the worker that accepted it, so clients
+spread their load over several channels). The supervisor
 serves ``/metrics`` on the service's ``SWITCHBOARD_METRICS_PORT``: every worker's, merged with
 a ``worker`` label (:mod:`switchboard_core.worker_metrics`), so Prometheus scrapes one port per
 service as before; worker *i* serves its own on ``SWITCHBOARD_METRICS_PORT +
@@ -51,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import signal
 import socket
@@ -59,6 +61,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -141,13 +144,61 @@ class Plan:
     metrics: MetricsEndpoint | None = None
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, so a container's cpuset counts;
-    a CPU quota does not: set a number then)."""
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _quota_file_cores(text: str, period_text: str | None = None) -> float | None:
+    """Cores a CFS quota grants: cgroup v2's ``cpu.max`` (``"<quota> <period>"`` or
+    ``"max <period>"``), or cgroup v1's ``cpu.cfs_quota_us`` with ``period_text`` its
+    ``cpu.cfs_period_us`` (quota ``-1``: none). None: no quota, or unreadable."""
+    fields = text.split()
+    if period_text is not None:
+        fields = [fields[0] if fields else "", period_text.strip()]
+    if len(fields) != 2 or fields[0] in ("max", "-1"):
+        return None
     try:
-        return len(os.sched_getaffinity(0))
+        quota, period = int(fields[0]), int(fields[1])
+    except ValueError:
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def cpu_quota_cores(root: Path = CGROUP_ROOT, own: str | None = None) -> float | None:
+    """The CPU time this process's cgroup may use, in cores (a container's ``--cpus``, a
+    Kubernetes CPU limit), or None without a quota. ``own``: the process's cgroup v2 path
+    (default: read from ``/proc/self/cgroup``); a container sees its own cgroup at ``root``."""
+    if own is None:
+        lines = (_read(Path("/proc/self/cgroup")) or "").splitlines()
+        own = next((line[3:] for line in lines if line.startswith("0::")), "/")
+    for directory in dict.fromkeys((root / own.lstrip("/"), root)):  # v2: own cgroup, then root
+        text = _read(directory / "cpu.max")
+        if text is not None:
+            return _quota_file_cores(text)
+    quota = _read(root / "cpu" / "cpu.cfs_quota_us")  # cgroup v1
+    period = _read(root / "cpu" / "cpu.cfs_period_us")
+    if quota is None or period is None:
+        return None
+    return _quota_file_cores(quota, period)
+
+
+def available_cores() -> int:
+    """The cores this process may use: its CPU affinity (a container's cpuset), capped by
+    its cgroup's CPU quota rounded up (``docker run --cpus 1.5``: 2), at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cpu_quota_cores()
+    if quota is not None:
+        cores = min(cores, math.ceil(quota))
+    return max(1, cores)
 
 
 def read_workers(reader: EnvReader) -> int:
