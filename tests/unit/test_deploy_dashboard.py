@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import json
 import pkgutil
+import socket
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -24,6 +25,8 @@ import promql_parser
 import pytest
 import yaml
 from prometheus_client import REGISTRY
+
+from switchboard_core.worker_metrics import MetricsGateway
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "deploy/grafana/dashboards").glob("*.json"))
@@ -56,8 +59,13 @@ def exported() -> dict[str, frozenset[str]]:
             if not module.name.endswith("__main__"):
                 importlib.import_module(module.name)
     names: dict[str, frozenset[str]] = {}
+    # The worker supervisor's own families (switchboard_core.worker_metrics) live in a registry
+    # of its own, served beside the workers' merged metrics.
+    with socket.socket() as sock:
+        supervisor = MetricsGateway(sock, [0]).registry
     # prometheus_client keeps no public list of a registry's collectors and their labels.
-    for collector in set(REGISTRY._collector_to_names):
+    collectors = set(REGISTRY._collector_to_names) | set(supervisor._collector_to_names)
+    for collector in collectors:
         labels = frozenset(getattr(collector, "_labelnames", ()))
         for family in getattr(collector, "describe", collector.collect)():
             for suffix in SERIES_SUFFIXES.get(family.type, ("",)):
