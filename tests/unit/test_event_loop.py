@@ -22,8 +22,8 @@ def server_config(env: dict[str, str]) -> ServerConfig:
     return config
 
 
-def test_the_default_is_the_standard_loop() -> None:
-    assert server_config({}).event_loop == "asyncio"
+def test_the_default_is_uvloop() -> None:
+    assert server_config({}).event_loop == "uvloop"
 
 
 @pytest.mark.parametrize("raw", ["uvloop", "UVLOOP", " uvloop "])

@@ -174,9 +174,9 @@ def _no_tls() -> TlsConfig:
 
 
 EVENT_LOOPS = ("uvloop", "asyncio")
-# The standard loop until uvloop's 2-8% less router CPU per completion (issue 12, measured on
-# a busy machine) is confirmed on a quiet one.
-DEFAULT_EVENT_LOOP = "asyncio"
+# uvloop: 2-8% less router CPU per completion (issue 12, docs/BENCHMARKS.md); its one fault
+# path that differs from asyncio's is mapped at the Redis boundary (switchboard_core.event_loop).
+DEFAULT_EVENT_LOOP = "uvloop"
 
 
 @dataclass(frozen=True)
@@ -245,8 +245,8 @@ def read_log_level(reader: EnvReader) -> str:
 
 
 def read_event_loop(reader: EnvReader) -> str:
-    """SWITCHBOARD_EVENT_LOOP: ``asyncio`` (the standard library's loop, the default) or
-    ``uvloop`` (libuv's)."""
+    """SWITCHBOARD_EVENT_LOOP: ``uvloop`` (libuv's, the default) or ``asyncio`` (the standard
+    library's loop)."""
     name = reader.str("SWITCHBOARD_EVENT_LOOP", DEFAULT_EVENT_LOOP).strip().lower()
     if name not in EVENT_LOOPS:
         reader.problems.append(f"SWITCHBOARD_EVENT_LOOP: one of {', '.join(EVENT_LOOPS)}")

@@ -1,12 +1,15 @@
 """Run a service's main coroutine on the event loop its settings name (SWITCHBOARD_EVENT_LOOP).
 
-``asyncio`` (the standard library's selector loop, the default) or ``uvloop`` (libuv, in C:
-the router spends 2-8% less CPU per completion on it, issue 12's measurements). uvloop is not
-the default because of a fault path: a write to a transport already closed raises
-``RuntimeError`` on uvloop (MagicStack/uvloop#506, open) where asyncio drops it, and redis-py
-does not map that to a ``ConnectionError``, so a Redis connection refused mid-write escapes
-the handlers written for connection errors (the short chaos run caught it in metering's
-outbox: ``metering-redis-refuse``). The loop is made by
+``uvloop`` (libuv, in C; the default: the router spends 2-8% less CPU per completion on it,
+issue 12's measurements, docs/BENCHMARKS.md) or ``asyncio`` (the standard library's selector
+loop, still selectable). uvloop differs on one fault path: a write to a transport already
+closed raises ``RuntimeError`` (MagicStack/uvloop#506, open) where asyncio's loop drops it and
+reports the lost connection at the drain, and redis-py does not map that ``RuntimeError`` to a
+``ConnectionError`` (the short chaos run's ``metering-redis-refuse`` caught it in metering's
+outbox). Every Redis client is made by :func:`switchboard_core.redis_client.create_redis`,
+whose connections map it (tests/unit/test_redis_uvloop.py). The other clients do not write
+on a closed transport: aiohttp checks ``is_closing()`` first, asyncpg refuses calls on a
+connection whose transport was lost, grpc.aio does its own I/O. The loop is made by
 :class:`asyncio.Runner` with a ``loop_factory``, so nothing global (no event-loop policy)
 changes: code that makes its own loop later (tests, ``asyncio.run``) gets the standard one.
 """

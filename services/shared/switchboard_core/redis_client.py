@@ -20,22 +20,33 @@ proxy). So here:
 Cutting a command short is safe: redis-py disconnects a connection whose read or write is
 interrupted (any ``BaseException``, so the cancellation too) before it goes back to the pool,
 so the next command on the pool never reads the stale reply of the one that was cut (tested).
+
+Every client made here writes through connections that report a write on a connection already
+closed as a ``ConnectionError`` on uvloop too (:class:`_ClosedTransportAsConnectionError`), so
+the retry above and every handler of connection errors see what asyncio's loop gives.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar, cast
 
 import redis.asyncio as redis
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 T = TypeVar("T")
+C = TypeVar("C", bound=AbstractConnection)
 
 RETRIES = 1
 # Socket timeout when the caller does not say: longer than any blocking read.
@@ -46,6 +57,66 @@ DOWN_MEMO_SECONDS = 1.0
 DEFAULT_DEADLINE_SECONDS = 0.5
 
 
+# uvloop's text for an operation on a closed handle ("unable to perform operation on
+# <TCPTransport closed=True ...>; the handler is closed"); matched as the end of the message.
+_UVLOOP_CLOSED = "the handler is closed"
+
+
+class _ClosedTransportAsConnectionError(AbstractConnection):
+    """Turns uvloop's ``RuntimeError`` for a write on a closed transport into the
+    ``ConnectionError`` asyncio's loop leads to.
+
+    When Redis resets a connection (a restart, a refused link) the loop closes its transport.
+    A command written on it next finds, on asyncio, the lost connection when it drains
+    (``ConnectionResetError``, which redis-py maps to ``ConnectionError``, retries on a fresh
+    connection and every handler expects); on uvloop the write itself raises ``RuntimeError``
+    (MagicStack/uvloop#506), which redis-py lets through, so it escaped the handlers (the
+    short chaos run's ``metering-redis-refuse`` found it in metering's outbox consumer).
+    ``send_packed_command`` is redis-py's one write path (commands, pipelines, the health
+    check's PING, pub/sub); redis-py has already disconnected the connection when it lets the
+    error out (it does for any exception of a write), so only the error's type changes here.
+    Only that uvloop error is mapped: any other ``RuntimeError`` is a bug and goes through.
+    tests/unit/test_redis_uvloop.py resets a connection under a client on uvloop."""
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except RuntimeError as error:
+            if type(error) is not RuntimeError or not str(error).endswith(_UVLOOP_CLOSED):
+                raise
+            # The words redis-py gives asyncio's ConnectionResetError("Connection lost").
+            raise redis_errors.ConnectionError(
+                "Error UNKNOWN while writing to socket. Connection lost."
+            ) from error
+
+
+class _TcpConnection(_ClosedTransportAsConnectionError, Connection):
+    """``redis://``"""
+
+
+class _TlsConnection(_ClosedTransportAsConnectionError, SSLConnection):
+    """``rediss://``"""
+
+
+class _UnixConnection(_ClosedTransportAsConnectionError, UnixDomainSocketConnection):
+    """``unix://``"""
+
+
+_MAPPED: dict[type[AbstractConnection], type[AbstractConnection]] = {
+    Connection: _TcpConnection,
+    SSLConnection: _TlsConnection,
+    UnixDomainSocketConnection: _UnixConnection,
+}
+
+
+def _mapped(connection_class: type[C]) -> type[C]:
+    """The class above that writes like ``connection_class`` (the one redis-py picks for a
+    URL's scheme), of which it is a subclass."""
+    return cast(type[C], _MAPPED[connection_class])
+
+
 class _Cluster(RedisCluster):
     """A cluster client that learns the cluster's map before its first command's routing.
 
@@ -53,7 +124,20 @@ class _Cluster(RedisCluster):
     does not know them yet) before it initializes; commands issued together on a fresh client
     then use the startup node's connections while initialization replaces that node, and fail
     (``'NoneType' object has no attribute 'writelines'``, or a ConnectionError). Initializing
-    first, under the client's own lock, makes the first burst safe (tests/cluster)."""
+    first, under the client's own lock, makes the first burst safe (tests/cluster).
+
+    Its node connections are :class:`_ClosedTransportAsConnectionError` ones too: RedisCluster
+    takes no ``connection_class`` (it picks ``Connection`` or ``SSLConnection`` itself), so the
+    class is swapped in the options every node is made from (``connection_kwargs``, which its
+    nodes manager shares) and in the startup nodes already made from them. A node's pool and
+    pub/sub make their connections from the node's class."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        connection_class = _mapped(self.connection_kwargs["connection_class"])
+        self.connection_kwargs["connection_class"] = connection_class
+        for node in self.startup_nodes:
+            node.connection_class = connection_class
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         if self._initialize:
@@ -118,7 +202,12 @@ def create_redis(
     if cluster:
         retry.update_supported_errors([redis_errors.ClusterDownError])
         return cast(redis.Redis, _Cluster.from_url(url, **options))
-    return redis.Redis.from_url(url, **options)
+    client = redis.Redis.from_url(url, **options)
+    # The class redis-py picked for the URL's scheme (the URL's choice beats a
+    # ``connection_class`` option), swapped before the pool makes its first connection.
+    pool = client.connection_pool
+    pool.connection_class = _mapped(pool.connection_class)
+    return client
 
 
 class RedisKnownDown(redis_errors.ConnectionError):
