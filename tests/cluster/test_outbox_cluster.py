@@ -1,5 +1,5 @@
 """The usage outbox on a real Redis Cluster: the router's sink adds an event and deletes the
-generation's in-flight records in ONE MULTI/EXEC (they share the stream's hash slot), and
+generation's in-flight records in ONE script (they share the stream's hash slot), and
 metering's consumer reads, writes to the ledger, dead-letters what it cannot parse, and
 acknowledges."""
 
@@ -63,7 +63,7 @@ async def test_the_sink_publishes_in_one_multi_and_the_consumer_drains_once(
             await sink.publish(event)
     finally:
         await channel.close(None)
-    assert await cluster.hlen(records) == 0  # deleted with the events, in their MULTI
+    assert await cluster.hlen(records) == 0  # deleted with the events, in their script
     assert await cluster.xlen(stream) == 5
     await cluster.xadd(stream, {EVENT_FIELD: b"not a usage event"})
 

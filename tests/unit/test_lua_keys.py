@@ -23,6 +23,7 @@ SCRIPTS = {
     "liveness.RECORD": liveness._RECORD,
     "liveness.FINISH": liveness._FINISH,
     "liveness.LEAVE": liveness._LEAVE,
+    "liveness.PUBLISH": liveness._PUBLISH,
     "stats_store.OPEN": stats_store.OPEN_SCRIPT,
     "stats_store.CLOSE": stats_store.CLOSE_SCRIPT,
 }

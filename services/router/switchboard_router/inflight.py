@@ -5,7 +5,7 @@ Nothing here is on a request's path. :meth:`InFlight.track` notes a generation i
 wakes a background writer, which registers new generations (batched: one write in flight,
 writes at least ``REGISTER_BATCH_SECONDS`` apart) and, every heartbeat, refreshes the heartbeat
 and the progress of every generation that streamed more since, in one MULTI/EXEC. The usage
-sink deletes a generation's records in the transaction that adds its usage event; it calls
+sink deletes a generation's records in the script that adds its usage event; it calls
 :meth:`InFlight.release` first, which waits out a write including that generation, so no write
 can bring the records back after they were deleted.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from redis.exceptions import RedisError
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.budget import to_pico
 from switchboard_core.liveness import (
+    Delivery,
     Liveness,
     generation_field,
     progress_value,
@@ -47,9 +49,13 @@ def _mark(generation: Generation) -> Mark:
     return (generation.text_chars, generation.final_usage())
 
 
-def _failed_event(generation: Generation) -> tuple[metering_pb2.UsageEvent, int]:
-    """The FAILED event recording the generation as it stands, and its cost in pico-dollars."""
-    usage = generation.final_usage()
+def _failed_event(
+    generation: Generation, usage: UsageReport | None
+) -> tuple[metering_pb2.UsageEvent, int]:
+    """The FAILED event recording the generation as it stands, and its cost in pico-dollars.
+    ``usage``: its final usage if the caller has it already (estimating it again was a fifth
+    of a registration's CPU, measured)."""
+    usage = generation.final_usage() if usage is None else usage
     cost = generation.cost(usage)
     event = usage_event(generation, FAILED, usage, cost, FinishEvent(Finish.ERROR, ""))
     event.usage.estimated = True  # what the router knew at its last heartbeat
@@ -82,17 +88,19 @@ def _progress(event: metering_pb2.UsageEvent, cost_pico: int) -> bytes:
 
 def template(generation: Generation) -> bytes:
     """The generation's record, written once: the FAILED event but for its progress."""
-    return _template(generation, _failed_event(generation)[0])
+    return _template(generation, _failed_event(generation, None)[0])
 
 
-def progress(generation: Generation) -> bytes:
-    """What changes as it streams: usage, cost and latency (merged over the template)."""
-    return _progress(*_failed_event(generation))
+def progress(generation: Generation, usage: UsageReport | None = None) -> bytes:
+    """What changes as it streams: usage, cost and latency (merged over the template);
+    ``usage``: its :meth:`~.generation.Generation.final_usage` when the caller has it."""
+    return _progress(*_failed_event(generation, usage))
 
 
-def records(generation: Generation) -> tuple[bytes, bytes]:
-    """A new generation's template and progress, from one event."""
-    event, cost_pico = _failed_event(generation)
+def records(generation: Generation, usage: UsageReport | None = None) -> tuple[bytes, bytes]:
+    """A new generation's template and progress, from one event (``usage`` as for
+    :func:`progress`)."""
+    event, cost_pico = _failed_event(generation, usage)
     return _template(generation, event), _progress(event, cost_pico)
 
 
@@ -141,10 +149,10 @@ class InFlight:
         if write is not None and field in self._writing:
             await asyncio.wait({write})
 
-    def forget(self, pipe: Any, field: str, router_id: str | None = None) -> None:
-        """Add the deletion of the generation's records to the MULTI that adds its event
-        (records another router process wrote when ``router_id`` names it: a spool replay)."""
-        self._liveness.forget(pipe, router_id or self.router_id, field)
+    async def publish(self, deliveries: Sequence[Delivery]) -> None:
+        """Add usage events to the outbox and delete their generations' records, atomically
+        (records another router process wrote where a delivery names it: a spool replay)."""
+        await self._liveness.publish(deliveries)
 
     def forget_later(self, field: str) -> None:
         """The event went straight to metering: delete the records with the next write."""
@@ -202,10 +210,10 @@ class InFlight:
             if tracked.registered and not full:
                 continue
             mark = _mark(tracked.generation)
-            if not tracked.registered:
-                templates[field], changed[field] = records(tracked.generation)
+            if not tracked.registered:  # the mark's usage: what the mark says was written
+                templates[field], changed[field] = records(tracked.generation, mark[1])
             elif mark != tracked.written:
-                changed[field] = progress(tracked.generation)
+                changed[field] = progress(tracked.generation, mark[1])
             written.append((tracked, mark))
         return templates, changed, written
 

@@ -25,7 +25,7 @@ Why no usage event is lost or counted twice:
   generation is counted once.
 - A spooled event keeps its generation's in-flight records in Redis (:mod:`.inflight`: the
   FAILED event metering's sweep writes if the router is found dead); only the event's delivery
-  removes them, in the MULTI/EXEC that adds it to the outbox (naming the router that wrote
+  removes them, in the script that adds it to the outbox (naming the router that wrote
   them, which may be a previous process), or once ``RecordUsage`` accepted it. So until the
   event is delivered, either the spool or the records hold the generation, and both are
   removed only by a delivery: nothing is lost even when the spool is (the host is gone).

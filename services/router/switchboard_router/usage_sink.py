@@ -1,9 +1,15 @@
 """Hands usage events to metering, durably, before the client sees the final message.
 
 The normal path is one ``XADD`` to the Redis usage outbox, which metering drains in batches,
-in a MULTI/EXEC that also deletes the generation's in-flight records (:mod:`.inflight`): a
-crash leaves the records (metering's sweep then records the generation) or the event, never
-neither. Each step is bounded, so the final message waits about a second at most:
+in a script that also deletes the generation's in-flight records, atomically
+(:meth:`switchboard_core.liveness.Liveness.publish`): a crash leaves the records (metering's
+sweep then records the generation) or the event, never neither. Events are group-committed
+(:class:`_GroupCommit`): one write is in flight at a time, the first event goes at once, and
+those that end while it is in flight go together in the next, so a busy router pays one round
+trip (and redis-py's client work) per write rather than per event, and no event waits for a
+batch to fill. Each event's wait is its own, bounded as below, and an event whose write failed
+takes the next step on its own. Each step is bounded, so the final message waits about a
+second at most:
 
 1. the outbox, within the Redis deadline (``SWITCHBOARD_REDIS_TIMEOUT_SECONDS``; skipped at
    once while Redis is known to be down);
@@ -29,10 +35,11 @@ on a request), so no cast is left unchecked.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -46,7 +53,7 @@ from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard_core import tracing
 from switchboard_core.errors import Unavailable
-from switchboard_core.liveness import generation_field
+from switchboard_core.liveness import Delivery, generation_field
 from switchboard_core.money import format_usd
 from switchboard_core.pricing import USAGE_COUNTS
 from switchboard_core.redis_client import RedisDeadline
@@ -63,6 +70,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SPOOL_KIND = "usage"
+# At most this many events per outbox write (one script: Redis runs it without interleaving
+# other clients' commands, so a group stays short); more wait for the next write.
+MAX_GROUP = 128
 DEFAULT_FALLBACK_SECONDS = 0.5
 
 # --- the wire format -------------------------------------------------------------------------
@@ -156,6 +166,64 @@ def _open(body: bytes) -> tuple[str, str, bytes]:
     return ("" if router_id == "-" else router_id), field, payload
 
 
+class _GroupCommit:
+    """Writes to the outbox, one at a time: a delivery arriving while none is in flight is
+    written at once, in its caller's task (bounded by the caller's deadline, as any call);
+    those arriving meanwhile queue, and go together in one write as soon as it ends (in a task
+    of their own, each write bounded by ``seconds``). Each caller waits for its own delivery's
+    write and gets its outcome; a caller that stops waiting (its deadline) before its group is
+    written drops its delivery from the group."""
+
+    def __init__(self, write: Callable[[list[Delivery]], Awaitable[None]], seconds: float) -> None:
+        self._write = write
+        self._seconds = seconds
+        self._busy = False  # a write is in flight, or queued deliveries are being written
+        self._queue: list[tuple[Delivery, asyncio.Future[None]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def submit(self, delivery: Delivery) -> None:
+        """Return once ``delivery`` is written, or raise what its write raised."""
+        if self._busy:
+            done = asyncio.get_running_loop().create_future()
+            self._queue.append((delivery, done))
+            await done  # cancelled with the caller: then its delivery is not written
+            return
+        self._busy = True
+        try:
+            await self._write([delivery])
+        finally:
+            if self._queue:
+                self._drainer = asyncio.create_task(self._drain(), name="usage-group-commit")
+            else:
+                self._busy = False
+
+    async def _drain(self) -> None:
+        """Write what queued up, a group per write, until nothing is left."""
+        try:
+            while group := [(d, done) for d, done in self._queue if not done.done()]:
+                group, rest = group[:MAX_GROUP], group[MAX_GROUP:]
+                self._queue = rest
+                try:
+                    async with asyncio.timeout(self._seconds):
+                        await self._write([delivery for delivery, _ in group])
+                except asyncio.CancelledError:
+                    for _, done in group:
+                        done.cancel()
+                    raise
+                except Exception as error:
+                    for _, done in group:
+                        if not done.done():
+                            done.set_exception(error)
+                else:
+                    for _, done in group:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            for _, done in self._queue:  # only when cancelled: never written
+                done.cancel()
+            self._queue, self._busy, self._drainer = [], False, None
+
+
 class UsageSink:
     def __init__(
         self,
@@ -175,17 +243,23 @@ class UsageSink:
         self._deadline = deadline or RedisDeadline()
         self._fallback_seconds = fallback_seconds
         self._spool = spool
+        self._group = _GroupCommit(self._write, self._deadline.seconds)
+
+    async def _write(self, deliveries: list[Delivery]) -> None:
+        if self._inflight is not None:
+            await self._inflight.publish(deliveries)
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:  # no records to delete
+            for delivery in deliveries:
+                pipe.xadd(self._stream, {EVENT_FIELD: delivery.payload})
+            await pipe.execute()
 
     async def _add(self, payload: bytes, field: str, router_id: str) -> None:
-        if self._inflight is None:
-            await self._redis.xadd(self._stream, {EVENT_FIELD: payload})
-            return
-        if router_id == self._inflight.router_id:
-            await self._inflight.release(field)  # no write in progress brings them back
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self._stream, {EVENT_FIELD: payload})
-            self._inflight.forget(pipe, field, router_id)
-            await pipe.execute()
+        if self._inflight is not None:
+            if router_id == self._inflight.router_id:
+                await self._inflight.release(field)  # no write in progress brings them back
+            router_id = router_id or self._inflight.router_id
+        await self._group.submit(Delivery(payload, router_id, field))
 
     async def _to_outbox(self, payload: bytes, field: str, router_id: str, operation: str) -> bool:
         try:

@@ -9,9 +9,10 @@ settled to its generation's cost (released to 0 when no generation started), and
 records are deleted. Routers use this module to write, metering to sweep, so the layout lives
 in one place.
 
-Layout. The records are deleted in the MULTI/EXEC that adds the generation's usage event to
-the outbox stream, so on Redis Cluster they must share its hash slot: every key here is
-``{<the stream's tag>}:...`` (:func:`switchboard_core.usage_outbox.colocated`; ``S`` below):
+Layout. The records are deleted in the script that adds the generation's usage event to the
+outbox stream (:meth:`Liveness.publish`), so on Redis Cluster they must share its hash slot:
+every key here is ``{<the stream's tag>}:...`` (:func:`switchboard_core.usage_outbox.colocated`;
+``S`` below):
 
 - ``S:routers``: a set of the ids of routers that may hold records (added by every heartbeat,
   removed by a sweep or a clean leave);
@@ -54,8 +55,8 @@ A router registers a generation in the background within about 50 ms (and a roun
 its first token: registrations are batched, one write in flight at a time, and nothing waits
 for them. Each heartbeat writes, in one MULTI/EXEC, the heartbeat and the progress of every
 generation that streamed more since the last one. A generation's records are deleted in the
-MULTI/EXEC that adds its usage event to the outbox, so once it is registered a crash leaves
-the records or the event, never neither.
+script that adds its usage event to the outbox, so once it is registered a crash leaves the
+records or the event, never neither.
 
 Timing: a killed router's heartbeat expires after the TTL and metering sweeps every ``sweep``
 seconds (5 s), so its reservations return and its generations are recorded within TTL + sweep
@@ -84,14 +85,14 @@ import math
 import os
 import secrets
 import socket
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
-from redis.typing import EncodableT, FieldT
+from redis.typing import EncodableT, FieldT, KeyT
 
 from switchboard_core.budget import BudgetStore, holds_key
 from switchboard_core.config import EnvReader
@@ -148,6 +149,20 @@ redis.call('SREM', KEYS[2], ARGV[1])
 return 1
 """
 
+# The usage sink's write (:meth:`Liveness.publish`): each event to the outbox and the deletion
+# of its generation's records, for a group of events in one atomic script (a script rather than
+# a MULTI of XADD and HDELs: about half redis-py's client CPU for one event, a sixth per event
+# for 32 together; docs/BENCHMARKS.md, issue 12's third sitting). KEYS: the outbox stream,
+# then per event the two hashes of its records (``gen``, ``progress``). ARGV: the event field,
+# then per event its payload and its records' field.
+_PUBLISH = """
+for i = 1, (#KEYS - 1) / 2 do
+  redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2 * i])
+  redis.call('HDEL', KEYS[2 * i], ARGV[2 * i + 1])
+  redis.call('HDEL', KEYS[2 * i + 1], ARGV[2 * i + 1])
+end
+"""
+
 # A drained router leaving. KEYS: alive, routers, gen, progress. ARGV: router id, how many
 # accounts it still holds reservations in. Deletes its heartbeat, and its membership too when
 # it holds nothing (else a sweep settles what is left). Returns 1 when nothing was left.
@@ -202,6 +217,15 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+class Delivery(NamedTuple):
+    """A usage event for the outbox (serialized) and the records it replaces: ``field`` of
+    router ``router_id`` (this router's, or another process's for a spool replay)."""
+
+    payload: bytes
+    router_id: str
+    field: str
+
+
 @dataclass(frozen=True, slots=True)
 class Swept:
     router_id: str
@@ -210,8 +234,8 @@ class Swept:
 
 
 class Liveness:
-    """Routers' records, in the hash slot of the usage outbox ``stream`` (where the router's
-    MULTI that adds an event deletes them); ``prefix`` is the budgets' (the holds index)."""
+    """Routers' records, in the hash slot of the usage outbox ``stream`` (where the script
+    that adds a router's event deletes them); ``prefix`` is the budgets' (the holds index)."""
 
     def __init__(self, client: redis.Redis, prefix: str, stream: str) -> None:
         """No defaults: a router and the metering that sweeps it must name the same prefix and
@@ -222,6 +246,7 @@ class Liveness:
         self._record = client.register_script(_RECORD)
         self._finish = client.register_script(_FINISH)
         self._leave = client.register_script(_LEAVE)
+        self._publish = client.register_script(_PUBLISH)
 
     def _key(self, kind: str, router_id: str) -> str:
         return colocated(self.stream, f":{kind}:{router_id}")
@@ -256,11 +281,15 @@ class Liveness:
             results: list[Any] = await pipe.execute()
         return results[0] is not None
 
-    def forget(self, pipe: Any, router_id: str, field: str) -> None:
-        """Add the deletion of a generation's records to ``pipe`` (the MULTI with its event,
-        which must write to :attr:`stream`: the same hash slot)."""
-        pipe.hdel(self._key("gen", router_id), field)
-        pipe.hdel(self._key("progress", router_id), field)
+    async def publish(self, deliveries: Sequence[Delivery]) -> None:
+        """Add each event to :attr:`stream` and delete its generation's records, all in one
+        atomic script: a crash leaves an event's records or the event, never neither."""
+        keys: list[KeyT] = [self.stream]
+        args: list[EncodableT] = [EVENT_FIELD]
+        for payload, router_id, field in deliveries:
+            keys += (self._key("gen", router_id), self._key("progress", router_id))
+            args += (payload, field)
+        await self._publish(keys=keys, args=args)
 
     async def _held(self, router_id: str) -> int:
         return int(await self._redis.scard(holds_key(self._prefix, router_id)))
