@@ -18,6 +18,7 @@ from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard_core.liveness import Liveness, generation_field
 from switchboard_core.redis_client import RedisDeadline
 from switchboard_core.usage_outbox import EVENT_FIELD, colocated
+from switchboard_router import usage_sink
 from switchboard_router.inflight import InFlight
 from switchboard_router.usage_sink import UsageSink
 from tests.faults.links import redis_proxy, through
@@ -183,3 +184,22 @@ async def test_events_queued_behind_a_silent_redis_wait_no_longer_than_the_deadl
     finally:
         proxy.set("pass")
         await client.aclose(close_connection_pool=True)
+
+
+async def test_a_group_holds_at_most_max_group_events(
+    counted: redis.Redis,
+    stream: str,
+    redis_prefix: str,
+    metering: tuple[FakeMetering, grpc.aio.Channel],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(usage_sink, "MAX_GROUP", 4)
+    inflight = InFlight(Liveness(counted, redis_prefix, stream), "router-a", 2.0, 10.0)
+    sink = UsageSink(counted, stream, metering[1], inflight)
+    await sink.publish(event())  # loads the script
+    events = [event() for _ in range(1 + 4 * 5)]  # one written at once, then 20 queued
+    CountingConnection.scripts = 0
+    await asyncio.gather(*(sink.publish(e) for e in events))
+    assert CountingConnection.scripts == 1 + 5  # the first alone, then groups of 4
+    landed = set(await outbox(counted, stream))
+    assert {e.generation_id for e in events} <= landed
