@@ -5,11 +5,15 @@ names."""
 from __future__ import annotations
 
 import json
+import logging
+from typing import cast
 
+import aiohttp
 import pytest
 import yarl
 
 from switchboard_catalog.config import packaged_seed_path
+from switchboard_core import upstreams
 from switchboard_core.config import ConfigError, EnvReader, Secret
 from switchboard_core.upstreams import (
     ALLOWLIST_VARIABLE,
@@ -20,6 +24,7 @@ from switchboard_core.upstreams import (
     split_base_url,
 )
 from switchboard_router.providers.credentials import DECLARED_HOSTS, ProviderCredentials
+from switchboard_router.providers.http import AddressPolicyMiddleware, AddressRefused
 
 # An allow-list as broad as one can write: what stays refused under it is refused always.
 EVERYTHING = UpstreamPolicy(
@@ -299,3 +304,60 @@ def test_every_seeded_provider_s_host_is_declared_for_its_credential() -> None:
     for provider in seed["providers"]:
         found = credentials.lookup(provider["id"], provider["base_url"], required=True)
         assert found == Secret("k") or provider["id"] == "switchboard"
+
+
+def test_remembered_verdicts_are_the_same_every_time() -> None:
+    policy = UpstreamPolicy(["127.0.0.1"])
+    for _ in range(3):
+        assert policy.host_problem("http", "127.0.0.1") is None
+        assert policy.host_problem("https", "api.openai.com") is None
+        refused = policy.host_problem("http", "10.0.0.1")
+        assert refused is not None and "a private address" in refused
+        assert policy.host_problem("http", "api.openai.com") == (
+            "plain http would carry prompts and keys in clear text: use https;"
+            f" to allow it, add api.openai.com to {ALLOWLIST_VARIABLE} (catalog and router)"
+        )
+        assert policy.host_problem("ftp", "api.openai.com") is not None
+    # A fresh policy (nothing remembered) says the same.
+    assert UpstreamPolicy(["127.0.0.1"]).host_problem("http", "10.0.0.1") == refused
+
+
+def test_remembered_verdicts_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(upstreams, "HOST_VERDICTS_MAX", 8)
+    policy = UpstreamPolicy()
+    for i in range(50):
+        assert policy.host_problem("https", f"h{i}.example") is None
+        assert policy.host_problem("https", f"10.0.0.{i}") is not None
+        assert len(policy._host_verdicts) <= 8
+    # Forgotten verdicts are judged again, the same way.
+    assert policy.host_problem("https", "h0.example") is None
+    assert policy.host_problem("https", "10.0.0.0") is not None
+
+
+class _Request:
+    """What the middleware reads of an aiohttp request."""
+
+    def __init__(self, url: str) -> None:
+        self.url = yarl.URL(url)
+
+
+async def test_a_refused_host_is_refused_and_logged_on_every_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    middleware = AddressPolicyMiddleware(UpstreamPolicy())
+    sent: list[str] = []
+
+    async def handler(request: aiohttp.ClientRequest) -> aiohttp.ClientResponse:
+        sent.append(str(request.url))
+        return cast(aiohttp.ClientResponse, None)
+
+    refused = cast(aiohttp.ClientRequest, _Request("http://127.0.0.1:8080/v1"))
+    allowed = cast(aiohttp.ClientRequest, _Request("https://api.openai.com/v1"))
+    with caplog.at_level(logging.WARNING, logger="switchboard_router.providers.http"):
+        for _ in range(3):
+            with pytest.raises(AddressRefused, match="a loopback address"):
+                await middleware(refused, handler)
+            await middleware(allowed, handler)
+    warnings = [r for r in caplog.records if r.getMessage() == "upstream host refused"]
+    assert len(warnings) == 3
+    assert sent == ["https://api.openai.com/v1"] * 3
