@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -45,9 +47,14 @@ from switchboard_router.canonical import (
     TextDelta,
 )
 from switchboard_router.catalog_cache import Route, Snapshot
-from switchboard_router.providers.base import StallLimits, UpstreamError, UpstreamStalled
+from switchboard_router.providers.base import (
+    StallLimits,
+    UpstreamError,
+    UpstreamStalled,
+    UpstreamUnavailable,
+)
 from switchboard_router.providers.credentials import ProviderCredentials
-from switchboard_router.providers.http import create_session
+from switchboard_router.providers.http import create_session, open_sse
 from switchboard_router.providers.registry import build_adapters
 from switchboard_router.relay import Completed, Relay, RelayEvent, Started
 from switchboard_router.usage_sink import UsageSink
@@ -438,3 +445,54 @@ async def test_a_request_that_asks_to_think_waits_the_thinking_limit(
         events: list[RelayEvent] = []
         await run(relay, routes, events, thinking)
     assert isinstance(events[-1], Completed)
+
+
+@asynccontextmanager
+async def unconnectable() -> AsyncIterator[str]:
+    """A URL whose host never completes a TCP connect: a listener that never accepts, its
+    accept queue filled, so the kernel drops further connection attempts (a silent peer, as a
+    firewall that drops packets)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        for sock in (*fillers, listener):
+            sock.close()
+
+
+async def test_a_host_that_never_completes_the_connect_is_given_up_within_the_connect_bound() -> (
+    None
+):
+    async with (
+        unconnectable() as url,
+        create_session(UpstreamPolicy(["127.0.0.1"]), connect_seconds=0.3) as session,
+    ):
+        started = time.monotonic()
+        with pytest.raises(UpstreamUnavailable) as raised:
+            async with open_sse(
+                session,
+                f"{url}/chat/completions",
+                {"model": "m"},
+                {},
+                provider="dropping",
+                timeout=30.0,  # the completion's deadline: far longer
+                stall=StallLimits(first_byte=30.0, idle=30.0),
+                error_from_body=lambda status, body, provider, retry: UpstreamUnavailable(
+                    "unexpected answer", provider_id=provider
+                ),
+            ):
+                pass
+        elapsed = time.monotonic() - started
+    assert type(raised.value) is UpstreamUnavailable  # unreachable: the relay tries the next
+    assert "ConnectionTimeoutError" in str(raised.value)
+    assert elapsed < 2.0  # the connect bound, not the 30-s deadline or stall limit
