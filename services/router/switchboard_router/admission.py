@@ -148,20 +148,16 @@ def worst_case_cost(
     ``hedged`` request may meter two attempts (the relay keeps at most two in flight): the
     sum of the two dearest routes' worst cases."""
     asks = _Asks.of(request)  # the prompt is read once, whatever the number of routes
-    counts = Counts(
-        prompt_tokens=asks.prompt.reservation_tokens,
-        completion_tokens=0,
-        input_images=asks.prompt.images,
-    )
     choices = request.n or 1  # each choice may use the whole bound
     costs = [
         worst_case_sheet(route.price, request, asks).cost(
-            dataclasses.replace(
-                counts,
+            Counts(
+                prompt_tokens=asks.prompt.reservation_tokens,
                 completion_tokens=(
                     completion_bound(request, route, ceiling) + request.thinking_budget
                 )
                 * choices,
+                input_images=asks.prompt.images,
             )
         )
         for route in routes

@@ -139,5 +139,8 @@ def cost_of(
     """The exact cost of ``usage`` on ``route`` under the price in force ``at`` (a wall-clock
     time, seconds or datetime; None prices outside any time window), with ``images`` input
     images for a price per image."""
-    when = datetime.fromtimestamp(at, UTC) if isinstance(at, int | float) else at
-    return route.price.cost(counts_of(usage, images), when)
+    sheet = route.price
+    when: datetime | None = None
+    if sheet.windows:  # only a time window reads the time: other sheets skip the datetime
+        when = datetime.fromtimestamp(at, UTC) if isinstance(at, int | float) else at
+    return sheet.cost(counts_of(usage, images), when)

@@ -72,8 +72,11 @@ RESPONSE_FORMATS = {
     router_pb2.ResponseFormat.TYPE_JSON_OBJECT: ResponseFormatKind.JSON_OBJECT,
     router_pb2.ResponseFormat.TYPE_JSON_SCHEMA: ResponseFormatKind.JSON_SCHEMA,
 }
+# The roles a message may have, by their proto number.
+ROLES = {role.value: role for role in Role}
 MAX_STOP = 4
 MAX_FALLBACKS = 5
+PENALTIES = ("frequency_penalty", "presence_penalty")
 
 AnyCompletionRequest = router_pb2.StreamCompletionRequest | router_pb2.CreateCompletionRequest
 
@@ -82,27 +85,31 @@ def parse_request(request: AnyCompletionRequest) -> CompletionRequest:
     problems: list[tuple[str, str]] = []
     _check_model("model", request.model, problems)
     messages = _messages(request, problems)
-    if request.HasField("max_tokens") and request.max_tokens < 1:
+    # Each optional field is read once, for its check and for the result (a proto field read
+    # costs about as much as the check, measured).
+    max_tokens = _optional(request, "max_tokens")
+    temperature = _optional(request, "temperature")
+    top_p = _optional(request, "top_p")
+    top_k = _optional(request, "top_k")
+    stop = tuple(request.stop)
+    fallback_models = tuple(request.fallback_models)
+    if max_tokens is not None and max_tokens < 1:
         problems.append(("max_tokens", "must be at least 1"))
-    if request.HasField("temperature") and not (
-        math.isfinite(request.temperature) and 0 <= request.temperature <= 2
-    ):
+    if temperature is not None and not (math.isfinite(temperature) and 0 <= temperature <= 2):
         problems.append(("temperature", "must be between 0 and 2"))
-    if request.HasField("top_p") and not (math.isfinite(request.top_p) and 0 < request.top_p <= 1):
+    if top_p is not None and not (math.isfinite(top_p) and 0 < top_p <= 1):
         problems.append(("top_p", "must be greater than 0 and at most 1"))
-    if len(request.stop) > MAX_STOP:
+    if len(stop) > MAX_STOP:
         problems.append(("stop", f"at most {MAX_STOP} sequences"))
-    problems.extend(
-        (f"stop[{i}]", "must not be empty") for i, s in enumerate(request.stop) if not s
-    )
-    if len(request.fallback_models) > MAX_FALLBACKS:
+    problems.extend((f"stop[{i}]", "must not be empty") for i, s in enumerate(stop) if not s)
+    if len(fallback_models) > MAX_FALLBACKS:
         problems.append(("fallback_models", f"at most {MAX_FALLBACKS} models"))
-    for i, model in enumerate(request.fallback_models):
+    for i, model in enumerate(fallback_models):
         _check_model(f"fallback_models[{i}]", model, problems)
-    if request.HasField("top_k") and request.top_k < 1:
+    if top_k is not None and top_k < 1:
         problems.append(("top_k", "must be at least 1"))
-    for name in ("frequency_penalty", "presence_penalty"):
-        value = _optional(request, name)
+    penalties = {name: _optional(request, name) for name in PENALTIES}
+    for name, value in penalties.items():
         if value is not None and not (math.isfinite(value) and -2 <= value <= 2):
             problems.append((name, "must be between -2 and 2"))
     tools = _tools(request, problems)
@@ -117,14 +124,14 @@ def parse_request(request: AnyCompletionRequest) -> CompletionRequest:
     return CompletionRequest(
         model=request.model,
         messages=messages,
-        max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
-        temperature=request.temperature if request.HasField("temperature") else None,
-        top_p=request.top_p if request.HasField("top_p") else None,
-        top_k=request.top_k if request.HasField("top_k") else None,
-        stop=tuple(request.stop),
-        seed=request.seed if request.HasField("seed") else None,
-        frequency_penalty=_optional(request, "frequency_penalty"),
-        presence_penalty=_optional(request, "presence_penalty"),
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        stop=stop,
+        seed=_optional(request, "seed"),
+        frequency_penalty=penalties["frequency_penalty"],
+        presence_penalty=penalties["presence_penalty"],
         tools=tools,
         tool_choice=tool_choice,
         parallel_tool_calls=_optional(request, "parallel_tool_calls"),
@@ -134,7 +141,7 @@ def parse_request(request: AnyCompletionRequest) -> CompletionRequest:
         top_logprobs=top_logprobs,
         n=n,
         user=request.user,
-        fallback_models=tuple(request.fallback_models),
+        fallback_models=fallback_models,
         provider=prefs,
     )
 
@@ -162,26 +169,31 @@ def _messages(
     marks: list[CacheMark] = []
     for i, m in enumerate(request.messages):
         field = f"messages[{i}]"
-        role = int(m.role)
-        if role not in (Role.SYSTEM, Role.USER, Role.ASSISTANT, Role.TOOL):
+        number = m.role
+        if number not in ROLES:
             problems.append((f"{field}.role", "must be SYSTEM, USER, ASSISTANT or TOOL"))
             continue
+        role = ROLES[number]  # the member itself: Role(number) costs a call per use
         if role == Role.TOOL and not m.tool_call_id:
             problems.append((f"{field}.tool_call_id", "required for ROLE_TOOL"))
         if m.tool_call_id and role != Role.TOOL:
             problems.append((f"{field}.tool_call_id", "only ROLE_TOOL messages answer a call"))
-        parts = _parts(m, Role(role), field, problems, marks)
-        calls = _tool_calls(m, Role(role), field, problems)
-        blocks = reasoning_details(m, Role(role), field, problems)
+        parts = _parts(m, role, field, problems, marks)
+        calls = _tool_calls(m, role, field, problems)
+        blocks = reasoning_details(m, role, field, problems)
         if not m.content and not m.parts and not calls and role != Role.ASSISTANT:
             problems.append((f"{field}.content", "required"))
-        size += sum(_part_size(p) for p in parts)
-        size += sum(len(c.arguments) + len(c.signature) for c in calls)
-        size += sum(block_size(b) for b in blocks)
-        out.append(Message(Role(role), parts, m.name, m.tool_call_id, calls, blocks))
+        for part in parts:
+            size += _part_size(part)
+        for call in calls:
+            size += len(call.arguments) + len(call.signature)
+        for block in blocks:
+            size += block_size(block)
+        out.append(Message(role, parts, m.name, m.tool_call_id, calls, blocks))
     if size > MAX_CONTENT_BYTES:
         problems.append(("messages", f"content larger than {MAX_CONTENT_BYTES} bytes"))
-    check_cache_marks(marks, problems)
+    if marks:  # the rules are about marks: a request without any has nothing to check
+        check_cache_marks(marks, problems)
     return tuple(out)
 
 
@@ -199,12 +211,13 @@ def _parts(
     marks: list[CacheMark],
 ) -> tuple[Part, ...]:
     """The message's parts; their cache marks are added to ``marks``."""
-    if m.content and m.parts:
+    content, parts = m.content, m.parts
+    if content and parts:
         problems.append((f"{field}.parts", "set content or parts, not both"))
-    if not m.parts:
-        return (TextPart(m.content),) if m.content else ()
+    if not parts:
+        return (TextPart(content),) if content else ()
     out: list[Part] = []
-    for j, part in enumerate(m.parts):
+    for j, part in enumerate(parts):
         where = f"{field}.parts[{j}]"
         kind = part.WhichOneof("kind")
         cache = cache_mark(part, where, problems)
@@ -257,7 +270,9 @@ def _image(
 def _tool_calls(
     m: common_pb2.ChatMessage, role: Role, field: str, problems: list[tuple[str, str]]
 ) -> tuple[ToolCall, ...]:
-    if m.tool_calls and role != Role.ASSISTANT:
+    if not m.tool_calls:
+        return ()
+    if role != Role.ASSISTANT:
         problems.append((f"{field}.tool_calls", "only ROLE_ASSISTANT messages make tool calls"))
         return ()
     out = []
@@ -302,6 +317,8 @@ def _json_depth(value: Any) -> int:
 
 
 def _tools(request: AnyCompletionRequest, problems: list[tuple[str, str]]) -> tuple[Tool, ...]:
+    if not request.tools:
+        return ()
     if len(request.tools) > MAX_TOOLS:
         problems.append(("tools", f"at most {MAX_TOOLS} tools"))
     out = []

@@ -75,6 +75,8 @@ def weighted(routes: Sequence[Route], rng: random.Random) -> list[Route]:
 
     A free endpoint (price 0) has an unbounded weight: the free ones come first, in a uniform
     random order among themselves, then the paid ones, weighted."""
+    if len(routes) < 2:  # nothing to order, and no draw (a one-endpoint model: the most common)
+        return list(routes)
     free: list[Route] = []
     paid: list[tuple[float, Route]] = []
     for route in routes:

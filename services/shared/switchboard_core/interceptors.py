@@ -23,7 +23,7 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -124,7 +124,10 @@ class _Call:
 
     async def admit(self, request: Any, context: Context) -> None:
         """Authorize the caller, then check the request; raises SwitchboardError."""
-        request_id_var.set(_request_id(context))
+        # Read once: grpc.aio decodes the metadata anew on every call (~1.8 µs measured), and
+        # the request id and the authorization both need it.
+        metadata = context.invocation_metadata()
+        request_id_var.set(_request_id(metadata))
         # Current for the rest of the call's task, as the request id is (None: tracing off).
         self.span = start_server_span(self.method, context)
         if self.owner is None:
@@ -137,7 +140,7 @@ class _Call:
         principal = await self.interceptor._authenticator.authorize(
             self.method,
             self.owner,
-            context.invocation_metadata(),  # type: ignore[arg-type]
+            metadata,  # type: ignore[arg-type]
             context.auth_context(),
         )
         principal_var.set(principal)
@@ -244,8 +247,8 @@ class _Call:
         return wrapper
 
 
-def _request_id(context: Context) -> str:
-    for key, value in context.invocation_metadata() or ():
+def _request_id(metadata: Iterable[tuple[str, Any]] | None) -> str:
+    for key, value in metadata or ():
         if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128:
             return value if value.isprintable() else os.urandom(16).hex()
     return os.urandom(16).hex()  # as random as uuid4().hex, at a fifth of the cost

@@ -14,8 +14,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
@@ -27,6 +28,8 @@ _MIN_TIMESTAMP_SECONDS = -62_135_596_800
 _MAX_TIMESTAMP_SECONDS = 253_402_300_799
 _MAX_DURATION_SECONDS = 315_576_000_000
 _MAX_NANOS = 999_999_999
+_TIMESTAMP = "google.protobuf.Timestamp"
+_DURATION = "google.protobuf.Duration"
 
 
 class _Undecodable:
@@ -66,21 +69,25 @@ def request_violations(message: Message, limit: int = MAX_VIOLATIONS) -> list[tu
 
 def _time_problem(message: Message) -> str | None:
     """Why a Timestamp or Duration is out of range; None when it is not one or is fine."""
+    # The type first: asking any other message for its ``seconds`` (a miss, an AttributeError
+    # caught inside getattr) was most of the walk's cost (measured).
     name = message.DESCRIPTOR.full_name
-    seconds: int = getattr(message, "seconds", 0)
-    nanos: int = getattr(message, "nanos", 0)
-    if name == "google.protobuf.Timestamp":
-        if not _MIN_TIMESTAMP_SECONDS <= seconds <= _MAX_TIMESTAMP_SECONDS or not (
-            0 <= nanos <= _MAX_NANOS
+    if name == _TIMESTAMP:
+        stamp = cast(timestamp_pb2.Timestamp, message)
+        if not _MIN_TIMESTAMP_SECONDS <= stamp.seconds <= _MAX_TIMESTAMP_SECONDS or not (
+            0 <= stamp.nanos <= _MAX_NANOS
         ):
             return "not a valid Timestamp: from year 0001 to 9999, nanos from 0 to 999999999"
-    elif name == "google.protobuf.Duration" and (
-        abs(seconds) > _MAX_DURATION_SECONDS
-        or abs(nanos) > _MAX_NANOS
-        or (seconds < 0 < nanos)
-        or (nanos < 0 < seconds)
-    ):
-        return "not a valid Duration: at most 10000 years, nanos of the seconds' sign"
+    elif name == _DURATION:
+        span = cast(duration_pb2.Duration, message)
+        seconds, nanos = span.seconds, span.nanos
+        if (
+            abs(seconds) > _MAX_DURATION_SECONDS
+            or abs(nanos) > _MAX_NANOS
+            or (seconds < 0 < nanos)
+            or (nanos < 0 < seconds)
+        ):
+            return "not a valid Duration: at most 10000 years, nanos of the seconds' sign"
     return None
 
 
