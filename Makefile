@@ -155,6 +155,10 @@ bench-concurrency: install ## 1,000 slow streams at once (200 chunks 50 ms apart
 bench-workers: install ## Completions/s with 1 vs 2 router processes (SWITCHBOARD_WORKERS), chunks 5 ms apart, C=32 and 256
 	$(PY) -m bench.workers $(BENCH_ARGS)
 
+.PHONY: bench-ab
+bench-ab: install ## This checkout's router against commit BASE's (make bench-ab BASE=HEAD~3), side by side in one run, with the bare relay
+	$(PY) -m bench.ab --base $(BASE) $(BENCH_ARGS)
+
 .PHONY: bench-ledger
 bench-ledger: install ## Capacity figures (docs/SCALING.md): ledger writes vs COPY, outbox consumers 1 vs 2, budget and rate-limit pairs on one Redis
 	$(PY) -m bench.ledger $(BENCH_ARGS)
