@@ -92,6 +92,16 @@ async def outbox(client: redis.Redis, stream: str) -> list[str]:
     return [metering_pb2.UsageEvent.FromString(f[EVENT_FIELD]).generation_id for _, f in entries]
 
 
+async def warm_sink(
+    client: redis.Redis, stream: str, prefix: str, metering: grpc.aio.Channel
+) -> tuple[UsageSink, InFlight]:
+    """Router ``router-a``'s sink, its script loaded by a first event."""
+    inflight = InFlight(Liveness(client, prefix, stream), "router-a", 2.0, 10.0)
+    sink = UsageSink(client, stream, metering, inflight)
+    await sink.publish(event())
+    return sink, inflight
+
+
 async def records_left(client: redis.Redis, stream: str, router_id: str) -> int:
     gen = await client.hlen(colocated(stream, f":gen:{router_id}"))
     progress = await client.hlen(colocated(stream, f":progress:{router_id}"))
@@ -105,9 +115,7 @@ async def test_completions_ending_together_share_a_write_and_each_lands_once(
     redis_prefix: str,
     metering: tuple[FakeMetering, grpc.aio.Channel],
 ) -> None:
-    inflight = InFlight(Liveness(counted, redis_prefix, stream), "router-a", 2.0, 10.0)
-    sink = UsageSink(counted, stream, metering[1], inflight)
-    await sink.publish(event())  # loads the script
+    sink, _ = await warm_sink(counted, stream, redis_prefix, metering[1])
     events = [event() for _ in range(N)]
     await register(redis_client, stream, "router-a", *map(field_of, events))
     # A spooled event of a previous process on this spool, replayed meanwhile: its records
@@ -137,9 +145,7 @@ async def test_a_failed_group_write_sends_each_event_to_metering_on_its_own(
     redis_prefix: str,
     metering: tuple[FakeMetering, grpc.aio.Channel],
 ) -> None:
-    inflight = InFlight(Liveness(counted, redis_prefix, stream), "router-a", 2.0, 10.0)
-    sink = UsageSink(counted, stream, metering[1], inflight)
-    await sink.publish(event())  # loads the script
+    sink, inflight = await warm_sink(counted, stream, redis_prefix, metering[1])
     await redis_client.delete(stream)
     await redis_client.set(stream, b"not a stream")  # every XADD now fails (WRONGTYPE)
     events = [event() for _ in range(N)]
@@ -194,9 +200,7 @@ async def test_a_group_holds_at_most_max_group_events(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(usage_sink, "MAX_GROUP", 4)
-    inflight = InFlight(Liveness(counted, redis_prefix, stream), "router-a", 2.0, 10.0)
-    sink = UsageSink(counted, stream, metering[1], inflight)
-    await sink.publish(event())  # loads the script
+    sink, _ = await warm_sink(counted, stream, redis_prefix, metering[1])
     events = [event() for _ in range(1 + 4 * 5)]  # one written at once, then 20 queued
     CountingConnection.scripts = 0
     await asyncio.gather(*(sink.publish(e) for e in events))
