@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -191,3 +192,28 @@ async def test_batches_read_ahead_of_a_failed_write_are_written_once(
         await pool.close()
     assert await rollup_requests(db, key) == 60
     assert ledger.calls >= 12 + 3  # every batch once, the failed ones again
+
+
+async def test_a_trickle_lingers_into_one_transaction(
+    database_url: str, redis_prefix: str, redis_client: redis.Redis, db: asyncpg.Connection
+) -> None:
+    key = new_key_id()
+    outbox = test_settings(redis_prefix, linger_seconds=0.5)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    assert pool is not None
+    ledger = FlakyLedger(pool, failing_calls=set())
+    consumer = OutboxConsumer(redis_client, ledger, outbox)
+    consumer.start()
+    try:
+        for _ in range(5):  # one event every 50 ms: each read would find one
+            await xadd(redis_client, outbox.stream, usage_event(key))
+            await asyncio.sleep(0.05)
+
+        async def all_written() -> bool:
+            return await generations(db, key) == 5 and await drained(redis_client, outbox)
+
+        await eventually(all_written)
+    finally:
+        await consumer.stop()
+        await pool.close()
+    assert ledger.calls == 1  # the first read found one event; the linger brought the rest

@@ -54,6 +54,9 @@ def unique_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
+LINGER_SECONDS = 0.01
+
+
 @dataclass(frozen=True)
 class OutboxSettings:
     """How the usage outbox (a Redis stream) is drained."""
@@ -63,6 +66,10 @@ class OutboxSettings:
     consumer: str = field(default_factory=unique_consumer_name)
     batch_size: int = 500
     block_ms: int = 1000
+    # After a read that found the stream nearly empty, wait this long for more before writing:
+    # a trickle then goes to the ledger a few events per transaction instead of one, for a
+    # little more delay (the events are durable in the stream meanwhile). 0: write at once.
+    linger_seconds: float = LINGER_SECONDS
     # Entries pending longer than this on another consumer are presumed abandoned.
     claim_idle_ms: int = 30_000
     claim_interval_seconds: float = 10.0

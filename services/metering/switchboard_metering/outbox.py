@@ -225,8 +225,16 @@ class OutboxConsumer:
             OUTBOX_LAG.set(await self._redis.xlen(self.settings.stream))
             self._next_claim = now + self.settings.claim_interval_seconds
         entries = await self._read(">", block=True)
+        if entries and len(entries) < self.settings.batch_size and self.settings.linger_seconds:
+            entries += await self._linger(self.settings.batch_size - len(entries))
         if entries:
             await self._pipeline(self._prepare(entries))
+
+    async def _linger(self, room: int) -> list[Entry]:
+        """A trickle: wait ``linger_seconds`` (or until stopped), then take what came."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), self.settings.linger_seconds)
+        return await self._read(">", count=room)
 
     async def _pipeline(self, prepared: Prepared) -> None:
         """Write batch after batch while the stream has more, reading and preparing the next
@@ -244,12 +252,14 @@ class OutboxConsumer:
             finally:
                 await commit
 
-    async def _read(self, from_id: str | bytes, *, block: bool = False) -> list[Entry]:
+    async def _read(
+        self, from_id: str | bytes, *, block: bool = False, count: int | None = None
+    ) -> list[Entry]:
         response = await self._redis.xreadgroup(
             self.settings.group,
             self.settings.consumer,
             {self.settings.stream: from_id},
-            count=self.settings.batch_size,
+            count=count or self.settings.batch_size,
             block=self.settings.block_ms if block else None,
         )
         return stream_entries(response)
