@@ -76,6 +76,13 @@ def summary(rows: dict[str, list[Result]]) -> None:
     )
     paired = [cpu(h) / cpu(b) for h, b in zip(rows["head"], rows["base"], strict=True)]
     print("head/base per round: " + " ".join(f"{p:.3f}" for p in paired))
+    metering = {
+        name: statistics.median(r.metering_cpu_ms_per_completion or 0.0 for r in rows[name])
+        for name in ("base", "head")
+    }
+    print(
+        f"metering CPU ms per completion: base {metering['base']:.2f}, head {metering['head']:.2f}"
+    )
 
 
 async def run(args: argparse.Namespace, base_python: Path) -> int:
