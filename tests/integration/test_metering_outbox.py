@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -169,6 +170,35 @@ class FlakyLedger(Ledger):
         return await super().write(batch, source=source)
 
 
+@asynccontextmanager
+async def consuming(
+    database_url: str, redis_client: redis.Redis, outbox: OutboxSettings, failing: set[int]
+) -> AsyncIterator[FlakyLedger]:
+    """A consumer of ``outbox`` writing through a :class:`FlakyLedger` whose calls in
+    ``failing`` fail; stopped on the way out."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    assert pool is not None
+    ledger = FlakyLedger(pool, failing_calls=failing)
+    consumer = OutboxConsumer(redis_client, ledger, outbox)
+    consumer.start()
+    try:
+        yield ledger
+    finally:
+        await consumer.stop()
+        await pool.close()
+
+
+async def written(
+    db: asyncpg.Connection, client: redis.Redis, outbox: OutboxSettings, key: str, n: int
+) -> None:
+    """Until ``key`` has ``n`` ledger rows and the stream is drained."""
+
+    async def done() -> bool:
+        return await generations(db, key) == n and await drained(client, outbox)
+
+    await eventually(done)
+
+
 async def test_batches_read_ahead_of_a_failed_write_are_written_once(
     database_url: str, redis_prefix: str, redis_client: redis.Redis, db: asyncpg.Connection
 ) -> None:
@@ -176,20 +206,8 @@ async def test_batches_read_ahead_of_a_failed_write_are_written_once(
     outbox = test_settings(redis_prefix, batch_size=5)
     events = [usage_event(key) for _ in range(60)]
     await xadd(redis_client, outbox.stream, *events)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    assert pool is not None
-    ledger = FlakyLedger(pool, failing_calls={2, 5, 6})
-    consumer = OutboxConsumer(redis_client, ledger, outbox)
-    consumer.start()
-    try:
-
-        async def all_written() -> bool:
-            return await generations(db, key) == 60 and await drained(redis_client, outbox)
-
-        await eventually(all_written)
-    finally:
-        await consumer.stop()
-        await pool.close()
+    async with consuming(database_url, redis_client, outbox, {2, 5, 6}) as ledger:
+        await written(db, redis_client, outbox, key, 60)
     assert await rollup_requests(db, key) == 60
     assert ledger.calls >= 12 + 3  # every batch once, the failed ones again
 
@@ -199,21 +217,9 @@ async def test_a_trickle_lingers_into_one_transaction(
 ) -> None:
     key = new_key_id()
     outbox = test_settings(redis_prefix, linger_seconds=0.5)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    assert pool is not None
-    ledger = FlakyLedger(pool, failing_calls=set())
-    consumer = OutboxConsumer(redis_client, ledger, outbox)
-    consumer.start()
-    try:
+    async with consuming(database_url, redis_client, outbox, set()) as ledger:
         for _ in range(5):  # one event every 50 ms: each read would find one
             await xadd(redis_client, outbox.stream, usage_event(key))
             await asyncio.sleep(0.05)
-
-        async def all_written() -> bool:
-            return await generations(db, key) == 5 and await drained(redis_client, outbox)
-
-        await eventually(all_written)
-    finally:
-        await consumer.stop()
-        await pool.close()
+        await written(db, redis_client, outbox, key, 5)
     assert ledger.calls == 1  # the first read found one event; the linger brought the rest

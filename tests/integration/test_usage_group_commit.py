@@ -92,12 +92,16 @@ async def outbox(client: redis.Redis, stream: str) -> list[str]:
     return [metering_pb2.UsageEvent.FromString(f[EVENT_FIELD]).generation_id for _, f in entries]
 
 
-async def warm_sink(
-    client: redis.Redis, stream: str, prefix: str, metering: grpc.aio.Channel
+@pytest.fixture
+async def warm(
+    counted: redis.Redis,
+    stream: str,
+    redis_prefix: str,
+    metering: tuple[FakeMetering, grpc.aio.Channel],
 ) -> tuple[UsageSink, InFlight]:
-    """Router ``router-a``'s sink, its script loaded by a first event."""
-    inflight = InFlight(Liveness(client, prefix, stream), "router-a", 2.0, 10.0)
-    sink = UsageSink(client, stream, metering, inflight)
+    """Router ``router-a``'s sink on the counting client, its script loaded by a first event."""
+    inflight = InFlight(Liveness(counted, redis_prefix, stream), "router-a", 2.0, 10.0)
+    sink = UsageSink(counted, stream, metering[1], inflight)
     await sink.publish(event())
     return sink, inflight
 
@@ -109,13 +113,12 @@ async def records_left(client: redis.Redis, stream: str, router_id: str) -> int:
 
 
 async def test_completions_ending_together_share_a_write_and_each_lands_once(
-    counted: redis.Redis,
+    warm: tuple[UsageSink, InFlight],
     redis_client: redis.Redis,
     stream: str,
-    redis_prefix: str,
     metering: tuple[FakeMetering, grpc.aio.Channel],
 ) -> None:
-    sink, _ = await warm_sink(counted, stream, redis_prefix, metering[1])
+    sink, _ = warm
     events = [event() for _ in range(N)]
     await register(redis_client, stream, "router-a", *map(field_of, events))
     # A spooled event of a previous process on this spool, replayed meanwhile: its records
@@ -139,13 +142,12 @@ async def test_completions_ending_together_share_a_write_and_each_lands_once(
 
 
 async def test_a_failed_group_write_sends_each_event_to_metering_on_its_own(
-    counted: redis.Redis,
+    warm: tuple[UsageSink, InFlight],
     redis_client: redis.Redis,
     stream: str,
-    redis_prefix: str,
     metering: tuple[FakeMetering, grpc.aio.Channel],
 ) -> None:
-    sink, inflight = await warm_sink(counted, stream, redis_prefix, metering[1])
+    sink, inflight = warm
     await redis_client.delete(stream)
     await redis_client.set(stream, b"not a stream")  # every XADD now fails (WRONGTYPE)
     events = [event() for _ in range(N)]
@@ -193,14 +195,13 @@ async def test_events_queued_behind_a_silent_redis_wait_no_longer_than_the_deadl
 
 
 async def test_a_group_holds_at_most_max_group_events(
+    warm: tuple[UsageSink, InFlight],
     counted: redis.Redis,
     stream: str,
-    redis_prefix: str,
-    metering: tuple[FakeMetering, grpc.aio.Channel],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(usage_sink, "MAX_GROUP", 4)
-    sink, _ = await warm_sink(counted, stream, redis_prefix, metering[1])
+    sink, _ = warm
     events = [event() for _ in range(1 + 4 * 5)]  # one written at once, then 20 queued
     CountingConnection.scripts = 0
     await asyncio.gather(*(sink.publish(e) for e in events))
