@@ -13,6 +13,7 @@ import time
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.concurrency import LAG_METRIC, Load, drive, lag_buckets
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
@@ -31,6 +32,15 @@ STACK_ENV = {
     "SWITCHBOARD_DEMO_REPLY_TOKENS": str(CHUNKS),
     "SWITCHBOARD_DEMO_TOKEN_DELAY_SECONDS": str(GAP),
 }
+
+
+def frozen_objects(text: str) -> float:
+    """The router's ``switchboard_gc_frozen_objects`` in a scrape."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "switchboard_gc_frozen_objects":
+                return sample.value
+    return 0.0
 
 
 async def test_every_stream_starts_without_waiting_for_others(
@@ -56,6 +66,9 @@ async def test_every_stream_starts_without_waiting_for_others(
 
     url = f"http://127.0.0.1:{stack.ports.router_metrics}/metrics"
     async with aiohttp.ClientSession() as session, session.get(url) as response:
-        buckets = lag_buckets(await response.text())
+        text = await response.text()
+    buckets = lag_buckets(text)
     assert buckets, f"the router serves no {LAG_METRIC}"
     assert buckets[float("inf")] > 0
+    # Its start-up heap is frozen out of the collector's full passes (switchboard_core.heap).
+    assert frozen_objects(text) > 10_000

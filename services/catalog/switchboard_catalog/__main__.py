@@ -17,6 +17,7 @@ from switchboard_catalog.config import SERVICE, CatalogConfig
 from switchboard_catalog.seed import SeedError
 from switchboard_core import event_loop
 from switchboard_core.config import ConfigError, EnvReader
+from switchboard_core.heap import freeze_startup_heap
 from switchboard_core.logs import configure
 from switchboard_core.workers import WORKERS_VAR, read_workers
 
@@ -26,6 +27,7 @@ log = logging.getLogger("switchboard_catalog")
 async def serve(config: CatalogConfig) -> None:
     server = await create_app(config)
     await server.start()
+    freeze_startup_heap()  # full collections skip what start-up made (switchboard_core.heap)
     await server.run_until_signal()
 
 

@@ -38,10 +38,12 @@ SERVICE = "metering"  # switchboard_metering.config.SERVICE, without importing i
 
 
 async def _serve(config: MeteringConfig, worker: Worker | None = None) -> None:
+    from switchboard_core.heap import freeze_startup_heap
     from switchboard_metering.app import create_app
 
     server = await create_app(config)
     await server.start(worker=worker)
+    freeze_startup_heap()  # full collections skip what start-up made (switchboard_core.heap)
     await server.run_until_signal()
 
 

@@ -17,10 +17,12 @@ if TYPE_CHECKING:
 
 
 async def serve(config: RouterConfig, worker: Worker | None = None) -> None:
+    from switchboard_core.heap import freeze_startup_heap
     from switchboard_router.app import create_app
 
     server = await create_app(config)
     await server.start(worker=worker)
+    freeze_startup_heap()  # full collections skip what start-up made (switchboard_core.heap)
     await server.run_until_signal()
 
 
