@@ -20,6 +20,12 @@ from tests.e2e.support import auth, ledger_entry, limited_key
 
 pytestmark = [pytest.mark.e2e]
 
+# Each answer takes a second (20 tokens 50 ms apart): every request of a race is admitted or
+# refused while the admitted ones still hold their whole reservations. With the default 10 ms
+# a race's first answers could end, and settle to their small cost, before its last requests
+# were admitted, which then fit (seen once: 12 of 50 admitted where the race expects 10).
+STACK_ENV = {"SWITCHBOARD_DEMO_TOKEN_DELAY_SECONDS": "0.05"}
+
 # "hi" is reserved as 6 prompt tokens (2 bytes and 16 of framing, a token per 3 bytes); with
 # max_tokens 1000 at the demo's $1 / $2 per million tokens, each request reserves
 # 6 * $1e-6 + 1000 * $2e-6 = $0.002006.
