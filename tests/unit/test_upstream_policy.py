@@ -328,7 +328,7 @@ def test_remembered_verdicts_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> No
     for i in range(50):
         assert policy.host_problem("https", f"h{i}.example") is None
         assert policy.host_problem("https", f"10.0.0.{i}") is not None
-        assert len(policy._host_verdicts) <= 8
+        assert policy._host_verdicts.cache_info().currsize <= 8
     # Forgotten verdicts are judged again, the same way.
     assert policy.host_problem("https", "h0.example") is None
     assert policy.host_problem("https", "10.0.0.0") is not None
