@@ -12,9 +12,11 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import asyncpg
 import pytest
 import redis.asyncio as redis
 
+from switchboard_core.db import create_pool, migrate
 from switchboard_devstack.storage import (
     create_database,
     drop_database,
@@ -48,6 +50,17 @@ async def own_database_url(postgres_admin_url: str) -> AsyncIterator[str]:
     name = f"sbown_{uuid.uuid4().hex[:10]}"
     yield await create_database(postgres_admin_url, name)
     await drop_database(postgres_admin_url, name)
+
+
+@pytest.fixture
+async def metering_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the session's database with metering's schema (migrations are idempotent)."""
+    from switchboard_metering.app import MIGRATIONS
+
+    pool = await create_pool(database_url, min_size=1, max_size=4)
+    await migrate(pool, "metering", MIGRATIONS)
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture(scope="session")

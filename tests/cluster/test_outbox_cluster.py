@@ -6,20 +6,16 @@ acknowledges."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import grpc
-import pytest
 import redis.asyncio as redis
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
-from switchboard_core.db import create_pool, migrate
 from switchboard_core.liveness import Liveness, generation_field, template_value
 from switchboard_core.usage_outbox import EVENT_FIELD, colocated
-from switchboard_metering.app import MIGRATIONS
 from switchboard_metering.config import OutboxSettings
 from switchboard_metering.ledger import Ledger
 from switchboard_metering.outbox import OutboxConsumer
@@ -29,16 +25,8 @@ from switchboard_router.usage_sink import UsageSink
 from tests.integration.test_metering_app import eventually, new_key_id, usage_event
 
 
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, min_size=1, max_size=4)
-    await migrate(pool, "metering", MIGRATIONS)
-    yield pool
-    await pool.close()
-
-
-async def test_the_sink_publishes_in_one_multi_and_the_consumer_drains_once(
-    cluster: redis.Redis, prefix: str, pool: asyncpg.Pool
+async def test_the_sink_publishes_in_one_script_and_the_consumer_drains_once(
+    cluster: redis.Redis, prefix: str, metering_pool: asyncpg.Pool
 ) -> None:
     stream = prefix + "usage"
     liveness = Liveness(cluster, prefix, stream)
@@ -70,7 +58,7 @@ async def test_the_sink_publishes_in_one_multi_and_the_consumer_drains_once(
     settings = OutboxSettings(
         stream=stream, consumer=f"c-{uuid.uuid4().hex[:6]}", block_ms=50, max_backoff_seconds=0.2
     )
-    consumer = OutboxConsumer(cluster, Ledger(pool), settings)
+    consumer = OutboxConsumer(cluster, Ledger(metering_pool), settings)
     consumer.start()
     try:
 
@@ -84,7 +72,9 @@ async def test_the_sink_publishes_in_one_multi_and_the_consumer_drains_once(
         await eventually(drained, timeout=10)
     finally:
         await consumer.stop()
-    written = await pool.fetchval("SELECT count(*) FROM generations WHERE key_id = $1", key)
+    written = await metering_pool.fetchval(
+        "SELECT count(*) FROM generations WHERE key_id = $1", key
+    )
     assert written == 5
     dead: Any = await cluster.xrange(settings.dead_letter_stream)
     assert [entry[EVENT_FIELD] for _, entry in dead] == [b"not a usage event"]

@@ -6,20 +6,16 @@ price view is set by hand."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
 import grpc
-import pytest
 import redis.asyncio as redis
 from prometheus_client import REGISTRY
 
 from switchboard.catalog.v1 import catalog_pb2
 from switchboard.common.v1 import common_pb2
-from switchboard_core.db import create_pool, migrate
 from switchboard_core.usage_outbox import EVENT_FIELD
-from switchboard_metering.app import MIGRATIONS
 from switchboard_metering.cost_check import PriceCheck
 from switchboard_metering.ledger import Ledger
 from switchboard_metering.outbox import OutboxConsumer
@@ -27,14 +23,6 @@ from switchboard_metering.prices import PriceWatch
 from tests.integration.test_metering_app import eventually, new_key_id, test_settings, usage_event
 
 MODEL, PROVIDER = "sbtest/deferral", "switchboard"
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, min_size=1, max_size=4)
-    await migrate(pool, "metering", MIGRATIONS)
-    yield pool
-    await pool.close()
 
 
 def price_view() -> PriceWatch:
@@ -56,10 +44,12 @@ def deferred_count() -> float:
 
 
 async def test_an_unsettled_entry_stays_pending_and_the_next_ones_are_written(
-    pool: asyncpg.Pool, redis_client: redis.Redis, redis_prefix: str
+    metering_pool: asyncpg.Pool, redis_client: redis.Redis, redis_prefix: str
 ) -> None:
     # Settling takes a minute: the odd entry stays unsettled for the whole test.
-    ledger = Ledger(pool, cost_check=PriceCheck(price_view(), lag=600, skew=300, settle=60))
+    ledger = Ledger(
+        metering_pool, cost_check=PriceCheck(price_view(), lag=600, skew=300, settle=60)
+    )
     settings = test_settings(redis_prefix, consumer=f"fixed-{uuid.uuid4().hex[:6]}")
     key = new_key_id()
     # 10 prompt tokens at $1 and 5 completion tokens at $2 per million.
@@ -68,7 +58,9 @@ async def test_an_unsettled_entry_stays_pending_and_the_next_ones_are_written(
 
     async def written(count: int) -> None:
         async def check() -> bool:
-            rows = await pool.fetchval("SELECT count(*) FROM generations WHERE key_id = $1", key)
+            rows = await metering_pool.fetchval(
+                "SELECT count(*) FROM generations WHERE key_id = $1", key
+            )
             return int(rows) == count
 
         await eventually(check)
