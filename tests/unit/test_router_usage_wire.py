@@ -5,13 +5,13 @@ usage event carries each field it is given, byte for byte."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
 
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2
-from switchboard_core.pricing import PriceSheet
 from switchboard_router.auth import Caller
 from switchboard_router.canonical import (
     CompletionRequest,
@@ -23,8 +23,8 @@ from switchboard_router.canonical import (
     TextPart,
     UsageReport,
 )
-from switchboard_router.catalog_cache import Route
 from switchboard_router.generation import Generation
+from switchboard_router.testing import scripted_route
 from switchboard_router.usage_sink import (
     STATUS_NAMES,
     finish_reason,
@@ -56,20 +56,9 @@ def test_a_timestamp_is_the_wall_clock_time_to_a_microsecond() -> None:
     assert abs(stamp.nanos - 250_000_000) < 1_000
 
 
-ROUTE = Route(
-    endpoint_id="p:m",
-    model_id="p/m",
-    provider_id="p",
-    api_format=1,
-    base_url="https://p.test/v1",
-    dialect="p",
-    upstream_model="m-2026",
-    price=PriceSheet.flat("1", "2"),
-    context_length=8192,
-    max_completion_tokens=1024,
-    supported_parameters=frozenset(),
-    price_version=9,
-)
+# The router's own test endpoint (model x/y at $1/$2 per million tokens), named as a catalog
+# would version it.
+ROUTE = replace(scripted_route("p"), upstream_model="m-2026", price_version=9)
 
 
 def test_the_usage_event_carries_every_field_of_the_generation() -> None:
@@ -79,7 +68,7 @@ def test_the_usage_event_carries_every_field_of_the_generation() -> None:
         id="gen-7",
         attempt=2,
         caller=Caller("key_1", "acct_1"),
-        request=CompletionRequest(model="p/m", messages=(picture,)),
+        request=CompletionRequest(model="x/y", messages=(picture,)),
         route=ROUTE,
         started=now - 2.0,
         create_time=1_700_000_000.5,
@@ -101,9 +90,9 @@ def test_the_usage_event_carries_every_field_of_the_generation() -> None:
         attempt=2,
         key_id="key_1",
         account_id="acct_1",
-        model_id="p/m",
+        model_id="x/y",
         provider_id="p",
-        endpoint_id="p:m",
+        endpoint_id="p:x/y",
         upstream_model="m-2026",
         usage=common_pb2.Usage(
             prompt_tokens=40, completion_tokens=8, cached_tokens=4, estimated=True, input_images=1
@@ -130,7 +119,7 @@ def test_no_first_event_means_no_time_to_first_token() -> None:
         id="gen-8",
         attempt=0,
         caller=Caller("key_1", "acct_1"),
-        request=CompletionRequest(model="p/m", messages=(Message.of(Role.USER, "hi"),)),
+        request=CompletionRequest(model="x/y", messages=(Message.of(Role.USER, "hi"),)),
         route=ROUTE,
         started=time.monotonic(),
         create_time=time.time(),
