@@ -159,6 +159,10 @@ bench-workers: install ## Completions/s with 1 vs 2 router processes (SWITCHBOAR
 bench-ab: install ## This checkout's router against commit BASE's (make bench-ab BASE=HEAD~3), side by side in one run, with the bare relay
 	$(PY) -m bench.ab --base $(BASE) $(BENCH_ARGS)
 
+.PHONY: bench-split
+bench-split: install ## Router vs bare relay CPU split into per completion and per chunk (2, 20, 100 chunks); TTFT at C=1 with metering running and stopped
+	$(PY) -m bench.split $(BENCH_ARGS)
+
 .PHONY: bench-ledger
 bench-ledger: install ## Capacity figures (docs/SCALING.md): ledger writes vs COPY, outbox consumers 1 vs 2, budget and rate-limit pairs on one Redis
 	$(PY) -m bench.ledger $(BENCH_ARGS)

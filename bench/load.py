@@ -138,9 +138,15 @@ def direct_call(session: aiohttp.ClientSession, url: str, chunks: int = 20) -> C
     return one
 
 
-def router_call(stub: router_pb2_grpc.RouterServiceAsyncStub, key: str, chunks: int = 20) -> Call:
+def router_call(
+    stub: router_pb2_grpc.RouterServiceAsyncStub,
+    key: str,
+    chunks: int = 20,
+    deltas: list[int] | None = None,
+) -> Call:
     """A gRPC ``StreamCompletion`` (the router's or the bare relay's) that checks every word
-    and the usage arrived."""
+    and the usage arrived; appends each completion's count of delta messages to ``deltas``
+    when given (chunks that arrived together may go out as one)."""
     request = router_pb2.StreamCompletionRequest(
         model="switchboard/demo",
         messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=PROMPT)],
@@ -163,6 +169,8 @@ def router_call(stub: router_pb2_grpc.RouterServiceAsyncStub, key: str, chunks: 
                 ended = message.end.usage.completion_tokens == chunks
         if "".join(text) != expected or not ended:
             raise RuntimeError("short stream")
+        if deltas is not None:
+            deltas.append(len(text))
         return ttft
 
     return one
