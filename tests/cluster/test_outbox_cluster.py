@@ -1,7 +1,8 @@
 """The usage outbox on a real Redis Cluster: the router's sink adds an event and deletes the
 generation's in-flight records in ONE script (they share the stream's hash slot), and
 metering's consumer reads, writes to the ledger, dead-letters what it cannot parse, and
-acknowledges."""
+acknowledges; split into streams, each router's events go to its stream's slot and metering
+drains every stream the routers registered."""
 
 from __future__ import annotations
 
@@ -14,11 +15,18 @@ import redis.asyncio as redis
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
-from switchboard_core.liveness import Liveness, generation_field, template_value
-from switchboard_core.usage_outbox import EVENT_FIELD, colocated
+from switchboard_core.liveness import Delivery, Liveness, generation_field, template_value
+from switchboard_core.usage_outbox import (
+    EVENT_FIELD,
+    colocated,
+    registry_key,
+    stream_for,
+    usage_streams,
+)
 from switchboard_metering.config import OutboxSettings
 from switchboard_metering.ledger import Ledger
 from switchboard_metering.outbox import OutboxConsumer
+from switchboard_metering.outbox_streams import UsageStreams
 from switchboard_router.inflight import InFlight
 from switchboard_router.spool import spool_dir
 from switchboard_router.usage_sink import UsageSink
@@ -78,3 +86,67 @@ async def test_the_sink_publishes_in_one_script_and_the_consumer_drains_once(
     assert written == 5
     dead: Any = await cluster.xrange(settings.dead_letter_stream)
     assert [entry[EVENT_FIELD] for _, entry in dead] == [b"not a usage event"]
+
+
+async def members(client: redis.Redis, key: str) -> list[bytes]:
+    found: Any = await client.smembers(key)
+    return list(found)
+
+
+async def test_a_split_outbox_publishes_each_stream_in_its_slot_and_metering_drains_all(
+    cluster: redis.Redis, prefix: str, metering_pool: asyncpg.Pool
+) -> None:
+    base = prefix + "split"
+    streams = usage_streams(base, 3)
+    assert len({key_slot(s.encode()) for s in streams}) == 3  # three slots, not one
+    ids: dict[str, str] = {}
+    while len(ids) < 2:  # two router processes on two different streams
+        router_id = f"router-{uuid.uuid4().hex[:6]}"
+        ids.setdefault(stream_for(router_id, streams), router_id)
+    (a_stream, a), (b_stream, b) = ids.items()
+    registry = registry_key(base)
+    router_a = Liveness(cluster, prefix, a_stream, streams=streams, registry=registry)
+    router_b = Liveness(cluster, prefix, b_stream, streams=streams, registry=registry)
+    key = new_key_id()
+    ours, theirs = usage_event(key), usage_event(key)
+    ours_field = generation_field(ours.generation_id, 0)
+    theirs_field = generation_field(theirs.generation_id, 0)
+    await router_a.beat(a, 10.0, templates={ours_field: template_value("-", b"")}, progress={})
+    await router_b.beat(b, 10.0, templates={theirs_field: template_value("-", b"")}, progress={})
+    # a's own event and b's spooled one: two scripts, each in its stream's slot.
+    await router_a.publish(
+        [
+            Delivery(ours.SerializeToString(), a, ours_field),
+            Delivery(theirs.SerializeToString(), b, theirs_field),
+        ]
+    )
+    assert await cluster.hlen(colocated(a_stream, f":gen:{a}")) == 0
+    assert await cluster.hlen(colocated(b_stream, f":gen:{b}")) == 0
+    assert {m.decode() for m in await members(cluster, registry)} == {a_stream, b_stream}
+
+    settings = OutboxSettings(
+        stream=base,
+        consumer=f"c-{uuid.uuid4().hex[:6]}",
+        block_ms=50,
+        max_backoff_seconds=0.2,
+        discover_seconds=0.1,
+    )
+    drained_streams = UsageStreams(
+        cluster,
+        Ledger(metering_pool),
+        settings,
+        prefix=prefix,
+        sweep_seconds=60,
+        heartbeat_ttl_seconds=10,
+    )
+    await drained_streams.start()
+    try:
+        assert set(drained_streams.streams) == {base, a_stream, b_stream}
+
+        async def written() -> bool:
+            count = "SELECT count(*) FROM generations WHERE key_id = $1"
+            return bool(await metering_pool.fetchval(count, key) == 2)
+
+        await eventually(written, timeout=10)
+    finally:
+        await drained_streams.stop()

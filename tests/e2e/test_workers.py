@@ -1,8 +1,10 @@
 """Every core used (SWITCHBOARD_WORKERS): the stack with two router processes sharing the
-router's ports and two metering processes consuming the usage outbox. Completions over several
-connections are served by both routers (as the supervisor's one /metrics, labelled by worker,
-tells), each generation lands in the ledger exactly once, each process has its own identity,
-and SIGTERM to the supervisor stops every worker. One test: the stack starts once (most of the
+router's ports and two metering processes consuming the usage outbox, split into four streams
+(SWITCHBOARD_USAGE_STREAMS, as a deployment past one stream's capacity runs it). Completions
+over several connections are served by both routers (as the supervisor's one /metrics,
+labelled by worker, tells), each generation lands in the ledger exactly once, each process has
+its own identity, each router registered the stream its id picks and metering drained it, and
+SIGTERM to the supervisor stops every worker. One test: the stack starts once (most of the
 time here) and is not restarted after the SIGTERM."""
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import signal
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -25,6 +28,7 @@ from prometheus_client.samples import Sample
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
 from switchboard.router.v1 import router_pb2_grpc
 from switchboard_core.channels import CLIENT_CHANNEL_OPTIONS
+from switchboard_core.usage_outbox import registry_key, stream_for, usage_streams
 from switchboard_core.workers import METRICS_PORT_STRIDE, Worker
 from switchboard_devstack.pki import OPERATOR
 from switchboard_devstack.stack import Ports, Stack
@@ -34,8 +38,9 @@ from tests.e2e.support import WAITING_FOR_CATALOG, ask, auth
 pytestmark = [pytest.mark.e2e]
 
 WORKERS = 2
+STREAMS = 4
 STACK_SERVICE_ENV = {
-    "router": {"SWITCHBOARD_WORKERS": str(WORKERS)},
+    "router": {"SWITCHBOARD_WORKERS": str(WORKERS), "SWITCHBOARD_USAGE_STREAMS": str(STREAMS)},
     "metering": {"SWITCHBOARD_WORKERS": str(WORKERS)},
 }
 COMPLETIONS = 40
@@ -227,11 +232,27 @@ async def test_both_routers_serve_the_ledger_holds_each_generation_once_and_sigt
     consumers = logged(stack, "metering", "usage outbox consumer started", "consumer")
     assert len(consumers) == WORKERS, consumers
     client = redis.from_url(redis_url)
+    base = f"{redis_prefix}usage"
+    written = {stream_for(router_id, usage_streams(base, STREAMS)) for router_id in router_ids}
     try:
-        grouped = await client.xinfo_consumers(f"{redis_prefix}usage", "metering")
+        grouped = await client.xinfo_consumers(base, "metering")
+        members: Any = await client.smembers(registry_key(base))
+        listed = {m.decode() for m in members}
+        deadline = time.monotonic() + 5  # acknowledged and deleted just after the commit
+        while True:
+            left = {
+                stream: (await client.xpending(stream, "metering"))["pending"]
+                + await client.xlen(stream)
+                for stream in written
+            }
+            if not any(left.values()) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
     finally:
         await client.aclose()
     assert consumers <= {c["name"].decode() for c in grouped}
+    assert written <= listed  # registered by the routers that write them (earlier tests' too)
+    assert left == dict.fromkeys(written, 0)  # drained: written, acknowledged and deleted
     # Counted just after the ledger's commit: a short, bounded wait for the last batch's.
     deadline = time.monotonic() + 5
     while True:

@@ -24,10 +24,9 @@ from switchboard_metering.credentials import LocalCredentials
 from switchboard_metering.keys import KeyStore
 from switchboard_metering.ledger import Ledger
 from switchboard_metering.operators import OperatorKeyStore
-from switchboard_metering.outbox import OutboxConsumer
+from switchboard_metering.outbox_streams import UsageStreams
 from switchboard_metering.partitions import Partitions
 from switchboard_metering.service import MeteringServicer
-from switchboard_metering.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -66,24 +65,25 @@ async def create_app(config: MeteringConfig) -> GrpcServer:
     )
     prices = CatalogPrices.open(config)  # usage costs are checked against the catalog's
     ledger = Ledger(pool, partitions, cost_check=prices.check if prices else None)
-    consumer = OutboxConsumer(client, ledger, config.outbox)
-    consumer.start(prices.ready() if prices else None)
+    # Each outbox stream's consumer, and its sweeper of routers that died (their generations
+    # recorded, their reservations released): the base stream and the shards routers register.
+    streams = UsageStreams(
+        client,
+        ledger,
+        config.outbox,
+        prefix=config.budget_prefix,
+        sweep_seconds=config.sweep_seconds,
+        heartbeat_ttl_seconds=config.heartbeat_ttl_seconds,
+        ready=prices.ready if prices else None,
+    )
+    await streams.start()
 
     keys = KeyStore(pool, verify_timeout_seconds=config.key_verify_db_seconds)
     budgets = Budgets(pool, keys, BudgetStore(client, config.budget_prefix))
     budgets.start()
-    sweeper = Sweeper(
-        client,
-        config.budget_prefix,
-        config.outbox.stream,
-        interval_seconds=config.sweep_seconds,
-        heartbeat_ttl_seconds=config.heartbeat_ttl_seconds,
-    )
-    sweeper.start()  # routers that died: their generations recorded, reservations released
 
     async def close() -> None:
-        await sweeper.stop()
-        await consumer.stop()
+        await streams.stop()
         if prices is not None:
             await prices.stop()
         await budgets.stop()

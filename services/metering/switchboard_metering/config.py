@@ -74,6 +74,8 @@ class OutboxSettings:
     claim_idle_ms: int = 30_000
     claim_interval_seconds: float = 10.0
     max_backoff_seconds: float = 2.0
+    # How often the registry of the outbox's other streams is read (outbox_streams.py).
+    discover_seconds: float = 5.0
 
     @property
     def dead_letter_stream(self) -> str:

@@ -59,7 +59,8 @@ BATCH_SECONDS = Histogram(
 )
 OUTBOX_LAG = Gauge(
     "switchboard_usage_outbox_lag",
-    "Entries in the usage outbox stream not yet written and acknowledged.",
+    "Entries in a usage outbox stream not yet written and acknowledged (stream: its name).",
+    ["stream"],
 )
 DEAD_LETTERED = Counter(
     "switchboard_usage_events_dead_lettered_total",
@@ -222,7 +223,9 @@ class OutboxConsumer:
         now = time.monotonic()
         if now >= self._next_claim:
             await self._claim_abandoned()
-            OUTBOX_LAG.set(await self._redis.xlen(self.settings.stream))
+            OUTBOX_LAG.labels(self.settings.stream).set(
+                await self._redis.xlen(self.settings.stream)
+            )
             self._next_claim = now + self.settings.claim_interval_seconds
         entries = await self._read(">", block=True)
         if entries and len(entries) < self.settings.batch_size and self.settings.linger_seconds:

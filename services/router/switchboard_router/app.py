@@ -15,6 +15,7 @@ from switchboard_core.rate_limits import RateLimiter
 from switchboard_core.redis_client import RedisDeadline, create_redis
 from switchboard_core.remote_credentials import MeteringCredentials
 from switchboard_core.server import GrpcServer, Registration
+from switchboard_core.usage_outbox import registry_key, stream_for, usage_streams
 from switchboard_router import metrics, token_count
 from switchboard_router.account import AccountReads
 from switchboard_router.admission import SPOOL_KIND as SETTLE_KIND
@@ -61,9 +62,20 @@ async def create_app(config: RouterConfig) -> GrpcServer:
         ),
     )
     catalog.start()
-    inflight = InFlight(  # this router's heartbeat and generations, for metering's sweep
-        Liveness(redis, config.budget_prefix, config.usage_stream),
-        new_router_id(),
+    # The usage outbox's stream this router writes (one of several when it is split) and, in
+    # its hash slot, this router's heartbeat and generations for metering's sweep.
+    router_id = new_router_id()
+    streams = usage_streams(config.usage_stream, config.usage_streams)
+    stream = stream_for(router_id, streams)
+    inflight = InFlight(
+        Liveness(
+            redis,
+            config.budget_prefix,
+            stream,
+            streams=streams,
+            registry=registry_key(config.usage_stream) if len(streams) > 1 else None,
+        ),
+        router_id,
         config.heartbeat_seconds,
         config.heartbeat_ttl_seconds,
     )
@@ -85,7 +97,7 @@ async def create_app(config: RouterConfig) -> GrpcServer:
     )
     sink = UsageSink(
         redis,
-        config.usage_stream,
+        stream,
         metering_channel,
         inflight,
         deadline=redis_deadline,

@@ -14,6 +14,7 @@ from switchboard_core.config import (
     read_redis_cluster,
     read_redis_url,
     read_usage_stream,
+    read_usage_streams,
 )
 from switchboard_core.liveness import (
     DEFAULT_HEARTBEAT_SECONDS,
@@ -40,6 +41,8 @@ class RouterConfig:
     catalog_addr: str
     metering_addr: str
     usage_stream: str = DEFAULT_USAGE_STREAM
+    # The usage outbox split into this many streams (SWITCHBOARD_USAGE_STREAMS; 1: not split).
+    usage_streams: int = 1
     # REDIS_URL names a node of a Redis Cluster (SWITCHBOARD_REDIS_CLUSTER).
     redis_cluster: bool = False
     key_cache_seconds: float = 30.0
@@ -131,13 +134,15 @@ class RouterConfig:
         reader = EnvReader(env)
         server = ServerConfig.read(reader, "router", 50051, 9091)
         heartbeat_seconds, heartbeat_ttl_seconds = read_heartbeat(reader)
+        usage_stream = read_usage_stream(reader, DEFAULT_USAGE_STREAM)
         config = cls(
             server=replace(server, tls=server.tls.for_public_port(reader)),
             internal_tls=server.tls,
             redis_url=read_redis_url(reader),
             catalog_addr=reader.address("SWITCHBOARD_CATALOG_ADDR", "127.0.0.1:50052"),
             metering_addr=reader.address("SWITCHBOARD_METERING_ADDR", "127.0.0.1:50053"),
-            usage_stream=read_usage_stream(reader, DEFAULT_USAGE_STREAM),
+            usage_stream=usage_stream,
+            usage_streams=read_usage_streams(reader, usage_stream),
             redis_cluster=read_redis_cluster(reader),
             key_cache_seconds=reader.float("SWITCHBOARD_KEY_CACHE_SECONDS", 30.0),
             catalog_wait_seconds=reader.float("SWITCHBOARD_CATALOG_WAIT_SECONDS", 10.0),

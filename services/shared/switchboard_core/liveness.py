@@ -96,7 +96,7 @@ from redis.typing import EncodableT, FieldT, KeyT
 
 from switchboard_core.budget import BudgetStore, holds_key
 from switchboard_core.config import EnvReader
-from switchboard_core.usage_outbox import EVENT_FIELD, colocated
+from switchboard_core.usage_outbox import EVENT_FIELD, colocated, stream_for
 
 DEFAULT_HEARTBEAT_SECONDS = 2.0
 DEFAULT_HEARTBEAT_TTL_SECONDS = 10.0
@@ -237,12 +237,28 @@ class Liveness:
     """Routers' records, in the hash slot of the usage outbox ``stream`` (where the script
     that adds a router's event deletes them); ``prefix`` is the budgets' (the holds index)."""
 
-    def __init__(self, client: redis.Redis, prefix: str, stream: str) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        stream: str,
+        *,
+        streams: tuple[str, ...] = (),
+        registry: str | None = None,
+    ) -> None:
         """No defaults: a router and the metering that sweeps it must name the same prefix and
-        stream, or the sweep looks where the router never wrote."""
+        stream, or the sweep looks where the router never wrote.
+
+        A router of a sharded outbox (:mod:`switchboard_core.usage_outbox`) passes every
+        stream (``streams``: a delivery that names another router process goes to that
+        process's stream, where its records are) and the ``registry`` set, to which each beat
+        adds ``stream`` before anything is written to it."""
         self._redis = client
         self._prefix = prefix
         self.stream = stream
+        self._streams = streams
+        self._registry = registry
+        self._siblings: dict[str, Liveness] = {}
         self._record = client.register_script(_RECORD)
         self._finish = client.register_script(_FINISH)
         self._leave = client.register_script(_LEAVE)
@@ -268,6 +284,8 @@ class Liveness:
         one MULTI/EXEC. Returns whether the heartbeat was still there (False on the first beat,
         and after a lapse: the router may have been swept, so its records are gone)."""
         gens, latest = self._key("gen", router_id), self._key("progress", router_id)
+        if self._registry is not None:  # before any record or event: metering drains it
+            await self._redis.sadd(self._registry, self.stream)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(self._key("alive", router_id), b"1", px=int(ttl_seconds * 1000), get=True)
             pipe.sadd(self._routers, router_id)
@@ -283,13 +301,37 @@ class Liveness:
 
     async def publish(self, deliveries: Sequence[Delivery]) -> None:
         """Add each event to :attr:`stream` and delete its generation's records, all in one
-        atomic script: a crash leaves an event's records or the event, never neither."""
+        atomic script: a crash leaves an event's records or the event, never neither. On a
+        sharded outbox, a delivery of another router process (a spool replay) goes to that
+        process's stream instead, in a script of its own (that stream's slot)."""
+        if len(self._streams) > 1:
+            elsewhere: dict[str, list[Delivery]] = {}
+            here: list[Delivery] = []
+            for delivery in deliveries:
+                stream = stream_for(delivery.router_id, self._streams)
+                (here if stream == self.stream else elsewhere.setdefault(stream, [])).append(
+                    delivery
+                )
+            for stream, group in elsewhere.items():
+                if self._registry is not None:  # perhaps no live router writes it
+                    await self._redis.sadd(self._registry, stream)
+                await self._sibling(stream).publish(group)
+            if not here:
+                return
+            deliveries = here
         keys: list[KeyT] = [self.stream]
         args: list[EncodableT] = [EVENT_FIELD]
         for payload, router_id, field in deliveries:
             keys += (self._key("gen", router_id), self._key("progress", router_id))
             args += (payload, field)
         await self._publish(keys=keys, args=args)
+
+    def _sibling(self, stream: str) -> Liveness:
+        """The records of the routers that write ``stream``."""
+        sibling = self._siblings.get(stream)
+        if sibling is None:
+            sibling = self._siblings[stream] = Liveness(self._redis, self._prefix, stream)
+        return sibling
 
     async def _held(self, router_id: str) -> int:
         return int(await self._redis.scard(holds_key(self._prefix, router_id)))
