@@ -119,29 +119,26 @@ async def test_metering_drains_the_base_stream_and_every_registered_shard(
     db: asyncpg.Connection,
 ) -> None:
     key = new_key_id()
-    early, late = f"{base}:1", f"{base}:3"
-    await redis_client.sadd(registry_key(base), early, f"{base}:dead", "elsewhere:2")
+    early, late, elsewhere = f"{base}:1", f"{base}:3", f"{base}x:2"
+    await redis_client.sadd(registry_key(base), early, f"{base}:dead", elsewhere)
     await redis_client.xadd(early, {EVENT_FIELD: usage_event(key).SerializeToString()})
     await redis_client.xadd(base, {EVENT_FIELD: usage_event(key).SerializeToString()})
     stray = usage_event(key).SerializeToString()
-    await redis_client.xadd("elsewhere:2", {EVENT_FIELD: stray})  # listed, but no shard of ours
+    await redis_client.xadd(elsewhere, {EVENT_FIELD: stray})  # listed, but no shard of ours
     outbox = test_settings("", stream=base, discover_seconds=0.1)
-    try:
-        async with running_metering(database_url, redis_url, outbox):
+    async with running_metering(database_url, redis_url, outbox):
 
-            async def rows(n: int) -> bool:
-                count = "SELECT count(*) FROM generations WHERE key_id = $1"
-                return bool(await db.fetchval(count, key) == n)
+        async def rows(n: int) -> bool:
+            count = "SELECT count(*) FROM generations WHERE key_id = $1"
+            return bool(await db.fetchval(count, key) == n)
 
-            await eventually(lambda: rows(2))  # the base stream and the shard registered before
-            await redis_client.sadd(registry_key(base), late)  # a router with more streams
-            await redis_client.xadd(late, {EVENT_FIELD: usage_event(key).SerializeToString()})
-            await eventually(lambda: rows(3))
-        for stream in (base, early, late):
-            assert await redis_client.xlen(stream) == 0, stream  # acknowledged and deleted
-        assert await redis_client.xlen("elsewhere:2") == 1
-    finally:
-        await redis_client.delete("elsewhere:2")
+        await eventually(lambda: rows(2))  # the base stream and the shard registered before
+        await redis_client.sadd(registry_key(base), late)  # a router with more streams
+        await redis_client.xadd(late, {EVENT_FIELD: usage_event(key).SerializeToString()})
+        await eventually(lambda: rows(3))
+    for stream in (base, early, late):
+        assert await redis_client.xlen(stream) == 0, stream  # acknowledged and deleted
+    assert await redis_client.xlen(elsewhere) == 1
 
 
 async def test_a_dead_router_on_a_shard_is_swept_into_the_ledger(
