@@ -15,6 +15,7 @@ second). The registry is bounded: only the base's shard names (``<base>:0`` ...
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -30,6 +31,8 @@ from switchboard_metering.outbox import OutboxConsumer
 from switchboard_metering.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
+
+MAX_IGNORED = 1024  # registry entries that are no shard, remembered (and logged) at most
 
 
 def _text(value: bytes | str) -> str:
@@ -75,9 +78,6 @@ class UsageStreams:
         """The streams drained, the base stream first."""
         return tuple(self._drained)
 
-    def consumer(self, stream: str) -> OutboxConsumer:
-        return self._drained[stream][0]
-
     async def start(self) -> None:
         """Drain the base stream and every shard registered so far; then look again every
         ``discover_seconds``. Redis down: the shards are found by a later look."""
@@ -96,6 +96,8 @@ class UsageStreams:
             if member in self._drained or member in self._ignored:
                 continue
             if not is_shard_of(base, member):
+                if len(self._ignored) >= MAX_IGNORED:
+                    continue  # logged enough: a registry this wrong needs an operator anyway
                 self._ignored.add(member)
                 log.warning(
                     "usage stream registry lists a stream that is no shard of the outbox",
@@ -120,8 +122,9 @@ class UsageStreams:
         self._drained[stream] = (consumer, sweeper)
 
     async def stop(self) -> None:
-        """Stop looking, then each sweeper and consumer (each finishes the batch in hand)."""
+        """Stop looking, then the sweepers and the consumers, all at once (each consumer
+        finishes the batch in hand, within its own bound)."""
         await self._job.stop()
-        for consumer, sweeper in self._drained.values():
-            await sweeper.stop()
-            await consumer.stop()
+        drained = list(self._drained.values())
+        await asyncio.gather(*(sweeper.stop() for _, sweeper in drained))
+        await asyncio.gather(*(consumer.stop() for consumer, _ in drained))
