@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from switchboard_core.usage_outbox import stream_problem, streams_problem
+from switchboard_core.usage_outbox import MAX_USAGE_STREAMS, stream_problem, streams_problem
 
 if TYPE_CHECKING:
     from switchboard_core.tls import TlsConfig
@@ -298,13 +298,7 @@ def read_usage_streams(reader: EnvReader, stream: str) -> int:
     """``SWITCHBOARD_USAGE_STREAMS``: how many streams the routers split the usage outbox
     ``stream`` into (1: not split; :mod:`switchboard_core.usage_outbox`)."""
     name = "SWITCHBOARD_USAGE_STREAMS"
-    raw = reader.str(name, "1")
-    try:
-        count = int(raw)
-    except ValueError:
-        reader.problems.append(f"{name}: expected an integer, got {raw!r}")
-        return 1
+    count = reader.int(name, 1, min_value=1, max_value=MAX_USAGE_STREAMS)
     if (problem := streams_problem(stream, count)) is not None:
         reader.problems.append(f"{name}: {problem}")
-        return 1
     return count

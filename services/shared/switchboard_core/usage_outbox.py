@@ -52,11 +52,10 @@ def stream_problem(stream: str) -> str | None:
 
 
 def streams_problem(base: str, count: int) -> str | None:
-    """Why ``base`` cannot be split into ``count`` streams, or None: the shards are named
-    ``<base>:<i>`` and hashed whole, so a base with a hash tag would put them all in its one
-    slot."""
-    if not 1 <= count <= MAX_USAGE_STREAMS:
-        return f"must be between 1 and {MAX_USAGE_STREAMS}"
+    """Why ``base`` cannot be split into ``count`` streams (counted from 1 to
+    :data:`MAX_USAGE_STREAMS`, as the setting's reader bounds them), or None: the shards are
+    named ``<base>:<i>`` and hashed whole, so a base with a hash tag would put them all in its
+    one slot."""
     if count > 1 and ("{" in base or "}" in base):
         return "the usage stream's name must hold no hash tag when it is split into streams"
     return None
