@@ -97,25 +97,25 @@ def _end(event: Completed) -> router_pb2.CompletionEnd:
     return end
 
 
-def stream_message(event: RelayEvent) -> Response:
-    """The stream message for one relay event.
+def _text_delta(field: str, text: str, choice: int) -> Response:
+    """A delta message carrying ``text`` in ``field`` (``text``, ``reasoning``, ``refusal``).
 
-    The deltas of every token (text, reasoning, refusal) are filled in field by field on a
-    fresh message: with protobuf's upb backend that is half the CPU of building the same
-    message from keyword arguments (1.17 -> 0.54 µs measured in process), and the bytes are
-    the same."""
+    Filled in field by field on a fresh message: with protobuf's upb backend that is half the
+    CPU of building the same message from keyword arguments (1.17 -> 0.54 µs measured in
+    process), and the bytes are the same."""
+    message = Response()
+    delta = message.delta  # marks the delta present, even for an empty text
+    setattr(delta, field, text)
+    delta.choice_index = choice
+    return message
+
+
+def stream_message(event: RelayEvent) -> Response:
+    """The stream message for one relay event (the deltas of every token: :func:`_text_delta`)."""
     if type(event) is TextDelta:
-        message = Response()
-        delta = message.delta  # marks the delta present, even for an empty text
-        delta.text = event.text
-        delta.choice_index = event.choice
-        return message
+        return _text_delta("text", event.text, event.choice)
     if type(event) is ReasoningDelta:
-        message = Response()
-        delta = message.delta
-        delta.reasoning = event.text
-        delta.choice_index = event.choice
-        return message
+        return _text_delta("reasoning", event.text, event.choice)
     if type(event) is ToolCallDelta:
         call = router_pb2.ToolCallDelta(
             index=event.index,
@@ -126,11 +126,7 @@ def stream_message(event: RelayEvent) -> Response:
         )
         return Response(delta=Delta(tool_call=call, choice_index=event.choice))
     if type(event) is RefusalDelta:
-        message = Response()
-        delta = message.delta
-        delta.refusal = event.text
-        delta.choice_index = event.choice
-        return message
+        return _text_delta("refusal", event.text, event.choice)
     if type(event) is LogprobsDelta:
         tokens = logprob_messages(event.tokens)
         if event.refusal:
