@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import grpc
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.load import quantile
 from bench.stacks import bench_stack
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2, metering_pb2_grpc
@@ -81,11 +80,6 @@ class RouterProcesses:
 
     def run_delay(self) -> float:
         return sum(run_delay(process.pid) for process in self.all())
-
-
-def quantile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def lag_buckets(text: str) -> dict[float, float]:

@@ -77,6 +77,7 @@ import grpc
 import psutil
 import redis.asyncio as redis
 
+from bench.load import quantile
 from switchboard.common.v1 import common_pb2
 from switchboard.metering.v1 import metering_pb2
 from switchboard_core.db import create_pool, migrate
@@ -277,11 +278,6 @@ class TimedLedger(Ledger):
 def split(total: int, parts: int) -> list[int]:
     """``total`` in ``parts`` near-equal shares."""
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
-
-
-def quantile(ordered: Sequence[float], q: float) -> float:
-    """Nearest-rank quantile of sorted values."""
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 @dataclass

@@ -24,8 +24,9 @@ from pathlib import Path
 import psutil
 import redis.asyncio as redis
 
-from bench.ingest import LocalRedis, describe, quantile
+from bench.ingest import LocalRedis, describe
 from bench.ledger_figures import HEADER, Figure
+from bench.load import quantile
 from switchboard_core.budget import BudgetStore, Limits
 from switchboard_core.rate_limits import LEASES, Limit, RateLimiter, RateLimits
 from switchboard_core.redis_client import create_redis

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -56,6 +57,12 @@ class Result:
             f"{self.ttft_p99_ms():>10.2f}{self.rate():>12.1f}{cpu:>12}{metering:>12}"
             f"{self.failures:>8}"
         )
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank quantile (``q`` from 0 to 1) of ``values``, in any order."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 HEADER = (

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.load import Result, direct_call, drive, measure, router_call
+from bench.load import Result, direct_call, drive, measure, quantile, router_call
 from bench.stacks import BareRelay, deploy, set_workload
 from switchboard.router.v1 import router_pb2_grpc
 from switchboard_devstack.storage import drop_database, find_postgres, find_redis
@@ -82,17 +82,12 @@ def split_table(router: Split, bare: Split) -> str:
     )
 
 
-def _quantile_ms(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
 def ttft_line(name: str, samples: list[float], direct: list[float]) -> str:
     """p50/p90/p99 of ``samples`` and each over ``direct``'s."""
     cells = []
     for q in (0.5, 0.9, 0.99):
-        own = _quantile_ms(samples, q)
-        cells.append(f"p{round(q * 100)} {own:5.2f} ({own - _quantile_ms(direct, q):+.2f})")
+        own = quantile(samples, q) * 1000
+        cells.append(f"p{round(q * 100)} {own:5.2f} ({own - quantile(direct, q) * 1000:+.2f})")
     return f"{name:<26}" + "   ".join(cells)
 
 

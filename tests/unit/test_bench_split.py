@@ -37,6 +37,7 @@ def test_the_table_gives_each_part_and_its_ratio() -> None:
 
 def test_ttft_quantiles_are_given_over_direct() -> None:
     direct = [0.0002] * 100
-    line = ttft_line("router", [0.0012] * 90 + [0.003] * 10, direct)
+    # Nearest rank: the 90th of 100 samples is p90.
+    line = ttft_line("router", [0.0012] * 89 + [0.003] * 11, direct)
     assert "p50  1.20 (+1.00)" in line
     assert "p90  3.00 (+2.80)" in line
